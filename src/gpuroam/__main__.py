@@ -1,0 +1,3 @@
+from gpuroam.cli import app
+
+app(prog_name="gpuroam")

@@ -1,0 +1,129 @@
+"""Runs one device batch through diffusers' Stable Diffusion pipelines.
+
+Each image gets its own CPU generator seeded with its seed: the initial noise and any
+ancestral noise are drawn per image, so an image depends on its seed, prompt and settings
+alone. Interrupt and skip act per job: the rows of an interrupted job stop changing, the
+others go on, and every row is decoded at the end (A1111 returns the partial image too).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
+from PIL import Image
+
+from gpuroam.worker.images import resize_for_generation
+from gpuroam.worker.invariance import make_batch_invariant, use_batch_invariant_cpu_kernels
+from gpuroam.worker.jobs import ImageTask
+from gpuroam.worker.models import LoadedModel
+from gpuroam.worker.samplers import make_scheduler, resolve
+
+OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    images: list[Image.Image]
+    seconds: float
+
+
+def slerp(weight: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation of two noises (A1111's variation seeds)."""
+    low_n, high_n = low / low.norm(), high / high.norm()
+    omega = torch.acos((low_n * high_n).sum().clamp(-1.0, 1.0))
+    if omega.abs() < 1e-6:
+        return (1.0 - weight) * low + weight * high
+    so = torch.sin(omega)
+    return (torch.sin((1.0 - weight) * omega) / so) * low + (torch.sin(weight * omega) / so) * high
+
+
+class Engine:
+    """Owns the pipelines; called from the single device thread only."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self.model = model
+        if model.device.type == "cpu":
+            use_batch_invariant_cpu_kernels()
+            for component in model.pipeline.components.values():
+                if isinstance(component, torch.nn.Module):
+                    make_batch_invariant(component)
+        self._txt2img = AutoPipelineForText2Image.from_pipe(model.pipeline)
+        self._img2img = AutoPipelineForImage2Image.from_pipe(model.pipeline)
+        self._base_scheduler_config = dict(model.pipeline.scheduler.config)
+        for pipeline in (self._txt2img, self._img2img):
+            pipeline.set_progress_bar_config(disable=True)
+
+    def run(self, tasks: list[ImageTask], on_step: Callable[[int, int], None] | None = None) -> BatchResult:
+        key = tasks[0].key
+        assert all(task.key == key for task in tasks), "a batch shares one key"
+        started = time.perf_counter()
+        pipeline = self._txt2img if key.mode == "txt2img" else self._img2img
+        sampler, schedule = resolve(key.sampler, key.schedule)
+        pipeline.scheduler = make_scheduler(sampler, schedule, self._base_scheduler_config)
+        generators = [torch.Generator("cpu").manual_seed(task.seed) for task in tasks]
+        kwargs: dict[str, Any] = {
+            "prompt": [task.prompt for task in tasks],
+            "negative_prompt": [task.negative_prompt for task in tasks],
+            "num_inference_steps": key.steps,
+            "guidance_scale": key.cfg_scale,
+            "generator": generators,
+            "output_type": "pil",
+            "callback_on_step_end": self._step_callback(tasks, on_step),
+            "callback_on_step_end_tensor_inputs": ["latents"],
+        }
+        if key.clip_skip > 1:
+            kwargs["clip_skip"] = key.clip_skip - 1
+        if key.eta is not None:
+            kwargs["eta"] = key.eta  # the pipeline passes it on only to samplers that take it
+        if key.mode == "txt2img":
+            kwargs |= {"width": key.width, "height": key.height, "latents": self._initial_noise(tasks, generators)}
+        else:
+            kwargs |= {
+                "image": [resize_for_generation(task.init_image, key.width, key.height, 0) for task in tasks],  # type: ignore[arg-type]
+                "strength": key.denoising_strength,
+            }
+        with torch.inference_mode():
+            images = pipeline(**kwargs).images
+        return BatchResult(images=images, seconds=time.perf_counter() - started)
+
+    def _initial_noise(self, tasks: list[ImageTask], generators: list[torch.Generator]) -> torch.Tensor:
+        """Per-image noise from the image's own generator, blended with its subseed's if asked."""
+        key = tasks[0].key
+        scale = self.model.pipeline.vae_scale_factor
+        shape = (1, self.model.pipeline.unet.config.in_channels, key.height // scale, key.width // scale)
+        noises = []
+        for task, generator in zip(tasks, generators):
+            noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+            if task.subseed_strength > 0:
+                sub = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(task.subseed))
+                noise = slerp(task.subseed_strength, noise, sub)
+            noises.append(noise)
+        return torch.cat(noises).to(self.model.device, self.model.dtype)
+
+    @staticmethod
+    def _step_callback(tasks: list[ImageTask], on_step: Callable[[int, int], None] | None) -> Callable[..., dict]:
+        frozen: dict[int, torch.Tensor] = {}
+
+        def callback(pipe: DiffusionPipeline, step: int, timestep: Any, tensors: dict) -> dict:
+            latents = tensors["latents"]
+            for row, task in enumerate(tasks):
+                if row in frozen:
+                    latents[row] = frozen[row]
+                elif task.job.interrupted or task.job.skipped:
+                    frozen[row] = latents[row].clone()
+            if len(frozen) == len(tasks):
+                pipe._interrupt = True
+            if on_step is not None:
+                on_step(step + 1, pipe.num_timesteps)
+            return {"latents": latents}
+
+        return callback
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, OUT_OF_MEMORY) or "out of memory" in str(error).lower()

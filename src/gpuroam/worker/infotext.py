@@ -1,0 +1,51 @@
+"""The A1111 text that describes how an image was made (PNG chunk, `info.infotexts`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpuroam import __version__
+from gpuroam.worker.jobs import BatchKey
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def infotext(
+    *,
+    prompt: str,
+    negative_prompt: str,
+    key: BatchKey,
+    seed: int,
+    subseed: int,
+    subseed_strength: float,
+    batch_size: int,
+    batch_pos: int,
+    model_name: str,
+    model_hash: str,
+) -> str:
+    fields: dict[str, Any] = {
+        "Steps": key.steps,
+        "Sampler": key.sampler,
+        "Schedule type": None if key.schedule == "automatic" else key.schedule,
+        "CFG scale": _number(key.cfg_scale),
+        "Seed": seed,
+        "Size": f"{key.width}x{key.height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+        "Batch size": batch_size if batch_size > 1 else None,
+        "Batch pos": batch_pos if batch_size > 1 else None,
+        "Denoising strength": _number(key.denoising_strength) if key.mode == "img2img" else None,
+        "Variation seed": subseed if subseed_strength > 0 else None,
+        "Variation seed strength": _number(subseed_strength) if subseed_strength > 0 else None,
+        "Clip skip": key.clip_skip if key.clip_skip > 1 else None,
+        "Eta": _number(key.eta) if key.eta is not None else None,
+        "Version": f"gpuroam {__version__}",
+    }
+    settings = ", ".join(f"{name}: {value}" for name, value in fields.items() if value is not None)
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(settings)
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Jobs (one HTTP request) and the image tasks they split into.
+
+A job asks for batch_size x n_iter images. Each image is its own task with its own prompt and
+seed, so tasks from different jobs that share a `BatchKey` can run in one device batch, and an
+image never depends on which batch it ran in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """What must be equal for images to share one pipeline call."""
+
+    mode: Literal["txt2img", "img2img"]
+    width: int
+    height: int
+    steps: int
+    sampler: str
+    schedule: str
+    cfg_scale: float
+    denoising_strength: float = 0.0
+    eta: float | None = None
+    clip_skip: int = 1
+
+
+@dataclass(eq=False)
+class Job:
+    """Per-request state that progress, interrupt and skip act on."""
+
+    id: str
+    key: BatchKey
+    image_count: int
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    images_done: int = 0
+    running_images: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    interrupted: bool = False
+    skipped: bool = False
+
+    @staticmethod
+    def new_id() -> str:
+        return f"task({secrets.token_hex(8)})"
+
+    @property
+    def progress(self) -> float:
+        if self.image_count == 0:
+            return 1.0
+        running = self.running_images * (self.sampling_step / self.sampling_steps if self.sampling_steps else 0.0)
+        return min(1.0, (self.images_done + running) / self.image_count)
+
+    @property
+    def eta_relative(self) -> float:
+        if self.started is None or self.progress <= 0.0:
+            return 0.0
+        elapsed = time.monotonic() - self.started
+        return max(0.0, elapsed / self.progress - elapsed)
+
+
+@dataclass(eq=False)
+class ImageTask:
+    """One image to make; `result` resolves to the image, or None when interrupted before it ran."""
+
+    job: Job
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    subseed: int
+    subseed_strength: float
+    init_image: Image.Image | None
+    result: asyncio.Future[Image.Image | None]
+
+    @property
+    def key(self) -> BatchKey:
+        return self.job.key
+
+
+def take_batch(queue: list[ImageTask], max_batch: int) -> list[ImageTask]:
+    """The oldest task and the queued tasks that share its key, in arrival order, up to max_batch.
+
+    FIFO by head: a task with a rare key is never starved, since it becomes the head in turn.
+    """
+    if not queue:
+        return []
+    key = queue[0].key
+    return [task for task in queue if task.key == key][:max_batch]

@@ -1,0 +1,95 @@
+"""A1111 request bodies: the fields, defaults and limits clients rely on.
+
+Unknown fields are ignored (clients send extension fields such as alwayson_scripts args);
+values out of range are a 422 that names the field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_IMAGES_PER_REQUEST = 64
+
+
+def _multiple_of_8(value: int) -> int:
+    if value % 8:
+        raise ValueError(f"must be a multiple of 8 (got {value}); try {value - value % 8} or {value - value % 8 + 8}")
+    return value
+
+
+class GenerationRequest(BaseModel):
+    """Fields shared by txt2img and img2img."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = Field(-1, ge=-1, le=2**32 - 1)
+    subseed: int = Field(-1, ge=-1, le=2**32 - 1)
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    sampler_name: str | None = None
+    sampler_index: str | None = "Euler"
+    scheduler: str | None = None
+    batch_size: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+    n_iter: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+    steps: int = Field(50, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
+    width: int = Field(512, ge=64, le=2048)
+    height: int = Field(512, ge=64, le=2048)
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    eta: float | None = Field(None, ge=0.0, le=1.0)
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    force_task_id: str | None = Field(None, max_length=128)
+
+    _check_size = field_validator("width", "height")(_multiple_of_8)
+
+    @field_validator("n_iter")
+    @classmethod
+    def _bounded_image_count(cls, n_iter: int, info: Any) -> int:
+        batch_size = info.data.get("batch_size", 1)
+        if batch_size * n_iter > MAX_IMAGES_PER_REQUEST:
+            raise ValueError(
+                f"batch_size x n_iter is {batch_size * n_iter}; at most {MAX_IMAGES_PER_REQUEST} images per request"
+            )
+        return n_iter
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_size * self.n_iter
+
+    @property
+    def requested_sampler(self) -> str | None:
+        return self.sampler_name or self.sampler_index
+
+
+class Txt2ImgRequest(GenerationRequest):
+    enable_hr: bool = False
+    denoising_strength: float | None = Field(0.0, ge=0.0, le=1.0)
+
+
+class Img2ImgRequest(GenerationRequest):
+    init_images: list[str] = Field(..., min_length=1, max_length=MAX_IMAGES_PER_REQUEST)
+    resize_mode: int = Field(0, ge=0, le=3)
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    mask: str | None = None
+    include_init_images: bool = False
+
+
+class GenerationResponse(BaseModel):
+    images: list[str]
+    parameters: dict[str, Any]
+    info: str
+
+
+class OptionsUpdate(BaseModel):
+    model_config = ConfigDict(extra="allow")

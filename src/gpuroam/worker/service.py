@@ -1,0 +1,246 @@
+"""Turns an A1111 request into image tasks, waits for them, and builds A1111's response."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from PIL import Image
+
+from gpuroam.worker.batcher import Batcher
+from gpuroam.worker.config import WorkerConfig
+from gpuroam.worker.images import decode_image, encode_png, resize_for_generation
+from gpuroam.worker.infotext import infotext
+from gpuroam.worker.jobs import BatchKey, ImageTask, Job
+from gpuroam.worker.models import LoadedModel
+from gpuroam.worker.samplers import resolve
+from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest
+
+MAX_SEED = 4294967294
+
+
+class RequestError(ValueError):
+    """A request that is well-formed JSON but cannot be served as asked (a 422)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field_name = field_name
+
+
+@dataclass
+class Options:
+    """The A1111 settings this worker honours; others are accepted and ignored."""
+
+    clip_stop_at_last_layers: int = 1
+    eta_ddim: float = 0.0
+    eta_ancestral: float = 1.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_a1111(self, model: LoadedModel | None) -> dict[str, Any]:
+        return {
+            "sd_model_checkpoint": model.title if model else None,
+            "sd_checkpoint_hash": model.sha256 if model else None,
+            "CLIP_stop_at_last_layers": self.clip_stop_at_last_layers,
+            "eta_ddim": self.eta_ddim,
+            "eta_ancestral": self.eta_ancestral,
+            "samples_format": "png",
+            "sd_vae": "Automatic",
+            "live_previews_enable": False,
+        }
+
+
+class GenerationService:
+    def __init__(self, config: WorkerConfig, model: LoadedModel, batcher: Batcher) -> None:
+        self.config = config
+        self.model = model
+        self.batcher = batcher
+        self.options = Options()
+        self.jobs: dict[str, Job] = {}
+
+    def update_options(self, values: dict[str, Any]) -> None:
+        if "sd_model_checkpoint" in values:
+            self._check_model_name(values["sd_model_checkpoint"], "sd_model_checkpoint")
+        if "CLIP_stop_at_last_layers" in values:
+            self.options.clip_stop_at_last_layers = _int_option(values, "CLIP_stop_at_last_layers", 1, 12)
+        if "eta_ddim" in values:
+            self.options.eta_ddim = _float_option(values, "eta_ddim", 0.0, 1.0)
+
+    def _check_model_name(self, value: Any, field_name: str) -> None:
+        names = {self.model.title, self.model.name, self.model.filename, self.model.short_hash}
+        if value not in names:
+            raise RequestError(
+                field_name,
+                f"model {value!r} is not loaded on this worker; it serves {self.model.title!r} "
+                "(start the worker with --model to serve another)",
+            )
+
+    def batch_key(self, request: GenerationRequest) -> BatchKey:
+        """Validate sampler, schedule and overrides; everything a batch must share."""
+        try:
+            sampler, schedule = resolve(request.requested_sampler, request.scheduler)
+        except ValueError as error:
+            raise RequestError("sampler_name", str(error)) from error
+        overrides = request.override_settings or {}
+        if "sd_model_checkpoint" in overrides:
+            self._check_model_name(overrides["sd_model_checkpoint"], "override_settings.sd_model_checkpoint")
+        clip_skip = self.options.clip_stop_at_last_layers
+        if "CLIP_stop_at_last_layers" in overrides:
+            clip_skip = _int_option(overrides, "CLIP_stop_at_last_layers", 1, 12)
+        eta = request.eta
+        if eta is None and sampler.name == "DDIM":
+            eta = _float_option(overrides, "eta_ddim", 0.0, 1.0) if "eta_ddim" in overrides else self.options.eta_ddim
+        img2img = isinstance(request, Img2ImgRequest)
+        return BatchKey(
+            mode="img2img" if img2img else "txt2img",
+            width=request.width,
+            height=request.height,
+            steps=request.steps,
+            sampler=sampler.name,
+            schedule=schedule.name,
+            cfg_scale=request.cfg_scale,
+            denoising_strength=request.denoising_strength if img2img else 0.0,  # type: ignore[attr-defined]
+            eta=eta,
+            clip_skip=clip_skip,
+        )
+
+    async def generate(self, request: GenerationRequest) -> dict[str, Any]:
+        key = self.batch_key(request)
+        init_images = await self._init_images(request, key)
+        seed = random.randrange(MAX_SEED) if request.seed == -1 else request.seed
+        subseed = random.randrange(MAX_SEED) if request.subseed == -1 else request.subseed
+        count = request.image_count
+        all_seeds = [seed + (i if request.subseed_strength == 0 else 0) for i in range(count)]
+        all_subseeds = [subseed + i for i in range(count)]
+        job = Job(id=request.force_task_id or Job.new_id(), key=key, image_count=count)
+        loop = asyncio.get_running_loop()
+        tasks = [
+            ImageTask(
+                job=job,
+                index=i,
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                seed=all_seeds[i],
+                subseed=all_subseeds[i],
+                subseed_strength=request.subseed_strength,
+                init_image=init_images[i % len(init_images)] if init_images else None,
+                result=loop.create_future(),
+            )
+            for i in range(count)
+        ]
+        self.jobs[job.id] = job
+        try:
+            self.batcher.submit(tasks)
+            images = await asyncio.gather(*(task.result for task in tasks))
+        finally:
+            self.jobs.pop(job.id, None)
+            if any(not task.result.done() for task in tasks):  # client went away
+                self.batcher.interrupt(job)
+        made = [(task, image) for task, image in zip(tasks, images) if image is not None]
+        texts = [self._infotext(request, key, task) for task, _ in made]
+        encoded = await anyio.to_thread.run_sync(_encode_all, [image for _, image in made], texts) if request.send_images else []
+        info = self._info(request, key, seed, subseed, all_seeds, all_subseeds, texts, job)
+        return {"images": encoded, "parameters": _parameters(request), "info": json.dumps(info)}
+
+    async def _init_images(self, request: GenerationRequest, key: BatchKey) -> list[Image.Image]:
+        if not isinstance(request, Img2ImgRequest):
+            return []
+        if request.mask:
+            raise RequestError("mask", "inpainting (mask) is not supported by this worker yet; send img2img without a mask")
+        decoded = []
+        for position, data in enumerate(request.init_images):
+            try:
+                image = await anyio.to_thread.run_sync(decode_image, data)
+            except ValueError as error:
+                raise RequestError(f"init_images.{position}", str(error)) from error
+            decoded.append(resize_for_generation(image, key.width, key.height, request.resize_mode))
+        return decoded
+
+    def _infotext(self, request: GenerationRequest, key: BatchKey, task: ImageTask) -> str:
+        return infotext(
+            prompt=task.prompt,
+            negative_prompt=task.negative_prompt,
+            key=key,
+            seed=task.seed,
+            subseed=task.subseed,
+            subseed_strength=task.subseed_strength,
+            batch_size=request.batch_size,
+            batch_pos=task.index % request.batch_size,
+            model_name=self.model.name,
+            model_hash=self.model.short_hash,
+        )
+
+    def _info(
+        self,
+        request: GenerationRequest,
+        key: BatchKey,
+        seed: int,
+        subseed: int,
+        all_seeds: list[int],
+        all_subseeds: list[int],
+        texts: list[str],
+        job: Job,
+    ) -> dict[str, Any]:
+        count = request.image_count
+        return {
+            "prompt": request.prompt,
+            "all_prompts": [request.prompt] * count,
+            "negative_prompt": request.negative_prompt,
+            "all_negative_prompts": [request.negative_prompt] * count,
+            "seed": seed,
+            "all_seeds": all_seeds,
+            "subseed": subseed,
+            "all_subseeds": all_subseeds,
+            "subseed_strength": request.subseed_strength,
+            "width": key.width,
+            "height": key.height,
+            "sampler_name": key.sampler,
+            "scheduler": key.schedule,
+            "cfg_scale": key.cfg_scale,
+            "steps": key.steps,
+            "batch_size": request.batch_size,
+            "restore_faces": False,
+            "sd_model_name": self.model.name,
+            "sd_model_hash": self.model.short_hash,
+            "denoising_strength": key.denoising_strength,
+            "clip_skip": key.clip_skip,
+            "index_of_first_image": 0,
+            "infotexts": texts,
+            "styles": request.styles or [],
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+            "interrupted": job.interrupted,
+            "version": "gpuroam",
+            "gpuroam_region": self.config.region,
+            "gpuroam_gpu": self.config.gpu,
+            "gpuroam_replica": self.config.replica,
+        }
+
+
+def _encode_all(images: list[Image.Image], texts: list[str]) -> list[str]:
+    return [encode_png(image, text) for image, text in zip(images, texts)]
+
+
+def _parameters(request: GenerationRequest) -> dict[str, Any]:
+    """A1111 echoes the request; init images are left out (they can be megabytes)."""
+    parameters = request.model_dump()
+    if "init_images" in parameters:
+        parameters["init_images"] = None
+    return parameters
+
+
+def _int_option(values: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = values[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high or int(value) != value:
+        raise RequestError(name, f"{name} must be an integer from {low} to {high}; got {value!r}")
+    return int(value)
+
+
+def _float_option(values: dict[str, Any], name: str, low: float, high: float) -> float:
+    value = values[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise RequestError(name, f"{name} must be a number from {low} to {high}; got {value!r}")
+    return float(value)

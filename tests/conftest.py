@@ -1,0 +1,65 @@
+"""Shared fixtures: one tiny model per test session, and live worker servers on free ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import torch
+import uvicorn
+
+from gpuroam.worker import LoadedModel, WorkerConfig, create_app, load_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> LoadedModel:
+    return load_model("tiny", torch.device("cpu"))
+
+
+@contextmanager
+def serve(app: object) -> Iterator[str]:
+    """Run an ASGI app with uvicorn in a thread on a free loopback port; yield its base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/internal/ping", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    else:
+        server.should_exit = True
+        raise RuntimeError("worker did not become ready within 60 s")
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture
+def live_worker(tiny_model: LoadedModel) -> Callable[..., object]:
+    """`with live_worker(max_batch=8) as url:` starts a worker sharing the session's tiny model."""
+
+    def start(**overrides: object):  # type: ignore[no-untyped-def]
+        config = WorkerConfig(**{"region": "test-region", "gpu": "cpu", **overrides})  # type: ignore[arg-type]
+        return serve(create_app(config, model=tiny_model))
+
+    return start
