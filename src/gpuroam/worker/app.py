@@ -66,6 +66,7 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
                 device = resolve_device(config.device)
                 loaded = await asyncio.to_thread(load_model, config.model, device)
             engine = await asyncio.to_thread(Engine, loaded)
+            warm_up_s = await asyncio.to_thread(engine.warm_up)
         except Exception as error:  # noqa: BLE001 - reported by /internal/ping and every route
             state.load_error = f"{type(error).__name__}: {error}"
             log.error("model load failed", extra={"model": config.model, "error": state.load_error})
@@ -80,7 +81,8 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
         batcher.start()
         state.service = GenerationService(config, loaded, batcher)
         state.metrics.model_loaded.set(1)
-        log.info("model ready", extra={"model": loaded.title, "device": str(loaded.device), "dtype": str(loaded.dtype)})
+        log.info("model ready", extra={"model": loaded.title, "device": str(loaded.device), "dtype": str(loaded.dtype),
+                                       "warm_up_s": round(warm_up_s, 3)})
         return batcher
 
     @asynccontextmanager

@@ -148,7 +148,7 @@ class Batcher:
         log.error("batch failed", extra={"error": repr(error), "images": len(batch)})
         self._metrics.batch_failures.inc()
         for task in batch:
-            if not task.result.done():
+            if task.result is not None and not task.result.done():
                 task.result.set_exception(BatchFailed(message))
 
     def _drop_interrupted(self) -> None:
@@ -168,5 +168,5 @@ class Batcher:
 
 
 def _resolve(task: ImageTask, image: Image.Image | None) -> None:
-    if not task.result.done():
+    if task.result is not None and not task.result.done():
         task.result.set_result(image)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from gpuroam.worker.images import resize_for_generation
 from gpuroam.worker.invariance import make_batch_invariant, use_batch_invariant_cpu_kernels
-from gpuroam.worker.jobs import ImageTask
+from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.samplers import make_scheduler, resolve
 
@@ -57,6 +57,12 @@ class Engine:
         self._base_scheduler_config = dict(model.pipeline.scheduler.config)
         for pipeline in (self._txt2img, self._img2img):
             pipeline.set_progress_bar_config(disable=True)
+
+    def warm_up(self) -> float:
+        """One small generation before the worker says it is ready, so the first client waits less."""
+        key = BatchKey("txt2img", 64, 64, 2, "Euler", "automatic", 7.0)
+        task = ImageTask(Job(id="warm-up", key=key, image_count=1), 0, "", "", 0, 0, 0.0, None)
+        return self.run([task]).seconds
 
     def run(self, tasks: list[ImageTask], on_step: Callable[[int, int], None] | None = None) -> BatchResult:
         key = tasks[0].key

@@ -69,7 +69,8 @@ class Job:
 
 @dataclass(eq=False)
 class ImageTask:
-    """One image to make; `result` resolves to the image, or None when interrupted before it ran."""
+    """One image to make; `result` (set for queued tasks) resolves to the image, or None when the
+    job was interrupted before it ran."""
 
     job: Job
     index: int
@@ -79,7 +80,7 @@ class ImageTask:
     subseed: int
     subseed_strength: float
     init_image: Image.Image | None
-    result: asyncio.Future[Image.Image | None]
+    result: asyncio.Future[Image.Image | None] | None = None
 
     @property
     def key(self) -> BatchKey:

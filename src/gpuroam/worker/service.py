@@ -132,13 +132,14 @@ class GenerationService:
             )
             for i in range(count)
         ]
+        futures = [task.result for task in tasks if task.result is not None]
         self.jobs[job.id] = job
         try:
             self.batcher.submit(tasks)
-            images = await asyncio.gather(*(task.result for task in tasks))
+            images = await asyncio.gather(*futures)
         finally:
             self.jobs.pop(job.id, None)
-            if any(not task.result.done() for task in tasks):  # client went away
+            if any(not future.done() for future in futures):  # client went away
                 self.batcher.interrupt(job)
         made = [(task, image) for task, image in zip(tasks, images) if image is not None]
         texts = [self._infotext(request, key, task) for task, _ in made]

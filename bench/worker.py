@@ -1,0 +1,173 @@
+"""Worker throughput and latency under concurrent HTTP clients, batching on vs off.
+
+Starts `gpuroam worker` as a separate process per mode (batching off = --max-batch 1), warms
+it up, then drives it with N closed-loop clients (each sends its next request when the last
+one returns) for a fixed time, from this process. Prints a markdown table of images/s and
+p50/p99 latency, end to end through HTTP with PNG encoding.
+
+    python bench/worker.py                                   # CPU, tiny model
+    python bench/worker.py --model sd15-random --device cuda --max-batch 32 --clients 1,8,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+@dataclass
+class Run:
+    mode: str
+    clients: int
+    width: int
+    steps: int
+    images: int
+    seconds: float
+    latencies: list[float]
+    batches: float
+    errors: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds
+
+    def percentile(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_worker(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "gpuroam", "worker", "--port", str(port), "--model", args.model,
+               "--device", args.device, "--max-batch", str(max_batch), "--batch-wait-ms", str(args.batch_wait_ms),
+               "--max-queue", "4096", "--log-level", "warning"]
+    log = tempfile.NamedTemporaryFile(prefix="gpuroam-bench-worker-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + args.start_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = Path(log.name).read_text(errors="replace")[-3000:]
+            raise SystemExit(f"worker exited with {process.returncode}: {' '.join(command)}\n{tail}")
+        try:
+            if httpx.get(f"{url}/internal/ping", timeout=2).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"worker not ready after {args.start_timeout} s")
+
+
+def batch_count(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("gpuroam_worker_batch_images_count "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def drive(url: str, clients: int, body: dict, duration: float) -> tuple[int, float, list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    images = 0
+    stop_at = time.perf_counter() + duration
+
+    async def client_loop(client: httpx.AsyncClient, index: int) -> None:
+        nonlocal errors, images
+        n = 0
+        while time.perf_counter() < stop_at:
+            started = time.perf_counter()
+            response = await client.post(f"{url}/sdapi/v1/txt2img", json={**body, "seed": index * 100_000 + n})
+            n += 1
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - started)
+                images += len(response.json()["images"])
+            else:
+                errors += 1
+
+    started = time.perf_counter()
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        await asyncio.gather(*(client_loop(client, i) for i in range(clients)))
+    return images, time.perf_counter() - started, latencies, errors
+
+
+def measure(args: argparse.Namespace, mode: str, max_batch: int) -> list[Run]:
+    process, url = start_worker(args, max_batch)
+    runs = []
+    try:
+        for width, steps in args.shapes:
+            body = {"prompt": "a lighthouse on a cliff at dusk, detailed", "negative_prompt": "blurry",
+                    "width": width, "height": width, "steps": steps, "sampler_name": args.sampler, "cfg_scale": 7}
+            asyncio.run(drive(url, min(max_batch, max(args.clients)), body, args.warmup))  # warm every batch size
+            for clients in args.clients:
+                before = batch_count(url)
+                images, seconds, latencies, errors = asyncio.run(drive(url, clients, body, args.duration))
+                run = Run(mode, clients, width, steps, images, seconds, latencies, batch_count(url) - before, errors)
+                runs.append(run)
+                print(f"  {mode:13} {width}px/{steps} steps, {clients:3} clients: {run.images_per_s:7.2f} img/s, "
+                      f"p50 {run.percentile(0.5):.3f} s, p99 {run.percentile(0.99):.3f} s, "
+                      f"{run.images / max(run.batches, 1):.1f} img/batch", file=sys.stderr)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return runs
+
+
+def table(runs: list[Run]) -> str:
+    rows = ["| shape | clients | batching | img/s | p50 s | p99 s | images/batch | errors |",
+            "|---|---|---|---|---|---|---|---|"]
+    for run in sorted(runs, key=lambda r: (r.width, r.steps, r.clients, r.mode)):
+        rows.append(f"| {run.width}x{run.width}, {run.steps} steps | {run.clients} | {run.mode} | "
+                    f"{run.images_per_s:.2f} | {run.percentile(0.5):.3f} | {run.percentile(0.99):.3f} | "
+                    f"{run.images / max(run.batches, 1):.1f} | {run.errors} |")
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sampler", default="Euler a")
+    parser.add_argument("--shapes", default="512:20,64:2", help="width:steps pairs (square images)")
+    parser.add_argument("--clients", default="1,4,8", help="concurrency levels")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--batch-wait-ms", type=float, default=5.0)
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per measurement")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--start-timeout", type=float, default=600.0)
+    parser.add_argument("--json", dest="json_out", help="also write the raw figures here")
+    args = parser.parse_args()
+    args.shapes = [tuple(int(v) for v in pair.split(":")) for pair in args.shapes.split(",")]
+    args.clients = [int(c) for c in args.clients.split(",")]
+    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"model {args.model} on {args.device}, {time.strftime('%Y-%m-%d')}", file=sys.stderr)
+    runs = measure(args, "off (batch 1)", 1) + measure(args, f"on (max {args.max_batch})", args.max_batch)
+    print(table(runs))
+    if args.json_out:
+        with open(args.json_out, "w") as handle:
+            json.dump([{**run.__dict__, "images_per_s": run.images_per_s, "p50": run.percentile(0.5),
+                        "p99": run.percentile(0.99)} for run in runs], handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
