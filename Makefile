@@ -8,12 +8,13 @@ TORCH := torch==2.13.0
 
 .PHONY: run test bench install clean
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every other package (regenerate: pip freeze --exclude-editable, less torch).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet setuptools==80.9.0
-	$(BIN)/pip install --quiet --no-build-isolation -e '.[test]'
+	$(BIN)/pip install --quiet --no-build-isolation -c constraints.txt -e '.[test]'
 	@$(BIN)/python -c "import torch; assert not torch.version.cuda, 'a CUDA build of torch was installed'; print('torch', torch.__version__)"
 	touch $(STAMP)
 

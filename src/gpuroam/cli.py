@@ -15,13 +15,19 @@ app = typer.Typer(help="Run a GPU web service wherever GPUs can be found, behind
 console = Console(stderr=True)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"gpuroam {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
-    if version:
-        console.print(f"gpuroam {__version__}")
-        raise typer.Exit()
+    """gpuroam: one global endpoint for a GPU service, wherever GPUs can be found."""
 
 
 @app.command()

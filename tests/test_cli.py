@@ -1,0 +1,68 @@
+"""The `gpuroam` entry point, including a real `gpuroam worker` process as `make run` starts it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+from typer.testing import CliRunner
+
+from gpuroam.cli import app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_worker_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "worker" in result.output
+    assert runner.invoke(app, ["--version"]).output.strip().startswith("gpuroam ")
+
+
+def test_bad_api_auth_is_a_usage_error_that_says_the_format() -> None:
+    result = runner.invoke(app, ["worker", "--api-auth", "no-colon"])
+    assert result.exit_code == 2
+    assert "user:password" in result.output
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_worker_process_serves_and_logs_json_lines() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpuroam", "worker", "--port", str(port), "--region", "europe-west4", "--gpu", "nvidia-l4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                if httpx.get(f"{url}/internal/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "worker not ready in 120 s"
+            time.sleep(0.1)
+        response = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2, "width": 64, "height": 64},
+                              timeout=60)
+        assert response.status_code == 200
+        assert json.loads(response.json()["info"])["gpuroam_region"] == "europe-west4"
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert any(r["msg"] == "model ready" and r["model"].startswith("tiny") for r in records)
+    assert any(r["msg"] == "request" and r["path"] == "/sdapi/v1/txt2img" and r["status"] == 200 for r in records)
+    assert "Traceback" not in stderr
