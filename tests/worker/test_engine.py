@@ -6,6 +6,8 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
+from ldm_checkpoints import tiny_pipeline
 from PIL import Image
 
 from gpuroam.worker.engine import Engine
@@ -84,3 +86,18 @@ def test_interrupting_one_job_leaves_the_others_untouched(engine: Engine) -> Non
     images = engine.run(tasks, on_step).images
     assert np.array_equal(pixels(images[1]), pixels(full[1]))
     assert not np.array_equal(pixels(images[0]), pixels(full[0])), "the interrupted image stopped early"
+
+
+def test_sdxl_pipelines_run_batched_with_per_image_seeds() -> None:
+    pipeline = tiny_pipeline("sdxl")
+    pipeline.set_progress_bar_config(disable=True)
+    model = LoadedModel(pipeline=pipeline, name="tiny-xl", filename="mem", sha256="0" * 64,
+                        device=torch.device("cpu"), dtype=torch.float32)
+    assert model.is_sdxl
+    engine = Engine(model)
+    key = BatchKey("txt2img", 64, 64, 3, "Euler a", "automatic", 5.0)
+    batched = engine.run(tasks_for(key, [("a", 1), ("b", 2)])).images
+    alone = engine.run(tasks_for(key, [("b", 2)])).images[0]
+    assert np.array_equal(pixels(batched[1]), pixels(alone))
+    i2i = BatchKey("img2img", 64, 64, 4, "Euler", "automatic", 5.0, denoising_strength=0.5)
+    assert engine.run(tasks_for(i2i, [("c", 3)], init=batched[0])).images[0].size == (64, 64)

@@ -194,14 +194,15 @@ def _target_jobs(service: GenerationService | None, job_id: str | None) -> list[
 
 
 def _progress(service: GenerationService | None, job_id: str | None) -> dict[str, Any]:
+    """A1111's progress of one job: the named one, else the one on the device (or next in line)."""
     jobs = list(service.jobs.values()) if service else []
     job = service.jobs.get(job_id) if service and job_id else None
     if job is None and not job_id and jobs:
         job = (service.batcher.running or jobs)[0]  # type: ignore[union-attr]
     state = {
         "skipped": bool(job and job.skipped), "interrupted": bool(job and job.interrupted),
-        "job": job.id if job else "", "job_count": len(jobs),
-        "job_timestamp": "0", "job_no": job.images_done if job else 0,
+        "job": job.id if job else "", "job_count": job.iterations if job else 0,
+        "job_timestamp": "0", "job_no": job.iterations_done if job else 0,
         "sampling_step": job.sampling_step if job else 0, "sampling_steps": job.sampling_steps if job else 0,
     }
     return {"progress": round(job.progress, 4) if job else 0.0, "eta_relative": round(job.eta_relative, 3) if job else 0.0,

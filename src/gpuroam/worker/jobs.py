@@ -39,6 +39,7 @@ class Job:
     id: str
     key: BatchKey
     image_count: int
+    batch_size: int = 1
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     images_done: int = 0
@@ -47,6 +48,15 @@ class Job:
     sampling_steps: int = 0
     interrupted: bool = False
     skipped: bool = False
+
+    @property
+    def iterations(self) -> int:
+        """A1111's n_iter: batches of batch_size images, run in turn."""
+        return self.image_count // self.batch_size
+
+    @property
+    def iterations_done(self) -> int:
+        return self.images_done // self.batch_size
 
     @staticmethod
     def new_id() -> str:

@@ -22,6 +22,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from gpuroam.worker.checkpoints import CONFIGS_DIR, load_checkpoint
 from gpuroam.worker.tokenizer import clip_tokenizer
 
 BUILTIN_MODELS = ("tiny", "sd15-random")
@@ -126,40 +127,14 @@ def _tiny_components() -> dict[str, torch.nn.Module]:
 
 
 def _sd15_components() -> dict[str, torch.nn.Module]:
-    """The SD 1.5 architecture as published (UNet 860M, VAE 84M, CLIP ViT-L/14 text)."""
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            projection_dim=768,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    """The SD 1.5 architecture as published (UNet 860M, VAE 84M, CLIP ViT-L/14 text), built from
+    the bundled config that single-file loading uses too."""
+    folder = CONFIGS_DIR / "sd1"
+    return {
+        "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
+        "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
+        "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
+    }
 
 
 def build_random_pipeline(name: str, seed: int = 0) -> StableDiffusionPipeline:
@@ -218,8 +193,6 @@ def load_model(model: str, device: torch.device, dtype: torch.dtype | None = Non
         sha256 = weights_sha256(pipeline) if model == "tiny" else hashlib.sha256(model.encode()).hexdigest()
         name, filename = model, f"builtin:{model}"
     else:
-        from gpuroam.worker.checkpoints import load_checkpoint
-
         path = Path(model).expanduser()
         pipeline = load_checkpoint(path, dtype)
         sha256 = file_sha256(path) if path.is_file() else weights_sha256(pipeline)

@@ -116,7 +116,7 @@ class GenerationService:
         count = request.image_count
         all_seeds = [seed + (i if request.subseed_strength == 0 else 0) for i in range(count)]
         all_subseeds = [subseed + i for i in range(count)]
-        job = Job(id=request.force_task_id or Job.new_id(), key=key, image_count=count)
+        job = Job(id=request.force_task_id or Job.new_id(), key=key, image_count=count, batch_size=request.batch_size)
         loop = asyncio.get_running_loop()
         tasks = [
             ImageTask(

@@ -116,6 +116,7 @@ async function pollProgress() {
     const resp = await fetch(`/sdapi/v1/progress?id_task=${encodeURIComponent(taskId)}`);
     if (!resp.ok || !state.busy || state.taskId !== taskId) return;
     const p = await resp.json();
+    if (!state.busy || state.taskId !== taskId) return;  // finished while this poll was in flight
     const st = p.state || {};
     const parts = [];
     if (st.job_count > 1) parts.push(`Job ${Math.min((st.job_no || 0) + 1, st.job_count)}/${st.job_count}`);
