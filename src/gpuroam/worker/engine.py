@@ -93,8 +93,12 @@ class Engine:
                 "image": [resize_for_generation(task.init_image, key.width, key.height, 0) for task in tasks],  # type: ignore[arg-type]
                 "strength": key.denoising_strength,
             }
-        with torch.inference_mode():
-            images = pipeline(**kwargs).images
+        try:
+            with torch.inference_mode():
+                images = pipeline(**kwargs).images
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()  # give the cached blocks back before the smaller retries
+            raise
         return BatchResult(images=images, seconds=time.perf_counter() - started)
 
     def _initial_noise(self, tasks: list[ImageTask], generators: list[torch.Generator]) -> torch.Tensor:
