@@ -24,6 +24,8 @@ run: $(STAMP)
 	$(BIN)/gpuroam worker --port 7860 --host 127.0.0.1 --model tiny
 
 test: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -28,14 +28,23 @@ PROMPT = "a lighthouse on a cliff at dusk, detailed"
 def stock_pipeline(model: LoadedModel, batch: int, size: int, steps: int) -> Callable[[], None]:
     pipeline = model.pipeline
     pipeline.scheduler = make_scheduler(*resolve("Euler a", None), dict(pipeline.scheduler.config))
-    return lambda: pipeline([PROMPT] * batch, negative_prompt=["blurry"] * batch, num_inference_steps=steps,
-                            guidance_scale=7.0, width=size, height=size, output_type="pil")
+    return lambda: pipeline(
+        [PROMPT] * batch,
+        negative_prompt=["blurry"] * batch,
+        num_inference_steps=steps,
+        guidance_scale=7.0,
+        width=size,
+        height=size,
+        output_type="pil",
+    )
 
 
 def engine_batch(engine: Engine, batch: int, size: int, steps: int) -> Callable[[], None]:
     key = BatchKey("txt2img", size, size, steps, "Euler a", "automatic", 7.0)
-    tasks = [ImageTask(Job(id="bench", key=key, image_count=batch), i, PROMPT, "blurry", i, i, 0.0, None)
-             for i in range(batch)]
+    tasks = [
+        ImageTask(Job(id="bench", key=key, image_count=batch), i, PROMPT, "blurry", i, i, 0.0, None)
+        for i in range(batch)
+    ]
     return lambda: engine.run(tasks)
 
 
@@ -54,14 +63,16 @@ def main() -> None:
     model = load_model(args.model, resolve_device(args.device))
     engine = Engine(model) if args.engine else None
     sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
-    print(f"{'gpuroam Engine' if engine else 'stock diffusers'}, {args.model} on {model.device}, "
-          f"{torch.get_num_threads()} CPU threads, median of {args.repeats} after a warm-up")
+    print(
+        f"{'gpuroam Engine' if engine else 'stock diffusers'}, {args.model} on {model.device}, "
+        f"{torch.get_num_threads()} CPU threads, median of {args.repeats} after a warm-up"
+    )
     print("| shape | batch | img/s | s per batch |\n|---|---|---|---|")
     for size, steps in (tuple(int(v) for v in pair.split(":")) for pair in args.shapes.split(",")):
         for batch in (int(b) for b in args.batches.split(",")):
             step = engine_batch(engine, batch, size, steps) if engine else stock_pipeline(model, batch, size, steps)
 
-            def once() -> float:
+            def once(step: Callable[[], None] = step) -> float:
                 sync()
                 started = time.perf_counter()
                 step()

@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,10 +56,27 @@ def free_port() -> int:
 
 def start_worker(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "gpuroam", "worker", "--port", str(port), "--model", args.model,
-               "--device", args.device, "--max-batch", str(max_batch), "--batch-wait-ms", str(args.batch_wait_ms),
-               "--max-queue", "4096", "--log-level", "warning"]
-    log = tempfile.NamedTemporaryFile(prefix="gpuroam-bench-worker-", suffix=".log", delete=False)
+    command = [
+        sys.executable,
+        "-m",
+        "gpuroam",
+        "worker",
+        "--port",
+        str(port),
+        "--model",
+        args.model,
+        "--device",
+        args.device,
+        "--max-batch",
+        str(max_batch),
+        "--batch-wait-ms",
+        str(args.batch_wait_ms),
+        "--max-queue",
+        "4096",
+        "--log-level",
+        "warning",
+    ]
+    log = tempfile.NamedTemporaryFile(prefix="gpuroam-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115 - open while the worker runs
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.start_timeout
@@ -116,17 +132,27 @@ def measure(args: argparse.Namespace, mode: str, max_batch: int) -> list[Run]:
     runs = []
     try:
         for width, steps in args.shapes:
-            body = {"prompt": "a lighthouse on a cliff at dusk, detailed", "negative_prompt": "blurry",
-                    "width": width, "height": width, "steps": steps, "sampler_name": args.sampler, "cfg_scale": 7}
+            body = {
+                "prompt": "a lighthouse on a cliff at dusk, detailed",
+                "negative_prompt": "blurry",
+                "width": width,
+                "height": width,
+                "steps": steps,
+                "sampler_name": args.sampler,
+                "cfg_scale": 7,
+            }
             asyncio.run(drive(url, min(max_batch, max(args.clients)), body, args.warmup))  # warm every batch size
             for clients in args.clients:
                 before = batch_count(url)
                 images, seconds, latencies, errors = asyncio.run(drive(url, clients, body, args.duration))
                 run = Run(mode, clients, width, steps, images, seconds, latencies, batch_count(url) - before, errors)
                 runs.append(run)
-                print(f"  {mode:13} {width}px/{steps} steps, {clients:3} clients: {run.images_per_s:7.2f} img/s, "
-                      f"p50 {run.percentile(0.5):.3f} s, p99 {run.percentile(0.99):.3f} s, "
-                      f"{run.images / max(run.batches, 1):.1f} img/batch", file=sys.stderr)
+                print(
+                    f"  {mode:13} {width}px/{steps} steps, {clients:3} clients: {run.images_per_s:7.2f} img/s, "
+                    f"p50 {run.percentile(0.5):.3f} s, p99 {run.percentile(0.99):.3f} s, "
+                    f"{run.images / max(run.batches, 1):.1f} img/batch",
+                    file=sys.stderr,
+                )
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -134,12 +160,16 @@ def measure(args: argparse.Namespace, mode: str, max_batch: int) -> list[Run]:
 
 
 def table(runs: list[Run]) -> str:
-    rows = ["| shape | clients | batching | img/s | p50 s | p99 s | images/batch | errors |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| shape | clients | batching | img/s | p50 s | p99 s | images/batch | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in sorted(runs, key=lambda r: (r.width, r.steps, r.clients, r.mode)):
-        rows.append(f"| {run.width}x{run.width}, {run.steps} steps | {run.clients} | {run.mode} | "
-                    f"{run.images_per_s:.2f} | {run.percentile(0.5):.3f} | {run.percentile(0.99):.3f} | "
-                    f"{run.images / max(run.batches, 1):.1f} | {run.errors} |")
+        rows.append(
+            f"| {run.width}x{run.width}, {run.steps} steps | {run.clients} | {run.mode} | "
+            f"{run.images_per_s:.2f} | {run.percentile(0.5):.3f} | {run.percentile(0.99):.3f} | "
+            f"{run.images / max(run.batches, 1):.1f} | {run.errors} |"
+        )
     return "\n".join(rows)
 
 
@@ -159,14 +189,28 @@ def main() -> None:
     args = parser.parse_args()
     args.shapes = [tuple(int(v) for v in pair.split(":")) for pair in args.shapes.split(",")]
     args.clients = [int(c) for c in args.clients.split(",")]
-    print(f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"model {args.model} on {args.device}, {time.strftime('%Y-%m-%d')}", file=sys.stderr)
+    print(
+        f"# {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"model {args.model} on {args.device}, {time.strftime('%Y-%m-%d')}",
+        file=sys.stderr,
+    )
     runs = measure(args, "off (batch 1)", 1) + measure(args, f"on (max {args.max_batch})", args.max_batch)
     print(table(runs))
     if args.json_out:
         with open(args.json_out, "w") as handle:
-            json.dump([{**run.__dict__, "images_per_s": run.images_per_s, "p50": run.percentile(0.5),
-                        "p99": run.percentile(0.99)} for run in runs], handle, indent=1)
+            json.dump(
+                [
+                    {
+                        **run.__dict__,
+                        "images_per_s": run.images_per_s,
+                        "p50": run.percentile(0.5),
+                        "p99": run.percentile(0.99),
+                    }
+                    for run in runs
+                ],
+                handle,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,22 @@ def free_port() -> int:
 def test_worker_process_serves_and_logs_json_lines() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gpuroam", "worker", "--port", str(port), "--region", "europe-west4", "--gpu", "nvidia-l4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            "-m",
+            "gpuroam",
+            "worker",
+            "--port",
+            str(port),
+            "--region",
+            "europe-west4",
+            "--gpu",
+            "nvidia-l4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -54,8 +68,9 @@ def test_worker_process_serves_and_logs_json_lines() -> None:
                 pass
             assert time.monotonic() < deadline, "worker not ready in 120 s"
             time.sleep(0.1)
-        response = httpx.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2, "width": 64, "height": 64},
-                              timeout=60)
+        response = httpx.post(
+            f"{url}/sdapi/v1/txt2img", json={"prompt": "a cat", "steps": 2, "width": 64, "height": 64}, timeout=60
+        )
         assert response.status_code == 200
         assert json.loads(response.json()["info"])["gpuroam_region"] == "europe-west4"
     finally:

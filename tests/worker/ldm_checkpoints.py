@@ -26,7 +26,6 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from gpuroam.worker.tokenizer import EOS, clip_tokenizer
 
-
 # --- tiny models -------------------------------------------------------------------------------
 
 

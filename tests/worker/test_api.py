@@ -61,8 +61,10 @@ def test_same_request_gives_the_same_bytes(client: TestClient) -> None:
 
 
 def test_seed_minus_one_becomes_a_random_seed(client: TestClient) -> None:
-    seeds = {json.loads(client.post("/sdapi/v1/txt2img", json={**SMALL, "seed": -1}).json()["info"])["seed"]
-             for _ in range(3)}
+    seeds = {
+        json.loads(client.post("/sdapi/v1/txt2img", json={**SMALL, "seed": -1}).json()["info"])["seed"]
+        for _ in range(3)
+    }
     assert len(seeds) == 3 and all(0 <= seed < 4294967294 for seed in seeds)
 
 
@@ -108,7 +110,10 @@ def test_unknown_sampler_error_lists_valid_samplers(client: TestClient) -> None:
 
 
 def test_non_json_and_wrong_shapes_are_4xx(client: TestClient) -> None:
-    assert client.post("/sdapi/v1/txt2img", content=b"{not json", headers={"content-type": "application/json"}).status_code == 422
+    assert (
+        client.post("/sdapi/v1/txt2img", content=b"{not json", headers={"content-type": "application/json"}).status_code
+        == 422
+    )
     assert client.post("/sdapi/v1/txt2img", json=[1, 2]).status_code == 422
     assert client.post("/sdapi/v1/img2img", json={**SMALL}).status_code == 422  # init_images missing
 
@@ -153,7 +158,9 @@ def test_options_round_trip_and_clip_skip_applies(client: TestClient) -> None:
     options = client.get("/sdapi/v1/options").json()
     assert options["sd_model_checkpoint"].startswith("tiny") and options["CLIP_stop_at_last_layers"] == 1
     plain = client.post("/sdapi/v1/txt2img", json=SMALL).json()
-    assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "unknown_option": 1}).status_code == 200
+    assert (
+        client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2, "unknown_option": 1}).status_code == 200
+    )
     assert client.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
     skipped = client.post("/sdapi/v1/txt2img", json=SMALL).json()
     assert "Clip skip: 2" in json.loads(skipped["info"])["infotexts"][0]

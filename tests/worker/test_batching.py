@@ -92,7 +92,9 @@ def test_progress_and_interrupt_act_on_one_job(live_worker) -> None:  # type: ig
     with live_worker(max_batch=8) as url:
         slow = {**SHAPE, "steps": 150, "width": 256, "height": 256, "force_task_id": "task(slow)"}
         result: dict = {}
-        thread = threading.Thread(target=lambda: result.update(r=httpx.post(f"{url}/sdapi/v1/txt2img", json=slow, timeout=120)))
+        thread = threading.Thread(
+            target=lambda: result.update(r=httpx.post(f"{url}/sdapi/v1/txt2img", json=slow, timeout=120))
+        )
         thread.start()
         deadline = time.monotonic() + 30
         while True:
@@ -115,13 +117,15 @@ def test_a_real_a1111_client_works_unchanged(live_worker, sampler: str) -> None:
     with live_worker() as url:
         port = int(url.rsplit(":", 1)[1])
         api = webuiapi.WebUIApi(host="127.0.0.1", port=port, sampler=sampler, steps=4)
-        result = api.txt2img(prompt="a lighthouse at dusk", negative_prompt="blurry", seed=1234,
-                             width=128, height=128, batch_size=2)
+        result = api.txt2img(
+            prompt="a lighthouse at dusk", negative_prompt="blurry", seed=1234, width=128, height=128, batch_size=2
+        )
         assert len(result.images) == 2 and result.images[0].size == (128, 128)
         assert result.info["all_seeds"] == [1234, 1235]
         assert result.images[0].info["parameters"].startswith("a lighthouse at dusk\nNegative prompt: blurry")
-        again = api.img2img(images=[result.image], prompt="a lighthouse at night", seed=5, denoising_strength=0.6,
-                            width=128, height=128)
+        again = api.img2img(
+            images=[result.image], prompt="a lighthouse at night", seed=5, denoising_strength=0.6, width=128, height=128
+        )
         assert again.image.size == (128, 128) and again.info["seed"] == 5
         assert api.get_progress()["state"]["job_count"] == 0
         assert "Euler a" in [s["name"] for s in api.get_samplers()]

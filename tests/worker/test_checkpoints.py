@@ -23,6 +23,13 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
+from ldm_checkpoints import (
+    assert_same_weights,
+    generate,
+    tiny_pipeline,
+    to_ldm_state_dict,
+    write_config_folder,
+)
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -39,14 +46,6 @@ from gpuroam.worker.checkpoints import (
     sidecar_prediction_type,
 )
 from gpuroam.worker.tokenizer import EOS
-
-from ldm_checkpoints import (
-    assert_same_weights,
-    generate,
-    tiny_pipeline,
-    to_ldm_state_dict,
-    write_config_folder,
-)
 
 
 @pytest.fixture(autouse=True)

@@ -20,13 +20,23 @@ def engine(tiny_model: LoadedModel) -> Engine:
     return Engine(tiny_model)
 
 
-def tasks_for(key: BatchKey, specs: list[tuple[str, int]], init: Image.Image | None = None,
-              subseed_strength: float = 0.0) -> list[ImageTask]:
+def tasks_for(
+    key: BatchKey, specs: list[tuple[str, int]], init: Image.Image | None = None, subseed_strength: float = 0.0
+) -> list[ImageTask]:
     loop = asyncio.new_event_loop()
     try:
         return [
-            ImageTask(Job(id=f"j{i}", key=key, image_count=1), 0, prompt, "", seed, seed + 1000,
-                      subseed_strength, init, loop.create_future())
+            ImageTask(
+                Job(id=f"j{i}", key=key, image_count=1),
+                0,
+                prompt,
+                "",
+                seed,
+                seed + 1000,
+                subseed_strength,
+                init,
+                loop.create_future(),
+            )
             for i, (prompt, seed) in enumerate(specs)
         ]
     finally:
@@ -91,8 +101,14 @@ def test_interrupting_one_job_leaves_the_others_untouched(engine: Engine) -> Non
 def test_sdxl_pipelines_run_batched_with_per_image_seeds() -> None:
     pipeline = tiny_pipeline("sdxl")
     pipeline.set_progress_bar_config(disable=True)
-    model = LoadedModel(pipeline=pipeline, name="tiny-xl", filename="mem", sha256="0" * 64,
-                        device=torch.device("cpu"), dtype=torch.float32)
+    model = LoadedModel(
+        pipeline=pipeline,
+        name="tiny-xl",
+        filename="mem",
+        sha256="0" * 64,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     assert model.is_sdxl
     engine = Engine(model)
     key = BatchKey("txt2img", 64, 64, 3, "Euler a", "automatic", 5.0)

@@ -52,7 +52,9 @@ class WorkerState:
 
     def require_service(self) -> GenerationService:
         if self.service is None:
-            raise HTTPException(503, detail=self.unavailable_reason, headers={"Retry-After": str(LOADING_RETRY_AFTER_S)})
+            raise HTTPException(
+                503, detail=self.unavailable_reason, headers={"Retry-After": str(LOADING_RETRY_AFTER_S)}
+            )
         return self.service
 
 
@@ -81,8 +83,15 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
         batcher.start()
         state.service = GenerationService(config, loaded, batcher)
         state.metrics.model_loaded.set(1)
-        log.info("model ready", extra={"model": loaded.title, "device": str(loaded.device), "dtype": str(loaded.dtype),
-                                       "warm_up_s": round(warm_up_s, 3)})
+        log.info(
+            "model ready",
+            extra={
+                "model": loaded.title,
+                "device": str(loaded.device),
+                "dtype": str(loaded.dtype),
+                "warm_up_s": round(warm_up_s, 3),
+            },
+        )
         return batcher
 
     @asynccontextmanager
@@ -110,8 +119,11 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
     @app.get("/internal/ping")
     async def ping() -> JSONResponse:
         if state.service is None:
-            return JSONResponse({"detail": state.unavailable_reason}, status_code=503,
-                                headers={"Retry-After": str(LOADING_RETRY_AFTER_S)})
+            return JSONResponse(
+                {"detail": state.unavailable_reason},
+                status_code=503,
+                headers={"Retry-After": str(LOADING_RETRY_AFTER_S)},
+            )
         return JSONResponse({})
 
     @app.get("/metrics", include_in_schema=False)
@@ -122,10 +134,14 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
     async def worker_info() -> dict[str, Any]:
         service = state.service
         return {
-            "region": config.region, "gpu": config.gpu, "replica": config.replica, "version": __version__,
+            "region": config.region,
+            "gpu": config.gpu,
+            "replica": config.replica,
+            "version": __version__,
             "model": service.model.title if service else config.model,
             "device": str(service.model.device) if service else config.device,
-            "ready": service is not None, "max_batch": config.max_batch,
+            "ready": service is not None,
+            "max_batch": config.max_batch,
             "queued_images": service.batcher.queued_images if service else 0,
         }
 
@@ -138,7 +154,9 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
         return await service.generate(request)
 
     @app.get("/sdapi/v1/progress", dependencies=api_auth)
-    async def progress(request: Request, skip_current_image: bool = False, id_task: str | None = None) -> dict[str, Any]:
+    async def progress(
+        request: Request, skip_current_image: bool = False, id_task: str | None = None
+    ) -> dict[str, Any]:
         return _progress(state.service, id_task or request.headers.get("x-gpuroam-job"))
 
     @app.post("/sdapi/v1/interrupt", dependencies=api_auth)
@@ -165,8 +183,16 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
     @app.get("/sdapi/v1/sd-models", dependencies=api_auth)
     async def sd_models(service: GenerationService = service_ready) -> list[dict[str, Any]]:
         model = service.model
-        return [{"title": model.title, "model_name": model.name, "hash": model.short_hash,
-                 "sha256": model.sha256, "filename": model.filename, "config": None}]
+        return [
+            {
+                "title": model.title,
+                "model_name": model.name,
+                "hash": model.short_hash,
+                "sha256": model.sha256,
+                "filename": model.filename,
+                "config": None,
+            }
+        ]
 
     @app.get("/sdapi/v1/samplers", dependencies=api_auth)
     async def samplers() -> list[dict[str, Any]]:
@@ -174,8 +200,16 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
 
     @app.get("/sdapi/v1/schedulers", dependencies=api_auth)
     async def schedulers() -> list[dict[str, Any]]:
-        return [{"name": s.name, "label": s.label, "aliases": list(s.aliases) or None,
-                 "default_rho": -1, "need_inner_model": False} for s in SCHEDULES]
+        return [
+            {
+                "name": s.name,
+                "label": s.label,
+                "aliases": list(s.aliases) or None,
+                "default_rho": -1,
+                "need_inner_model": False,
+            }
+            for s in SCHEDULES
+        ]
 
     @app.get("/sdapi/v1/scripts", dependencies=api_auth)
     async def scripts() -> dict[str, list[str]]:
@@ -200,13 +234,22 @@ def _progress(service: GenerationService | None, job_id: str | None) -> dict[str
     if job is None and not job_id and jobs:
         job = (service.batcher.running or jobs)[0]  # type: ignore[union-attr]
     state = {
-        "skipped": bool(job and job.skipped), "interrupted": bool(job and job.interrupted),
-        "job": job.id if job else "", "job_count": job.iterations if job else 0,
-        "job_timestamp": "0", "job_no": job.iterations_done if job else 0,
-        "sampling_step": job.sampling_step if job else 0, "sampling_steps": job.sampling_steps if job else 0,
+        "skipped": bool(job and job.skipped),
+        "interrupted": bool(job and job.interrupted),
+        "job": job.id if job else "",
+        "job_count": job.iterations if job else 0,
+        "job_timestamp": "0",
+        "job_no": job.iterations_done if job else 0,
+        "sampling_step": job.sampling_step if job else 0,
+        "sampling_steps": job.sampling_steps if job else 0,
     }
-    return {"progress": round(job.progress, 4) if job else 0.0, "eta_relative": round(job.eta_relative, 3) if job else 0.0,
-            "state": state, "current_image": None, "textinfo": None}
+    return {
+        "progress": round(job.progress, 4) if job else 0.0,
+        "eta_relative": round(job.eta_relative, 3) if job else 0.0,
+        "state": state,
+        "current_image": None,
+        "textinfo": None,
+    }
 
 
 def _api_auth_dependency(config: WorkerConfig) -> list[Any]:
@@ -231,8 +274,10 @@ def _api_auth_dependency(config: WorkerConfig) -> list[Any]:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def request_error(_: Request, error: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": [{"loc": ["body", *error.field_name.split(".")], "msg": str(error),
-                                         "type": "value_error"}]}, status_code=422)
+        return JSONResponse(
+            {"detail": [{"loc": ["body", *error.field_name.split(".")], "msg": str(error), "type": "value_error"}]},
+            status_code=422,
+        )
 
     @app.exception_handler(QueueFull)
     async def queue_full(_: Request, error: QueueFull) -> JSONResponse:

@@ -131,10 +131,14 @@ class Batcher:
             task.job.images_done += 1
             _resolve(task, image)
 
-    async def _recover(self, loop: asyncio.AbstractEventLoop, batch: list[ImageTask], jobs: list[Job], error: Exception) -> None:
+    async def _recover(
+        self, loop: asyncio.AbstractEventLoop, batch: list[ImageTask], jobs: list[Job], error: Exception
+    ) -> None:
         """A batch we merged from several jobs that ran out of memory is retried one job at a time."""
         if is_out_of_memory(error) and len(jobs) > 1:
-            log.warning("out of memory on a merged batch; retrying job by job", extra={"jobs": len(jobs), "images": len(batch)})
+            log.warning(
+                "out of memory on a merged batch; retrying job by job", extra={"jobs": len(jobs), "images": len(batch)}
+            )
             for job in jobs:
                 await self._run(loop, [task for task in batch if task.job is job])
             return

@@ -150,7 +150,7 @@ def read_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     if path.suffix.lower() == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as handle:
-                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+                return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118 - safe_open is not iterable
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path} is not a readable .safetensors file ({err}); re-download it") from err
     state_dict = load_ckpt_state_dict(path)

@@ -12,12 +12,13 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "gpuroam_worker_requests", "HTTP requests answered", ["route", "status"], registry=r
-        )
+        self.requests = Counter("gpuroam_worker_requests", "HTTP requests answered", ["route", "status"], registry=r)
         self.request_seconds = Histogram(
-            "gpuroam_worker_request_seconds", "Time from request to response for generation routes",
-            ["route"], buckets=SECONDS_BUCKETS, registry=r,
+            "gpuroam_worker_request_seconds",
+            "Time from request to response for generation routes",
+            ["route"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge("gpuroam_worker_queue_depth", "Images waiting for the device", registry=r)
         self.batch_images = Histogram(

@@ -13,9 +13,20 @@ from gpuroam.worker.metrics import WorkerMetrics
 log = logging.getLogger("gpuroam.worker.access")
 
 KNOWN_ROUTES = (
-    "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/progress", "/sdapi/v1/interrupt",
-    "/sdapi/v1/skip", "/sdapi/v1/options", "/sdapi/v1/sd-models", "/sdapi/v1/samplers",
-    "/sdapi/v1/schedulers", "/sdapi/v1/scripts", "/internal/ping", "/metrics", "/", "/gpuroam/worker",
+    "/sdapi/v1/txt2img",
+    "/sdapi/v1/img2img",
+    "/sdapi/v1/progress",
+    "/sdapi/v1/interrupt",
+    "/sdapi/v1/skip",
+    "/sdapi/v1/options",
+    "/sdapi/v1/sd-models",
+    "/sdapi/v1/samplers",
+    "/sdapi/v1/schedulers",
+    "/sdapi/v1/scripts",
+    "/internal/ping",
+    "/metrics",
+    "/",
+    "/gpuroam/worker",
 )
 
 
@@ -74,8 +85,13 @@ class WorkerMiddleware:
         body = json.dumps(
             {"detail": f"request body over {self.max_body_bytes} bytes; send smaller init images"}
         ).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     def _record(self, scope: Scope, route: str, status: int, started: float) -> None:
@@ -84,8 +100,15 @@ class WorkerMiddleware:
         if route in ("/sdapi/v1/txt2img", "/sdapi/v1/img2img"):
             self.metrics.request_seconds.labels(route=route).observe(seconds)
         if route not in ("/sdapi/v1/progress", "/internal/ping", "/metrics"):
-            log.info("request", extra={"method": scope["method"], "path": scope["path"], "status": status,
-                                       "seconds": round(seconds, 4)})
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "seconds": round(seconds, 4),
+                },
+            )
 
 
 def _content_length(scope: Scope) -> int | None:

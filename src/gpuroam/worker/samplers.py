@@ -33,8 +33,15 @@ class Schedule:
 
 
 SAMPLERS: tuple[Sampler, ...] = (
-    Sampler("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m",)),
-    Sampler("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m_sde",)),
+    Sampler(
+        "DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}, ("k_dpmpp_2m",)
+    ),
+    Sampler(
+        "DPM++ 2M SDE",
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        ("k_dpmpp_2m_sde",),
+    ),
     Sampler("Euler a", "EulerAncestralDiscreteScheduler", {}, ("k_euler_a", "k_euler_ancestral")),
     Sampler("Euler", "EulerDiscreteScheduler", {}, ("k_euler",)),
     Sampler("LMS", "LMSDiscreteScheduler", {}, ("k_lms",)),

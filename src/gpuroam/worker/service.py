@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -39,7 +39,6 @@ class Options:
     clip_stop_at_last_layers: int = 1
     eta_ddim: float = 0.0
     eta_ancestral: float = 1.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_a1111(self, model: LoadedModel | None) -> dict[str, Any]:
         return {
@@ -143,7 +142,11 @@ class GenerationService:
                 self.batcher.interrupt(job)
         made = [(task, image) for task, image in zip(tasks, images) if image is not None]
         texts = [self._infotext(request, key, task) for task, _ in made]
-        encoded = await anyio.to_thread.run_sync(_encode_all, [image for _, image in made], texts) if request.send_images else []
+        encoded = (
+            await anyio.to_thread.run_sync(_encode_all, [image for _, image in made], texts)
+            if request.send_images
+            else []
+        )
         info = self._info(request, key, seed, subseed, all_seeds, all_subseeds, texts, job)
         return {"images": encoded, "parameters": _parameters(request), "info": json.dumps(info)}
 
@@ -151,7 +154,9 @@ class GenerationService:
         if not isinstance(request, Img2ImgRequest):
             return []
         if request.mask:
-            raise RequestError("mask", "inpainting (mask) is not supported by this worker yet; send img2img without a mask")
+            raise RequestError(
+                "mask", "inpainting (mask) is not supported by this worker yet; send img2img without a mask"
+            )
         decoded = []
         for position, data in enumerate(request.init_images):
             try:
