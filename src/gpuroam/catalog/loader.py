@@ -1,0 +1,204 @@
+"""Reading catalog YAML: the bundled gcp.yaml, optionally merged with a user file, checked on load."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpuroam.catalog.model import CONTINENTS, Catalog, GpuType, Offer, Region
+
+BUNDLED = "gcp.yaml"
+SECTIONS = ("gpus", "regions")
+GPU_FIELDS = ("memory_gib", "speed", "price", "counts", "price_uncertain")
+REGION_FIELDS = ("city", "lat", "lon", "continent", "gpus")
+
+Data = dict[str, dict[str, Any]]
+
+
+class CatalogError(ValueError):
+    """A catalog file is wrong; the message names the file, the entry and how to fix it."""
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """The bundled GCP catalog, or the bundled one with the user file at `path` merged over it.
+
+    Merge rule: `gpus` and `regions` entries are matched by name. A new name adds an entry, which
+    must then be complete. A known name updates the bundled entry: mappings (the entry itself and a
+    region's `gpus`) merge key by key, so a user file gives only what it changes; any other value
+    (a number, a string, `counts`) replaces the bundled one. Hence a user file can add regions, GPU
+    types and offers, and change prices and speeds, but not remove anything; `gpu: null` in a
+    region's `gpus` puts that offer back at the GPU's base price. Errors in an entry the user file
+    touches are reported against the user file.
+    """
+    if path is None:
+        return _bundled()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CatalogError(f"catalog {path}: cannot read it ({exc.strerror}); check the path") from exc
+    user = _parse(str(path), text)
+
+    def source(section: str, name: str) -> str:
+        return str(path) if name in user[section] else BUNDLED
+
+    return _build(_merge(_bundled_data(), user), source)
+
+
+@lru_cache(maxsize=1)
+def _bundled() -> Catalog:
+    """Parsed and checked once per process: every placement decision reads it."""
+    return _build(_bundled_data(), lambda section, name: BUNDLED)
+
+
+def _bundled_data() -> Data:
+    return _parse(BUNDLED, files("gpuroam.catalog").joinpath(BUNDLED).read_text())
+
+
+def _parse(source: str, text: str) -> Data:
+    """The file's two sections as name -> entry mappings; entries are checked after merging."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise CatalogError(f"catalog {source}: not valid YAML; fix the syntax: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CatalogError(f"catalog {source}: the top level must be a mapping with sections {', '.join(SECTIONS)}")
+    for key in data:
+        if key not in SECTIONS:
+            raise CatalogError(f"catalog {source}: unknown section {key!r}; sections are {', '.join(SECTIONS)}")
+    sections: Data = {}
+    for section in SECTIONS:
+        entries = data.get(section)
+        if entries is None:
+            entries = {}
+        if not isinstance(entries, dict):
+            raise CatalogError(f"catalog {source}: section {section!r} must be a mapping from name to entry")
+        for name in entries:
+            if not isinstance(name, str):
+                raise CatalogError(f"catalog {source}: {section} entry {name!r} must be named by a string; quote it")
+        sections[section] = entries
+    return sections
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """Mappings merge key by key, recursively; any other value in `over` replaces the one in `base`."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{key: _merge(base[key], value) if key in base else value for key, value in over.items()}}
+    return over
+
+
+def _build(data: Data, source: Callable[[str, str], str]) -> Catalog:
+    """Check every entry (blaming the file `source` names for it) and give each offer its price."""
+    gpus = {
+        name: _gpu(_Entry(source("gpus", name), "GPU", name, entry, GPU_FIELDS)) for name, entry in data["gpus"].items()
+    }
+    regions: dict[str, Region] = {}
+    prices: dict[str, dict[str, float | None]] = {}
+    for name, entry in data["regions"].items():
+        regions[name], prices[name] = _region(
+            _Entry(source("regions", name), "region", name, entry, REGION_FIELDS), gpus
+        )
+    offers = {
+        (region, gpu): Offer(region, gpu, gpus[gpu].base_price if prices[region][gpu] is None else prices[region][gpu])
+        for region in regions
+        for gpu in gpus
+        if gpu in prices[region]
+    }
+    return Catalog(regions=regions, gpus=gpus, offers=offers)
+
+
+def _gpu(entry: _Entry) -> GpuType:
+    memory = entry.required("memory_gib", "memory_gib is the GPU's memory in GiB")
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory <= 0:
+        raise entry.error(f"has memory_gib {memory!r}; memory_gib must be a positive integer")
+    counts = entry.required("counts", "counts lists the GPUs per pod GKE Autopilot accepts, e.g. [1, 2, 4]")
+    if (
+        not isinstance(counts, list)
+        or not counts
+        or any(isinstance(n, bool) or not isinstance(n, int) or n <= 0 for n in counts)
+        or len(set(counts)) != len(counts)
+    ):
+        raise entry.error(f"has counts {counts!r}; counts must list distinct positive GPUs per pod, e.g. [1, 2, 4]")
+    uncertain = entry.fields.get("price_uncertain", False)
+    if not isinstance(uncertain, bool):
+        raise entry.error(f"has price_uncertain {uncertain!r}; write true or false")
+    return GpuType(
+        name=entry.name,
+        memory_gib=memory,
+        speed=entry.number("speed", lambda v: v > 0, "speed is relative to nvidia-tesla-t4 = 1.0 and must be > 0"),
+        base_price=entry.number("price", lambda v: v >= 0, "price is USD per GPU-hour and must be >= 0"),
+        counts=tuple(counts),
+        price_uncertain=uncertain,
+    )
+
+
+def _region(entry: _Entry, gpus: dict[str, GpuType]) -> tuple[Region, dict[str, float | None]]:
+    """The region, and the GPUs it offers with their regional price (None: the GPU's base price)."""
+    city = entry.required("city", "city is where the region is, as text")
+    if not isinstance(city, str) or not city:
+        raise entry.error(f"has city {city!r}; city is where the region is, as text")
+    continent = entry.required("continent", f"continent is one of {', '.join(CONTINENTS)}")
+    if continent not in CONTINENTS:
+        raise entry.error(f"has continent {continent!r}; use one of {', '.join(CONTINENTS)}")
+    offered = entry.fields.get("gpus", {})
+    if not isinstance(offered, dict):
+        raise entry.error(
+            f"has gpus {offered!r}; write gpus as a mapping, e.g. {{nvidia-tesla-t4, nvidia-l4: 0.6}} "
+            "(a bare name is offered at the GPU's base price)"
+        )
+    prices: dict[str, float | None] = {}
+    for gpu, price in offered.items():
+        if gpu not in gpus:
+            raise entry.error(f"offers unknown GPU {gpu!r}; known GPUs: {', '.join(map(str, gpus))}")
+        if price is not None and not _number_ok(price, lambda v: v >= 0):
+            raise entry.error(f"prices {gpu} at {price!r}; a price is USD per GPU-hour and must be >= 0")
+        prices[gpu] = None if price is None else float(price)
+    region = Region(
+        name=entry.name,
+        city=city,
+        lat=entry.number("lat", lambda v: -90 <= v <= 90, "lat is the city's latitude in degrees, -90 to 90"),
+        lon=entry.number("lon", lambda v: -180 <= v <= 180, "lon is the city's longitude in degrees, -180 to 180"),
+        continent=continent,
+    )
+    return region, prices
+
+
+def _number_ok(value: Any, ok: Callable[[float], bool]) -> bool:
+    """A finite int or float (YAML bools are ints in Python, and are not numbers here) that passes `ok`."""
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and ok(value)
+
+
+class _Entry:
+    """One `gpus` or `regions` entry under check, so that every error names file, entry and fix."""
+
+    def __init__(self, source: str, kind: str, name: str, entry: Any, fields: tuple[str, ...]) -> None:
+        self.name = name
+        self.where = f"catalog {source}: {kind} {name!r}"
+        if not isinstance(entry, dict):
+            raise self.error(f"must be a mapping with fields {', '.join(fields)}")
+        for field in entry:
+            if field not in fields:
+                raise self.error(f"has unknown field {field!r}; fields are {', '.join(fields)}")
+        self.fields: dict[str, Any] = entry
+
+    def error(self, problem: str) -> CatalogError:
+        return CatalogError(f"{self.where} {problem}")
+
+    def required(self, field: str, hint: str) -> Any:
+        if field not in self.fields:
+            raise self.error(f"is missing {field!r}; add it: {hint}")
+        return self.fields[field]
+
+    def number(self, field: str, ok: Callable[[float], bool], rule: str) -> float:
+        value = self.required(field, rule)
+        if not _number_ok(value, ok):
+            raise self.error(f"has {field} {value!r}; {rule}")
+        return float(value)

@@ -1,0 +1,332 @@
+"""Where a service's replicas should run: a pure function of what is wanted and what is known.
+
+    plan(catalog, demand, capacity, replicas, now) -> Plan(launches, drains)
+
+No I/O and no clock: the reconciler passes `now`, so every decision can be replayed, property-
+tested and simulated. The rules, in order:
+
+1. A (region, GPU) pair is *available* when the spec allows the region and names the GPU, the
+   catalog offers it, it is not blocked (a recent capacity failure), and known inventory, if
+   any, has room. It is *stable* when it is available and its last block ended at least
+   `move_back_after_s` ago: only stable capacity is worth moving back to (hysteresis).
+2. Regions are ranked by their best pair: GPU preference first, then distance to where traffic
+   comes from (when known), then price, then name (so ties break the same way every time).
+3. The service wants `needed` regions (min_regions, pinned regions, enough for min replicas) of
+   `per_region` replicas each. It keeps pinned regions, then the best regions where it already
+   runs, then adds the best available ones.
+4. A wanted region short of replicas gets launches on its best available GPU; while any wanted
+   region has no ready replica, extra candidates in the next-best regions are raced, up to
+   `race` launches in flight.
+5. Move back: when every wanted region is fully ready and nothing is starting, one replica at a
+   time moves to a strictly better stable GPU in its region, or a wanted region is replaced by
+   a strictly better stable one.
+6. Make before break: replicas that are no longer wanted are drained only once every wanted
+   region has its replicas ready.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from gpuroam.records import Block, Replica, ReplicaState
+
+if TYPE_CHECKING:
+    from gpuroam.spec import ServiceSpec
+
+Pair = tuple[str, str]  # (region, GPU type)
+
+
+class CatalogView(Protocol):
+    """What placement reads of a Catalog (gpuroam.catalog)."""
+
+    def price(self, region: str, gpu: str) -> float: ...
+    def distance_km(self, region_a: str, region_b: str) -> float: ...
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What placement needs of a service: its spec, flattened (so tests build it directly), plus
+    the regions pinned by `expand`."""
+
+    gpus: tuple[str, ...]
+    allow: tuple[str, ...] = ("*",)
+    deny: tuple[str, ...] = ()
+    gpu_count: int = 1
+    min_regions: int = 1
+    per_region: int = 1
+    min_replicas: int = 1
+    max_replicas: int = 8
+    race: int = 3
+    move_back_after_s: float = 120.0
+    pinned_regions: tuple[str, ...] = ()
+
+    @classmethod
+    def from_spec(cls, spec: ServiceSpec, pinned_regions: Iterable[str] = ()) -> Demand:
+        return cls(
+            gpus=tuple(spec.resources.gpus),
+            allow=tuple(spec.regions.allow),
+            deny=tuple(spec.regions.deny),
+            gpu_count=spec.resources.gpu_count,
+            min_regions=spec.regions.min_regions,
+            per_region=spec.replicas.per_region,
+            min_replicas=spec.replicas.min,
+            max_replicas=spec.replicas.max,
+            race=spec.placement.race,
+            move_back_after_s=spec.placement.move_back_after_s,
+            pinned_regions=tuple(r for r in pinned_regions if spec.region_allowed(r)),
+        )
+
+    def region_allowed(self, region: str) -> bool:
+        """Wildcards as in the spec; deny wins over allow."""
+        allowed = any(fnmatch.fnmatchcase(region, pattern) for pattern in self.allow)
+        return allowed and not any(fnmatch.fnmatchcase(region, pattern) for pattern in self.deny)
+
+    def gpu_rank(self, gpu: str) -> int | None:
+        return self.gpus.index(gpu) if gpu in self.gpus else None
+
+
+@dataclass(frozen=True)
+class CapacityView:
+    """What is known about capacity: blocks (expired ones too, for hysteresis), free slots per
+    pair where a provider knows them (absent = unknown, assume some), and where traffic comes
+    from (region -> share; empty = unknown)."""
+
+    offers: frozenset[Pair]
+    blocks: Mapping[Pair, Block] = field(default_factory=dict)
+    free_slots: Mapping[Pair, int] = field(default_factory=dict)
+    traffic: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Launch:
+    region: str
+    gpu: str
+    reason: str  # initial | replace | race | move-back
+
+
+@dataclass(frozen=True)
+class Drain:
+    replica_id: str
+    reason: str  # surplus | race-lost | moved
+
+
+@dataclass(frozen=True)
+class Plan:
+    launches: tuple[Launch, ...] = ()
+    drains: tuple[Drain, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.launches and not self.drains
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    catalog: CatalogView
+    demand: Demand
+    capacity: CapacityView
+    now: float
+
+    def allowed(self, region: str, gpu: str) -> bool:
+        return (
+            (region, gpu) in self.capacity.offers
+            and self.demand.region_allowed(region)
+            and self.demand.gpu_rank(gpu) is not None
+        )
+
+    def available(self, region: str, gpu: str) -> bool:
+        block = self.capacity.blocks.get((region, gpu))
+        if not self.allowed(region, gpu) or (block is not None and block.active(self.now)):
+            return False
+        return self.capacity.free_slots.get((region, gpu), 1) > 0
+
+    def stable(self, region: str, gpu: str) -> bool:
+        block = self.capacity.blocks.get((region, gpu))
+        settled = block is None or self.now - block.until >= self.demand.move_back_after_s
+        return settled and self.available(region, gpu)
+
+    def pair_key(self, region: str, gpu: str) -> tuple[int, float, float, str, str]:
+        rank = self.demand.gpu_rank(gpu)
+        price = self.catalog.price(region, gpu) * self.demand.gpu_count
+        return (rank if rank is not None else 1_000, self.traffic_distance(region), price, region, gpu)
+
+    def traffic_distance(self, region: str) -> float:
+        traffic = self.capacity.traffic
+        total = sum(traffic.values())
+        if total <= 0:
+            return 0.0
+        distance = sum(share * self.catalog.distance_km(origin, region) for origin, share in traffic.items())
+        return round(distance / total, 3)
+
+    def best_pair(self, region: str, usable: Iterable[str], test: str = "available") -> Pair | None:
+        check = self.stable if test == "stable" else self.available
+        pairs = [(region, gpu) for gpu in usable if check(region, gpu)]
+        return min(pairs, key=lambda pair: self.pair_key(*pair)) if pairs else None
+
+
+def plan(
+    catalog: CatalogView,
+    demand: Demand,
+    capacity: CapacityView,
+    replicas: Sequence[Replica],
+    now: float,
+) -> Plan:
+    """The launches and drains that move `replicas` (one service's) towards where they should be."""
+    inputs = _Inputs(catalog, demand, capacity, now)
+    live = [r for r in replicas if r.state.live]
+    regions = sorted({region for region, _ in capacity.offers})
+    region_keys = _region_keys(inputs, regions, live)
+    wanted = _wanted_regions(inputs, region_keys, live)
+    launches = _launches(inputs, region_keys, wanted, live)
+    drains = _drains(inputs, wanted, live, launches)
+    return Plan(tuple(launches), tuple(drains))
+
+
+def needed_regions(demand: Demand) -> int:
+    """How many regions the service should run in, within what max_replicas allows."""
+    want = max(demand.min_regions, len(demand.pinned_regions), math.ceil(demand.min_replicas / demand.per_region))
+    return max(1, min(want, demand.max_replicas // demand.per_region))
+
+
+def _region_keys(inputs: _Inputs, regions: Iterable[str], live: Sequence[Replica]) -> dict[str, tuple]:
+    """Each region's best pair: an available one, or what its live replicas already run on."""
+    keys: dict[str, tuple] = {}
+    gpus = inputs.demand.gpus
+    for region in regions:
+        candidates = [inputs.pair_key(region, gpu) for gpu in gpus if inputs.available(region, gpu)]
+        candidates += [
+            inputs.pair_key(r.region, r.gpu) for r in live if r.region == region and inputs.allowed(r.region, r.gpu)
+        ]
+        if candidates:
+            keys[region] = min(candidates)
+    return keys
+
+
+def _wanted_regions(inputs: _Inputs, keys: Mapping[str, tuple], live: Sequence[Replica]) -> list[str]:
+    """Pinned first, then the best regions already in use, then the best available ones.
+
+    A pinned region the service lost comes back only on stable capacity, like any move back."""
+    count = needed_regions(inputs.demand)
+    in_use = {r.region for r in live if r.region in keys}
+    gpus = inputs.demand.gpus
+    wanted = [r for r in inputs.demand.pinned_regions if r in in_use or inputs.best_pair(r, gpus, "stable")]
+    using = sorted(in_use - set(wanted), key=lambda r: keys[r])
+    fresh = sorted(set(keys) - set(wanted) - in_use, key=lambda r: keys[r])
+    for region in using + fresh:
+        if len(wanted) >= count:
+            break
+        if region in in_use or inputs.best_pair(region, gpus) is not None:
+            wanted.append(region)
+    return _move_back_region(inputs, keys, wanted, live, fresh)
+
+
+def _move_back_region(
+    inputs: _Inputs, keys: Mapping[str, tuple], wanted: list[str], live: Sequence[Replica], fresh: list[str]
+) -> list[str]:
+    """Swap the worst unpinned wanted region for a strictly better stable one, once all is ready."""
+    if any(r.state is ReplicaState.PROVISIONING for r in live) or not _all_ready(inputs, wanted, live):
+        return wanted
+    swappable = [r for r in wanted if r not in inputs.demand.pinned_regions]
+    better = [r for r in fresh if r not in wanted and inputs.best_pair(r, inputs.demand.gpus, "stable")]
+    if not swappable or not better:
+        return wanted
+    worst = max(swappable, key=lambda r: keys[r])
+    best = min(better, key=lambda r: _stable_key(inputs, r))
+    if _stable_key(inputs, best)[0] < keys[worst][0]:  # a strictly better GPU: worth a move
+        return [best if r == worst else r for r in wanted]
+    return wanted
+
+
+def _stable_key(inputs: _Inputs, region: str) -> tuple:
+    pair = inputs.best_pair(region, inputs.demand.gpus, "stable")
+    assert pair is not None
+    return inputs.pair_key(*pair)
+
+
+def _launches(
+    inputs: _Inputs, keys: Mapping[str, tuple], wanted: Sequence[str], live: Sequence[Replica]
+) -> list[Launch]:
+    demand = inputs.demand
+    launches: list[Launch] = []
+    for region in wanted:
+        here = [r for r in live if r.region == region]
+        pair = inputs.best_pair(region, demand.gpus)
+        if pair is not None and len(here) < demand.per_region:
+            reason = "replace" if any(r.region == region for r in live) else "initial"
+            launches += [Launch(region, pair[1], reason)] * (demand.per_region - len(here))
+    if not launches and not any(r.state is ReplicaState.PROVISIONING for r in live):
+        launches += _move_back_gpu(inputs, wanted, live)
+    starting = sum(r.state is ReplicaState.PROVISIONING for r in live) + len(launches)
+    ready = sum(r.state is ReplicaState.READY for r in live)
+    unserved = [r for r in wanted if not any(x.region == r and x.state is ReplicaState.READY for x in live)]
+    if unserved and ready < needed_regions(demand) * demand.per_region:
+        busy = set(wanted) | {r.region for r in live}
+        spare = sorted((r for r in keys if r not in busy), key=lambda r: keys[r])
+        for region in spare:
+            pair = inputs.best_pair(region, demand.gpus)
+            if starting >= demand.race:
+                break
+            if pair is not None:
+                launches.append(Launch(region, pair[1], "race"))
+                starting += 1
+    room = demand.max_replicas + demand.race - len(live)
+    return launches[: max(0, room)]
+
+
+def _move_back_gpu(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica]) -> list[Launch]:
+    """One replica at a time onto a strictly better stable GPU in its own region."""
+    if not _all_ready(inputs, wanted, live):
+        return []
+    for region in wanted:
+        here = [r for r in live if r.region == region]
+        pair = inputs.best_pair(region, inputs.demand.gpus, "stable")
+        worst_rank = max((_rank(inputs, r.gpu) for r in here), default=None)
+        if pair is not None and worst_rank is not None and _rank(inputs, pair[1]) < worst_rank:
+            return [Launch(region, pair[1], "move-back")]
+    return []
+
+
+def _drains(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica], launches: Sequence[Launch]) -> list[Drain]:
+    """Make before break: release what is not kept only when every wanted region is ready."""
+    if launches or not _all_ready(inputs, wanted, live):
+        return []
+    kept = {r.id for region in wanted for r in _kept(inputs, region, live)}
+    drains = []
+    for replica in live:
+        if replica.id in kept:
+            continue
+        if replica.state is ReplicaState.PROVISIONING:
+            reason = "race-lost"
+        elif replica.region in wanted:
+            reason = "moved"
+        else:
+            reason = "surplus"
+        drains.append(Drain(replica.id, reason))
+    return drains
+
+
+def _kept(inputs: _Inputs, region: str, live: Sequence[Replica]) -> list[Replica]:
+    """The region's best per_region replicas: best GPU first, then ready ones, then oldest.
+
+    A better-GPU replica that is still starting is kept and the worse ready one it replaces is
+    not, so `_all_ready` holds back every drain until the replacement is ready."""
+    here = [r for r in live if r.region == region and inputs.allowed(r.region, r.gpu)]
+    here.sort(key=lambda r: (_rank(inputs, r.gpu), r.state is not ReplicaState.READY, r.created_at, r.id))
+    return here[: inputs.demand.per_region]
+
+
+def _all_ready(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica]) -> bool:
+    """Every wanted region holds per_region ready replicas."""
+    return all(
+        sum(1 for r in _kept(inputs, region, live) if r.state is ReplicaState.READY) >= inputs.demand.per_region
+        for region in wanted
+    )
+
+
+def _rank(inputs: _Inputs, gpu: str) -> int:
+    rank = inputs.demand.gpu_rank(gpu)
+    return rank if rank is not None else 1_000

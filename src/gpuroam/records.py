@@ -1,0 +1,106 @@
+"""The control plane's records: plain immutable values that placement reads and the store keeps.
+
+No I/O here. Times are UNIX seconds (float) so records compare and serialise simply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class ReplicaState(StrEnum):
+    """provisioning -> ready -> draining -> terminated; failed when it died or never came up."""
+
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    DRAINING = "draining"
+    FAILED = "failed"
+    TERMINATED = "terminated"
+
+    @property
+    def live(self) -> bool:
+        """Counts towards the service: starting or serving."""
+        return self in (ReplicaState.PROVISIONING, ReplicaState.READY)
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One copy of a service in one region on one GPU type.
+
+    The row is written (state provisioning) before the provider is asked to launch it, so a
+    controller that dies at any instant finds its intent on restart.
+    """
+
+    id: str
+    service: str
+    region: str
+    gpu: str
+    state: ReplicaState
+    created_at: float
+    updated_at: float
+    ready_at: float | None = None
+    url: str | None = None
+    reason: str = ""
+    handle: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Block:
+    """A (region, GPU) pair that recently failed for lack of capacity; not tried until `until`.
+
+    `failures` counts consecutive capacity failures, for exponential backoff.
+    """
+
+    region: str
+    gpu: str
+    until: float
+    failures: int
+    last_failure_at: float
+    reason: str = ""
+
+    def active(self, now: float) -> bool:
+        return now < self.until
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """Desired state of one service: its spec (as stored) and regions pinned by `expand`."""
+
+    name: str
+    spec: dict[str, Any]
+    pinned_regions: tuple[str, ...]
+    created_at: float
+    updated_at: float
+    generation: int = 1
+    deleted: bool = False
+
+
+class EventKind(StrEnum):
+    PLACED = "placed"
+    READY = "ready"
+    STOCKOUT = "stockout"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+    FAILOVER = "failover"
+    DRAINED = "drained"
+    RECOVERED = "recovered"
+    EXPANDED = "expanded"
+    CHAOS = "chaos"
+    ADOPTED = "adopted"
+    ORPHAN = "orphan"
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the timeline the API and dashboard show; `id` is assigned by the store."""
+
+    ts: float
+    kind: EventKind
+    message: str
+    service: str | None = None
+    region: str | None = None
+    gpu: str | None = None
+    replica: str | None = None
+    id: int | None = None
