@@ -1,0 +1,310 @@
+"""The service spec a user writes: YAML -> typed, immutable model, with errors that say how to fix.
+
+Every problem names the file, the field path (`resources.gpus[1]`), what is wrong and what to
+write instead. Unknown keys are errors with a close-match suggestion, so a typo never passes
+silently. GPU names are checked for form only: which GPUs exist is the catalog's business.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+
+_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_GPU = re.compile(r"[a-z0-9-]+")
+_REGION_PATTERN = re.compile(r"[a-z0-9*?\[\]!-]+")
+_NAME_MAX = 40
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used. One line per problem, each `spec SOURCE: PATH: what; fix`."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        super().__init__("\n".join(f"spec {source}: {problem}" for problem in problems))
+
+
+class _FieldError(ValueError):
+    """Raised by a validator to blame a field below the one it validates (pydantic cannot)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+def _gpu_name(value: str) -> str:
+    if not _GPU.fullmatch(value):
+        raise ValueError(f"{value!r} is not a GPU type name; use lowercase letters, digits and '-', e.g. nvidia-l4")
+    return value
+
+
+def _region_pattern(value: str) -> str:
+    if not _REGION_PATTERN.fullmatch(value):
+        raise ValueError(f"{value!r} can match no region; use lowercase names and wildcards * ? [ ], e.g. 'us-*'")
+    return value
+
+
+# Lists (what YAML and JSON give) fill these tuples: immutable, and strict mode alone wants tuples.
+_Strings = Annotated[tuple[str, ...], Field(strict=False)]
+_GpuNames = Annotated[tuple[Annotated[str, AfterValidator(_gpu_name)], ...], Field(strict=False)]
+_RegionPatterns = Annotated[tuple[Annotated[str, AfterValidator(_region_pattern)], ...], Field(strict=False)]
+
+
+class _Section(BaseModel):
+    # Frozen: a stored spec is a value. Forbid: a typo is an error, not an ignored key. Strict: YAML
+    # gives real types, so "3" or `true` where a number belongs is a mistake (lists still fill tuples).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class AppSpec(_Section):
+    """What runs in each replica."""
+
+    kind: Literal["sd-webui"] = Field("sd-webui", description="'sd-webui' (the AUTOMATIC1111 API; the only kind)")
+    image: str = Field("ghcr.io/gpuroam/worker:0.1.0", min_length=1, description="an image for clusters")
+    port: int = Field(7860, ge=1, le=65535, description="the TCP port the app listens on, 1..65535")
+    readiness_path: str = Field("/internal/ping", description="an HTTP path answering 200 once ready")
+    args: _Strings = Field((), description='a list of strings, extra app arguments (quote numbers: "20")')
+    model: str = Field("tiny", min_length=1, description="tiny, sd15-random or a checkpoint path")
+
+    @field_validator("readiness_path")
+    @classmethod
+    def _absolute(cls, path: str) -> str:
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} does not start with '/'; write an absolute HTTP path, e.g. /internal/ping")
+        return path
+
+
+class ResourcesSpec(_Section):
+    """The GPUs a replica needs, in order of preference: placement falls back down the list."""
+
+    gpus: _GpuNames = Field(description="GPU types, most preferred first, e.g. [nvidia-l4, nvidia-tesla-t4]")
+    gpu_count: int = Field(1, ge=1, le=16, description="GPUs per replica, an integer 1..16")
+    spot: bool = Field(False, description="true or false: use Spot capacity on clusters")
+
+    @field_validator("gpus")
+    @classmethod
+    def _some_and_distinct(cls, gpus: tuple[str, ...]) -> tuple[str, ...]:
+        if not gpus:
+            raise ValueError("no GPU types listed; list at least one in order of preference, e.g. [nvidia-l4]")
+        for i, gpu in enumerate(gpus):
+            if gpu in gpus[:i]:
+                raise _FieldError((i,), f"{gpu!r} is already at [{gpus.index(gpu)}]; list each GPU type once")
+        return gpus
+
+
+class RegionsSpec(_Section):
+    """Where replicas may run: fnmatch wildcards, and deny wins, so exceptions read naturally."""
+
+    allow: _RegionPatterns = Field(("*",), description='a list of region wildcards, e.g. ["us-*"]')
+    deny: _RegionPatterns = Field((), description='a list of region wildcards to exclude, e.g. ["asia-*"]')
+    min_regions: int = Field(1, ge=1, description="an integer >= 1: regions to spread replicas over")
+
+    @field_validator("allow")
+    @classmethod
+    def _some(cls, allow: tuple[str, ...]) -> tuple[str, ...]:
+        if not allow:
+            raise ValueError("is empty, so no region could be used; list wildcards such as ['us-*'], or ['*'] for all")
+        return allow
+
+
+class ReplicasSpec(_Section):
+    """How many replicas: per region, and the total that must be ready (min) or may run (max)."""
+
+    per_region: int = Field(1, ge=1, description="an integer >= 1: replicas in each region")
+    min: int = Field(1, ge=1, description="an integer >= 1: total ready replicas to keep")
+    max: int = Field(8, ge=1, description="an integer >= replicas.min: most replicas at once, moves included")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicasSpec:
+        if self.max < self.min:
+            fix = f"raise replicas.max to at least {self.min} or lower replicas.min"
+            raise _FieldError(("max",), f"max ({self.max}) is below min ({self.min}); {fix}")
+        return self
+
+
+class PlacementSpec(_Section):
+    """How placement hunts for capacity: racing, timeouts, and how long a failed pair is skipped."""
+
+    race: int = Field(3, ge=1, le=16, description="an integer 1..16: (region, GPU) pairs tried at once")
+    provision_timeout_s: float = Field(600.0, gt=0, description="seconds > 0 a launch may take to be ready")
+    block_ttl_s: float = Field(300.0, gt=0, description="seconds > 0 a (region, GPU) is skipped after a failure")
+    block_backoff: float = Field(2.0, ge=1, description="a number >= 1 multiplying the block per failure")
+    block_max_s: float = Field(3600.0, gt=0, description="seconds >= block_ttl_s: the longest block")
+    move_back_after_s: float = Field(120.0, ge=0, description="seconds >= 0 regained capacity must last first")
+
+    @model_validator(mode="after")
+    def _capped_above_first(self) -> PlacementSpec:
+        if self.block_max_s < self.block_ttl_s:
+            fix = f"raise placement.block_max_s to at least {self.block_ttl_s:g} or lower placement.block_ttl_s"
+            raise _FieldError(("block_max_s",), f"{self.block_max_s:g} is below block_ttl_s; {fix}")
+        return self
+
+
+class ServiceSpec(_Section):
+    """One service as the user wrote it; the controller stores it and placement reads it."""
+
+    name: str = Field(description=f"a DNS-1035 label of at most {_NAME_MAX} characters, e.g. stable-diffusion")
+    app: AppSpec = Field(default_factory=AppSpec, description="a mapping: what runs in each replica")
+    resources: ResourcesSpec = Field(description="a mapping with at least 'gpus: [nvidia-l4]'")
+    regions: RegionsSpec = Field(default_factory=RegionsSpec, description="a mapping: where replicas may run")
+    replicas: ReplicasSpec = Field(default_factory=ReplicasSpec, description="a mapping: how many replicas")
+    placement: PlacementSpec = Field(default_factory=PlacementSpec, description="a mapping: how to find capacity")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections(cls, data: Any) -> Any:
+        """A section with nothing under it (every key commented out) means its defaults."""
+        if not isinstance(data, dict):
+            return data
+        return {key: {} if value is None and _section(cls, key) else value for key, value in data.items()}
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, name: str) -> str:
+        if len(name) > _NAME_MAX:
+            raise ValueError(f"is {len(name)} characters long; shorten it to at most {_NAME_MAX}")
+        if not _NAME.fullmatch(name):
+            fix = "use lowercase letters, digits and inner '-', starting with a letter, e.g. stable-diffusion"
+            raise ValueError(f"{name!r} is not a DNS-1035 label; {fix}")
+        return name
+
+    @model_validator(mode="after")
+    def _room_for_regions(self) -> ServiceSpec:
+        regions, per_region, most = self.regions.min_regions, self.replicas.per_region, self.replicas.max
+        if regions * per_region > most:
+            what = f"{most} is below regions.min_regions ({regions}) x replicas.per_region ({per_region})"
+            fix = f"raise replicas.max to at least {regions * per_region}, or lower min_regions or per_region"
+            raise _FieldError(("replicas", "max"), f"{what}; {fix}")
+        return self
+
+    def region_allowed(self, region: str) -> bool:
+        """Allowed by some allow pattern and by no deny pattern: deny wins."""
+        allowed = any(fnmatchcase(region, pattern) for pattern in self.regions.allow)
+        return allowed and not any(fnmatchcase(region, pattern) for pattern in self.regions.deny)
+
+    def gpu_rank(self, gpu: str) -> int | None:
+        """0 for the most preferred GPU type; None for one the spec does not name."""
+        gpus = self.resources.gpus
+        return gpus.index(gpu) if gpu in gpus else None
+
+
+def _section(model: type[BaseModel], key: object) -> type[BaseModel] | None:
+    """The section model under `key`, if `key` names one."""
+    field = model.model_fields.get(key) if isinstance(key, str) else None
+    kind = field.annotation if field else None
+    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+
+
+def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = ServiceSpec
+    for part in loc:
+        model = _section(model, part) if model else None
+    return model
+
+
+def _field_at(loc: tuple[str | int, ...]) -> FieldInfo | None:
+    while loc and isinstance(loc[-1], int):  # an item's hint is its list's
+        loc = loc[:-1]
+    model = _model_at(loc[:-1]) if loc else None
+    return model.model_fields.get(str(loc[-1])) if model else None
+
+
+def _path(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One pydantic error as `path: what; fix`."""
+    loc, kind = tuple(error["loc"]), error["type"]
+    if kind == "value_error":
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, _FieldError):
+            loc += cause.loc
+        return f"{_path(loc) or '(top level)'}: {cause}"
+    where = _path(loc[:-1]) or "(top level)"
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        valid = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        fix = f"did you mean {close[0]!r}?" if close else f"valid fields there: {', '.join(valid)}"
+        return f"unknown field {loc[-1]!r} under {where}; {fix}"
+    if kind == "invalid_key":
+        return f"{where}: key {_show(error['input'])} is not text; field names are words, e.g. 'name'"
+    field = _field_at(loc)
+    expected = f"; expected {field.description}" if field and field.description else ""
+    if kind == "missing":
+        return f"{_path(loc)}: required field is missing{expected}"
+    if kind == "model_type":
+        return f"{_path(loc)}: must be a mapping of fields (got {_show(error['input'])}){expected}"
+    msg = error["msg"].replace("a valid tuple", "a list")
+    return f"{_path(loc)}: {msg[:1].lower()}{msg[1:]} (got {_show(error['input'])}){expected}"
+
+
+def parse_spec(data: dict[str, Any], source: str = "<spec>") -> ServiceSpec:
+    """Validate already-loaded data (a YAML or JSON document, or a stored spec_to_dict)."""
+    if not isinstance(data, dict):
+        what = f"the top level must be a mapping of fields, not {type(data).__name__}"
+        raise SpecError(source, [f"{what}; start with 'name: my-service' and 'resources: {{gpus: [nvidia-l4]}}'"])
+    try:
+        return ServiceSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(source, [_problem(error) for error in exc.errors()]) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a spec with a key twice is a mistake."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if key.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key.value!r} appears twice in one mapping; keep one", key.start_mark
+                    )
+                seen.add(key.value)
+        return super().construct_mapping(node, deep)
+
+
+def load_spec(path: str | Path) -> ServiceSpec:
+    """Read a YAML spec file; every way it can fail is a SpecError that says what to do."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, ["file not found; check the path, or copy examples/stable-diffusion.yaml"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(source, [f"cannot read it ({exc}); pass a readable UTF-8 YAML file"]) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        fix = "fix it there (indent with spaces, one 'key: value' per line)"
+        raise SpecError(source, [f"invalid YAML{where}: {problem}; {fix}"]) from None
+    if data is None:
+        raise SpecError(source, ["the file is empty; start from examples/stable-diffusion.yaml"])
+    return parse_spec(data, source)
+
+
+def spec_to_dict(spec: ServiceSpec) -> dict[str, Any]:
+    """Plain JSON-serialisable data for the state store; parse_spec turns it back into `spec`."""
+    return spec.model_dump(mode="json")
