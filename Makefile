@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch first, pinned: the CPU wheel on this machine's disk. Nothing else may pull a CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install clean postgres-server
 
 # constraints.txt pins every other package (regenerate: pip freeze --exclude-editable, less torch).
 $(STAMP): pyproject.toml constraints.txt
@@ -23,7 +23,11 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/gpuroam worker --port 7860 --host 127.0.0.1 --model tiny
 
-test: $(STAMP)
+# The store tests run against a real PostgreSQL server: install its binaries where missing (Debian, as root).
+postgres-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
+test: $(STAMP) postgres-server
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest

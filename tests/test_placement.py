@@ -178,13 +178,16 @@ def test_losing_a_region_fails_over_to_another_region() -> None:
     assert all(gpu == "nvidia-l4" for _, gpu in world.placement())
 
 
-def test_pinned_region_is_kept_and_expand_adds_one() -> None:
-    world = World(demand(pinned_regions=("ap-a",)), set(ALL_OFFERS))
+def test_expand_adds_the_pinned_region_to_the_footprint() -> None:
+    world = World(demand(), set(ALL_OFFERS))
     settle(world)
-    assert "ap-a" in {region for region, _ in world.placement()}
-    world.demand = demand(pinned_regions=("ap-a", "eu-b"), min_regions=2)
+    assert {region for region, _ in world.placement()} == {"us-a", "us-b"}
+    world.demand = demand(pinned_regions=("ap-a",))
     settle(world)
-    assert {region for region, _ in world.placement()} == {"ap-a", "eu-b"}
+    assert {region for region, _ in world.placement()} == {"us-a", "us-b", "ap-a"}
+    world.demand = demand(pinned_regions=("ap-a", "eu-b"))
+    settle(world)
+    assert {region for region, _ in world.placement()} == {"us-a", "us-b", "ap-a", "eu-b"}
 
 
 def test_racing_launches_several_candidates_and_releases_the_losers() -> None:
@@ -212,6 +215,7 @@ def test_denied_regions_and_unknown_gpus_are_never_used() -> None:
 def test_needed_regions_respects_max_replicas() -> None:
     assert needed_regions(demand(min_regions=5, max_replicas=4)) == 4
     assert needed_regions(demand(min_regions=1, min_replicas=3, per_region=2)) == 2
+    assert needed_regions(demand(min_regions=2, pinned_regions=("ap-a",))) == 3
 
 
 # --- properties --------------------------------------------------------------------------------

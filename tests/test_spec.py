@@ -56,8 +56,8 @@ def test_example_loads_with_its_values() -> None:
     assert (spec.regions.allow, spec.regions.deny, spec.regions.min_regions) == (("*",), (), 2)
     assert (spec.replicas.per_region, spec.replicas.min, spec.replicas.max) == (1, 2, 6)
     placement = spec.placement
-    assert (placement.race, placement.provision_timeout_s, placement.block_ttl_s) == (3, 120, 60)
-    assert placement.move_back_after_s == 20
+    assert (placement.race, placement.provision_timeout_s, placement.block_ttl_s) == (3, 120, 15)
+    assert placement.move_back_after_s == 10
     assert parse_spec(spec_to_dict(spec)) == spec
 
 

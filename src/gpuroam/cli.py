@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Annotated
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +20,17 @@ app = typer.Typer(
     add_completion=False,
 )
 console = Console(stderr=True)
+out = Console()
+fail_app = typer.Typer(help="Take capacity away (local provider): a region, or a GPU type.", no_args_is_help=True)
+app.add_typer(fail_app, name="fail")
+
+ServerOption = Annotated[
+    str | None, typer.Option("--server", help="Control plane URL (else GPUROAM_SERVER, else the state dir's).")
+]
+StateOption = Annotated[
+    Path | None, typer.Option("--state", help="State dir of `gpuroam serve` (default ~/.gpuroam or GPUROAM_STATE).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def _print_version(value: bool) -> None:
@@ -85,3 +100,299 @@ def worker(
     uvicorn.run(
         create_app(config), host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
+
+
+def _client(server: str | None, state: Path | None) -> Any:
+    from gpuroam.controller.client import ClientError, ControlPlaneClient
+
+    try:
+        return ControlPlaneClient.find(server, state)
+    except ClientError as error:
+        _die(str(error))
+
+
+def _die(message: str) -> None:
+    console.print(f"[red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
+    from gpuroam.controller.client import ClientError
+
+    try:
+        return function(*args, **kwargs)
+    except ClientError as error:
+        _die(str(error))
+
+
+@app.command()
+def serve(
+    state: StateOption = None,
+    port: Annotated[int, typer.Option(help="Control-plane API port.")] = 8700,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    regions: Annotated[Path, typer.Option(help="Local sites and their GPU inventory.")] = Path(
+        "examples/local-regions.yaml"
+    ),
+    store: Annotated[
+        str | None, typer.Option(help="State store URL (postgresql+psycopg://...); default SQLite in --state.")
+    ] = None,
+    catalog: Annotated[Path | None, typer.Option(help="A catalog file that overrides the bundled one.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the control plane: the store, the reconcile loop and the API."""
+    from gpuroam.controller.client import DEFAULT_STATE_DIR
+    from gpuroam.controller.server import ControlPlane
+    from gpuroam.logs import configure_logging
+
+    configure_logging(log_level)
+    state_dir = state or DEFAULT_STATE_DIR
+    if not regions.is_file():
+        _die(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
+    console.print(f"[bold]gpuroam control plane[/] on http://{host}:{port} (state in {state_dir})")
+    ControlPlane(state_dir, regions, port=port, host=host, store_url=store, catalog_file=catalog).run_forever()
+
+
+@app.command()
+def up(
+    spec: Annotated[Path, typer.Argument(help="Service spec YAML (see examples/stable-diffusion.yaml).")],
+    wait: Annotated[bool, typer.Option(help="Wait until min_regions regions serve.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 600.0,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Serve a service globally (create or update it)."""
+    from gpuroam.spec import SpecError, load_spec, spec_to_dict
+
+    try:
+        parsed = load_spec(spec)
+    except SpecError as error:
+        _die(str(error))
+    client = _client(server, state)
+    result = _call(client.post, "/services", spec_to_dict(parsed))
+    if wait:
+        result = _wait_ready(client, parsed.name, parsed.regions.min_regions, timeout, quiet=json_out)
+    if json_out:
+        out.print_json(data=result)
+    else:
+        from gpuroam.console import service_table
+
+        out.print(service_table(result))
+
+
+def _wait_ready(client: Any, name: str, regions: int, timeout: float, quiet: bool) -> Any:
+    """Poll until the service has ready replicas in `regions` regions, showing progress."""
+    deadline = time.monotonic() + timeout
+    with console.status("", spinner="dots") as status:
+        while True:
+            service = _call(client.get, f"/services/{name}")
+            ready = [r for r in service["replicas"] if r["state"] == "ready"]
+            ready_regions = {r["region"] for r in ready}
+            starting = sum(r["state"] == "provisioning" for r in service["replicas"])
+            if not quiet:
+                status.update(
+                    f"{name}: {len(ready)} ready in {len(ready_regions)}/{regions} region(s), {starting} starting"
+                )
+            if len(ready_regions) >= regions:
+                return service
+            if time.monotonic() > deadline:
+                _die(f"{name} not ready in {regions} region(s) after {timeout:.0f} s; see `gpuroam events`")
+            time.sleep(0.5)
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="Only this service.")] = None,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Which regions, replicas and GPUs serve each service, and its endpoint."""
+    from gpuroam.console import print_status
+
+    client = _client(server, state)
+    result = _call(client.get, "/status")
+    if name is not None:
+        result = {"services": [s for s in result["services"] if s["name"] == name]}
+        if not result["services"]:
+            _die(f"no service {name!r}")
+    if json_out:
+        out.print_json(data=result)
+    else:
+        print_status(out, result)
+
+
+@app.command()
+def expand(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    region: Annotated[str, typer.Option(help="Region to add.")],
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Add a region to a service's footprint; the endpoint stays the same."""
+    client = _client(server, state)
+    result = _call(client.post, f"/services/{name}/expand", {"region": region})
+    if json_out:
+        out.print_json(data=result)
+    else:
+        out.print(f"{name} expands into {region}; endpoint unchanged: {result['endpoint']}")
+
+
+@fail_app.command("region")
+def fail_region(
+    region: Annotated[str, typer.Argument(help="Region to lose.")],
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Lose a region: its replicas die and its capacity is gone."""
+    _chaos(server, state, "fail", {"region": region}, json_out)
+
+
+@fail_app.command("gpu")
+def fail_gpu(
+    gpu: Annotated[str, typer.Argument(help="GPU type to lose, e.g. nvidia-l4.")],
+    region: Annotated[str | None, typer.Option(help="Only in this region.")] = None,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Lose a GPU type (everywhere, or in one region): its replicas die."""
+    _chaos(server, state, "fail", {"gpu": gpu, "region": region}, json_out)
+
+
+@app.command()
+def recover(
+    region: Annotated[str | None, typer.Option(help="Only this region.")] = None,
+    gpu: Annotated[str | None, typer.Option(help="Only this GPU type.")] = None,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Give capacity back; the service moves back to its preferred placement."""
+    _chaos(server, state, "recover", {"region": region, "gpu": gpu}, json_out)
+
+
+def _chaos(server: str | None, state: Path | None, action: str, body: dict[str, Any], json_out: bool) -> None:
+    client = _client(server, state)
+    result = _call(client.post, f"/chaos/{action}", body)
+    if json_out:
+        out.print_json(data=result)
+    else:
+        out.print(result["message"])
+
+
+@app.command()
+def down(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Remove a service: every replica is drained."""
+    client = _client(server, state)
+    result = _call(client.delete, f"/services/{name}")
+    if json_out:
+        out.print_json(data=result)
+    else:
+        out.print(f"{name} is being removed; its replicas drain")
+
+
+@app.command()
+def events(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    service: Annotated[str | None, typer.Option(help="Only this service (and global events).")] = None,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """The timeline: placed, stockout, blocked, ready, failover, drained, recovered."""
+    from gpuroam.console import event_line
+
+    client = _client(server, state)
+    after = 0
+    while True:
+        batch = _call(client.get, "/events", after=after, service=service)
+        for event in batch:
+            out.print(json.dumps(event) if json_out else event_line(event), soft_wrap=True, highlight=False)
+            after = event["id"]
+        if not follow:
+            return
+        time.sleep(1.0)
+
+
+@app.command()
+def demo(
+    state: StateOption = None,
+    port: Annotated[int, typer.Option(help="Control-plane API port.")] = 8700,
+    spec: Annotated[Path, typer.Option(help="The service to serve.")] = Path("examples/stable-diffusion.yaml"),
+    regions: Annotated[Path, typer.Option(help="Local sites and their GPU inventory.")] = Path(
+        "examples/local-regions.yaml"
+    ),
+) -> None:
+    """Start everything locally, serve the example service, and show the five moves to try."""
+    from gpuroam.controller.client import DEFAULT_STATE_DIR, ControlPlaneClient
+    from gpuroam.controller.server import ControlPlane
+    from gpuroam.logs import configure_logging
+    from gpuroam.spec import SpecError, load_spec, spec_to_dict
+
+    state_dir = state or DEFAULT_STATE_DIR
+    try:
+        parsed = load_spec(spec)
+    except SpecError as error:
+        _die(str(error))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    configure_logging("info", path=state_dir / "demo.log")
+    plane = ControlPlane(state_dir, regions, port=port)
+    try:
+        plane.start()
+    except RuntimeError as error:
+        _die(str(error))
+    client = ControlPlaneClient(plane.url, plane.token)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
+    try:
+        _call(client.post, "/services", spec_to_dict(parsed))
+        service = _wait_ready(client, parsed.name, parsed.regions.min_regions, 600.0, quiet=False)
+        from gpuroam.console import service_table
+
+        out.print(service_table(service))
+        out.print(
+            f"\n[bold]Endpoint[/]  {service['endpoint']}  (A1111 API and Web UI)\n"
+            f"[bold]Control plane[/]  {plane.url}  (logs: {state_dir / 'demo.log'})\n\n"
+            "[bold]Five moves to try[/] in another terminal"
+            + (f" (first: export GPUROAM_STATE={state_dir})" if state else "")
+            + ":\n"
+            f"  1. serve:   curl -s {service['endpoint']}/sdapi/v1/txt2img -H 'content-type: application/json' "
+            '-d \'{"prompt": "a cat", "steps": 20}\'\n'
+            f"  2. expand:  gpuroam expand {parsed.name} --region asia-southeast1\n"
+            "  3. see:     gpuroam status   (and: gpuroam events --follow)\n"
+            "  4. fail:    gpuroam fail gpu nvidia-l4   (or: gpuroam fail region us-central1)\n"
+            "  5. recover: gpuroam recover\n\nCtrl-C stops the demo and its replicas."
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping: draining replicas")
+    finally:
+        _tear_down(plane, client, parsed.name)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _tear_down(plane: Any, client: Any, name: str) -> None:
+    """Leave no worker processes behind: mark the service deleted and wait for the drain."""
+    from gpuroam.controller.client import ClientError
+
+    try:
+        client.delete(f"/services/{name}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and plane.provider.observe():
+            time.sleep(0.5)
+    except ClientError:
+        pass
+    for seen in plane.provider.observe():
+        plane.provider.terminate(seen.replica_id)
+    plane.stop()

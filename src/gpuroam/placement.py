@@ -124,37 +124,45 @@ class Plan:
         return not self.launches and not self.drains
 
 
-@dataclass(frozen=True)
 class _Inputs:
-    catalog: CatalogView
-    demand: Demand
-    capacity: CapacityView
-    now: float
+    """Everything one plan reads, with each pair's key and availability worked out once."""
 
-    def allowed(self, region: str, gpu: str) -> bool:
-        return (
-            (region, gpu) in self.capacity.offers
-            and self.demand.region_allowed(region)
-            and self.demand.gpu_rank(gpu) is not None
-        )
+    def __init__(self, catalog: CatalogView, demand: Demand, capacity: CapacityView, now: float) -> None:
+        self.catalog = catalog
+        self.demand = demand
+        self.capacity = capacity
+        self.now = now
+        distance = {region: self._traffic_distance(region) for region in {r for r, _ in capacity.offers}}
+        self._allowed = {
+            (region, gpu)
+            for region, gpu in capacity.offers
+            if demand.gpu_rank(gpu) is not None and demand.region_allowed(region)
+        }
+        self._keys = {
+            (region, gpu): (
+                demand.gpu_rank(gpu),
+                distance[region],
+                catalog.price(region, gpu) * demand.gpu_count,
+                region,
+                gpu,
+            )
+            for region, gpu in self._allowed
+        }
+        self._available = {pair for pair in self._allowed if self._is_available(pair)}
+        self._stable = {pair for pair in self._available if self._is_settled(pair)}
+        self._by_region: dict[str, list[Pair]] = {}
+        for pair in sorted(self._allowed, key=self._keys.__getitem__):
+            self._by_region.setdefault(pair[0], []).append(pair)
 
-    def available(self, region: str, gpu: str) -> bool:
-        block = self.capacity.blocks.get((region, gpu))
-        if not self.allowed(region, gpu) or (block is not None and block.active(self.now)):
-            return False
-        return self.capacity.free_slots.get((region, gpu), 1) > 0
+    def _is_available(self, pair: Pair) -> bool:
+        block = self.capacity.blocks.get(pair)
+        return (block is None or not block.active(self.now)) and self.capacity.free_slots.get(pair, 1) > 0
 
-    def stable(self, region: str, gpu: str) -> bool:
-        block = self.capacity.blocks.get((region, gpu))
-        settled = block is None or self.now - block.until >= self.demand.move_back_after_s
-        return settled and self.available(region, gpu)
+    def _is_settled(self, pair: Pair) -> bool:
+        block = self.capacity.blocks.get(pair)
+        return block is None or self.now - block.until >= self.demand.move_back_after_s
 
-    def pair_key(self, region: str, gpu: str) -> tuple[int, float, float, str, str]:
-        rank = self.demand.gpu_rank(gpu)
-        price = self.catalog.price(region, gpu) * self.demand.gpu_count
-        return (rank if rank is not None else 1_000, self.traffic_distance(region), price, region, gpu)
-
-    def traffic_distance(self, region: str) -> float:
+    def _traffic_distance(self, region: str) -> float:
         traffic = self.capacity.traffic
         total = sum(traffic.values())
         if total <= 0:
@@ -162,10 +170,19 @@ class _Inputs:
         distance = sum(share * self.catalog.distance_km(origin, region) for origin, share in traffic.items())
         return round(distance / total, 3)
 
-    def best_pair(self, region: str, usable: Iterable[str], test: str = "available") -> Pair | None:
-        check = self.stable if test == "stable" else self.available
-        pairs = [(region, gpu) for gpu in usable if check(region, gpu)]
-        return min(pairs, key=lambda pair: self.pair_key(*pair)) if pairs else None
+    def allowed(self, region: str, gpu: str) -> bool:
+        return (region, gpu) in self._allowed
+
+    def available(self, region: str, gpu: str) -> bool:
+        return (region, gpu) in self._available
+
+    def pair_key(self, region: str, gpu: str) -> tuple:
+        return self._keys[(region, gpu)]
+
+    def best_pair(self, region: str, test: str = "available") -> Pair | None:
+        """The region's best pair that is available (or stable, for moving back)."""
+        usable = self._stable if test == "stable" else self._available
+        return next((pair for pair in self._by_region.get(region, ()) if pair in usable), None)
 
 
 def plan(
@@ -187,17 +204,18 @@ def plan(
 
 
 def needed_regions(demand: Demand) -> int:
-    """How many regions the service should run in, within what max_replicas allows."""
-    want = max(demand.min_regions, len(demand.pinned_regions), math.ceil(demand.min_replicas / demand.per_region))
-    return max(1, min(want, demand.max_replicas // demand.per_region))
+    """How many regions the service should run in: what the spec asks for, plus each region
+    `expand` pinned (expanding grows the footprint), within what max_replicas allows."""
+    base = max(demand.min_regions, math.ceil(demand.min_replicas / demand.per_region))
+    return max(1, min(base + len(demand.pinned_regions), demand.max_replicas // demand.per_region))
 
 
 def _region_keys(inputs: _Inputs, regions: Iterable[str], live: Sequence[Replica]) -> dict[str, tuple]:
     """Each region's best pair: an available one, or what its live replicas already run on."""
     keys: dict[str, tuple] = {}
-    gpus = inputs.demand.gpus
     for region in regions:
-        candidates = [inputs.pair_key(region, gpu) for gpu in gpus if inputs.available(region, gpu)]
+        best = inputs.best_pair(region)
+        candidates = [inputs.pair_key(*best)] if best else []
         candidates += [
             inputs.pair_key(r.region, r.gpu) for r in live if r.region == region and inputs.allowed(r.region, r.gpu)
         ]
@@ -212,14 +230,13 @@ def _wanted_regions(inputs: _Inputs, keys: Mapping[str, tuple], live: Sequence[R
     A pinned region the service lost comes back only on stable capacity, like any move back."""
     count = needed_regions(inputs.demand)
     in_use = {r.region for r in live if r.region in keys}
-    gpus = inputs.demand.gpus
-    wanted = [r for r in inputs.demand.pinned_regions if r in in_use or inputs.best_pair(r, gpus, "stable")]
+    wanted = [r for r in inputs.demand.pinned_regions if r in in_use or inputs.best_pair(r, "stable")]
     using = sorted(in_use - set(wanted), key=lambda r: keys[r])
     fresh = sorted(set(keys) - set(wanted) - in_use, key=lambda r: keys[r])
     for region in using + fresh:
         if len(wanted) >= count:
             break
-        if region in in_use or inputs.best_pair(region, gpus) is not None:
+        if region in in_use or inputs.best_pair(region) is not None:
             wanted.append(region)
     return _move_back_region(inputs, keys, wanted, live, fresh)
 
@@ -231,7 +248,7 @@ def _move_back_region(
     if any(r.state is ReplicaState.PROVISIONING for r in live) or not _all_ready(inputs, wanted, live):
         return wanted
     swappable = [r for r in wanted if r not in inputs.demand.pinned_regions]
-    better = [r for r in fresh if r not in wanted and inputs.best_pair(r, inputs.demand.gpus, "stable")]
+    better = [r for r in fresh if r not in wanted and inputs.best_pair(r, "stable")]
     if not swappable or not better:
         return wanted
     worst = max(swappable, key=lambda r: keys[r])
@@ -242,7 +259,7 @@ def _move_back_region(
 
 
 def _stable_key(inputs: _Inputs, region: str) -> tuple:
-    pair = inputs.best_pair(region, inputs.demand.gpus, "stable")
+    pair = inputs.best_pair(region, "stable")
     assert pair is not None
     return inputs.pair_key(*pair)
 
@@ -252,11 +269,13 @@ def _launches(
 ) -> list[Launch]:
     demand = inputs.demand
     launches: list[Launch] = []
+    # A new region while enough regions already serve can only be a move to a better one.
+    moving = len({r.region for r in live if r.state is ReplicaState.READY}) >= len(wanted)
     for region in wanted:
         here = [r for r in live if r.region == region]
-        pair = inputs.best_pair(region, demand.gpus)
+        pair = inputs.best_pair(region)
         if pair is not None and len(here) < demand.per_region:
-            reason = "replace" if any(r.region == region for r in live) else "initial"
+            reason = "replace" if here else ("move-back" if moving else "initial")
             launches += [Launch(region, pair[1], reason)] * (demand.per_region - len(here))
     if not launches and not any(r.state is ReplicaState.PROVISIONING for r in live):
         launches += _move_back_gpu(inputs, wanted, live)
@@ -267,7 +286,7 @@ def _launches(
         busy = set(wanted) | {r.region for r in live}
         spare = sorted((r for r in keys if r not in busy), key=lambda r: keys[r])
         for region in spare:
-            pair = inputs.best_pair(region, demand.gpus)
+            pair = inputs.best_pair(region)
             if starting >= demand.race:
                 break
             if pair is not None:
@@ -283,7 +302,7 @@ def _move_back_gpu(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replic
         return []
     for region in wanted:
         here = [r for r in live if r.region == region]
-        pair = inputs.best_pair(region, inputs.demand.gpus, "stable")
+        pair = inputs.best_pair(region, "stable")
         worst_rank = max((_rank(inputs, r.gpu) for r in here), default=None)
         if pair is not None and worst_rank is not None and _rank(inputs, pair[1]) < worst_rank:
             return [Launch(region, pair[1], "move-back")]

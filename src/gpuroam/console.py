@@ -1,0 +1,67 @@
+"""What the CLI shows people: tables of services and replicas, and event lines."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+STATE_STYLES = {"ready": "green", "provisioning": "yellow", "draining": "cyan", "failed": "red"}
+EVENT_STYLES = {
+    "ready": "green",
+    "placed": "blue",
+    "failover": "magenta",
+    "stockout": "red",
+    "blocked": "red",
+    "failed": "red",
+    "recovered": "green",
+    "drained": "cyan",
+    "chaos": "bold red",
+    "expanded": "blue",
+}
+
+
+def age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def service_table(service: dict[str, Any]) -> Table:
+    ready = sum(r["state"] == "ready" for r in service["replicas"])
+    regions = {r["region"] for r in service["replicas"] if r["state"] == "ready"}
+    title = (
+        f"[bold]{service['name']}[/]  endpoint [cyan]{service['endpoint'] or '(none ready yet)'}[/]  "
+        f"{ready} ready in {len(regions)} region(s)" + ("  [red](deleting)[/]" if service.get("deleted") else "")
+    )
+    table = Table(title=title, title_justify="left", expand=False)
+    for column in ("replica", "region", "GPU", "state", "URL", "age"):
+        table.add_column(column)
+    for replica in sorted(service["replicas"], key=lambda r: (r["region"], r["id"])):
+        style = STATE_STYLES.get(replica["state"], "")
+        table.add_row(
+            replica["id"],
+            replica["region"],
+            replica["gpu"],
+            f"[{style}]{replica['state']}[/]",
+            replica["url"] or "",
+            age(replica["age_s"]),
+        )
+    return table
+
+
+def event_line(event: dict[str, Any]) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
+    style = EVENT_STYLES.get(event["kind"], "")
+    return f"{stamp} [{style}]{event['kind']:>9}[/] {event['message']}"
+
+
+def print_status(console: Console, status: dict[str, Any]) -> None:
+    if not status["services"]:
+        console.print("no services; start one with `gpuroam up SPEC`")
+    for service in status["services"]:
+        console.print(service_table(service))

@@ -1,0 +1,1 @@
+"""The control plane: state store, reconcile loop, HTTP API and server."""

@@ -1,0 +1,237 @@
+"""The control loop: one level-triggered, idempotent pass over desired and observed state.
+
+Each pass reads everything afresh (store, provider, clock) and acts on the difference, so a
+pass run twice does nothing new and a controller that was SIGKILLed anywhere simply runs the
+next pass. Every launch and drain is written to the store before the provider is asked, so:
+- a replica row whose launch never reached the provider is launched again (idempotent by id);
+- a process the provider runs that the store does not want is an orphan and is terminated;
+- a replica the store wants but the provider no longer has has failed: its pair is blocked.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+
+from gpuroam.catalog import Catalog
+from gpuroam.controller.store import Store
+from gpuroam.placement import CapacityView, Demand, Drain, Launch, plan
+from gpuroam.providers.base import CapacityError, Observed, ObservedState, Provider, ProviderError
+from gpuroam.records import Block, Event, EventKind, Replica, ReplicaState, ServiceRecord
+from gpuroam.spec import ServiceSpec, parse_spec
+
+log = logging.getLogger("gpuroam.controller")
+
+ACTIVE_STATES = (ReplicaState.PROVISIONING, ReplicaState.READY, ReplicaState.DRAINING)
+DRAIN_GRACE_S = 5.0  # a drained replica is left running this long so in-flight requests finish
+OBSERVE_GRACE_S = 15.0  # a just-launched replica may take this long to show up in observe()
+
+
+class Reconciler:
+    def __init__(
+        self, store: Store, provider: Provider, catalog: Catalog, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.catalog = catalog
+        self.clock = clock
+        self._specs: dict[tuple[str, int], ServiceSpec] = {}
+        self._last_loss: dict[str, float] = {}  # service -> when it last lost a replica (labels failovers)
+
+    def reconcile(self) -> None:
+        """One pass over every service."""
+        now = self.clock()
+        observed = {o.replica_id: o for o in self.provider.observe()}
+        current = self.store.list_replicas(states=ACTIVE_STATES)
+        self._terminate_orphans(observed, current, now)
+        by_service: dict[str, list[Replica]] = {}
+        for replica in current:
+            by_service.setdefault(replica.service, []).append(replica)
+        capacity = self._capacity()
+        for record in self.store.list_services(include_deleted=True):
+            spec = self._spec(record)
+            replicas = by_service.get(record.name, [])
+            changed = [self._sync(replica, observed.get(replica.id), spec, now) for replica in replicas]
+            if any(changed):
+                replicas = self.store.list_replicas(service=record.name, states=ACTIVE_STATES)
+            if record.deleted:
+                self._tear_down(record, replicas, now)
+            elif self._place(record, spec, capacity, replicas, now):
+                capacity = self._capacity()  # free slots and blocks changed
+
+    def _spec(self, record: ServiceRecord) -> ServiceSpec:
+        """Parsed once per generation: the stored spec only changes with `up`."""
+        key = (record.name, record.generation)
+        if key not in self._specs:
+            self._specs[key] = parse_spec(record.spec, source=f"service {record.name}")
+        return self._specs[key]
+
+    # --- observed -> store -------------------------------------------------------------------
+
+    def _terminate_orphans(self, observed: dict[str, Observed], current: list[Replica], now: float) -> None:
+        known = {r.id for r in current}
+        for replica_id, seen in observed.items():
+            if replica_id not in known:
+                self.provider.terminate(replica_id)
+                self._event(now, EventKind.ORPHAN, f"terminated {replica_id}: running but not wanted", seen)
+
+    def _sync(self, replica: Replica, seen: Observed | None, spec: ServiceSpec, now: float) -> bool:
+        """Bring one stored replica up to date with what the provider sees; True if it changed."""
+        if replica.state is ReplicaState.DRAINING:
+            if now - replica.updated_at < DRAIN_GRACE_S and seen is not None:
+                return False
+            self._finish_drain(replica, now)
+        elif replica.state is ReplicaState.PROVISIONING:
+            return self._sync_starting(replica, seen, spec, now)
+        elif replica.state is ReplicaState.READY and (seen is None or seen.state is ObservedState.FAILED):
+            detail = seen.detail if seen else "no longer running"
+            self._fail(replica, now, f"lost: {detail}", spec, capacity=True)
+        else:
+            return False
+        return True
+
+    def _sync_starting(self, replica: Replica, seen: Observed | None, spec: ServiceSpec, now: float) -> bool:
+        if seen is None and not replica.handle:
+            self._launch_recorded(replica, spec, now)  # the intent was stored, the launch never happened
+        elif seen is None and now - replica.created_at > OBSERVE_GRACE_S:
+            self._fail(replica, now, "exited while starting", spec, capacity=False)
+        elif seen is None:
+            return False
+        elif seen.state is ObservedState.READY:
+            ready = self.store.update_replica(replica.id, now, state=ReplicaState.READY, ready_at=now, url=seen.url)
+            self._event(now, EventKind.READY, f"{replica.id} ready at {seen.url}", ready)
+        elif seen.state is ObservedState.FAILED:
+            self._fail(replica, now, seen.detail or "failed while starting", spec, capacity=seen.capacity_failure)
+        elif now - replica.created_at > spec.placement.provision_timeout_s:
+            self._fail(replica, now, f"not ready after {spec.placement.provision_timeout_s:g} s", spec, capacity=True)
+        else:
+            return False
+        return True
+
+    def _fail(self, replica: Replica, now: float, why: str, spec: ServiceSpec, capacity: bool) -> None:
+        self.provider.terminate(replica.id)
+        failed = self.store.update_replica(replica.id, now, state=ReplicaState.FAILED)
+        self._last_loss[replica.service] = now
+        self._event(now, EventKind.FAILED, f"{replica.id} failed: {why}", failed)
+        if capacity:
+            self._block(replica.service, replica.region, replica.gpu, why, spec, now)
+
+    def _block(self, service: str, region: str, gpu: str, why: str, spec: ServiceSpec, now: float) -> None:
+        """Exponential backoff: each consecutive capacity failure doubles the block, up to a cap."""
+        previous = self.store.get_block(region, gpu)
+        failures = previous.failures + 1 if previous else 1
+        seconds = min(
+            spec.placement.block_max_s, spec.placement.block_ttl_s * spec.placement.block_backoff ** (failures - 1)
+        )
+        self.store.put_block(Block(region, gpu, now + seconds, failures, now, why))
+        self._event(
+            now,
+            EventKind.BLOCKED,
+            f"{gpu} in {region} blocked for {seconds:g} s ({why})",
+            None,
+            service=service,
+            region=region,
+            gpu=gpu,
+        )
+
+    def _finish_drain(self, replica: Replica, now: float) -> None:
+        self.provider.terminate(replica.id)
+        done = self.store.update_replica(replica.id, now, state=ReplicaState.TERMINATED)
+        self._event(now, EventKind.DRAINED, f"{replica.id} drained ({replica.reason})", done)
+
+    # --- desired -> actions --------------------------------------------------------------------
+
+    def _place(
+        self, record: ServiceRecord, spec: ServiceSpec, capacity: CapacityView, replicas: list[Replica], now: float
+    ) -> bool:
+        """Plan and act for one service; True when it launched or drained anything."""
+        decided = plan(self.catalog, Demand.from_spec(spec, record.pinned_regions), capacity, replicas, now)
+        lost = now - self._last_loss.get(record.name, float("-inf")) < spec.placement.provision_timeout_s
+        for launch in decided.launches:
+            self._launch(record, spec, launch, now, failover=lost)
+        for drain in decided.drains:
+            self._drain(drain, now)
+        return not decided.empty
+
+    def _capacity(self) -> CapacityView:
+        provider_regions = self.provider.regions()
+        offers = frozenset(
+            (region, gpu)
+            for region, gpus in provider_regions.items()
+            for gpu in gpus
+            if region in self.catalog.regions and gpu in self.catalog.gpus
+        )
+        free = {
+            (region, gpu): n for region, gpus in provider_regions.items() for gpu, n in gpus.items() if n is not None
+        }
+        blocks = {(b.region, b.gpu): b for b in self.store.list_blocks()}
+        return CapacityView(offers=offers, blocks=blocks, free_slots=free)
+
+    def _launch(self, record: ServiceRecord, spec: ServiceSpec, launch: Launch, now: float, failover: bool) -> None:
+        """Record the intent, then launch. A launch soon after a loss is a failover: replicas
+        launched so are the ones drained, as `recovered`, when the preferred placement is back."""
+        reason = "failover" if failover and launch.reason != "move-back" else launch.reason
+        replica = Replica(
+            id=f"{record.name}-{launch.region}-{launch.gpu.removeprefix('nvidia-')}-{secrets.token_hex(3)}",
+            service=record.name,
+            region=launch.region,
+            gpu=launch.gpu,
+            state=ReplicaState.PROVISIONING,
+            created_at=now,
+            updated_at=now,
+            reason=reason,
+        )
+        self.store.add_replica(replica)  # the intent, before the act
+        kind = EventKind.FAILOVER if reason == "failover" else EventKind.PLACED
+        self._event(now, kind, f"launching {replica.id} on {launch.gpu} in {launch.region} ({launch.reason})", replica)
+        self._launch_recorded(replica, spec, now)
+
+    def _launch_recorded(self, replica: Replica, spec: ServiceSpec, now: float) -> None:
+        try:
+            handle = self.provider.launch(replica, spec.app.model_dump())
+        except CapacityError as error:
+            self.store.update_replica(replica.id, now, state=ReplicaState.FAILED)
+            self._event(now, EventKind.STOCKOUT, str(error), replica)
+            self._block(replica.service, replica.region, replica.gpu, error.reason, spec, now)
+            return
+        except ProviderError as error:
+            self.store.update_replica(replica.id, now, state=ReplicaState.FAILED)
+            self._event(now, EventKind.FAILED, f"launch of {replica.id} failed: {error}", replica)
+            return
+        self.store.update_replica(replica.id, now, handle=handle, url=handle.get("url"))
+
+    def _drain(self, drain: Drain, now: float) -> None:
+        before = self.store.get_replica(drain.replica_id)
+        launched_as = before.reason if before else ""
+        replica = self.store.update_replica(drain.replica_id, now, state=ReplicaState.DRAINING, reason=drain.reason)
+        self.provider.drain(replica.id)
+        if drain.reason == "moved" or (drain.reason == "surplus" and launched_as == "failover"):
+            self._event(
+                now, EventKind.RECOVERED, f"{replica.id} replaced by the preferred placement; draining", replica
+            )
+        else:
+            self._event(now, EventKind.DRAINED, f"draining {replica.id} ({drain.reason})", replica)
+
+    def _tear_down(self, record: ServiceRecord, replicas: list[Replica], now: float) -> None:
+        for replica in replicas:
+            if replica.state.live:
+                self._drain(Drain(replica.id, "down"), now)
+        if not any(r.state.live or r.state is ReplicaState.DRAINING for r in replicas):
+            self.store.remove_service(record.name)
+            self._event(now, EventKind.DRAINED, f"service {record.name} removed", None, service=record.name)
+
+    def _event(
+        self, now: float, kind: EventKind, message: str, about: Replica | Observed | None, **fields: str | None
+    ) -> None:
+        if about is not None:
+            replica_id = about.id if isinstance(about, Replica) else about.replica_id
+            fields = {
+                "service": about.service,
+                "region": about.region,
+                "gpu": about.gpu,
+                "replica": replica_id,
+            } | fields
+        event = self.store.add_event(Event(ts=now, kind=kind, message=message, **fields))
+        log.info(message, extra={"event": kind.value, **{k: v for k, v in fields.items() if v}, "event_id": event.id})

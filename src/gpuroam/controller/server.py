@@ -1,0 +1,137 @@
+"""`gpuroam serve`: the store, the provider, the reconcile loop and the API in one process.
+
+The reconcile loop runs in a thread, one pass a second; the API only writes desired state. The
+state dir holds the SQLite store (unless --store names PostgreSQL), the API token and
+server.json, which client commands read to find the server.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from gpuroam.catalog import load_catalog
+from gpuroam.controller.api import create_api
+from gpuroam.controller.reconciler import Reconciler
+from gpuroam.controller.store import Store
+from gpuroam.providers.local import LocalProvider
+
+log = logging.getLogger("gpuroam.controller")
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """What client commands need to reach a running server."""
+
+    url: str
+    token: str
+
+    @classmethod
+    def read(cls, state_dir: Path) -> ServerInfo | None:
+        path = state_dir / "server.json"
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return cls(url=data["url"], token=(state_dir / "token").read_text().strip())
+
+
+def load_or_create_token(state_dir: Path) -> str:
+    """One token per state dir, readable by its owner only."""
+    path = state_dir / "token"
+    if path.is_file():
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+class ReconcileLoop:
+    """Runs passes until stopped; a failing pass is logged and the next one runs anyway."""
+
+    def __init__(self, reconciler: Reconciler, interval_s: float) -> None:
+        self.reconciler = reconciler
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gpuroam-reconcile", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.reconciler.reconcile()
+            except Exception:
+                log.exception("reconcile pass failed")
+            self._stop.wait(self.interval_s)
+
+
+class ControlPlane:
+    """The store, the provider, the reconcile loop and the API, started and stopped together.
+
+    `gpuroam serve` runs one in the foreground; `gpuroam demo` and tests run one in process."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        regions_file: Path,
+        port: int = 8700,
+        host: str = "127.0.0.1",
+        store_url: str | None = None,
+        catalog_file: Path | None = None,
+        interval_s: float = 1.0,
+    ) -> None:
+        import uvicorn
+
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = state_dir
+        self.store = Store.open(store_url) if store_url else Store.for_state_dir(state_dir)
+        self.provider = LocalProvider.from_file(regions_file, state_dir)
+        self.catalog = load_catalog(catalog_file)
+        self.token = load_or_create_token(state_dir)
+        self.url = f"http://{host}:{port}"
+        self.loop = ReconcileLoop(Reconciler(self.store, self.provider, self.catalog), interval_s)
+        api = create_api(self.store, self.provider, self.catalog, self.token)
+        self.server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False))
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Serve in background threads; returns once the API listens."""
+        (self.state_dir / "server.json").write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
+        self.loop.start()
+        self._thread = threading.Thread(target=self.server.run, name="gpuroam-api", daemon=True)
+        self._thread.start()
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the control-plane API could not start on {self.url} (port in use?)")
+            threading.Event().wait(0.05)
+        log.info("control plane up", extra={"url": self.url, "state_dir": str(self.state_dir)})
+
+    def run_forever(self) -> None:
+        """Serve in the foreground until interrupted (Ctrl-C or SIGTERM)."""
+        (self.state_dir / "server.json").write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
+        self.loop.start()
+        log.info("control plane up", extra={"url": self.url, "state_dir": str(self.state_dir)})
+        try:
+            self.server.run()
+        finally:
+            self.loop.stop()
+            self.store.close()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.loop.stop()
+        self.store.close()

@@ -1,0 +1,430 @@
+"""The state store: desired and observed state in SQLite (the default) or PostgreSQL.
+
+The store is the single source of truth. Every method commits before it returns, so what a
+caller was told is written survives a controller killed at any instant, SIGKILL included.
+SQLAlchemy Core, synchronous: one Engine shared by the reconciler thread and the API handlers,
+each call one short transaction on its own pooled connection.
+
+Several calls that must happen together ("read replicas, record the intent, add the event")
+run in one transaction: ``with store.transaction() as tx:`` yields a `Transaction` with the
+same methods on one connection; they commit together when the block ends, or none of them
+does if it raises.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine, Row, create_engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.schema import Column, MetaData, Table
+from sqlalchemy.sql import delete, func, or_, select, update
+from sqlalchemy.types import JSON, BigInteger, Boolean, Double, Integer, String, Text
+
+from gpuroam.records import Block, Event, EventKind, Replica, ReplicaState, ServiceRecord
+
+__all__ = ["Operations", "Store", "StoreError", "Transaction"]
+
+SUPPORTED = "sqlite:///PATH/state.db or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
+_READ_ONLY = "gpuroam_read_only"  # execution option: a SQLite read takes no write lock
+_EVENTS_LOCK = 0x67707572  # PostgreSQL advisory lock key ("gpur") serialising event inserts
+_MUTABLE = frozenset({"state", "ready_at", "url", "reason", "handle"})  # what update_replica may change
+_LIVE = [s.value for s in ReplicaState if s.live]
+
+metadata = MetaData()
+
+services = Table(
+    "services",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("spec", JSON, nullable=False),
+    Column("pinned_regions", JSON, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+)
+
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("service", String, nullable=False, index=True),
+    Column("region", String, nullable=False),
+    Column("gpu", String, nullable=False),
+    Column("state", String, nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("ready_at", Double),
+    Column("url", Text),
+    Column("reason", Text, nullable=False),
+    Column("handle", JSON, nullable=False),
+)
+
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("region", String, primary_key=True),
+    Column("gpu", String, primary_key=True),
+    Column("until", Double, nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("last_failure_at", Double, nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    # SQLite autoincrements only an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts", Double, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("service", String, index=True),
+    Column("region", String),
+    Column("gpu", String),
+    Column("replica", String),
+)
+
+
+class StoreError(RuntimeError):
+    """A store that cannot be used, said with its URL (password masked) and how to fix it."""
+
+
+class Operations(ABC):
+    """Every store operation; subclasses decide which connection (and transaction) each uses.
+
+    Reads return records.py dataclasses, never rows. Unknown names or ids raise KeyError.
+    """
+
+    _dialect: str
+
+    @abstractmethod
+    def _read(self) -> AbstractContextManager[Connection]: ...
+
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Connection]: ...
+
+    def _insert(self, table: Table) -> Any:
+        """INSERT with ON CONFLICT, which both dialects have (under their own classes)."""
+        return postgresql.insert(table) if self._dialect == "postgresql" else sqlite.insert(table)
+
+    def _insert_new(self, conn: Connection, table: Table, row: dict[str, Any]) -> bool:
+        """Insert unless the key is taken; False if it was. ON CONFLICT rather than a caught
+        IntegrityError keeps a surrounding PostgreSQL transaction usable. (RETURNING, since
+        SQLAlchemy reports no rowcount for an INSERT.)"""
+        insert = self._insert(table).values(row).on_conflict_do_nothing()
+        return conn.execute(insert.returning(*table.primary_key.columns)).first() is not None
+
+    # --- services ------------------------------------------------------------------------------
+
+    def put_service(self, name: str, spec: dict[str, Any], now: float) -> ServiceRecord:
+        """Create a service or set its spec (undeleting it); generation goes up only on a change,
+        so applying the same spec again is a no-op, as a level-triggered controller expects."""
+        with self._write() as conn:
+            row = {"name": name, "spec": spec, "pinned_regions": [], "created_at": now, "updated_at": now}
+            if not self._insert_new(conn, services, row | {"generation": 1, "deleted": False}):
+                old = conn.execute(select(services).where(services.c.name == name).with_for_update()).one()
+                if old.deleted or old.spec != json.loads(json.dumps(spec)):
+                    conn.execute(
+                        update(services)
+                        .where(services.c.name == name)
+                        .values(spec=spec, deleted=False, updated_at=now, generation=services.c.generation + 1)
+                    )
+            return self._service(conn, name)
+
+    def get_service(self, name: str) -> ServiceRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(services).where(services.c.name == name)).one_or_none()
+            return None if row is None else _service(row)
+
+    def list_services(self, include_deleted: bool = False) -> list[ServiceRecord]:
+        """By name; deleted ones (still being torn down) only when asked for."""
+        query = select(services).order_by(services.c.name)
+        if not include_deleted:
+            query = query.where(services.c.deleted.is_(False))
+        with self._read() as conn:
+            return [_service(row) for row in conn.execute(query)]
+
+    def mark_deleted(self, name: str, now: float) -> None:
+        """Record `down`: the reconciler drains the replicas, then calls remove_service."""
+        with self._write() as conn:
+            done = conn.execute(update(services).where(services.c.name == name).values(deleted=True, updated_at=now))
+            if done.rowcount == 0:
+                raise KeyError(f"no service {name!r}")
+
+    def remove_service(self, name: str) -> None:
+        """Delete the service row (its replicas' rows stay, as history); refused while any
+        replica is still live, since its process would then belong to nothing."""
+        with self._write() as conn:
+            live = conn.execute(
+                select(func.count())
+                .select_from(replicas)
+                .where(replicas.c.service == name, replicas.c.state.in_(_LIVE))
+            ).scalar_one()
+            if live:
+                raise ValueError(f"service {name!r} still has {live} live replica(s); drain them first")
+            conn.execute(delete(services).where(services.c.name == name))
+
+    def pin_region(self, name: str, region: str, now: float) -> ServiceRecord:
+        """`expand`: the service must keep a replica in `region`; bumps generation if new."""
+        return self._edit_pins(name, now, lambda pins: pins if region in pins else [*pins, region])
+
+    def unpin_region(self, name: str, region: str, now: float) -> ServiceRecord:
+        return self._edit_pins(name, now, lambda pins: [p for p in pins if p != region])
+
+    def _edit_pins(self, name: str, now: float, change: Callable[[list[str]], list[str]]) -> ServiceRecord:
+        with self._write() as conn:
+            row = conn.execute(select(services).where(services.c.name == name).with_for_update()).one_or_none()
+            if row is None:
+                raise KeyError(f"no service {name!r}")
+            pins = change(list(row.pinned_regions))
+            if pins != row.pinned_regions:
+                conn.execute(
+                    update(services)
+                    .where(services.c.name == name)
+                    .values(pinned_regions=pins, updated_at=now, generation=services.c.generation + 1)
+                )
+            return self._service(conn, name)
+
+    def _service(self, conn: Connection, name: str) -> ServiceRecord:
+        return _service(conn.execute(select(services).where(services.c.name == name)).one())
+
+    # --- replicas ------------------------------------------------------------------------------
+
+    def add_replica(self, replica: Replica) -> None:
+        """Record a replica (the intent, before the provider is asked); a taken id is a ValueError
+        that leaves a surrounding transaction usable."""
+        row = {c.name: getattr(replica, c.name) for c in replicas.columns} | {
+            "state": ReplicaState(replica.state).value
+        }
+        with self._write() as conn:
+            if not self._insert_new(conn, replicas, row):
+                raise ValueError(f"replica {replica.id!r} already exists")
+
+    def update_replica(self, id: str, now: float, **changes: Any) -> Replica:
+        """Change state, ready_at, url, reason or handle; sets updated_at; returns the new record."""
+        if unknown := set(changes) - _MUTABLE:
+            raise TypeError(f"update_replica cannot change {sorted(unknown)}; only {sorted(_MUTABLE)}")
+        if "state" in changes:
+            changes["state"] = ReplicaState(changes["state"]).value
+        with self._write() as conn:
+            done = conn.execute(update(replicas).where(replicas.c.id == id).values(**changes, updated_at=now))
+            if done.rowcount == 0:
+                raise KeyError(f"no replica {id!r}")
+            return _replica(conn.execute(select(replicas).where(replicas.c.id == id)).one())
+
+    def get_replica(self, id: str) -> Replica | None:
+        with self._read() as conn:
+            row = conn.execute(select(replicas).where(replicas.c.id == id)).one_or_none()
+            return None if row is None else _replica(row)
+
+    def list_replicas(self, service: str | None = None, states: Iterable[ReplicaState] | None = None) -> list[Replica]:
+        """Oldest first (created_at, then id), optionally of one service and in some states."""
+        query = select(replicas).order_by(replicas.c.created_at, replicas.c.id)
+        if service is not None:
+            query = query.where(replicas.c.service == service)
+        if states is not None:
+            query = query.where(replicas.c.state.in_([ReplicaState(s).value for s in states]))
+        with self._read() as conn:
+            return [_replica(row) for row in conn.execute(query)]
+
+    # --- blocks --------------------------------------------------------------------------------
+
+    def put_block(self, block: Block) -> None:
+        """Insert or replace the block on (region, gpu)."""
+        row = {c.name: getattr(block, c.name) for c in blocks.columns}
+        upsert = self._insert(blocks).values(row)
+        changed = {k: v for k, v in row.items() if k not in ("region", "gpu")}
+        with self._write() as conn:
+            conn.execute(upsert.on_conflict_do_update(index_elements=["region", "gpu"], set_=changed))
+
+    def get_block(self, region: str, gpu: str) -> Block | None:
+        with self._read() as conn:
+            row = conn.execute(select(blocks).where(blocks.c.region == region, blocks.c.gpu == gpu)).one_or_none()
+            return None if row is None else Block(**row._asdict())
+
+    def list_blocks(self) -> list[Block]:
+        """All blocks, expired ones too: the next backoff needs their failure counts."""
+        with self._read() as conn:
+            return [
+                Block(**row._asdict()) for row in conn.execute(select(blocks).order_by(blocks.c.region, blocks.c.gpu))
+            ]
+
+    def clear_block(self, region: str, gpu: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(blocks).where(blocks.c.region == region, blocks.c.gpu == gpu))
+
+    # --- events --------------------------------------------------------------------------------
+
+    def add_event(self, event: Event) -> Event:
+        """Append to the timeline; returns the event with its id.
+
+        On PostgreSQL a transaction-scoped advisory lock makes ids commit in increasing order,
+        so a reader paging with after_id never skips an event committed late with a lower id.
+        Inside a transaction(), add events last: the lock is held until it commits."""
+        row = {c.name: getattr(event, c.name) for c in events.columns if c.name != "id"}
+        row["kind"] = EventKind(event.kind).value
+        with self._write() as conn:
+            if self._dialect == "postgresql":
+                conn.execute(select(func.pg_advisory_xact_lock(_EVENTS_LOCK)))
+            result = conn.execute(events.insert().values(row))
+            return replace(event, id=result.inserted_primary_key[0])
+
+    def list_events(self, after_id: int = 0, service: str | None = None, limit: int = 500) -> list[Event]:
+        """Events with id > after_id, oldest first, at most `limit`.
+
+        With `service`, that service's events and the global ones (service NULL: chaos and
+        the like), since both belong on the service's timeline."""
+        query = select(events).where(events.c.id > after_id).order_by(events.c.id).limit(limit)
+        if service is not None:
+            query = query.where(or_(events.c.service == service, events.c.service.is_(None)))
+        with self._read() as conn:
+            return [Event(**{**row._asdict(), "kind": EventKind(row.kind)}) for row in conn.execute(query)]
+
+
+class Transaction(Operations):
+    """The store's operations on one connection in one open transaction; see Store.transaction."""
+
+    def __init__(self, conn: Connection, dialect: str) -> None:
+        self._conn = conn
+        self._dialect = dialect
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        return nullcontext(self._conn)
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        return nullcontext(self._conn)
+
+
+class Store(Operations):
+    """The store: thread-safe, each call its own short transaction. Open with Store.open(url)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str | URL) -> Store:
+        """Connect to sqlite:///PATH (parent directory created) or postgresql+psycopg://...,
+        creating the tables if missing; StoreError says what is wrong and how to fix it."""
+        parsed = _parse(url)
+        shown = parsed.render_as_string(hide_password=True)
+        engine = _sqlite_engine(parsed, shown) if parsed.get_backend_name() == "sqlite" else _postgresql_engine(parsed)
+        try:
+            metadata.create_all(engine)
+        except SQLAlchemyError as error:
+            engine.dispose()
+            raise StoreError(_cannot_open(parsed, shown, error)) from error
+        return cls(engine)
+
+    @classmethod
+    def for_state_dir(cls, path: str | Path) -> Store:
+        """The default store: SQLite file state.db in the server's state directory."""
+        return cls.open(URL.create("sqlite", database=str(Path(path) / "state.db")))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """`with store.transaction() as tx:`: tx's calls commit together, or none if the block raises."""
+        with self.engine.begin() as conn:
+            yield Transaction(conn, self._dialect)
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn.execution_options(**{_READ_ONLY: True})
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        return self.engine.begin()
+
+
+def _service(row: Row[Any]) -> ServiceRecord:
+    return ServiceRecord(**{**row._asdict(), "pinned_regions": tuple(row.pinned_regions)})
+
+
+def _replica(row: Row[Any]) -> Replica:
+    return Replica(**{**row._asdict(), "state": ReplicaState(row.state)})
+
+
+def _mask(url: str) -> str:
+    """Hide user and password of a URL too malformed for SQLAlchemy to parse (and so to mask)."""
+    return re.sub(r"^([^/@]*//)?.*@", r"\1***@", url)
+
+
+def _parse(url: str | URL) -> URL:
+    """The URL, with plain postgresql:// and postgres:// meaning the psycopg 3 driver we ship."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"cannot parse the store URL {_mask(str(url))!r}; write it as {SUPPORTED}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
+        shown = parsed.render_as_string(hide_password=True)
+        raise StoreError(f"unsupported store URL scheme {parsed.drivername!r} in {shown!r}; use {SUPPORTED}")
+    return parsed
+
+
+def _sqlite_engine(url: URL, shown: str) -> Engine:
+    if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+        raise StoreError(
+            f"the store URL {shown!r} names no file, and an in-memory store loses everything on restart; "
+            "use sqlite:///PATH/state.db (four slashes for an absolute path)"
+        )
+    path = Path(url.database).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create the directory of the SQLite store {shown!r}: {error}") from error
+    engine = create_engine(url.set(database=str(path)))
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    """WAL: readers never block the writer. synchronous=NORMAL in WAL mode loses nothing
+    committed when the process dies (only an OS crash may drop the last commits). sqlite3's own
+    BEGIN handling is off so that _sqlite_begin decides how each transaction starts."""
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=ON"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    """Writes take the write lock up front (BEGIN IMMEDIATE), so a read-then-write transaction
+    waits its turn (busy_timeout) instead of failing with "database is locked" when it upgrades."""
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+def _postgresql_engine(url: URL) -> Engine:
+    """Pre-ping so a restarted server costs a reconnect, not an error; fail in 10 s, not minutes."""
+    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": 10}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _cannot_open(url: URL, shown: str, error: SQLAlchemyError) -> str:
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    if url.get_backend_name() == "sqlite":
+        return f"cannot open the SQLite store {shown!r}: {reason}; check that the path is a writable file"
+    return (
+        f"cannot use PostgreSQL at {shown!r}: {reason}. Check that the server is running and reachable "
+        "from here, that the user and password are right, and that the database exists "
+        "(createdb NAME); or leave --store out to use SQLite in the state directory"
+    )

@@ -1,0 +1,80 @@
+"""The one interface every provider implements, and what it reports back.
+
+The controller records an intent in the store, then asks the provider to act; the provider
+reports what it observes. Every method is idempotent and keyed by replica id, so a controller
+that restarts can call them again without creating duplicates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from gpuroam.records import Replica
+
+
+class ProviderError(RuntimeError):
+    """The provider could not act for a reason that is not lack of capacity."""
+
+
+class CapacityError(ProviderError):
+    """No capacity for this (region, GPU) now: a stockout, a quota, an unschedulable GPU pod.
+
+    A signal, not a fault: the controller blocks the pair with backoff and places elsewhere."""
+
+    def __init__(self, region: str, gpu: str, reason: str) -> None:
+        super().__init__(f"no {gpu} capacity in {region}: {reason}")
+        self.region = region
+        self.gpu = gpu
+        self.reason = reason
+
+
+class ObservedState(StrEnum):
+    STARTING = "starting"  # exists, not ready yet
+    READY = "ready"  # answers its readiness check
+    FAILED = "failed"  # exists but broken, or could not be scheduled (see capacity_failure)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A replica as the provider sees it, labelled with what gpuroam gave it at launch."""
+
+    replica_id: str
+    service: str
+    region: str
+    gpu: str
+    state: ObservedState
+    url: str | None = None
+    detail: str = ""
+    capacity_failure: bool = False
+
+
+class Provider(Protocol):
+    """Regions with GPU inventory, and replicas in them."""
+
+    name: str
+
+    def regions(self) -> dict[str, dict[str, int | None]]:
+        """Region -> GPU type -> free slots now (None when the provider cannot know)."""
+        ...
+
+    def launch(self, replica: Replica, app: dict) -> dict:
+        """Start `replica` (idempotent by id); returns the handle to store. Raises CapacityError."""
+        ...
+
+    def observe(self) -> list[Observed]:
+        """Every replica this provider runs for gpuroam, whatever the store says."""
+        ...
+
+    def drain(self, replica_id: str) -> None:
+        """Stop sending new work to the replica (a no-op where the gateway does it)."""
+        ...
+
+    def terminate(self, replica_id: str) -> None:
+        """Remove the replica and what was created for it; fine if it is already gone."""
+        ...
+
+    def endpoint(self, service: str) -> str | None:
+        """The service's global endpoint as this provider exposes it, if it has one."""
+        ...

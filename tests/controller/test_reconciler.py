@@ -1,0 +1,162 @@
+"""The reconcile loop against an in-memory provider and a real store (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from fakes import FakeProvider
+
+from gpuroam.catalog import load_catalog
+from gpuroam.controller.reconciler import DRAIN_GRACE_S, Reconciler
+from gpuroam.controller.store import Store
+from gpuroam.records import EventKind, Replica, ReplicaState
+from gpuroam.spec import load_spec, spec_to_dict
+
+SITES = {
+    "us-central1": {"nvidia-l4": 1, "nvidia-tesla-t4": 2},
+    "europe-west4": {"nvidia-l4": 1, "nvidia-tesla-t4": 1},
+    "asia-southeast1": {"nvidia-tesla-t4": 1, "nvidia-tesla-a100": 1},
+}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def world(store: Store):  # type: ignore[no-untyped-def]
+    provider = FakeProvider(copy.deepcopy(SITES))
+    clock = Clock()
+    reconciler = Reconciler(store, provider, load_catalog(), clock)
+    spec = spec_to_dict(load_spec("examples/stable-diffusion.yaml"))
+    store.put_service("stable-diffusion", spec, clock.now)
+    return store, provider, clock, reconciler
+
+
+def live(store: Store, state: ReplicaState | None = None) -> list[Replica]:
+    return [r for r in store.list_replicas() if r.state.live and (state is None or r.state is state)]
+
+
+def placement(store: Store) -> set[tuple[str, str]]:
+    return {(r.region, r.gpu) for r in live(store, ReplicaState.READY)}
+
+
+def run(reconciler: Reconciler, provider: FakeProvider, clock: Clock, passes: int = 3, step: float = 1.0) -> None:
+    for _ in range(passes):
+        reconciler.reconcile()
+        provider.make_ready()
+        clock.now += step
+
+
+def test_up_places_ready_replicas_in_two_regions_on_the_preferred_gpu(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler = world
+    run(reconciler, provider, clock)
+    assert placement(store) == {("us-central1", "nvidia-l4"), ("europe-west4", "nvidia-l4")}
+    kinds = [e.kind for e in store.list_events()]
+    assert EventKind.PLACED in kinds and EventKind.READY in kinds
+
+
+def test_a_settled_pass_changes_nothing(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler = world
+    run(reconciler, provider, clock, passes=10)  # past the drain grace of the raced extra
+    replicas, events = store.list_replicas(), store.list_events()
+    run(reconciler, provider, clock, passes=5)
+    assert store.list_replicas() == replicas and store.list_events() == events
+    assert len(provider.launches) == 3, "two wanted regions and one raced candidate"
+    assert len(provider.running) == 2
+
+
+def test_losing_the_preferred_gpu_fails_over_then_recovers_make_before_break(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler = world
+    run(reconciler, provider, clock)
+    provider.take_away(gpu="nvidia-l4")
+    run(reconciler, provider, clock, passes=4)
+    assert {gpu for _, gpu in placement(store)} == {"nvidia-tesla-t4"}
+    assert len({region for region, _ in placement(store)}) == 2
+    assert EventKind.FAILOVER in [e.kind for e in store.list_events()]
+    assert {(b.region, b.gpu) for b in store.list_blocks()} >= {
+        ("us-central1", "nvidia-l4"),
+        ("europe-west4", "nvidia-l4"),
+    }
+
+    provider.give_back({"us-central1": {"nvidia-l4": 1}, "europe-west4": {"nvidia-l4": 1}})
+    ready_counts = []
+    for _ in range(400):
+        run(reconciler, provider, clock, passes=1, step=2.0)
+        ready_counts.append(len(live(store, ReplicaState.READY)))
+    assert placement(store) == {("us-central1", "nvidia-l4"), ("europe-west4", "nvidia-l4")}
+    assert min(ready_counts) >= 2, "never fewer ready replicas than needed while moving back"
+    assert EventKind.RECOVERED in [e.kind for e in store.list_events()]
+    assert not [r for r in store.list_replicas() if r.state is ReplicaState.DRAINING]
+
+
+def test_a_launch_refused_for_capacity_blocks_the_pair_and_places_elsewhere(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler = world
+    provider.capacity["us-central1"]["nvidia-l4"] = 0  # the provider says no at launch
+    provider.regions = lambda: {r: {g: 1 for g in gpus} for r, gpus in SITES.items()}  # but advertised it
+    run(reconciler, provider, clock, passes=4)
+    assert store.get_block("us-central1", "nvidia-l4") is not None
+    assert EventKind.STOCKOUT in [e.kind for e in store.list_events()]
+    assert len({region for region, _ in placement(store)}) == 2
+    assert ("us-central1", "nvidia-l4") not in placement(store)
+
+
+def test_a_replica_not_ready_by_the_provision_timeout_is_a_capacity_failure(world) -> None:  # type: ignore[no-untyped-def]
+    store, _, clock, reconciler = world
+    reconciler.reconcile()
+    clock.now += 121  # the example spec's provision_timeout_s is 120
+    reconciler.reconcile()
+    failed = [r for r in store.list_replicas() if r.state is ReplicaState.FAILED]
+    assert len(failed) == 3 and all(store.get_block(r.region, r.gpu) for r in failed)  # two wanted, one raced
+
+
+def test_an_intent_whose_launch_never_happened_is_launched_with_the_same_id(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler = world
+    intent = Replica(
+        "stable-diffusion-us-central1-l4-abcdef",
+        "stable-diffusion",
+        "us-central1",
+        "nvidia-l4",
+        ReplicaState.PROVISIONING,
+        clock.now,
+        clock.now,
+        reason="initial",
+    )
+    store.add_replica(intent)  # as if the controller died right after writing it
+    run(reconciler, provider, clock)
+    assert intent.id in provider.launches
+    assert store.get_replica(intent.id).state is ReplicaState.READY
+    assert len(live(store)) == 2, "no duplicate for the region"
+
+
+def test_an_orphan_the_store_does_not_want_is_terminated(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler = world
+    stray = Replica(
+        "stable-diffusion-europe-west4-t4-000000",
+        "stable-diffusion",
+        "europe-west4",
+        "nvidia-tesla-t4",
+        ReplicaState.PROVISIONING,
+        clock.now,
+        clock.now,
+    )
+    provider.launch(stray, {})
+    run(reconciler, provider, clock)
+    assert stray.id in provider.terminated
+    assert EventKind.ORPHAN in [e.kind for e in store.list_events()]
+
+
+def test_expand_pins_a_region_and_down_drains_everything(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler = world
+    run(reconciler, provider, clock)
+    store.pin_region("stable-diffusion", "asia-southeast1", clock.now)
+    run(reconciler, provider, clock, passes=4)
+    assert "asia-southeast1" in {region for region, _ in placement(store)}
+    store.mark_deleted("stable-diffusion", clock.now)
+    run(reconciler, provider, clock, passes=2, step=DRAIN_GRACE_S + 1)
+    assert not provider.running and store.get_service("stable-diffusion") is None
