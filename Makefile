@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/gpuroam worker --port 7860 --host 127.0.0.1 --model tiny
+	$(BIN)/gpuroam demo
 
 # The store tests run against a real PostgreSQL server: install its binaries where missing (Debian, as root).
 postgres-server:
