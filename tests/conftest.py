@@ -13,6 +13,7 @@ import httpx
 import pytest
 import torch
 import uvicorn
+from hypothesis import settings
 
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app, load_model
 
@@ -63,3 +64,10 @@ def live_worker(tiny_model: LoadedModel) -> Callable[..., object]:
         return serve(create_app(config, model=tiny_model))
 
     return start
+
+
+# CI runs the property tests on a fixed sequence of examples, so a run is reproducible; local
+# runs draw new examples each time and keep finding new cases.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")

@@ -132,6 +132,7 @@ class _Inputs:
         self.demand = demand
         self.capacity = capacity
         self.now = now
+        self.per_region = demand.per_region  # raised by `plan` when fewer regions can be had
         distance = {region: self._traffic_distance(region) for region in {r for r, _ in capacity.offers}}
         self._allowed = {
             (region, gpu)
@@ -198,6 +199,7 @@ def plan(
     regions = sorted({region for region, _ in capacity.offers})
     region_keys = _region_keys(inputs, regions, live)
     wanted = _wanted_regions(inputs, region_keys, live)
+    inputs.per_region = per_region_for(demand, len(wanted))
     launches = _launches(inputs, region_keys, wanted, live)
     drains = _drains(inputs, wanted, live, launches)
     return Plan(tuple(launches), tuple(drains))
@@ -208,6 +210,16 @@ def needed_regions(demand: Demand) -> int:
     `expand` pinned (expanding grows the footprint), within what max_replicas allows."""
     base = max(demand.min_regions, math.ceil(demand.min_replicas / demand.per_region))
     return max(1, min(base + len(demand.pinned_regions), demand.max_replicas // demand.per_region))
+
+
+def per_region_for(demand: Demand, regions: int) -> int:
+    """Replicas per wanted region: per_region, or more when fewer regions than needed can be had,
+    so the service keeps the capacity it asked for (capacity comes before spread), within
+    max_replicas."""
+    if regions == 0:
+        return demand.per_region
+    spread = math.ceil(needed_regions(demand) * demand.per_region / regions)
+    return max(demand.per_region, min(spread, demand.max_replicas // regions))
 
 
 def _region_keys(inputs: _Inputs, regions: Iterable[str], live: Sequence[Replica]) -> dict[str, tuple]:
@@ -274,9 +286,9 @@ def _launches(
     for region in wanted:
         here = [r for r in live if r.region == region]
         pair = inputs.best_pair(region)
-        if pair is not None and len(here) < demand.per_region:
+        if pair is not None and len(here) < inputs.per_region:
             reason = "replace" if here else ("move-back" if moving else "initial")
-            launches += [Launch(region, pair[1], reason)] * (demand.per_region - len(here))
+            launches += [Launch(region, pair[1], reason)] * (inputs.per_region - len(here))
     if not launches and not any(r.state is ReplicaState.PROVISIONING for r in live):
         launches += _move_back_gpu(inputs, wanted, live)
     starting = sum(r.state is ReplicaState.PROVISIONING for r in live) + len(launches)
@@ -335,13 +347,13 @@ def _kept(inputs: _Inputs, region: str, live: Sequence[Replica]) -> list[Replica
     not, so `_all_ready` holds back every drain until the replacement is ready."""
     here = [r for r in live if r.region == region and inputs.allowed(r.region, r.gpu)]
     here.sort(key=lambda r: (_rank(inputs, r.gpu), r.state is not ReplicaState.READY, r.created_at, r.id))
-    return here[: inputs.demand.per_region]
+    return here[: inputs.per_region]
 
 
 def _all_ready(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica]) -> bool:
     """Every wanted region holds per_region ready replicas."""
     return all(
-        sum(1 for r in _kept(inputs, region, live) if r.state is ReplicaState.READY) >= inputs.demand.per_region
+        sum(1 for r in _kept(inputs, region, live) if r.state is ReplicaState.READY) >= inputs.per_region
         for region in wanted
     )
 

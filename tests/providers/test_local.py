@@ -195,7 +195,10 @@ def test_zombies_are_not_observed(fake: LocalProvider, fake_python: str) -> None
     command = [fake_python, "-m", "gpuroam", "worker", "--port", "1", "--replica", "z"]
     child = subprocess.Popen(command, env=env)  # our child, deliberately not reaped yet
     try:
-        assert ids(fake) == {"z"}
+        deadline = time.monotonic() + 10  # /proc shows a new process's environ only after its exec
+        while ids(fake) != {"z"}:
+            assert time.monotonic() < deadline, "the child never showed up in observe()"
+            time.sleep(0.01)
         os.kill(child.pid, signal.SIGKILL)
         while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
             time.sleep(0.01)

@@ -51,15 +51,29 @@ class Reconciler:
             by_service.setdefault(replica.service, []).append(replica)
         capacity = self._capacity()
         for record in self.store.list_services(include_deleted=True):
-            spec = self._spec(record)
-            replicas = by_service.get(record.name, [])
-            changed = [self._sync(replica, observed.get(replica.id), spec, now) for replica in replicas]
-            if any(changed):
-                replicas = self.store.list_replicas(service=record.name, states=ACTIVE_STATES)
-            if record.deleted:
-                self._tear_down(record, replicas, now)
-            elif self._place(record, spec, capacity, replicas, now):
-                capacity = self._capacity()  # free slots and blocks changed
+            try:
+                if self._reconcile_service(record, by_service.get(record.name, []), observed, capacity, now):
+                    capacity = self._capacity()  # free slots and blocks changed
+            except Exception:  # one broken service must not stop the others
+                log.exception("reconciling a service failed", extra={"service": record.name})
+
+    def _reconcile_service(
+        self,
+        record: ServiceRecord,
+        replicas: list[Replica],
+        observed: dict[str, Observed],
+        capacity: CapacityView,
+        now: float,
+    ) -> bool:
+        """Sync, then tear down or place; True when capacity may have changed."""
+        spec = self._spec(record)
+        changed = [self._sync(replica, observed.get(replica.id), spec, now) for replica in replicas]
+        if any(changed):
+            replicas = self.store.list_replicas(service=record.name, states=ACTIVE_STATES)
+        if record.deleted:
+            self._tear_down(record, replicas, now)
+            return True
+        return self._place(record, spec, capacity, replicas, now)
 
     def _spec(self, record: ServiceRecord) -> ServiceSpec:
         """Parsed once per generation: the stored spec only changes with `up`."""

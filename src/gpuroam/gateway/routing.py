@@ -1,0 +1,95 @@
+"""Which replica takes the next request: a pure function of the backends and what is known of them.
+
+Least outstanding requests, weighted by GPU speed (an A100 replica takes more than a T4), and
+by proximity: a request goes to the nearest region with a healthy replica that is not
+saturated, and spills over to the next region when every replica there is busy. A retry asks
+again with the replicas already tried excluded and, when it can, another region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A ready replica the gateway may send requests to (only these: no open proxy)."""
+
+    replica: str
+    url: str
+    region: str
+    gpu: str
+    speed: float = 1.0  # relative Stable Diffusion speed of its GPU type (catalog)
+
+
+@dataclass(frozen=True)
+class Load:
+    """What the gateway knows of one backend right now."""
+
+    outstanding: int = 0
+    healthy: bool = True  # the active check passes
+    ejected_until: float = 0.0  # passive ejection after a connect error, 5xx or timeout
+
+    def usable(self, now: float) -> bool:
+        return self.healthy and now >= self.ejected_until
+
+
+@dataclass(frozen=True)
+class Policy:
+    saturation: float = 4.0  # outstanding requests per unit of GPU speed before spilling over
+    nearby_km: float = 1500.0  # regions this close to the nearest one count as equally near
+
+
+def load_score(backend: Backend, load: Load) -> float:
+    """Outstanding work per unit of speed, counting the request being placed."""
+    return (load.outstanding + 1) / backend.speed
+
+
+def choose(
+    backends: Sequence[Backend],
+    loads: Mapping[str, Load],
+    now: float,
+    client_region: str | None = None,
+    distance_km: Callable[[str, str], float] | None = None,
+    exclude: Collection[str] = (),
+    avoid_region: str | None = None,
+    policy: Policy = Policy(),
+) -> Backend | None:
+    """The backend for the next request, or None when no backend is usable.
+
+    `exclude` lists replicas already tried for this request; `avoid_region` is the region of
+    the last failure, preferred against when another region has a usable backend.
+    """
+    usable = [b for b in backends if b.replica not in exclude and loads.get(b.replica, Load()).usable(now)]
+    if avoid_region is not None and any(b.region != avoid_region for b in usable):
+        usable = [b for b in usable if b.region != avoid_region]
+    if not usable:
+        return None
+
+    def score(backend: Backend) -> tuple[float, str]:
+        return load_score(backend, loads.get(backend.replica, Load())), backend.replica
+
+    if client_region is None or distance_km is None:
+        return min(usable, key=score)
+    for tier in _proximity_tiers(usable, client_region, distance_km, policy.nearby_km):
+        best = min(tier, key=score)
+        if score(best)[0] <= policy.saturation:
+            return best
+    return min(usable, key=score)  # everything is busy: least loaded anywhere
+
+
+def _proximity_tiers(
+    backends: Sequence[Backend], client_region: str, distance_km: Callable[[str, str], float], nearby_km: float
+) -> list[list[Backend]]:
+    """Backends grouped by distance from the client: each tier spans at most `nearby_km`."""
+    ordered = sorted(backends, key=lambda b: (distance_km(client_region, b.region), b.replica))
+    tiers: list[list[Backend]] = []
+    start = None
+    for backend in ordered:
+        distance = distance_km(client_region, backend.region)
+        if start is None or distance - start > nearby_km:
+            tiers.append([])
+            start = distance
+        tiers[-1].append(backend)
+    return tiers

@@ -1,0 +1,73 @@
+"""The backend set: thresholds, ejection with backoff, early return, holding while none is usable."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gpuroam.gateway.backends import BackendSet, HealthPolicy
+from gpuroam.gateway.routing import Backend
+
+A = Backend("a", "http://127.0.0.1:1", "us-central1", "nvidia-l4")
+B = Backend("b", "http://127.0.0.1:2", "europe-west4", "nvidia-l4")
+
+
+def make() -> BackendSet:
+    backends = BackendSet(HealthPolicy(unhealthy_after=2, healthy_after=1, eject_s=1.0, eject_max_s=4.0))
+    backends.replace_all([A, B])
+    return backends
+
+
+def test_active_checks_use_thresholds() -> None:
+    backends = make()
+    backends.probed("a", ok=False, now=0)
+    assert backends.loads()["a"].healthy, "one failed probe is a blip"
+    backends.probed("a", ok=False, now=0)
+    assert not backends.loads()["a"].healthy
+    backends.probed("a", ok=True, now=0)
+    assert backends.loads()["a"].healthy
+
+
+def test_ejection_doubles_and_a_passing_probe_brings_it_back() -> None:
+    backends = make()
+    assert backends.eject("a", now=0) == 1.0
+    assert backends.eject("a", now=1) == 2.0
+    assert backends.eject("a", now=3) == 4.0
+    assert backends.eject("a", now=7) == 4.0, "capped"
+    assert not backends.loads()["a"].usable(8)
+    backends.probed("a", ok=True, now=8)
+    assert backends.loads()["a"].usable(8), "a passing probe returns an ejected backend"
+    backends.succeeded("a")
+    assert backends.eject("a", now=9) == 1.0, "a success ends the run of ejections"
+
+
+def test_replacing_the_set_keeps_what_was_learnt() -> None:
+    backends = make()
+    backends.started("a")
+    backends.eject("b", now=0)
+    backends.replace_all([A, Backend("c", "http://127.0.0.1:3", "asia-southeast1", "nvidia-tesla-t4")])
+    assert backends.loads()["a"].outstanding == 1
+    assert backends.get("b") is None and backends.get("c") is not None
+
+
+def test_requests_wait_while_no_backend_is_usable() -> None:
+    async def scenario() -> tuple[bool, bool]:
+        backends = BackendSet()
+        loop = asyncio.get_running_loop()
+        backends.replace_all([])
+        waiter = asyncio.create_task(backends.wait_usable(5.0, loop))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        backends.replace_all([A])  # a replacement became ready
+        held = await asyncio.wait_for(waiter, 1.0)
+        empty = BackendSet()
+        timed_out = await empty.wait_usable(0.1, loop)
+        return held, timed_out
+
+    held, timed_out = asyncio.run(scenario())
+    assert held and not timed_out
+
+
+def test_outstanding_never_goes_negative() -> None:
+    backends = make()
+    backends.finished("a")
+    assert backends.loads()["a"].outstanding == 0
