@@ -26,16 +26,13 @@ tested and simulated. The rules, in order:
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from gpuroam.records import Block, Replica, ReplicaState
-
-if TYPE_CHECKING:
-    from gpuroam.spec import ServiceSpec
+from gpuroam.spec import ServiceSpec, region_matches
 
 Pair = tuple[str, str]  # (region, GPU type)
 
@@ -81,9 +78,7 @@ class Demand:
         )
 
     def region_allowed(self, region: str) -> bool:
-        """Wildcards as in the spec; deny wins over allow."""
-        allowed = any(fnmatch.fnmatchcase(region, pattern) for pattern in self.allow)
-        return allowed and not any(fnmatch.fnmatchcase(region, pattern) for pattern in self.deny)
+        return region_matches(region, self.allow, self.deny)
 
     def gpu_rank(self, gpu: str) -> int | None:
         return self.gpus.index(gpu) if gpu in self.gpus else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -187,9 +188,7 @@ class ServiceSpec(_Section):
         return self
 
     def region_allowed(self, region: str) -> bool:
-        """Allowed by some allow pattern and by no deny pattern: deny wins."""
-        allowed = any(fnmatchcase(region, pattern) for pattern in self.regions.allow)
-        return allowed and not any(fnmatchcase(region, pattern) for pattern in self.regions.deny)
+        return region_matches(region, self.regions.allow, self.regions.deny)
 
     def gpu_rank(self, gpu: str) -> int | None:
         """0 for the most preferred GPU type; None for one the spec does not name."""
@@ -255,6 +254,12 @@ def _problem(error: ErrorDetails) -> str:
         return f"{_path(loc)}: must be a mapping of fields (got {_show(error['input'])}){expected}"
     msg = error["msg"].replace("a valid tuple", "a list")
     return f"{_path(loc)}: {msg[:1].lower()}{msg[1:]} (got {_show(error['input'])}){expected}"
+
+
+def region_matches(region: str, allow: Iterable[str], deny: Iterable[str]) -> bool:
+    """Allowed by some allow pattern and by no deny pattern: deny wins."""
+    allowed = any(fnmatchcase(region, pattern) for pattern in allow)
+    return allowed and not any(fnmatchcase(region, pattern) for pattern in deny)
 
 
 def parse_spec(data: dict[str, Any], source: str = "<spec>") -> ServiceSpec:
