@@ -102,6 +102,60 @@ def worker(
     )
 
 
+@app.command()
+def gateway(
+    port: Annotated[int, typer.Option(help="Port of the endpoint (with --backend).")] = 8080,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(help="A replica: http://HOST:PORT, or REGION/GPU@http://HOST:PORT. Repeat for more."),
+    ] = None,
+    controller: Annotated[
+        str | None, typer.Option(help="Follow this control plane's ready replicas instead of --backend.")
+    ] = None,
+    token_file: Annotated[Path | None, typer.Option(help="Control-plane token (default: the state dir's).")] = None,
+    state: StateOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    region: Annotated[str | None, typer.Option(help="This gateway's region, for clients that send none.")] = None,
+    hold: Annotated[float, typer.Option(min=0, help="Seconds a request waits for a live replica.")] = 30.0,
+    retries: Annotated[int, typer.Option(min=0, max=10, help="Other replicas tried before the first byte.")] = 3,
+    upstream_timeout: Annotated[float, typer.Option(min=1, help="Seconds a replica may take to answer.")] = 600.0,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body accepted.")] = 50.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """The global endpoint: proxy to healthy replicas, retry, hold while none is live."""
+    from gpuroam.catalog import load_catalog
+    from gpuroam.gateway import Gateway, Limits, ProxyConfig, ServiceBackends, parse_backend, run_gateway
+    from gpuroam.logs import configure_logging
+
+    configure_logging(log_level)
+    catalog = load_catalog()
+    if bool(backend) == bool(controller):
+        _die("give either --backend URL (repeatable) or --controller URL, not both or neither")
+    static: list[ServiceBackends] = []
+    follow: tuple[str, str] | None = None
+    if backend:
+        try:
+            backends = tuple(parse_backend(text, catalog) for text in backend)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--backend") from error
+        static = [ServiceBackends("default", port, backends)]
+        console.print(f"[bold]gpuroam gateway[/] on http://{host}:{port} in front of {len(backends)} replicas")
+    elif controller:
+        from gpuroam.controller.client import DEFAULT_STATE_DIR
+
+        token_path = token_file or (state or DEFAULT_STATE_DIR) / "token"
+        if not token_path.is_file():
+            _die(f"no control-plane token at {token_path}; pass --token-file or --state")
+        follow = (controller, token_path.read_text().strip())
+        console.print(f"[bold]gpuroam gateway[/] following {controller}")
+    config = ProxyConfig(hold_s=hold, retries=retries, upstream_timeout_s=upstream_timeout, region=region)
+    limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024))
+    try:
+        run_gateway(Gateway(host, config, limits, catalog=catalog), static, follow)
+    except OSError as error:
+        _die(f"the gateway could not listen on {host}:{port}: {error.strerror or error}; pick another --port")
+
+
 def _client(server: str | None, state: Path | None) -> Any:
     from gpuroam.controller.client import ClientError, ControlPlaneClient
 
@@ -129,6 +183,9 @@ def _call(function: Any, *args: Any, **kwargs: Any) -> Any:
 def serve(
     state: StateOption = None,
     port: Annotated[int, typer.Option(help="Control-plane API port.")] = 8700,
+    gateway_port: Annotated[
+        int, typer.Option(help="First service's endpoint port (the next service gets the next free one); 0: none.")
+    ] = 8080,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     regions: Annotated[Path, typer.Option(help="Local sites and their GPU inventory.")] = Path(
         "examples/local-regions.yaml"
@@ -139,7 +196,7 @@ def serve(
     catalog: Annotated[Path | None, typer.Option(help="A catalog file that overrides the bundled one.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Run the control plane: the store, the reconcile loop and the API."""
+    """Run the control plane (store, reconcile loop, API) and the gateway that is every service's endpoint."""
     from gpuroam.controller.client import DEFAULT_STATE_DIR
     from gpuroam.controller.server import ControlPlane
     from gpuroam.logs import configure_logging
@@ -149,7 +206,19 @@ def serve(
     if not regions.is_file():
         _die(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
     console.print(f"[bold]gpuroam control plane[/] on http://{host}:{port} (state in {state_dir})")
-    ControlPlane(state_dir, regions, port=port, host=host, store_url=store, catalog_file=catalog).run_forever()
+    if gateway_port:
+        console.print(
+            f"[bold]gateway[/] endpoints from http://{host}:{gateway_port} (log: {state_dir / 'gateway.log'})"
+        )
+    ControlPlane(
+        state_dir,
+        regions,
+        port=port,
+        host=host,
+        store_url=store,
+        catalog_file=catalog,
+        gateway_port=gateway_port or None,
+    ).run_forever()
 
 
 @app.command()
@@ -326,6 +395,7 @@ def events(
 def demo(
     state: StateOption = None,
     port: Annotated[int, typer.Option(help="Control-plane API port.")] = 8700,
+    gateway_port: Annotated[int, typer.Option(help="The service's endpoint port.")] = 8080,
     spec: Annotated[Path, typer.Option(help="The service to serve.")] = Path("examples/stable-diffusion.yaml"),
     regions: Annotated[Path, typer.Option(help="Local sites and their GPU inventory.")] = Path(
         "examples/local-regions.yaml"
@@ -344,7 +414,7 @@ def demo(
         _die(str(error))
     state_dir.mkdir(parents=True, exist_ok=True)
     configure_logging("info", path=state_dir / "demo.log")
-    plane = ControlPlane(state_dir, regions, port=port)
+    plane = ControlPlane(state_dir, regions, port=port, gateway_port=gateway_port)
     try:
         plane.start()
     except RuntimeError as error:

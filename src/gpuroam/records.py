@@ -75,6 +75,7 @@ class ServiceRecord:
     updated_at: float
     generation: int = 1
     deleted: bool = False
+    gateway_port: int | None = None  # where the local gateway serves it; None until assigned
 
 
 class EventKind(StrEnum):

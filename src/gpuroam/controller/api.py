@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -57,8 +58,21 @@ def event_json(event: Event) -> dict[str, Any]:
     }
 
 
-def create_api(store: Store, provider: Provider, catalog: Catalog, token: str, endpoint: str | None = None) -> FastAPI:
-    """`endpoint` is the global URL (the gateway's) when one runs; else a ready replica's URL."""
+@dataclass(frozen=True)
+class GatewayAddress:
+    """Where the local gateway listens: each service gets its own port, from `base_port` up."""
+
+    host: str
+    base_port: int
+
+    def endpoint(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+
+def create_api(
+    store: Store, provider: Provider, catalog: Catalog, token: str, gateway: GatewayAddress | None = None
+) -> FastAPI:
+    """With a gateway, a service's endpoint is its gateway port; else the provider's, or a ready replica's URL."""
     app = FastAPI(title="gpuroam control plane", version=__version__)
 
     def authorised(request: Request) -> None:
@@ -80,9 +94,13 @@ def create_api(store: Store, provider: Provider, catalog: Catalog, token: str, e
             if r.state not in (ReplicaState.TERMINATED,) and (r.state.live or now - r.updated_at < 60)
         ]
         ready = [r for r in replicas if r.state is ReplicaState.READY]
+        if gateway is not None and record.gateway_port is not None:
+            endpoint = gateway.endpoint(record.gateway_port)
+        else:
+            endpoint = provider.endpoint(record.name) or (ready[0].url if ready else None)
         return {
             "name": record.name,
-            "endpoint": endpoint or provider.endpoint(record.name) or (ready[0].url if ready else None),
+            "endpoint": endpoint,
             "deleted": record.deleted,
             "pinned_regions": list(record.pinned_regions),
             "generation": record.generation,
@@ -114,6 +132,9 @@ def create_api(store: Store, provider: Provider, catalog: Catalog, token: str, e
             return JSONResponse({"detail": str(error)}, status_code=422)  # type: ignore[return-value]
         now = time.time()
         record = store.put_service(spec.name, spec_to_dict(spec), now)
+        if gateway is not None:
+            store.assign_gateway_port(spec.name, gateway.base_port)
+            record = store.get_service(spec.name) or record
         store.add_event(
             Event(
                 ts=now,
@@ -158,6 +179,21 @@ def create_api(store: Store, provider: Provider, catalog: Catalog, token: str, e
             )
         )
         return service_json(record, now)
+
+    @app.get("/api/v1/gateway", dependencies=guarded)
+    def gateway_backends() -> dict[str, Any]:
+        """What the gateway serves: per service its port and ready replicas (the data plane's feed)."""
+        out = []
+        for record in store.list_services():
+            if record.gateway_port is None:
+                continue
+            ready = [r for r in store.list_replicas(service=record.name) if r.state is ReplicaState.READY and r.url]
+            backends = [
+                {"replica": r.id, "url": r.url, "region": r.region, "gpu": r.gpu, "speed": _speed(catalog, r.gpu)}
+                for r in ready
+            ]
+            out.append({"name": record.name, "port": record.gateway_port, "backends": backends})
+        return {"services": out}
 
     @app.get("/api/v1/replicas", dependencies=guarded)
     def replicas(service: str | None = None) -> list[dict[str, Any]]:
@@ -204,6 +240,10 @@ def create_api(store: Store, provider: Provider, catalog: Catalog, token: str, e
         return _chaos(store, provider, "recover", body)
 
     return app
+
+
+def _speed(catalog: Catalog, gpu: str) -> float:
+    return catalog.speed(gpu) if gpu in catalog.gpus else 1.0
 
 
 def _chaos(store: Store, provider: Provider, action: str, body: ChaosRequest) -> dict[str, Any]:

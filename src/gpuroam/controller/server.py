@@ -1,4 +1,5 @@
-"""`gpuroam serve`: the store, the provider, the reconcile loop and the API in one process.
+"""`gpuroam serve`: the store, the provider, the reconcile loop and the API in one process,
+and the gateway (the global endpoint) in a process of its own.
 
 The reconcile loop runs in a thread, one pass a second; the API only writes desired state. The
 state dir holds the SQLite store (unless --store names PostgreSQL), the API token and
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpuroam.catalog import load_catalog
-from gpuroam.controller.api import create_api
+from gpuroam.controller.api import GatewayAddress, create_api
+from gpuroam.controller.gateway_process import GatewayProcess
 from gpuroam.controller.reconciler import Reconciler
 from gpuroam.controller.store import Store
 from gpuroam.providers.local import LocalProvider
@@ -91,6 +93,7 @@ class ControlPlane:
         store_url: str | None = None,
         catalog_file: Path | None = None,
         interval_s: float = 1.0,
+        gateway_port: int | None = 8080,
     ) -> None:
         import uvicorn
 
@@ -102,7 +105,9 @@ class ControlPlane:
         self.token = load_or_create_token(state_dir)
         self.url = f"http://{host}:{port}"
         self.loop = ReconcileLoop(Reconciler(self.store, self.provider, self.catalog), interval_s)
-        api = create_api(self.store, self.provider, self.catalog, self.token)
+        gateway = GatewayAddress(host, gateway_port) if gateway_port is not None else None
+        self.gateway = GatewayProcess(state_dir, self.url, host) if gateway_port is not None else None
+        api = create_api(self.store, self.provider, self.catalog, self.token, gateway)
         self.server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False))
         self._thread: threading.Thread | None = None
 
@@ -110,6 +115,8 @@ class ControlPlane:
         """Serve in background threads; returns once the API listens."""
         (self.state_dir / "server.json").write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
         self.loop.start()
+        if self.gateway is not None:
+            self.gateway.ensure()
         self._thread = threading.Thread(target=self.server.run, name="gpuroam-api", daemon=True)
         self._thread.start()
         while not self.server.started:
@@ -122,11 +129,15 @@ class ControlPlane:
         """Serve in the foreground until interrupted (Ctrl-C or SIGTERM)."""
         (self.state_dir / "server.json").write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
         self.loop.start()
+        if self.gateway is not None:
+            self.gateway.ensure()
         log.info("control plane up", extra={"url": self.url, "state_dir": str(self.state_dir)})
         try:
             self.server.run()
         finally:
             self.loop.stop()
+            if self.gateway is not None:
+                self.gateway.stop()
             self.store.close()
 
     def stop(self) -> None:
@@ -134,4 +145,6 @@ class ControlPlane:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.loop.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
         self.store.close()

@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine, Row, create_engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
@@ -52,6 +52,7 @@ services = Table(
     Column("updated_at", Double, nullable=False),
     Column("generation", Integer, nullable=False),
     Column("deleted", Boolean, nullable=False),
+    Column("gateway_port", Integer, unique=True),  # the service's endpoint port, kept while it exists
 )
 
 replicas = Table(
@@ -196,6 +197,22 @@ class Operations(ABC):
                 )
             return self._service(conn, name)
 
+    def assign_gateway_port(self, name: str, base: int) -> int:
+        """The service's endpoint port: the lowest free one from `base`, chosen once and kept, so
+        the endpoint stays the same through expand, failover and controller restarts."""
+        with self._write() as conn:
+            row = conn.execute(select(services).where(services.c.name == name).with_for_update()).one_or_none()
+            if row is None:
+                raise KeyError(f"no service {name!r}")
+            if row.gateway_port is not None:
+                return int(row.gateway_port)
+            used = set(
+                conn.execute(select(services.c.gateway_port).where(services.c.gateway_port.is_not(None))).scalars()
+            )
+            port = next(p for p in range(base, base + 1000) if p not in used)
+            conn.execute(update(services).where(services.c.name == name).values(gateway_port=port))
+            return port
+
     def _service(self, conn: Connection, name: str) -> ServiceRecord:
         return _service(conn.execute(select(services).where(services.c.name == name)).one())
 
@@ -322,6 +339,7 @@ class Store(Operations):
         engine = _sqlite_engine(parsed, shown) if parsed.get_backend_name() == "sqlite" else _postgresql_engine(parsed)
         try:
             metadata.create_all(engine)
+            _add_missing_columns(engine)
         except SQLAlchemyError as error:
             engine.dispose()
             raise StoreError(_cannot_open(parsed, shown, error)) from error
@@ -348,6 +366,15 @@ class Store(Operations):
 
     def _write(self) -> AbstractContextManager[Connection]:
         return self.engine.begin()
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Bring a store written by an older gpuroam up to date: columns added since are nullable."""
+    with engine.begin() as conn:
+        present = {column["name"] for column in inspect(conn).get_columns("services")}
+        if "gateway_port" not in present:
+            conn.exec_driver_sql("ALTER TABLE services ADD COLUMN gateway_port INTEGER")
+            conn.exec_driver_sql("CREATE UNIQUE INDEX services_gateway_port ON services (gateway_port)")
 
 
 def _service(row: Row[Any]) -> ServiceRecord:

@@ -54,6 +54,10 @@ class BackendSet:
     def backends(self) -> list[Backend]:
         return [t.backend for t in self._tracked.values()]
 
+    def load(self, replica: str) -> Load | None:
+        tracked = self._tracked.get(replica)
+        return tracked.load if tracked else None
+
     def get(self, replica: str) -> Backend | None:
         tracked = self._tracked.get(replica)
         return tracked.backend if tracked else None

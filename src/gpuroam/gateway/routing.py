@@ -55,11 +55,14 @@ def choose(
     exclude: Collection[str] = (),
     avoid_region: str | None = None,
     policy: Policy = Policy(),
+    turn: int = 0,
 ) -> Backend | None:
     """The backend for the next request, or None when no backend is usable.
 
     `exclude` lists replicas already tried for this request; `avoid_region` is the region of
-    the last failure, preferred against when another region has a usable backend.
+    the last failure, preferred against when another region has a usable backend. Among equally
+    loaded backends the `turn`-th (modulo) is taken, so a caller counting requests spreads
+    sequential traffic round-robin instead of sending it all to one replica.
     """
     usable = [b for b in backends if b.replica not in exclude and loads.get(b.replica, Load()).usable(now)]
     if avoid_region is not None and any(b.region != avoid_region for b in usable):
@@ -67,16 +70,21 @@ def choose(
     if not usable:
         return None
 
-    def score(backend: Backend) -> tuple[float, str]:
-        return load_score(backend, loads.get(backend.replica, Load())), backend.replica
+    def score(backend: Backend) -> float:
+        return load_score(backend, loads.get(backend.replica, Load()))
+
+    def least_loaded(candidates: Sequence[Backend]) -> Backend:
+        lowest = min(score(b) for b in candidates)
+        ties = sorted((b for b in candidates if score(b) == lowest), key=lambda b: b.replica)
+        return ties[turn % len(ties)]
 
     if client_region is None or distance_km is None:
-        return min(usable, key=score)
+        return least_loaded(usable)
     for tier in _proximity_tiers(usable, client_region, distance_km, policy.nearby_km):
-        best = min(tier, key=score)
-        if score(best)[0] <= policy.saturation:
+        best = least_loaded(tier)
+        if score(best) <= policy.saturation:
             return best
-    return min(usable, key=score)  # everything is busy: least loaded anywhere
+    return least_loaded(usable)  # everything is busy: least loaded anywhere
 
 
 def _proximity_tiers(

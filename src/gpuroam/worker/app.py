@@ -12,7 +12,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -146,12 +146,16 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
         }
 
     @app.post("/sdapi/v1/txt2img", dependencies=api_auth, response_model=GenerationResponse)
-    async def txt2img(request: Txt2ImgRequest, service: GenerationService = service_ready) -> dict[str, Any]:
-        return await service.generate(request)
+    async def txt2img(
+        request: Txt2ImgRequest, http: Request, service: GenerationService = service_ready
+    ) -> dict[str, Any]:
+        return await service.generate(_with_job_header(request, http))
 
     @app.post("/sdapi/v1/img2img", dependencies=api_auth, response_model=GenerationResponse)
-    async def img2img(request: Img2ImgRequest, service: GenerationService = service_ready) -> dict[str, Any]:
-        return await service.generate(request)
+    async def img2img(
+        request: Img2ImgRequest, http: Request, service: GenerationService = service_ready
+    ) -> dict[str, Any]:
+        return await service.generate(_with_job_header(request, http))
 
     @app.get("/sdapi/v1/progress", dependencies=api_auth)
     async def progress(
@@ -216,6 +220,17 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
         return {"txt2img": [], "img2img": []}
 
     return app
+
+
+GenerationRequest = TypeVar("GenerationRequest", Txt2ImgRequest, Img2ImgRequest)
+
+
+def _with_job_header(request: GenerationRequest, http: Request) -> GenerationRequest:
+    """The job id a client (or the gateway's sticky routing) chose in X-Gpuroam-Job, unless the body names one."""
+    header = http.headers.get("x-gpuroam-job")
+    if header and not request.force_task_id:
+        return request.model_copy(update={"force_task_id": header[:128]})
+    return request
 
 
 def _target_jobs(service: GenerationService | None, job_id: str | None) -> list[Job]:

@@ -1,0 +1,94 @@
+"""Which replica a request should stick to: progress and interrupt must reach the job's replica.
+
+An A1111 replica only knows its own jobs, so `GET /sdapi/v1/progress` answered by another
+replica reports nothing. The gateway remembers where each generation went, by the job's id
+when the client names one (`force_task_id` in the body, `id_task` in the query, or the
+X-Gpuroam-Job header) and else by the client's cookie or address. Generation requests are
+placed by load; the cookie only makes a client's other requests prefer the replica that
+served it last, while that replica is not saturated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from gpuroam.gateway.wire import Request
+
+COOKIE = b"gpuroam_replica"
+JOB_HEADER = b"x-gpuroam-job"
+GENERATION_PATHS = frozenset({b"/sdapi/v1/txt2img", b"/sdapi/v1/img2img"})
+JOB_PATHS = frozenset({b"/sdapi/v1/progress", b"/sdapi/v1/interrupt", b"/sdapi/v1/skip"})
+
+
+@dataclass(frozen=True)
+class Preference:
+    replica: str
+    strict: bool  # the request concerns a job on that replica: go there even when it is busy
+
+
+class _Bounded(OrderedDict[str, str]):
+    """A mapping that forgets its oldest entries past `limit` (memory stays bounded)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: str, value: str) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        if len(self) > self.limit:
+            self.popitem(last=False)
+
+
+class Affinity:
+    def __init__(self, limit: int = 100_000) -> None:
+        self._jobs = _Bounded(limit)
+        self._clients = _Bounded(limit)
+
+    def preference(self, request: Request) -> Preference | None:
+        path = request.path
+        cookie = cookie_replica(request)
+        if path in JOB_PATHS:
+            job = job_id(request)
+            replica = (job and self._jobs.get(job)) or cookie or self._clients.get(request.client_ip)
+            return Preference(replica, strict=True) if replica else None
+        return Preference(cookie, strict=False) if cookie else None
+
+    def placed(self, request: Request, replica: str) -> None:
+        """A generation went to `replica`: its progress and interrupt must follow it there."""
+        if request.path not in GENERATION_PATHS:
+            return
+        job = job_id(request)
+        if job:
+            self._jobs.put(job, replica)
+        self._clients.put(request.client_ip, replica)
+
+
+def job_id(request: Request) -> str | None:
+    value = request.header(JOB_HEADER) or request.query_param(b"id_task")
+    if value:
+        return value.decode("latin-1")
+    if request.path in GENERATION_PATHS and b'"force_task_id"' in request.body:
+        try:
+            forced = json.loads(request.body).get("force_task_id")
+        except (ValueError, AttributeError):
+            return None
+        return forced if isinstance(forced, str) and forced else None
+    return None
+
+
+def cookie_replica(request: Request) -> str | None:
+    header = request.header(b"cookie")
+    if not header or COOKIE not in header:
+        return None
+    for part in header.split(b";"):
+        name, _, value = part.strip().partition(b"=")
+        if name == COOKIE and value:
+            return value.decode("latin-1")
+    return None
+
+
+def set_cookie(replica: str) -> bytes:
+    return b"set-cookie: %s=%s; Path=/; HttpOnly; SameSite=Lax\r\n" % (COOKIE, replica.encode())

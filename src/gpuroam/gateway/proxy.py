@@ -1,0 +1,277 @@
+"""One service behind one listener: pick a replica, forward, retry before the first byte, relay.
+
+The request body is whole before a replica is tried, so a replica that refuses, resets or
+answers 502/503 before anything reached the client is replaced by another, preferably in
+another region, within a retry budget. While no replica is usable (a GPU type or region was
+just lost and replacements are starting) requests wait here, up to `hold_s`, rather than fail.
+Once the first byte went to the client nothing is retried: a backend dying mid-response cuts
+the client's connection, which is the only honest way to say the body is incomplete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from gpuroam.gateway.affinity import GENERATION_PATHS, Affinity, Preference, cookie_replica, set_cookie
+from gpuroam.gateway.backends import BackendSet, HealthPolicy
+from gpuroam.gateway.downstream import ClientConnection
+from gpuroam.gateway.metrics import GatewayMetrics
+from gpuroam.gateway.routing import Backend, Policy, choose, load_score
+from gpuroam.gateway.upstream import Pool, ResponseHead, UpstreamConnection, UpstreamError
+from gpuroam.gateway.wire import LAST_CHUNK, Request, chunk, json_response, response_head, upstream_head
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+Distance = Callable[[str, str], float]
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    hold_s: float = 30.0  # how long a request waits for a live replica before a 503
+    retries: int = 3  # further replicas tried after the first fails before any byte
+    upstream_timeout_s: float = 600.0  # a CPU replica may take minutes for a large batch
+    region: str | None = None  # the gateway's own region, for clients that do not send X-Client-Region
+    retry_after_s: int = 5
+
+
+def retryable(request: Request) -> bool:
+    """Whether a request a replica may have begun can be sent again (generation requests are seeded)."""
+    return request.method in IDEMPOTENT or request.path in GENERATION_PATHS
+
+
+class Route:
+    """The backends of one service, their connection pools, and where jobs stick."""
+
+    def __init__(
+        self,
+        service: str,
+        loop: asyncio.AbstractEventLoop,
+        metrics: GatewayMetrics,
+        config: ProxyConfig = ProxyConfig(),
+        health: HealthPolicy = HealthPolicy(),
+        policy: Policy = Policy(),
+        distance_km: Distance | None = None,
+    ) -> None:
+        self.service = service
+        self.loop = loop
+        self.metrics = metrics
+        self.config = config
+        self.policy = policy
+        self.distance_km = distance_km
+        self.backends = BackendSet(health)
+        self.pools: dict[str, Pool] = {}
+        self.affinity = Affinity()
+        self._stamps: dict[str, bytes] = {}
+        self._turn = 0  # breaks ties between equally loaded replicas round-robin
+
+    def update(self, backends: Sequence[Backend]) -> None:
+        """The registered set as the control plane (or the command line) now says."""
+        self.backends.replace_all(backends)
+        fresh = {b.replica: b for b in backends}
+        for replica in list(self.pools):
+            if replica not in fresh or self.pools[replica].url != fresh[replica].url:
+                self.pools.pop(replica).close()  # requests in flight there finish on their own connections
+                self._stamps.pop(replica, None)
+        for replica, backend in fresh.items():
+            if replica not in self.pools:
+                self.pools[replica] = Pool(backend.url, self.loop)
+            self._stamps[replica] = b"x-gpuroam-region: %s\r\nx-gpuroam-gpu: %s\r\nx-gpuroam-replica: %s\r\n" % (
+                backend.region.encode(),
+                backend.gpu.encode(),
+                replica.encode(),
+            )
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
+
+    def pick(
+        self, preference: Preference | None, client_region: str | None, tried: set[str], avoid: str | None
+    ) -> Backend | None:
+        now = self.loop.time()
+        if preference is not None and preference.replica not in tried:
+            backend = self.backends.get(preference.replica)
+            load = self.backends.load(preference.replica)
+            if (
+                backend is not None
+                and load is not None
+                and load.usable(now)
+                and (preference.strict or load_score(backend, load) <= self.policy.saturation)
+            ):
+                return backend
+        distance = self.distance_km if client_region else None
+        self._turn += 1
+        loads = self.backends.loads()
+        return choose(
+            self.backends.backends(), loads, now, client_region, distance, tried, avoid, self.policy, self._turn
+        )
+
+    async def forward(self, client: ClientConnection, request: Request) -> None:
+        started = self.loop.time()
+        head = upstream_head(request)
+        preference = self.affinity.preference(request)
+        client_region = _header_str(request, b"x-client-region") or self.config.region
+        tried: set[str] = set()
+        avoid: str | None = None
+        attempts = 0
+        failure = "no replica answered"
+        while attempts <= self.config.retries:
+            backend = self.pick(preference, client_region, tried, avoid)
+            if backend is None:
+                if tried and self.backends.any_usable(self.loop.time()):
+                    tried.clear()  # every usable replica was tried; they may have recovered
+                    continue
+                if not await self._hold(started):
+                    self.metrics.error(self.service, "no_replica")
+                    client.write(self._unavailable(request))
+                    return
+                continue
+            attempts += 1
+            failure = await self._attempt(backend, client, request, head, started, last=attempts > self.config.retries)
+            if not failure:
+                return
+            self.metrics.retry(self.service, failure.split(":", 1)[0])
+            tried.add(backend.replica)
+            avoid = backend.region
+        self.metrics.error(self.service, "retries_exhausted")
+        client.write(json_response(502, {"error": f"no replica could answer: {failure}"}, request.keep_alive))
+
+    async def _hold(self, started: float) -> bool:
+        """Wait for a usable replica (replacements are starting), up to hold_s from the request's start."""
+        remaining = started + self.config.hold_s - self.loop.time()
+        if remaining <= 0:
+            return False
+        self.metrics.holding(self.service, +1)
+        began = self.loop.time()
+        try:
+            return await self.backends.wait_usable(remaining, self.loop)
+        finally:
+            self.metrics.holding(self.service, -1)
+            self.metrics.held(self.service, self.loop.time() - began)
+
+    async def _attempt(
+        self, backend: Backend, client: ClientConnection, request: Request, head: bytes, started: float, last: bool
+    ) -> str:
+        """Try one replica. Returns "" once the request is answered, else why it may go elsewhere."""
+        replica = backend.replica
+        pool = self.pools[replica]
+        head_only = request.method == b"HEAD"
+        conn = pool.take_idle()
+        self.backends.started(replica)
+        self.affinity.placed(request, replica)
+        try:
+            while True:
+                reused = conn is not None
+                if conn is None:
+                    try:
+                        conn = await pool.connect()
+                    except UpstreamError as exc:
+                        self._eject(backend)
+                        return f"connect: {exc.reason}"
+                try:
+                    async with asyncio.timeout(self.config.upstream_timeout_s):
+                        response = await conn.send(head, request.body, head_only)
+                    break
+                except UpstreamError as exc:
+                    conn.close()
+                    if reused and not exc.got_bytes and retryable(request):
+                        conn = None  # most likely the backend closed this idle connection as we sent: not its fault
+                        continue
+                    self._eject(backend)
+                    if retryable(request) and not last:
+                        return f"reset: {exc.reason}"
+                    self.metrics.error(self.service, "backend_failed")
+                    client.write(json_response(502, {"error": f"replica {replica}: {exc.reason}"}, request.keep_alive))
+                    return ""
+                except TimeoutError:
+                    conn.close()
+                    self._eject(backend)
+                    self.metrics.error(self.service, "backend_timeout")
+                    detail = f"replica {replica} sent no response within {self.config.upstream_timeout_s:g} s"
+                    client.write(json_response(504, {"error": detail}, request.keep_alive))
+                    return ""
+            if response.status in (502, 503) and not last and (response.status == 503 or retryable(request)):
+                conn.close()
+                self._eject(backend)
+                return f"status: {response.status}"
+            if response.status >= 500:
+                self._eject(backend)
+            else:
+                self.backends.succeeded(replica)
+            await self._relay(backend, pool, client, request, conn, response, started)
+            conn = None
+            return ""
+        except asyncio.CancelledError:
+            if conn is not None:
+                conn.close()  # the client left mid-exchange: this connection's state is unknown
+            raise
+        finally:
+            self.backends.finished(replica)
+
+    async def _relay(
+        self,
+        backend: Backend,
+        pool: Pool,
+        client: ClientConnection,
+        request: Request,
+        conn: UpstreamConnection,
+        response: ResponseHead,
+        started: float,
+    ) -> None:
+        """Send the head, then stream the body as it arrives; the connection goes back to the pool."""
+        bodiless = request.method == b"HEAD" or response.status in (204, 304) or response.status < 200
+        chunked = False
+        if response.content_length is not None:
+            framing = b"content-length: %d\r\n" % response.content_length
+        elif bodiless:
+            framing = b""
+        elif request.http11:
+            framing, chunked = b"transfer-encoding: chunked\r\n", True
+        else:
+            framing = b"connection: close\r\n"
+            request.keep_alive = False
+        if not request.keep_alive and not framing.startswith(b"connection"):
+            framing += b"connection: close\r\n"
+        extra = self._stamps.get(backend.replica, b"")
+        if cookie_replica(request) != backend.replica:
+            extra += set_cookie(backend.replica)
+        client.write(response_head(response.status, response.headers, extra, framing))
+        client.on_backpressure = lambda paused: conn.pause() if paused else conn.resume()
+        done = conn.stream_to((lambda data: client.write(chunk(data))) if chunked else client.write)
+        try:
+            if not done.done():
+                async with asyncio.timeout(self.config.upstream_timeout_s):
+                    await done
+            done.result()
+        except (UpstreamError, TimeoutError):
+            conn.close()
+            client.abort()
+            self._eject(backend)
+            self.metrics.error(self.service, "backend_failed_mid_response")
+            return
+        if chunked:
+            client.write(LAST_CHUNK)
+        if response.keep_alive and not conn.closed and request.method != b"HEAD":
+            pool.release(conn)  # a pool closed meanwhile (replica drained) closes it instead
+        else:
+            conn.close()
+        self.metrics.served(self.service, backend.region, response.status, self.loop.time() - started)
+
+    def _eject(self, backend: Backend) -> None:
+        self.backends.eject(backend.replica, self.loop.time())
+        self.metrics.ejected(self.service, backend.region)
+
+    def _unavailable(self, request: Request) -> bytes:
+        detail = (
+            f"no live replica of {self.service} within {self.config.hold_s:g} s: "
+            "replacements may still be starting; retry later (see `gpuroam status`)"
+        )
+        retry_after = b"retry-after: %d\r\n" % self.config.retry_after_s
+        return json_response(503, {"error": detail}, request.keep_alive, retry_after)
+
+
+def _header_str(request: Request, name: bytes) -> str | None:
+    value = request.header(name)
+    return value.decode("latin-1") if value else None

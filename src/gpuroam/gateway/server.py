@@ -1,0 +1,202 @@
+"""The gateway process: one listener per service, health checks, housekeeping, its own endpoints.
+
+What it serves comes from `apply` (the control-plane feed, or `--backend` flags): services
+appear, change and go, and the listeners follow. Everything runs on one event loop (uvloop
+when installed); nothing here blocks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from gpuroam.catalog import Catalog
+from gpuroam.gateway.backends import HealthPolicy
+from gpuroam.gateway.downstream import ClientConnection
+from gpuroam.gateway.health import run_checks
+from gpuroam.gateway.metrics import GatewayMetrics
+from gpuroam.gateway.proxy import ProxyConfig, Route
+from gpuroam.gateway.routing import Backend, Policy
+from gpuroam.gateway.wire import Limits, Request, json_response, text_response
+
+log = logging.getLogger("gpuroam.gateway")
+
+HEALTH_PATH = b"/gpuroam/health"
+METRICS_PATH = b"/metrics"
+FAR_KM = 20_000.0  # an unknown region is as far as anywhere on Earth
+
+
+@dataclass(frozen=True)
+class ServiceBackends:
+    """What one listener serves: a service, its port, and its ready replicas."""
+
+    name: str
+    port: int
+    backends: tuple[Backend, ...] = field(default_factory=tuple)
+
+
+class Gateway:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        config: ProxyConfig = ProxyConfig(),
+        limits: Limits = Limits(),
+        health: HealthPolicy = HealthPolicy(),
+        policy: Policy = Policy(),
+        catalog: Catalog | None = None,
+        probe_interval_s: float = 1.0,
+    ) -> None:
+        self.host = host
+        self.config = config
+        self.limits = limits
+        self.health = health
+        self.policy = policy
+        self.catalog = catalog
+        self.probe_interval_s = probe_interval_s
+        self.metrics = GatewayMetrics()
+        self.metrics.watch_backends(self._backend_snapshot)
+        self.routes: dict[str, Route] = {}
+        self._ports: dict[str, int] = {}
+        self._servers: dict[str, asyncio.Server] = {}
+        self._clients: set[ClientConnection] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._bind_errors: dict[str, int] = {}  # service -> port it could not bind (said once)
+
+    async def start(self) -> None:
+        """Begin health checks and housekeeping; listeners open as `apply` names services."""
+        self._tasks = [
+            asyncio.create_task(run_checks(self.routes.values(), self.probe_interval_s)),
+            asyncio.create_task(self._housekeeping()),
+        ]
+
+    async def apply(self, services: Sequence[ServiceBackends], strict: bool = False) -> None:
+        """Make the listeners and backend sets match `services` (idempotent). A port that cannot
+        be bound is logged and tried again on the next call, or raises OSError when `strict`."""
+        wanted = {s.name: s for s in services}
+        for name in [n for n in self.routes if n not in wanted or wanted[n].port != self._ports[n]]:
+            await self._close_route(name)
+        for name, service in wanted.items():
+            if name not in self.routes and not await self._open_route(service, strict):
+                continue
+            before = {b.replica for b in self.routes[name].backends.backends()}
+            self.routes[name].update(service.backends)
+            if before != {b.replica for b in service.backends}:
+                log.info(
+                    "backends changed",
+                    extra={"service": name, "backends": [f"{b.replica}@{b.region}/{b.gpu}" for b in service.backends]},
+                )
+
+    async def _open_route(self, service: ServiceBackends, strict: bool) -> bool:
+        loop = asyncio.get_running_loop()
+        route = Route(service.name, loop, self.metrics, self.config, self.health, self.policy, self._distance_km)
+        handler = functools.partial(self._handle, route)
+        try:
+            self._servers[service.name] = await loop.create_server(
+                lambda: ClientConnection(handler, self.limits, loop, self._clients),
+                self.host,
+                service.port,
+                reuse_address=True,
+                backlog=2048,
+            )
+        except OSError as error:
+            if self._bind_errors.get(service.name) != service.port:
+                log.error(
+                    "cannot listen: is the port in use? retrying",
+                    extra={"service": service.name, "port": service.port, "error": error.strerror or str(error)},
+                )
+            self._bind_errors[service.name] = service.port
+            if strict:
+                raise
+            return False
+        self._bind_errors.pop(service.name, None)
+        self.routes[service.name], self._ports[service.name] = route, service.port
+        log.info("listening", extra={"service": service.name, "url": f"http://{self.host}:{service.port}"})
+        return True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for name in list(self.routes):
+            await self._close_route(name)
+        for client in list(self._clients):
+            client.close()
+
+    def health_report(self) -> dict[str, object]:
+        now = asyncio.get_running_loop().time()
+        services = []
+        for name, route in self.routes.items():
+            loads = route.backends.loads()
+            backends = [
+                {
+                    "replica": b.replica,
+                    "url": b.url,
+                    "region": b.region,
+                    "gpu": b.gpu,
+                    "usable": loads[b.replica].usable(now),
+                    "healthy": loads[b.replica].healthy,
+                    "ejected_s": round(max(0.0, loads[b.replica].ejected_until - now), 3),
+                    "outstanding": loads[b.replica].outstanding,
+                }
+                for b in route.backends.backends()
+            ]
+            services.append(
+                {
+                    "name": name,
+                    "port": self._ports[name],
+                    "usable": sum(1 for b in backends if b["usable"]),
+                    "backends": backends,
+                }
+            )
+        return {"status": "ok", "services": services}
+
+    async def _handle(self, route: Route, client: ClientConnection, request: Request) -> None:
+        path = request.path
+        if not path.startswith(b"/"):
+            detail = "only origin-form targets (/path) are served: this gateway is not a forward proxy"
+            client.write(json_response(400, {"error": detail}, keep_alive=False))
+            client.close()
+        elif path == HEALTH_PATH and request.method == b"GET":
+            client.write(json_response(200, self.health_report(), request.keep_alive))
+        elif path == METRICS_PATH and request.method == b"GET":
+            body = self.metrics.render()
+            client.write(text_response(200, body, b"text/plain; version=0.0.4", request.keep_alive))
+        else:
+            await route.forward(client, request)
+
+    async def _housekeeping(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for client in list(self._clients):
+                client.expire(now)
+            for route in self.routes.values():
+                for pool in route.pools.values():
+                    pool.sweep(now)
+
+    async def _close_route(self, name: str) -> None:
+        server = self._servers.pop(name)
+        server.close()
+        self.routes.pop(name).close()
+        self._ports.pop(name)
+        log.info("stopped listening", extra={"service": name})
+
+    @functools.lru_cache(maxsize=4096)  # noqa: B019 - the gateway lives as long as the process
+    def _distance_km(self, a: str, b: str) -> float:
+        if self.catalog is None or a not in self.catalog.regions or b not in self.catalog.regions:
+            return FAR_KM
+        return self.catalog.distance_km(a, b)
+
+    def _backend_snapshot(self) -> Iterator[tuple[str, str, bool]]:
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:
+            return
+        for name, route in self.routes.items():
+            loads = route.backends.loads()
+            for backend in route.backends.backends():
+                yield name, backend.region, loads[backend.replica].usable(now)
