@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,9 +56,55 @@ def ready(client: ControlPlaneClient, name: str = "stable-diffusion") -> list[di
     return [r for r in client.get(f"/services/{name}")["replicas"] if r["state"] == "ready"]
 
 
+class SteadyLoad:
+    """Clients generating images through the endpoint without pause, counting every failure."""
+
+    def __init__(self, endpoint: str, clients: int = 3) -> None:
+        self.endpoint = endpoint
+        self.ok = 0
+        self.failures: list[str] = []
+        self.served_by: list[tuple[str, str]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+
+    def __enter__(self) -> SteadyLoad:  # noqa: PYI034
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _run(self, index: int) -> None:
+        body = {"prompt": f"client {index}", "steps": 2, "width": 64, "height": 64, "seed": index}
+        with httpx.Client(timeout=60) as http:
+            while not self._stop.is_set():
+                try:
+                    response = http.post(f"{self.endpoint}/sdapi/v1/txt2img", json=body)
+                except httpx.HTTPError as error:
+                    self.failures.append(f"{type(error).__name__}: {error}")
+                    continue
+                if response.status_code != 200 or not response.json().get("images"):
+                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
+                    continue
+                where = (response.headers.get("x-gpuroam-region"), response.headers.get("x-gpuroam-gpu"))
+                if None in where:
+                    self.failures.append(f"no X-Gpuroam-Region/GPU headers: {dict(response.headers)}")
+                    continue
+                self.ok += 1
+                self.served_by.append(where)  # type: ignore[arg-type]
+
+    def count_since(self, mark: int) -> int:
+        return len(self.served_by) - mark
+
+
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[ControlPlane]:
-    control = ControlPlane(tmp_path / "state", EXAMPLES / "local-regions.yaml", port=free_port(), interval_s=0.5)
+    control = ControlPlane(
+        tmp_path / "state", EXAMPLES / "local-regions.yaml", port=free_port(), interval_s=0.5, gateway_port=free_port()
+    )
     control.start()
     try:
         yield control
@@ -87,7 +134,10 @@ def test_up_expand_fail_gpu_and_recover(plane: ControlPlane, tmp_path: Path) -> 
     assert expanded["endpoint"] == endpoint, "expand leaves the endpoint unchanged"
     wait_for(lambda: len({r["region"] for r in ready(client)}) == 3, 120, "3 ready regions")
 
+    load = SteadyLoad(endpoint).__enter__()
+    wait_for(lambda: load.ok >= 5, 60, "traffic through the gateway")
     client.post("/chaos/fail", {"gpu": "nvidia-l4"})
+    failed_at = len(load.served_by)
     zero_ready_since: float | None = None
     longest_gap = 0.0
     deadline = time.monotonic() + 120
@@ -116,8 +166,35 @@ def test_up_expand_fail_gpu_and_recover(plane: ControlPlane, tmp_path: Path) -> 
         assert time.monotonic() < deadline, f"did not move back: {gpus}"
         time.sleep(0.25)
     assert low_water >= 2, "make before break: moving back never dropped below two ready replicas"
+    recovered_at = len(load.served_by)
+    wait_for(lambda: load.count_since(recovered_at) >= 10, 60, "traffic after the move back")
+    load.__exit__()
+    assert load.failures == [], f"requests failed during failover or recovery: {load.failures[:5]}"
+    assert {gpu for _, gpu in load.served_by[failed_at:recovered_at]} - {"nvidia-l4"}, "served on another GPU"
+    assert "nvidia-l4" in {gpu for _, gpu in load.served_by[recovered_at:]}, "traffic is back on the preferred GPU"
     kinds = {e["kind"] for e in client.get("/events")}
     assert {"placed", "ready", "failover", "blocked", "recovered", "drained", "chaos", "expanded"} <= kinds
+
+
+def test_requests_wait_at_the_gateway_while_no_replica_is_live(plane: ControlPlane, tmp_path: Path) -> None:
+    from gpuroam.spec import load_spec, spec_to_dict
+
+    client = ControlPlaneClient(plane.url, plane.token)
+    client.post("/services", spec_to_dict(load_spec(fast_spec(tmp_path))))
+    preferred = {("us-central1", "nvidia-l4"), ("europe-west4", "nvidia-l4")}
+    wait_for(lambda: {(r["region"], r["gpu"]) for r in ready(client)} == preferred, 120, "the preferred placement")
+    endpoint = client.get("/services/stable-diffusion")["endpoint"]
+    with SteadyLoad(endpoint) as load:
+        wait_for(lambda: load.ok >= 5, 60, "traffic through the gateway")
+        client.post("/chaos/fail", {"gpu": "nvidia-l4"})  # every replica dies: none is live until T4s start
+        wait_for(lambda: not ready(client), 10, "no ready replica", every=0.05)
+        mark = len(load.served_by)
+        wait_for(lambda: load.count_since(mark) >= 10, 90, "traffic on the replacements")
+    assert load.failures == [], f"requests failed while no replica was live: {load.failures[:5]}"
+    assert {gpu for _, gpu in load.served_by[mark:]} <= {"nvidia-tesla-t4", "nvidia-tesla-a100"}
+    metrics = httpx.get(f"{endpoint}/metrics").text
+    held = [line for line in metrics.splitlines() if line.startswith("gpuroam_gateway_hold_seconds_count")]
+    assert held and float(held[0].split()[-1]) > 0, "some requests were held at the gateway"
 
 
 def test_the_api_wants_the_token(plane: ControlPlane) -> None:

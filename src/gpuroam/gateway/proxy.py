@@ -156,7 +156,7 @@ class Route:
     ) -> str:
         """Try one replica. Returns "" once the request is answered, else why it may go elsewhere."""
         replica = backend.replica
-        pool = self.pools[replica]
+        pool, stamp = self.pools[replica], self._stamps[replica]  # the replica may be drained mid-request
         head_only = request.method == b"HEAD"
         conn = pool.take_idle()
         self.backends.started(replica)
@@ -200,7 +200,7 @@ class Route:
                 self._eject(backend)
             else:
                 self.backends.succeeded(replica)
-            await self._relay(backend, pool, client, request, conn, response, started)
+            await self._relay(backend, pool, stamp, client, request, conn, response, started)
             conn = None
             return ""
         except asyncio.CancelledError:
@@ -214,6 +214,7 @@ class Route:
         self,
         backend: Backend,
         pool: Pool,
+        stamp: bytes,
         client: ClientConnection,
         request: Request,
         conn: UpstreamConnection,
@@ -234,7 +235,7 @@ class Route:
             request.keep_alive = False
         if not request.keep_alive and not framing.startswith(b"connection"):
             framing += b"connection: close\r\n"
-        extra = self._stamps.get(backend.replica, b"")
+        extra = stamp
         if cookie_replica(request) != backend.replica:
             extra += set_cookie(backend.replica)
         client.write(response_head(response.status, response.headers, extra, framing))
