@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from gpuroam.controller.client import ControlPlaneClient
+from gpuroam.controller.gateway_process import GatewayProcess
 from gpuroam.controller.server import ControlPlane, ServerInfo
 from gpuroam.providers.local import LocalProvider
 
@@ -215,6 +216,8 @@ def start_serve(state: Path, port: int, store_url: str | None) -> subprocess.Pop
         str(port),
         "--regions",
         str(EXAMPLES / "local-regions.yaml"),
+        "--gateway-port",
+        str(free_port()),  # the base for new services; a service keeps the port it got
     ]
     if store_url:
         command += ["--store", store_url]
@@ -239,9 +242,11 @@ def test_a_controller_killed_mid_up_restarts_with_the_same_replicas(
 
         client.post("/services", spec_to_dict(load_spec(fast_spec(tmp_path))))
         wait_for(lambda: provider.observe(), 60, "a launched worker", every=0.05)
+        gateway_pid = wait_for(lambda: GatewayProcess(state, info.url).running_pid(), 30, "the gateway")
         server.send_signal(signal.SIGKILL)  # mid-up: replicas launched, none ready yet
         server.wait(timeout=10)
         before = {o.region: o.replica_id for o in provider.observe()}
+        assert GatewayProcess(state, info.url).running_pid() == gateway_pid, "the data plane outlives the controller"
 
         server = start_serve(state, port, store_url)
         wait_for(lambda: _answers(client), 60, "the API after restart")
@@ -261,9 +266,13 @@ def test_a_controller_killed_mid_up_restarts_with_the_same_replicas(
                 assert replica["id"] == before[replica["region"]], "a replica was launched twice in a region"
         regions = [r["region"] for r in ready(client)]
         assert len(regions) == len(set(regions)) == 2, "no duplicate replica in a region"
+        assert GatewayProcess(state, info.url).running_pid() == gateway_pid, "the gateway was adopted, not doubled"
+        endpoint = client.get("/services/stable-diffusion")["endpoint"]
+        assert httpx.get(f"{endpoint}/sdapi/v1/sd-models").status_code == 200
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+        assert not GatewayProcess(state, info.url).running_pid(), "serve stops its gateway on SIGTERM"
         for seen in provider.observe():
             provider.terminate(seen.replica_id)
 

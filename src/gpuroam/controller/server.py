@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,19 +127,20 @@ class ControlPlane:
         log.info("control plane up", extra={"url": self.url, "state_dir": str(self.state_dir)})
 
     def run_forever(self) -> None:
-        """Serve in the foreground until interrupted (Ctrl-C or SIGTERM)."""
-        (self.state_dir / "server.json").write_text(json.dumps({"url": self.url, "pid": os.getpid()}))
-        self.loop.start()
-        if self.gateway is not None:
-            self.gateway.ensure()
-        log.info("control plane up", extra={"url": self.url, "state_dir": str(self.state_dir)})
+        """Serve in the foreground until Ctrl-C or SIGTERM, then stop the loop and the gateway.
+
+        The API runs in a thread (as in `start`), so uvicorn installs no signal handlers of its
+        own: it would re-raise the signal after shutting down and skip this cleanup."""
+        stopping = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stopping.set())
+        self.start()
         try:
-            self.server.run()
+            while not stopping.wait(0.5):
+                if self._thread is not None and not self._thread.is_alive():
+                    raise RuntimeError(f"the control-plane API on {self.url} stopped")
         finally:
-            self.loop.stop()
-            if self.gateway is not None:
-                self.gateway.stop()
-            self.store.close()
+            self.stop()
 
     def stop(self) -> None:
         self.server.should_exit = True
