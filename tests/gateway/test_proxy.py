@@ -239,3 +239,13 @@ def test_progress_and_interrupt_follow_the_job_to_its_replica(loops: LoopThread,
     progress = httpx.get(f"{gw.url}/sdapi/v1/progress", headers={"Cookie": cookie})
     assert progress.headers["x-gpuroam-replica"] == holder["job-a"]
     assert "set-cookie" not in progress.headers, "the cookie is set only when it changes"
+
+
+def test_a_replica_that_does_not_answer_in_time_gets_504_and_is_ejected(loops: LoopThread, start_gateway) -> None:
+    stuck = FakeReplica(loops, lambda seen: Reply(delay_s=5), name="stuck").start()
+    gw = start_gateway([backend(stuck)], config=ProxyConfig(upstream_timeout_s=0.5))
+    began = time.monotonic()
+    response = httpx.get(f"{gw.url}/x", timeout=10)
+    assert response.status_code == 504 and "stuck" in response.json()["error"]
+    assert time.monotonic() - began < 3
+    assert "backend_timeout" in httpx.get(f"{gw.url}/metrics").text

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
 from gpuroam.gateway.routing import Backend, Load
 
@@ -26,85 +26,90 @@ class HealthPolicy:
 
 
 @dataclass
-class _Tracked:
-    backend: Backend
-    load: Load = field(default_factory=Load)
+class _Health:
     probe_failures: int = 0
     probe_successes: int = 0
     ejections: int = 0
 
 
 class BackendSet:
-    """Mutated only from the gateway's event loop; `clock` is the loop's time."""
+    """Mutated only from the gateway's event loop; `now` is the loop's time.
+
+    `backends()` and `loads()` return the set's own list and dict (no copy per request: the
+    gateway asks on every request); callers read them and never change them."""
 
     def __init__(self, policy: HealthPolicy = HealthPolicy()) -> None:
         self.policy = policy
-        self._tracked: dict[str, _Tracked] = {}
+        self._backends: dict[str, Backend] = {}
+        self._list: list[Backend] = []
+        self._loads: dict[str, Load] = {}
+        self._health: dict[str, _Health] = {}
         self._usable = asyncio.Event()
 
     def replace_all(self, backends: Iterable[Backend]) -> None:
         """The registered set as the control plane now says; known backends keep their state."""
-        fresh = {b.replica: b for b in backends}
-        self._tracked = {
-            replica: replace(self._tracked[replica], backend=backend) if replica in self._tracked else _Tracked(backend)
-            for replica, backend in fresh.items()
-        }
+        self._backends = {b.replica: b for b in backends}
+        self._list = list(self._backends.values())
+        self._loads = {r: self._loads.get(r) or Load() for r in self._backends}
+        self._health = {r: self._health.get(r) or _Health() for r in self._backends}
         self._signal(0.0)
 
     def backends(self) -> list[Backend]:
-        return [t.backend for t in self._tracked.values()]
-
-    def load(self, replica: str) -> Load | None:
-        tracked = self._tracked.get(replica)
-        return tracked.load if tracked else None
-
-    def get(self, replica: str) -> Backend | None:
-        tracked = self._tracked.get(replica)
-        return tracked.backend if tracked else None
+        return self._list
 
     def loads(self) -> dict[str, Load]:
-        return {replica: t.load for replica, t in self._tracked.items()}
+        return self._loads
+
+    def load(self, replica: str) -> Load | None:
+        return self._loads.get(replica)
+
+    def get(self, replica: str) -> Backend | None:
+        return self._backends.get(replica)
 
     def started(self, replica: str) -> None:
-        self._edit(replica, outstanding=+1)
+        load = self._loads.get(replica)
+        if load is not None:
+            load.outstanding += 1
 
     def finished(self, replica: str) -> None:
-        self._edit(replica, outstanding=-1)
+        load = self._loads.get(replica)
+        if load is not None and load.outstanding > 0:
+            load.outstanding -= 1
 
     def eject(self, replica: str, now: float) -> float:
         """Passive ejection after a failed request; returns how long it is out."""
-        tracked = self._tracked.get(replica)
-        if tracked is None:
+        load, health = self._loads.get(replica), self._health.get(replica)
+        if load is None or health is None:
             return 0.0
-        tracked.ejections += 1
-        seconds = min(self.policy.eject_max_s, self.policy.eject_s * 2 ** (tracked.ejections - 1))
-        tracked.load = replace(tracked.load, ejected_until=now + seconds)
+        health.ejections += 1
+        seconds = min(self.policy.eject_max_s, self.policy.eject_s * 2 ** (health.ejections - 1))
+        load.ejected_until = now + seconds
         self._signal(now)
         return seconds
 
     def succeeded(self, replica: str) -> None:
         """A request went through: the run of ejections is over."""
-        tracked = self._tracked.get(replica)
-        if tracked is not None:
-            tracked.ejections = 0
+        health = self._health.get(replica)
+        if health is not None:
+            health.ejections = 0
 
     def probed(self, replica: str, ok: bool, now: float) -> None:
         """An active check's result, with thresholds so one blip does not flip a backend."""
-        tracked = self._tracked.get(replica)
-        if tracked is None:
+        load, health = self._loads.get(replica), self._health.get(replica)
+        if load is None or health is None:
             return
         if ok:
-            tracked.probe_failures, tracked.probe_successes = 0, tracked.probe_successes + 1
-            if tracked.probe_successes >= self.policy.healthy_after:
-                tracked.load = replace(tracked.load, healthy=True, ejected_until=0.0)
+            health.probe_failures, health.probe_successes = 0, health.probe_successes + 1
+            if health.probe_successes >= self.policy.healthy_after:
+                load.healthy, load.ejected_until = True, 0.0
         else:
-            tracked.probe_successes, tracked.probe_failures = 0, tracked.probe_failures + 1
-            if tracked.probe_failures >= self.policy.unhealthy_after:
-                tracked.load = replace(tracked.load, healthy=False)
+            health.probe_successes, health.probe_failures = 0, health.probe_failures + 1
+            if health.probe_failures >= self.policy.unhealthy_after:
+                load.healthy = False
         self._signal(now)
 
     def any_usable(self, now: float) -> bool:
-        return any(t.load.usable(now) for t in self._tracked.values())
+        return any(load.usable(now) for load in self._loads.values())
 
     async def wait_usable(self, timeout_s: float, clock: asyncio.AbstractEventLoop) -> bool:
         """Hold a request while no backend is usable (replacements starting), up to a bound."""
@@ -113,9 +118,7 @@ class BackendSet:
             remaining = deadline - clock.time()
             if remaining <= 0:
                 return False
-            next_return = min(
-                (t.load.ejected_until for t in self._tracked.values() if t.load.healthy), default=deadline
-            )
+            next_return = min((load.ejected_until for load in self._loads.values() if load.healthy), default=deadline)
             self._usable.clear()
             try:
                 await asyncio.wait_for(
@@ -124,11 +127,6 @@ class BackendSet:
             except TimeoutError:
                 pass
         return True
-
-    def _edit(self, replica: str, outstanding: int) -> None:
-        tracked = self._tracked.get(replica)
-        if tracked is not None:
-            tracked.load = replace(tracked.load, outstanding=max(0, tracked.load.outstanding + outstanding))
 
     def _signal(self, now: float) -> None:
         if self.any_usable(now):

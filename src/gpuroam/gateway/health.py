@@ -29,7 +29,7 @@ async def probe(pool: Pool, timeout_s: float) -> bool:
                 reused = conn is not None
                 conn = conn or await pool.connect()
                 try:
-                    response = await conn.send(head, b"", head_only=False)
+                    response = await conn.send(head, b"", head_only=False)  # bounded by asyncio.timeout
                     await conn.stream_to(lambda _: None)
                     break
                 except UpstreamError as exc:

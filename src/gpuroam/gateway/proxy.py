@@ -64,6 +64,7 @@ class Route:
         self.affinity = Affinity()
         self._stamps: dict[str, bytes] = {}
         self._turn = 0  # breaks ties between equally loaded replicas round-robin
+        self._in_flight: set[UpstreamConnection] = set()
 
     def update(self, backends: Sequence[Backend]) -> None:
         """The registered set as the control plane (or the command line) now says."""
@@ -157,7 +158,6 @@ class Route:
         """Try one replica. Returns "" once the request is answered, else why it may go elsewhere."""
         replica = backend.replica
         pool, stamp = self.pools[replica], self._stamps[replica]  # the replica may be drained mid-request
-        head_only = request.method == b"HEAD"
         conn = pool.take_idle()
         self.backends.started(replica)
         self.affinity.placed(request, replica)
@@ -170,27 +170,26 @@ class Route:
                     except UpstreamError as exc:
                         self._eject(backend)
                         return f"connect: {exc.reason}"
+                deadline = self.loop.time() + self.config.upstream_timeout_s
+                self._in_flight.add(conn)
                 try:
-                    async with asyncio.timeout(self.config.upstream_timeout_s):
-                        response = await conn.send(head, request.body, head_only)
+                    response = await conn.send(head, request.body, request.method == b"HEAD", deadline)
                     break
                 except UpstreamError as exc:
                     conn.close()
-                    if reused and not exc.got_bytes and retryable(request):
+                    if reused and not exc.got_bytes and not exc.timed_out and retryable(request):
                         conn = None  # most likely the backend closed this idle connection as we sent: not its fault
                         continue
                     self._eject(backend)
+                    if exc.timed_out:
+                        self.metrics.error(self.service, "backend_timeout")
+                        detail = f"replica {replica} sent no response within {self.config.upstream_timeout_s:g} s"
+                        client.write(json_response(504, {"error": detail}, request.keep_alive))
+                        return ""
                     if retryable(request) and not last:
                         return f"reset: {exc.reason}"
                     self.metrics.error(self.service, "backend_failed")
                     client.write(json_response(502, {"error": f"replica {replica}: {exc.reason}"}, request.keep_alive))
-                    return ""
-                except TimeoutError:
-                    conn.close()
-                    self._eject(backend)
-                    self.metrics.error(self.service, "backend_timeout")
-                    detail = f"replica {replica} sent no response within {self.config.upstream_timeout_s:g} s"
-                    client.write(json_response(504, {"error": detail}, request.keep_alive))
                     return ""
             if response.status in (502, 503) and not last and (response.status == 503 or retryable(request)):
                 conn.close()
@@ -209,6 +208,8 @@ class Route:
             raise
         finally:
             self.backends.finished(replica)
+            if conn is not None:
+                self._in_flight.discard(conn)
 
     async def _relay(
         self,
@@ -221,8 +222,47 @@ class Route:
         response: ResponseHead,
         started: float,
     ) -> None:
-        """Send the head, then stream the body as it arrives; the connection goes back to the pool."""
-        bodiless = request.method == b"HEAD" or response.status in (204, 304) or response.status < 200
+        """Send the head, then stream the body as it arrives; the connection goes back to the pool.
+
+        A response that arrived whole with its head (the usual small JSON answer) goes out in one
+        write, which is one system call instead of two."""
+        self._in_flight.add(conn)
+        try:
+            bodiless = request.method == b"HEAD" or response.status in (204, 304) or response.status < 200
+            whole = conn.finished()
+            extra = stamp if cookie_replica(request) == backend.replica else stamp + set_cookie(backend.replica)
+            if whole is not None:
+                length = response.content_length if bodiless and response.content_length is not None else len(whole)
+                framing = b"" if response.status in (204, 304) else b"content-length: %d\r\n" % length
+                if not request.keep_alive:
+                    framing += b"connection: close\r\n"
+                client.write(response_head(response.status, response.headers, extra, framing) + whole)
+            else:
+                await self._stream(client, request, conn, response, bodiless, extra)
+        except UpstreamError:
+            conn.close()
+            client.abort()
+            self._eject(backend)
+            self.metrics.error(self.service, "backend_failed_mid_response")
+            return
+        finally:
+            self._in_flight.discard(conn)
+        if response.keep_alive and not conn.closed and request.method != b"HEAD":
+            pool.release(conn)  # a pool closed meanwhile (replica drained) closes it instead
+        else:
+            conn.close()
+        self.metrics.served(self.service, backend.region, response.status, self.loop.time() - started)
+
+    async def _stream(
+        self,
+        client: ClientConnection,
+        request: Request,
+        conn: UpstreamConnection,
+        response: ResponseHead,
+        bodiless: bool,
+        extra: bytes,
+    ) -> None:
+        """Relay a body still arriving, piece by piece, with back-pressure from the client."""
         chunked = False
         if response.content_length is not None:
             framing = b"content-length: %d\r\n" % response.content_length
@@ -235,30 +275,16 @@ class Route:
             request.keep_alive = False
         if not request.keep_alive and not framing.startswith(b"connection"):
             framing += b"connection: close\r\n"
-        extra = stamp
-        if cookie_replica(request) != backend.replica:
-            extra += set_cookie(backend.replica)
         client.write(response_head(response.status, response.headers, extra, framing))
         client.on_backpressure = lambda paused: conn.pause() if paused else conn.resume()
-        done = conn.stream_to((lambda data: client.write(chunk(data))) if chunked else client.write)
-        try:
-            if not done.done():
-                async with asyncio.timeout(self.config.upstream_timeout_s):
-                    await done
-            done.result()
-        except (UpstreamError, TimeoutError):
-            conn.close()
-            client.abort()
-            self._eject(backend)
-            self.metrics.error(self.service, "backend_failed_mid_response")
-            return
+        await conn.stream_to((lambda data: client.write(chunk(data))) if chunked else client.write)
         if chunked:
             client.write(LAST_CHUNK)
-        if response.keep_alive and not conn.closed and request.method != b"HEAD":
-            pool.release(conn)  # a pool closed meanwhile (replica drained) closes it instead
-        else:
-            conn.close()
-        self.metrics.served(self.service, backend.region, response.status, self.loop.time() - started)
+
+    def expire(self, now: float) -> None:
+        """Fail exchanges past their deadline (checked about once a second, not per request)."""
+        for conn in [c for c in self._in_flight if c.deadline < now]:
+            conn.time_out()
 
     def _eject(self, backend: Backend) -> None:
         self.backends.eject(backend.replica, self.loop.time())

@@ -23,9 +23,9 @@ class Backend:
     speed: float = 1.0  # relative Stable Diffusion speed of its GPU type (catalog)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Load:
-    """What the gateway knows of one backend right now."""
+    """What the gateway knows of one backend right now (kept and updated in place by BackendSet)."""
 
     outstanding: int = 0
     healthy: bool = True  # the active check passes
@@ -64,25 +64,27 @@ def choose(
     loaded backends the `turn`-th (modulo) is taken, so a caller counting requests spreads
     sequential traffic round-robin instead of sending it all to one replica.
     """
-    usable = [b for b in backends if b.replica not in exclude and loads.get(b.replica, Load()).usable(now)]
+    idle = Load()
+    usable = [b for b in backends if b.replica not in exclude and loads.get(b.replica, idle).usable(now)]
     if avoid_region is not None and any(b.region != avoid_region for b in usable):
         usable = [b for b in usable if b.region != avoid_region]
     if not usable:
         return None
-
-    def score(backend: Backend) -> float:
-        return load_score(backend, loads.get(backend.replica, Load()))
+    scores = {b.replica: load_score(b, loads.get(b.replica, idle)) for b in usable}
 
     def least_loaded(candidates: Sequence[Backend]) -> Backend:
-        lowest = min(score(b) for b in candidates)
-        ties = sorted((b for b in candidates if score(b) == lowest), key=lambda b: b.replica)
+        lowest = min(scores[b.replica] for b in candidates)
+        ties = [b for b in candidates if scores[b.replica] == lowest]
+        if len(ties) == 1:
+            return ties[0]
+        ties.sort(key=lambda b: b.replica)
         return ties[turn % len(ties)]
 
     if client_region is None or distance_km is None:
         return least_loaded(usable)
     for tier in _proximity_tiers(usable, client_region, distance_km, policy.nearby_km):
         best = least_loaded(tier)
-        if score(best) <= policy.saturation:
+        if scores[best.replica] <= policy.saturation:
             return best
     return least_loaded(usable)  # everything is busy: least loaded anywhere
 

@@ -175,6 +175,7 @@ class Gateway:
             for client in list(self._clients):
                 client.expire(now)
             for route in self.routes.values():
+                route.expire(now)
                 for pool in route.pools.values():
                     pool.sweep(now)
 

@@ -21,10 +21,11 @@ from gpuroam.gateway.wire import Headers
 class UpstreamError(Exception):
     """The backend failed before its response was complete."""
 
-    def __init__(self, reason: str, got_bytes: bool = False) -> None:
+    def __init__(self, reason: str, got_bytes: bool = False, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.got_bytes = got_bytes  # some of the response arrived: the failure is mid-response
+        self.timed_out = timed_out
 
 
 @dataclass
@@ -44,7 +45,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.idle_since = loop.time()
-        self.reused = False
+        self.deadline = float("inf")
         self._head: asyncio.Future[ResponseHead] | None = None
         self._done: asyncio.Future[None] | None = None
         self._headers: Headers = []
@@ -109,9 +110,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._done.set_result(None)
 
     # driving an exchange
-    def send(self, head: bytes, body: bytes, head_only: bool) -> asyncio.Future[ResponseHead]:
-        """Start one exchange; the future resolves with the response head."""
+    def send(
+        self, head: bytes, body: bytes, head_only: bool, deadline: float = float("inf")
+    ) -> asyncio.Future[ResponseHead]:
+        """Start one exchange; the future resolves with the response head. Past `deadline` (loop
+        time) whoever watches the connection calls `time_out`."""
         assert self.transport is not None
+        self.deadline = deadline
         self._head = self.loop.create_future()
         self._done = self.loop.create_future()
         self._headers = []
@@ -124,6 +129,20 @@ class UpstreamConnection(asyncio.Protocol):
         if len(body) >= 65536:
             self.transport.write(body)
         return self._head
+
+    def finished(self) -> bytes | None:
+        """The whole body if the response is already complete, else None (it is still arriving).
+        Raises UpstreamError if the exchange failed after the head."""
+        if self._done is None or not self._done.done():
+            return None
+        self._done.result()
+        body = b"".join(self._buffered) if len(self._buffered) != 1 else self._buffered[0]
+        self._buffered = []
+        return body
+
+    def time_out(self) -> None:
+        self._fail("no complete response before the deadline", timed_out=True)
+        self.close()
 
     def stream_to(self, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
         """Deliver the body (what arrived with the head first); the future resolves at its end."""
@@ -147,8 +166,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _fail(self, reason: str) -> None:
-        error = UpstreamError(reason, got_bytes=self._got_bytes)
+    def _fail(self, reason: str, timed_out: bool = False) -> None:
+        error = UpstreamError(reason, got_bytes=self._got_bytes, timed_out=timed_out)
         for future in (self._head, self._done):
             if future is not None and not future.done():
                 future.set_exception(error)
@@ -187,7 +206,6 @@ class Pool:
         while self._idle:
             conn = self._idle.pop()
             if not conn.closed:
-                conn.reused = True
                 return conn
         return None
 
