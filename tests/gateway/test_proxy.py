@@ -249,3 +249,15 @@ def test_a_replica_that_does_not_answer_in_time_gets_504_and_is_ejected(loops: L
     assert response.status_code == 504 and "stuck" in response.json()["error"]
     assert time.monotonic() - began < 3
     assert "backend_timeout" in httpx.get(f"{gw.url}/metrics").text
+
+
+def test_health_reports_live_traffic_per_region(loops: LoopThread, start_gateway) -> None:
+    near = FakeReplica(loops, name="near").start()
+    gw = start_gateway([backend(near, region="europe-west4")])
+    for _ in range(20):
+        assert httpx.get(f"{gw.url}/x").status_code == 200
+    time.sleep(1.05)  # the current second is not reported until it is over
+    traffic = httpx.get(f"{gw.url}/gpuroam/health").json()["traffic"]["svc"]
+    assert traffic["regions"]["europe-west4"]["rps"] == pytest.approx(2.0)  # 20 requests over a 10 s window
+    assert 0 < traffic["regions"]["europe-west4"]["p50_ms"] < 1000
+    assert traffic["failed_per_s"] == 0

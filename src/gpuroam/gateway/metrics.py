@@ -6,12 +6,15 @@ the gateway counts every request it proxies.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from gpuroam.gateway.traffic import Traffic
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -59,6 +62,7 @@ class GatewayMetrics:
             registry=r,
         )
         self._cache: dict[tuple[Any, ...], Any] = {}
+        self.traffic = Traffic()
 
     def watch_backends(self, snapshot: Callable[[], Iterable[tuple[str, str, bool]]]) -> None:
         """Count backends by usability at scrape time: (service, region, usable) per backend."""
@@ -75,9 +79,11 @@ class GatewayMetrics:
             self._cache[key] = children
         children[0].inc()
         children[1].observe(seconds)
+        self.traffic.served(service, region, seconds, time.monotonic())
 
     def error(self, service: str, reason: str) -> None:
         self._child(self._errors, service, reason).inc()
+        self.traffic.failed(service, time.monotonic())
 
     def retry(self, service: str, reason: str) -> None:
         self._child(self._retries, service, reason).inc()

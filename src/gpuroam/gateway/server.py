@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -151,7 +152,7 @@ class Gateway:
                     "backends": backends,
                 }
             )
-        return {"status": "ok", "services": services}
+        return {"status": "ok", "services": services, "traffic": self.metrics.traffic.snapshot(time.monotonic())}
 
     async def _handle(self, route: Route, client: ClientConnection, request: Request) -> None:
         path = request.path
