@@ -13,7 +13,7 @@ tested and simulated. The rules, in order:
    comes from (when known), then price, then name (so ties break the same way every time).
 3. The service wants `needed` regions (min_regions, pinned regions, enough for min replicas) of
    `per_region` replicas each. It keeps pinned regions, then the best regions where it already
-   runs, then adds the best available ones.
+   runs, then adds the best available ones. With fewer regions, each takes more replicas.
 4. A wanted region short of replicas gets launches on its best available GPU; while any wanted
    region has no ready replica, extra candidates in the next-best regions are raced, up to
    `race` launches in flight.
@@ -22,6 +22,9 @@ tested and simulated. The rules, in order:
    a strictly better stable one.
 6. Make before break: replicas that are no longer wanted are drained only once every wanted
    region has its replicas ready.
+7. At most max_replicas + race replicas live. When that cap holds launches back (say the service
+   packed max_replicas into the one region left and can now spread out again), surplus ready
+   replicas are drained first to make room, never below the ready capacity the service asked for.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ class _Inputs:
         self.demand = demand
         self.capacity = capacity
         self.now = now
-        self.per_region = demand.per_region  # raised by `plan` when fewer regions can be had
+        self.quotas: dict[str, int] = {}  # replicas per wanted region, set by `plan`
         distance = {region: self._traffic_distance(region) for region in {r for r, _ in capacity.offers}}
         self._allowed = {
             (region, gpu)
@@ -166,6 +169,9 @@ class _Inputs:
         distance = sum(share * self.catalog.distance_km(origin, region) for origin, share in traffic.items())
         return round(distance / total, 3)
 
+    def quota(self, region: str) -> int:
+        return self.quotas.get(region, self.demand.per_region)
+
     def allowed(self, region: str, gpu: str) -> bool:
         return (region, gpu) in self._allowed
 
@@ -194,10 +200,13 @@ def plan(
     regions = sorted({region for region, _ in capacity.offers})
     region_keys = _region_keys(inputs, regions, live)
     wanted = _wanted_regions(inputs, region_keys, live)
-    inputs.per_region = per_region_for(demand, len(wanted))
+    inputs.quotas = quotas_for(demand, wanted)
     launches = _launches(inputs, region_keys, wanted, live)
-    drains = _drains(inputs, wanted, live, launches)
-    return Plan(tuple(launches), tuple(drains))
+    room = max(0, demand.max_replicas + demand.race - len(live))
+    if len(launches) > room:
+        held_back = len(launches) - room
+        return Plan(tuple(launches[:room]), tuple(_make_room(inputs, wanted, live, held_back)))
+    return Plan(tuple(launches), tuple(_drains(inputs, wanted, live, launches)))
 
 
 def needed_regions(demand: Demand) -> int:
@@ -207,14 +216,19 @@ def needed_regions(demand: Demand) -> int:
     return max(1, min(base + len(demand.pinned_regions), demand.max_replicas // demand.per_region))
 
 
-def per_region_for(demand: Demand, regions: int) -> int:
+def quotas_for(demand: Demand, wanted: Sequence[str]) -> dict[str, int]:
     """Replicas per wanted region: per_region, or more when fewer regions than needed can be had,
-    so the service keeps the capacity it asked for (capacity comes before spread), within
-    max_replicas."""
-    if regions == 0:
-        return demand.per_region
-    spread = math.ceil(needed_regions(demand) * demand.per_region / regions)
-    return max(demand.per_region, min(spread, demand.max_replicas // regions))
+    so the service keeps the capacity it asked for (capacity comes before spread).
+
+    Evenly where max_replicas allows; otherwise the earlier (better) wanted regions take one more,
+    since an even count rounded down to fit max_replicas would fall short of the capacity asked
+    for (3 replicas in 2 regions: 2 + 1, not 1 + 1), and make before break would drain below it."""
+    if not wanted:
+        return {}
+    regions = len(wanted)
+    even = math.ceil(needed_regions(demand) * demand.per_region / regions)
+    total = max(regions * demand.per_region, min(demand.max_replicas, regions * even))
+    return {region: total // regions + (i < total % regions) for i, region in enumerate(wanted)}
 
 
 def _region_keys(inputs: _Inputs, regions: Iterable[str], live: Sequence[Replica]) -> dict[str, tuple]:
@@ -281,9 +295,9 @@ def _launches(
     for region in wanted:
         here = [r for r in live if r.region == region]
         pair = inputs.best_pair(region)
-        if pair is not None and len(here) < inputs.per_region:
+        if pair is not None and len(here) < inputs.quota(region):
             reason = "replace" if here else ("move-back" if moving else "initial")
-            launches += [Launch(region, pair[1], reason)] * (inputs.per_region - len(here))
+            launches += [Launch(region, pair[1], reason)] * (inputs.quota(region) - len(here))
     if not launches and not any(r.state is ReplicaState.PROVISIONING for r in live):
         launches += _move_back_gpu(inputs, wanted, live)
     starting = sum(r.state is ReplicaState.PROVISIONING for r in live) + len(launches)
@@ -299,8 +313,7 @@ def _launches(
             if pair is not None:
                 launches.append(Launch(region, pair[1], "race"))
                 starting += 1
-    room = demand.max_replicas + demand.race - len(live)
-    return launches[: max(0, room)]
+    return launches
 
 
 def _move_back_gpu(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica]) -> list[Launch]:
@@ -321,34 +334,44 @@ def _drains(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica], lau
     if launches or not _all_ready(inputs, wanted, live):
         return []
     kept = {r.id for region in wanted for r in _kept(inputs, region, live)}
-    drains = []
-    for replica in live:
-        if replica.id in kept:
-            continue
-        if replica.state is ReplicaState.PROVISIONING:
-            reason = "race-lost"
-        elif replica.region in wanted:
-            reason = "moved"
-        else:
-            reason = "surplus"
-        drains.append(Drain(replica.id, reason))
-    return drains
+    return [Drain(r.id, _drain_reason(r, wanted)) for r in live if r.id not in kept]
+
+
+def _make_room(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica], count: int) -> list[Drain]:
+    """Up to `count` ready replicas that are not kept, drained so that held-back launches fit
+    under the replica cap: otherwise a service at the cap with replicas in the wrong places
+    waits forever, its launches for the readiness its drains wait on. Worst go first (outside
+    the wanted regions, then worst GPU, then newest), and the ready replicas left never fall
+    below min(ready now, needed_regions * per_region), so make before break still holds."""
+    demand = inputs.demand
+    kept = {r.id for region in wanted for r in _kept(inputs, region, live)}
+    ready = [r for r in live if r.state is ReplicaState.READY and inputs.allowed(r.region, r.gpu)]
+    spare = len(ready) - needed_regions(demand) * demand.per_region
+    surplus = [r for r in live if r.state is ReplicaState.READY and r.id not in kept]
+    surplus.sort(key=lambda r: (r.region in wanted, -_rank(inputs, r.gpu), -r.created_at, r.id))
+    return [Drain(r.id, _drain_reason(r, wanted)) for r in surplus[: max(0, min(count, spare))]]
+
+
+def _drain_reason(replica: Replica, wanted: Sequence[str]) -> str:
+    if replica.state is ReplicaState.PROVISIONING:
+        return "race-lost"
+    return "moved" if replica.region in wanted else "surplus"
 
 
 def _kept(inputs: _Inputs, region: str, live: Sequence[Replica]) -> list[Replica]:
-    """The region's best per_region replicas: best GPU first, then ready ones, then oldest.
+    """The region's best `quota` replicas: best GPU first, then ready ones, then oldest.
 
     A better-GPU replica that is still starting is kept and the worse ready one it replaces is
     not, so `_all_ready` holds back every drain until the replacement is ready."""
     here = [r for r in live if r.region == region and inputs.allowed(r.region, r.gpu)]
     here.sort(key=lambda r: (_rank(inputs, r.gpu), r.state is not ReplicaState.READY, r.created_at, r.id))
-    return here[: inputs.per_region]
+    return here[: inputs.quota(region)]
 
 
 def _all_ready(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica]) -> bool:
-    """Every wanted region holds per_region ready replicas."""
+    """Every wanted region holds its quota of ready replicas."""
     return all(
-        sum(1 for r in _kept(inputs, region, live) if r.state is ReplicaState.READY) >= inputs.per_region
+        sum(1 for r in _kept(inputs, region, live) if r.state is ReplicaState.READY) >= inputs.quota(region)
         for region in wanted
     )
 
