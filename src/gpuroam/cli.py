@@ -400,6 +400,10 @@ def demo(
     regions: Annotated[Path, typer.Option(help="Local sites and their GPU inventory.")] = Path(
         "examples/local-regions.yaml"
     ),
+    scripted: Annotated[
+        bool, typer.Option(help="Play the five moves under a steady load, print a summary, and stop.")
+    ] = False,
+    json_out: JsonOption = False,
 ) -> None:
     """Start everything locally, serve the example service, and show the five moves to try."""
     from gpuroam.controller.client import DEFAULT_STATE_DIR, ControlPlaneClient
@@ -423,9 +427,12 @@ def demo(
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
     try:
         _call(client.post, "/services", spec_to_dict(parsed))
-        service = _wait_ready(client, parsed.name, parsed.regions.min_regions, 600.0, quiet=False)
+        service = _wait_ready(client, parsed.name, parsed.regions.min_regions, 600.0, quiet=json_out)
         from gpuroam.console import service_table
 
+        if scripted:
+            failed = _play_scripted(client, parsed.name, json_out)
+            raise typer.Exit(1 if failed else 0)
         out.print(service_table(service))
         out.print(
             f"\n[bold]Endpoint[/]  {service['endpoint']}  (A1111 API and Web UI)\n"
@@ -446,6 +453,19 @@ def demo(
         console.print("stopping: draining replicas")
     finally:
         _tear_down(plane, client, parsed.name)
+
+
+def _play_scripted(client: Any, name: str, json_out: bool) -> int:
+    """The five moves under load; returns how many requests failed (the goal is none)."""
+    from gpuroam.console import scripted_summary
+    from gpuroam.demo import play
+
+    summary = play(client, name, "asia-southeast1", "nvidia-l4", say=(lambda _: None) if json_out else out.print)
+    if json_out:
+        out.print_json(data=summary.as_dict())
+    else:
+        out.print(scripted_summary(summary))
+    return summary.failed
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -65,3 +65,23 @@ def print_status(console: Console, status: dict[str, Any]) -> None:
         console.print("no services; start one with `gpuroam up SPEC`")
     for service in status["services"]:
         console.print(service_table(service))
+
+
+def scripted_summary(summary: Any) -> Table:
+    """`demo --scripted`'s result: traffic served and failed, shares, and how long each move took."""
+    verdict = "[green]0 failed[/]" if summary.failed == 0 else f"[red]{summary.failed} failed[/]"
+    table = Table(title=f"[bold]Five moves under load[/]: {summary.served} served, {verdict}", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value")
+    for region, share in summary.share_by_region.items():
+        table.add_row(f"share served by {region}", f"{share:.0%}")
+    for phase, gpus in summary.gpus_by_phase.items():
+        table.add_row(f"GPUs serving during {phase}", ", ".join(gpus) or "-")
+    if summary.failover_s is not None:
+        table.add_row("failover (fail -> 2 regions on other GPUs)", f"{summary.failover_s:.1f} s")
+    if summary.recovery_s is not None:
+        table.add_row("recovery (recover -> preferred placement)", f"{summary.recovery_s:.1f} s")
+    table.add_row("endpoint unchanged by expand", "yes" if summary.endpoint_unchanged else "[red]no[/]")
+    for failure in summary.failures[:5]:
+        table.add_row("[red]failure[/]", failure)
+    return table
