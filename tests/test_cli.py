@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 from typer.testing import CliRunner
@@ -16,6 +17,7 @@ from typer.testing import CliRunner
 from gpuroam.cli import app
 
 runner = CliRunner()
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def test_help_lists_the_worker_command() -> None:
@@ -81,3 +83,33 @@ def test_worker_process_serves_and_logs_json_lines() -> None:
     assert any(r["msg"] == "model ready" and r["model"].startswith("tiny") for r in records)
     assert any(r["msg"] == "request" and r["path"] == "/sdapi/v1/txt2img" and r["status"] == 200 for r in records)
     assert "Traceback" not in stderr
+
+
+def test_scripted_demo_plays_the_five_moves_with_no_failed_request(tmp_path: Path) -> None:
+    """`gpuroam demo --scripted`: serve, expand, see, fail, recover under load; exit 0 means 0 failed."""
+    command = [
+        sys.executable,
+        "-m",
+        "gpuroam",
+        "demo",
+        "--scripted",
+        "--json",
+        "--state",
+        str(tmp_path / "state"),
+        "--port",
+        str(free_port()),
+        "--gateway-port",
+        str(free_port()),
+        "--spec",
+        str(EXAMPLES / "stable-diffusion.yaml"),
+        "--regions",
+        str(EXAMPLES / "local-regions.yaml"),
+    ]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout)
+    assert summary["failed"] == 0 and summary["served"] > 50
+    assert summary["endpoint_unchanged"]
+    assert "nvidia-l4" not in summary["gpus_by_phase"]["failed-over"], "once the L4s were lost, other GPUs served"
+    assert "nvidia-l4" in summary["gpus_by_phase"]["after"], "after recovery, the preferred GPU serves again"
+    assert set(summary["share_by_region"]) >= {"us-central1", "europe-west4", "asia-southeast1"}

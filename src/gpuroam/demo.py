@@ -129,6 +129,8 @@ def play(client: ControlPlaneClient, name: str, expand_region: str, lose_gpu: st
         )
         say(f"4. fail     {lose_gpu} lost; serving on other GPUs after {summary.failover_s:.1f} s")
 
+        marks["failed-over"] = load.ok
+        wait_until(lambda: load.ok >= marks["failed-over"] + 5, 60, "traffic on the other GPUs")
         marks["recover"] = load.ok
         client.post("/chaos/recover", {})
         summary.recovery_s = wait_until(
@@ -136,7 +138,7 @@ def play(client: ControlPlaneClient, name: str, expand_region: str, lose_gpu: st
         )
         say(f"5. recover  back on {', '.join(sorted(g for _, g in preferred))} after {summary.recovery_s:.1f} s")
         marks["after"] = load.ok
-        wait_until(lambda: load.ok >= marks["after"] + 5, 60, "traffic after recovery")
+        wait_until(lambda: load.ok >= marks["after"] + 20, 60, "traffic after recovery")
     phases = list(marks.items())
     for (phase, start), (_, end) in zip(phases, phases[1:] + [("end", len(load.served))], strict=True):
         summary.gpus_by_phase[phase] = sorted({s.gpu for s in load.served[start:end]})

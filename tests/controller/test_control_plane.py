@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import yaml
 from gpuroam.controller.client import ControlPlaneClient
 from gpuroam.controller.gateway_process import GatewayProcess
 from gpuroam.controller.server import ControlPlane, ServerInfo
+from gpuroam.demo import SteadyLoad
 from gpuroam.providers.local import LocalProvider
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -55,50 +55,6 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
 
 def ready(client: ControlPlaneClient, name: str = "stable-diffusion") -> list[dict]:
     return [r for r in client.get(f"/services/{name}")["replicas"] if r["state"] == "ready"]
-
-
-class SteadyLoad:
-    """Clients generating images through the endpoint without pause, counting every failure."""
-
-    def __init__(self, endpoint: str, clients: int = 3) -> None:
-        self.endpoint = endpoint
-        self.ok = 0
-        self.failures: list[str] = []
-        self.served_by: list[tuple[str, str]] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
-
-    def __enter__(self) -> SteadyLoad:  # noqa: PYI034
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=60)
-
-    def _run(self, index: int) -> None:
-        body = {"prompt": f"client {index}", "steps": 2, "width": 64, "height": 64, "seed": index}
-        with httpx.Client(timeout=60) as http:
-            while not self._stop.is_set():
-                try:
-                    response = http.post(f"{self.endpoint}/sdapi/v1/txt2img", json=body)
-                except httpx.HTTPError as error:
-                    self.failures.append(f"{type(error).__name__}: {error}")
-                    continue
-                if response.status_code != 200 or not response.json().get("images"):
-                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
-                    continue
-                where = (response.headers.get("x-gpuroam-region"), response.headers.get("x-gpuroam-gpu"))
-                if None in where:
-                    self.failures.append(f"no X-Gpuroam-Region/GPU headers: {dict(response.headers)}")
-                    continue
-                self.ok += 1
-                self.served_by.append(where)  # type: ignore[arg-type]
-
-    def count_since(self, mark: int) -> int:
-        return len(self.served_by) - mark
 
 
 @pytest.fixture
@@ -138,7 +94,7 @@ def test_up_expand_fail_gpu_and_recover(plane: ControlPlane, tmp_path: Path) -> 
     load = SteadyLoad(endpoint).__enter__()
     wait_for(lambda: load.ok >= 5, 60, "traffic through the gateway")
     client.post("/chaos/fail", {"gpu": "nvidia-l4"})
-    failed_at = len(load.served_by)
+    failed_at = load.ok
     zero_ready_since: float | None = None
     longest_gap = 0.0
     deadline = time.monotonic() + 120
@@ -167,12 +123,12 @@ def test_up_expand_fail_gpu_and_recover(plane: ControlPlane, tmp_path: Path) -> 
         assert time.monotonic() < deadline, f"did not move back: {gpus}"
         time.sleep(0.25)
     assert low_water >= 2, "make before break: moving back never dropped below two ready replicas"
-    recovered_at = len(load.served_by)
-    wait_for(lambda: load.count_since(recovered_at) >= 10, 60, "traffic after the move back")
+    recovered_at = load.ok
+    wait_for(lambda: len(load.since(recovered_at)) >= 10, 60, "traffic after the move back")
     load.__exit__()
     assert load.failures == [], f"requests failed during failover or recovery: {load.failures[:5]}"
-    assert {gpu for _, gpu in load.served_by[failed_at:recovered_at]} - {"nvidia-l4"}, "served on another GPU"
-    assert "nvidia-l4" in {gpu for _, gpu in load.served_by[recovered_at:]}, "traffic is back on the preferred GPU"
+    assert {s.gpu for s in load.served[failed_at:recovered_at]} - {"nvidia-l4"}, "served on another GPU"
+    assert "nvidia-l4" in {s.gpu for s in load.since(recovered_at)}, "traffic is back on the preferred GPU"
     kinds = {e["kind"] for e in client.get("/events")}
     assert {"placed", "ready", "failover", "blocked", "recovered", "drained", "chaos", "expanded"} <= kinds
 
@@ -189,10 +145,10 @@ def test_requests_wait_at_the_gateway_while_no_replica_is_live(plane: ControlPla
         wait_for(lambda: load.ok >= 5, 60, "traffic through the gateway")
         client.post("/chaos/fail", {"gpu": "nvidia-l4"})  # every replica dies: none is live until T4s start
         wait_for(lambda: not ready(client), 10, "no ready replica", every=0.05)
-        mark = len(load.served_by)
-        wait_for(lambda: load.count_since(mark) >= 10, 90, "traffic on the replacements")
+        mark = load.ok
+        wait_for(lambda: len(load.since(mark)) >= 10, 90, "traffic on the replacements")
     assert load.failures == [], f"requests failed while no replica was live: {load.failures[:5]}"
-    assert {gpu for _, gpu in load.served_by[mark:]} <= {"nvidia-tesla-t4", "nvidia-tesla-a100"}
+    assert {s.gpu for s in load.since(mark)} <= {"nvidia-tesla-t4", "nvidia-tesla-a100"}
     metrics = httpx.get(f"{endpoint}/metrics").text
     held = [line for line in metrics.splitlines() if line.startswith("gpuroam_gateway_hold_seconds_count")]
     assert held and float(held[0].split()[-1]) > 0, "some requests were held at the gateway"
