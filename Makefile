@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch first, pinned: the CPU wheel on this machine's disk. Nothing else may pull a CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: run test bench install clean postgres-server
+.PHONY: run test bench install clean postgres-server chromium
 
 # constraints.txt pins every other package (regenerate: pip freeze --exclude-editable, less torch).
 $(STAMP): pyproject.toml constraints.txt
@@ -27,7 +27,12 @@ run: $(STAMP)
 postgres-server:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
-test: $(STAMP) postgres-server
+# The dashboard's browser tests drive Debian's chromium through Playwright (never `playwright install`):
+# install it where missing (Debian, as root).
+chromium:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(STAMP) postgres-server chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/python -m pytest

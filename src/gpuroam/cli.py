@@ -206,6 +206,7 @@ def serve(
     if not regions.is_file():
         _die(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
     console.print(f"[bold]gpuroam control plane[/] on http://{host}:{port} (state in {state_dir})")
+    console.print(f"[bold]dashboard[/] http://{host}:{port}/#token=$(cat {state_dir / 'token'})")
     if gateway_port:
         console.print(
             f"[bold]gateway[/] endpoints from http://{host}:{gateway_port} (log: {state_dir / 'gateway.log'})"
@@ -429,6 +430,7 @@ def demo(
         _call(client.post, "/services", spec_to_dict(parsed))
         service = _wait_ready(client, parsed.name, parsed.regions.min_regions, 600.0, quiet=json_out)
         from gpuroam.console import service_table
+        from gpuroam.ui import dashboard_url
 
         if scripted:
             failed = _play_scripted(client, parsed.name, json_out)
@@ -436,6 +438,7 @@ def demo(
         out.print(service_table(service))
         out.print(
             f"\n[bold]Endpoint[/]  {service['endpoint']}  (A1111 API and Web UI)\n"
+            f"[bold]Dashboard[/]  {dashboard_url(plane.url, plane.token)}\n"
             f"[bold]Control plane[/]  {plane.url}  (logs: {state_dir / 'demo.log'})\n\n"
             "[bold]Five moves to try[/] in another terminal"
             + (f" (first: export GPUROAM_STATE={state_dir})" if state else "")

@@ -1,19 +1,25 @@
-"""The control-plane HTTP API under /api/v1, behind a bearer token.
+"""The control-plane HTTP API under /api/v1, behind a bearer token, and the dashboard at `/`.
 
 It only reads and writes desired state (and chaos, for the local provider); the reconciler
-does the work. Tokens are compared in constant time.
+does the work. Tokens are compared in constant time. The dashboard page and its assets are
+served without a token; everything it shows comes from the guarded API.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from gpuroam import __version__
 from gpuroam.catalog import Catalog
@@ -21,6 +27,17 @@ from gpuroam.controller.store import Store
 from gpuroam.providers.base import Provider
 from gpuroam.records import Event, EventKind, Replica, ReplicaState, ServiceRecord
 from gpuroam.spec import SpecError, parse_spec, spec_to_dict
+from gpuroam.ui import mount_dashboard
+
+# The events stream: how often it reads the store, how long it may stay quiet before a keep-alive
+# comment, and how long one response lasts. Clients reconnect at once with Last-Event-ID, so
+# nothing is lost; the bound means a stopping server never waits on an open dashboard (uvicorn
+# waits for responses in flight before it exits).
+EVENT_POLL_S = 0.5
+EVENT_KEEPALIVE_S = 2.0
+EVENT_STREAM_MAX_S = 5.0
+EVENT_BATCH = 500
+TRAFFIC_TIMEOUT_S = 1.0  # for the gateway's /gpuroam/health
 
 
 class ExpandRequest(BaseModel):
@@ -239,7 +256,71 @@ def create_api(
     def recover(body: ChaosRequest) -> dict[str, Any]:
         return _chaos(store, provider, "recover", body)
 
+    @app.get("/api/v1/traffic", dependencies=guarded)
+    def traffic() -> dict[str, Any]:
+        """The gateway's live traffic (requests/s and p50 per service and region) and backend health."""
+        return _gateway_traffic(store, gateway)
+
+    @app.get("/api/v1/events/stream", dependencies=guarded)
+    def events_stream(request: Request, after: int = 0, service: str | None = None) -> StreamingResponse:
+        """Server-sent events: every event after `after` (or the Last-Event-ID a reconnect sends), then new ones."""
+        resume = request.headers.get("last-event-id", "").strip()
+        start = int(resume) if resume.isdigit() else after
+        return StreamingResponse(
+            _event_stream(store, request, start, service),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    mount_dashboard(app)
     return app
+
+
+async def _event_stream(store: Store, request: Request, after: int, service: str | None) -> AsyncIterator[str]:
+    """Poll the store for events after the last one sent; each goes out with its id, its JSON as data."""
+    last, started = after, time.monotonic()
+    quiet_since = started
+    yield "retry: 1000\n\n"  # for EventSource clients: reconnect after a second
+    while True:
+        events = await run_in_threadpool(store.list_events, after_id=last, service=service, limit=EVENT_BATCH)
+        for event in events:
+            last = event.id or last
+            yield f"id: {event.id}\ndata: {json.dumps(event_json(event))}\n\n"
+        now = time.monotonic()
+        if events:
+            quiet_since = now
+        elif now - quiet_since >= EVENT_KEEPALIVE_S:
+            yield ": keep-alive\n\n"
+            quiet_since = now
+        if len(events) == EVENT_BATCH:
+            continue  # catching up: read the next batch now
+        if now - started >= EVENT_STREAM_MAX_S or await request.is_disconnected():
+            return
+        await asyncio.sleep(EVENT_POLL_S)
+
+
+def _gateway_traffic(store: Store, gateway: GatewayAddress | None) -> dict[str, Any]:
+    """Ask the gateway for its health report on a service's port; every port gives the same report."""
+    if gateway is None:
+        return {"available": False, "reason": "this control plane runs no gateway"}
+    ports = [s.gateway_port for s in store.list_services() if s.gateway_port is not None]
+    if not ports:
+        return {"available": False, "reason": "no service has a gateway port yet"}
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(gateway.host, gateway.host)
+    host = f"[{host}]" if ":" in host else host
+    problems = []
+    with httpx.Client(timeout=TRAFFIC_TIMEOUT_S, trust_env=False) as http:  # loopback: never via a proxy
+        for port in ports[:2]:  # two tries at most: a gateway that is down costs two timeouts, not one per service
+            url = f"http://{host}:{port}/gpuroam/health"
+            try:
+                response = http.get(url)
+                response.raise_for_status()
+                report = response.json()
+            except (httpx.HTTPError, ValueError) as error:
+                problems.append(f"{url}: {error or type(error).__name__}")
+                continue
+            return {"available": True, "source": url, **report}
+    return {"available": False, "reason": "the gateway does not answer: " + "; ".join(problems)}
 
 
 def _speed(catalog: Catalog, gpu: str) -> float:

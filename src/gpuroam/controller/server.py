@@ -109,7 +109,9 @@ class ControlPlane:
         gateway = GatewayAddress(host, gateway_port) if gateway_port is not None else None
         self.gateway = GatewayProcess(state_dir, self.url, host) if gateway_port is not None else None
         api = create_api(self.store, self.provider, self.catalog, self.token, gateway)
-        self.server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=1)
+        )
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
