@@ -113,3 +113,26 @@ def test_scripted_demo_plays_the_five_moves_with_no_failed_request(tmp_path: Pat
     assert "nvidia-l4" not in summary["gpus_by_phase"]["failed-over"], "once the L4s were lost, other GPUs served"
     assert summary["recovery_s"] is not None, "the preferred placement came back"
     assert set(summary["share_by_region"]) >= {"us-central1", "europe-west4", "asia-southeast1"}
+
+
+def test_render_writes_manifests_and_says_what_is_wrong(tmp_path: Path) -> None:
+    spec = str(EXAMPLES / "stable-diffusion.yaml")
+    result = runner.invoke(
+        app,
+        [
+            "render",
+            spec,
+            "--provider",
+            "gke",
+            "--regions",
+            "us-central1,europe-west4",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    files = json.loads(result.output)["files"]
+    assert [Path(f).name for f in files] == ["us-central1.yaml", "europe-west4.yaml", "config-cluster.yaml"]
+    bad = runner.invoke(app, ["render", spec, "--provider", "gke", "--regions", "mars-north1", "--out", str(tmp_path)])
+    assert bad.exit_code == 1 and "unknown region 'mars-north1'" in bad.output
