@@ -70,6 +70,7 @@ class Reconciler:
         changed = [self._sync(replica, observed.get(replica.id), spec, now) for replica in replicas]
         if any(changed):
             replicas = self.store.list_replicas(service=record.name, states=ACTIVE_STATES)
+            capacity = self._capacity()  # a failure just blocked a pair: never relaunch into it this pass
         if record.deleted:
             self._tear_down(record, replicas, now)
             return True
@@ -117,18 +118,30 @@ class Reconciler:
             ready = self.store.update_replica(replica.id, now, state=ReplicaState.READY, ready_at=now, url=seen.url)
             self._event(now, EventKind.READY, f"{replica.id} ready at {seen.url}", ready)
         elif seen.state is ObservedState.FAILED:
-            self._fail(replica, now, seen.detail or "failed while starting", spec, capacity=seen.capacity_failure)
+            why = seen.detail or "failed while starting"
+            kind = EventKind.STOCKOUT if seen.capacity_failure else EventKind.FAILED
+            self._fail(replica, now, why, spec, capacity=seen.capacity_failure, kind=kind)
         elif now - replica.created_at > spec.placement.provision_timeout_s:
-            self._fail(replica, now, f"not ready after {spec.placement.provision_timeout_s:g} s", spec, capacity=True)
+            why = f"not ready after {spec.placement.provision_timeout_s:g} s"
+            self._fail(replica, now, why, spec, capacity=True, kind=EventKind.STOCKOUT)
         else:
             return False
         return True
 
-    def _fail(self, replica: Replica, now: float, why: str, spec: ServiceSpec, capacity: bool) -> None:
+    def _fail(
+        self,
+        replica: Replica,
+        now: float,
+        why: str,
+        spec: ServiceSpec,
+        capacity: bool,
+        kind: EventKind = EventKind.FAILED,
+    ) -> None:
+        """`kind` STOCKOUT when the provider says (or the clock shows) there was no capacity for it."""
         self.provider.terminate(replica.id)
         failed = self.store.update_replica(replica.id, now, state=ReplicaState.FAILED)
         self._last_loss[replica.service] = now
-        self._event(now, EventKind.FAILED, f"{replica.id} failed: {why}", failed)
+        self._event(now, kind, f"{replica.id} failed: {why}", failed)
         if capacity:
             self._block(replica.service, replica.region, replica.gpu, why, spec, now)
 
