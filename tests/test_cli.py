@@ -112,7 +112,8 @@ def test_scripted_demo_plays_the_five_moves_with_no_failed_request(tmp_path: Pat
     assert summary["endpoint_unchanged"]
     assert "nvidia-l4" not in summary["gpus_by_phase"]["failed-over"], "once the L4s were lost, other GPUs served"
     assert summary["recovery_s"] is not None, "the preferred placement came back"
-    assert set(summary["share_by_region"]) >= {"us-central1", "europe-west4", "asia-southeast1"}
+    assert len(summary["share_by_region"]) >= 2, "traffic spread over regions (routing decides the shares)"
+    assert abs(sum(summary["share_by_region"].values()) - 1) < 0.01
 
 
 def test_render_writes_manifests_and_says_what_is_wrong(tmp_path: Path) -> None:

@@ -227,6 +227,18 @@ def serve(
         str | None, typer.Option(help="State store URL (postgresql+psycopg://...); default SQLite in --state.")
     ] = None,
     catalog: Annotated[Path | None, typer.Option(help="A catalog file that overrides the bundled one.")] = None,
+    provider: Annotated[
+        str, typer.Option(help="local (sites on this machine) or kubernetes (one cluster a region).")
+    ] = ("local"),
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="kubernetes: the kubeconfig file (default ~/.kube/config).")
+    ] = (None),
+    context: Annotated[
+        list[str] | None, typer.Option(help="kubernetes: REGION=CONTEXT, one per cluster (repeat the option).")
+    ] = None,
+    service_type: Annotated[
+        str, typer.Option(help="kubernetes: ClusterIP, or LoadBalancer so a gateway outside can reach replicas.")
+    ] = "ClusterIP",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the control plane (store, reconcile loop, API) and the gateway that is every service's endpoint."""
@@ -236,7 +248,17 @@ def serve(
 
     configure_logging(log_level)
     state_dir = state or DEFAULT_STATE_DIR
-    if not regions.is_file():
+    factory = None
+    if provider == "kubernetes":
+        from gpuroam.providers.kubernetes.serve import control_plane_factory
+
+        try:
+            factory = control_plane_factory(kubeconfig or Path.home() / ".kube" / "config", context or [], service_type)
+        except ValueError as error:
+            _die(str(error))
+    elif provider != "local":
+        _die(f"unknown --provider {provider!r}: use local or kubernetes (gke is not built yet)")
+    elif not regions.is_file():
         _die(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
     console.print(f"[bold]gpuroam control plane[/] on http://{host}:{port} (state in {state_dir})")
     console.print(f"[bold]dashboard[/] http://{host}:{port}/#token=$(cat {state_dir / 'token'})")
@@ -252,6 +274,7 @@ def serve(
         store_url=store,
         catalog_file=catalog,
         gateway_port=gateway_port or None,
+        provider=factory,
     ).run_forever()
 
 

@@ -14,17 +14,21 @@ import os
 import secrets
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpuroam.catalog import load_catalog
+from gpuroam.catalog import Catalog, load_catalog
 from gpuroam.controller.api import GatewayAddress, create_api
 from gpuroam.controller.gateway_process import GatewayProcess
 from gpuroam.controller.reconciler import Reconciler
 from gpuroam.controller.store import Store
+from gpuroam.providers.base import Provider
 from gpuroam.providers.local import LocalProvider
 
 log = logging.getLogger("gpuroam.controller")
+
+ProviderFactory = Callable[[Store, Catalog], Provider]
 
 
 @dataclass(frozen=True)
@@ -95,14 +99,19 @@ class ControlPlane:
         catalog_file: Path | None = None,
         interval_s: float = 1.0,
         gateway_port: int | None = 8080,
+        provider: ProviderFactory | None = None,
     ) -> None:
+        """`provider` builds a cluster provider from the store and catalog; default: the local sites
+        of `regions_file`."""
         import uvicorn
 
         state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir = state_dir
         self.store = Store.open(store_url) if store_url else Store.for_state_dir(state_dir)
-        self.provider = LocalProvider.from_file(regions_file, state_dir)
         self.catalog = load_catalog(catalog_file)
+        self.provider: Provider = (
+            provider(self.store, self.catalog) if provider else LocalProvider.from_file(regions_file, state_dir)
+        )
         self.token = load_or_create_token(state_dir)
         self.url = f"http://{host}:{port}"
         self.loop = ReconcileLoop(Reconciler(self.store, self.provider, self.catalog), interval_s)
