@@ -63,6 +63,21 @@ def test_the_page_asks_for_the_token_and_refuses_a_wrong_one(page: Page, demo: D
     assert [e for e in page.errors if "401" not in e] == []  # type: ignore[attr-defined]
 
 
+def test_the_web_ui_through_the_global_endpoint_says_where_each_image_was_made(page: Page, demo: Demo) -> None:
+    endpoint = demo.client.get("/services/stable-diffusion")["endpoint"]
+    page.goto(endpoint)
+    page.fill("#prompt", "a lighthouse at dusk")
+    for field, value in (("#width", "64"), ("#height", "64"), ("#steps", "2")):
+        page.fill(field, value)
+    page.click("#generate")
+    expect(page.locator("#gallery img").first).to_be_visible(timeout=60_000)
+    served = page.locator("#served-by")
+    expect(served).to_have_text(re.compile(r"^(us-central1|europe-west4) · nvidia-l4$"))
+    region, gpu = (part.strip() for part in served.inner_text().split("·"))
+    assert (region, gpu) in demo.ready(), "the badge names a replica that serves"
+    assert page.errors == []  # type: ignore[attr-defined]
+
+
 def test_the_map_shows_the_regions_and_where_the_service_serves(page: Page, demo: Demo) -> None:
     page.goto(dashboard_url(demo.url, demo.token))
     assert page.evaluate("location.hash") == "", "the token leaves the address bar"
