@@ -160,3 +160,20 @@ def test_expand_pins_a_region_and_down_drains_everything(world) -> None:  # type
     store.mark_deleted("stable-diffusion", clock.now)
     run(reconciler, provider, clock, passes=2, step=DRAIN_GRACE_S + 1)
     assert not provider.running and store.get_service("stable-diffusion") is None
+
+
+def test_a_drain_is_a_recovery_only_when_a_better_gpu_serves_instead() -> None:
+    from gpuroam.controller.reconciler import _recovers
+    from gpuroam.placement import Drain
+
+    spec = load_spec("examples/stable-diffusion.yaml")
+
+    def replica(rid: str, region: str, gpu: str) -> Replica:
+        return Replica(rid, spec.name, region, gpu, ReplicaState.READY, 0.0, 0.0)
+
+    t4_us, t4_eu, t4_asia = (replica(f"t4-{r}", r, "nvidia-tesla-t4") for r in ("us", "eu", "asia"))
+    l4_us = replica("l4-us", "us", "nvidia-l4")
+    during_failover = [t4_us, t4_eu, t4_asia]
+    assert not _recovers(Drain("t4-eu", "surplus"), spec, during_failover), "a raced extra, not a recovery"
+    assert _recovers(Drain("t4-us", "moved"), spec, [*during_failover, l4_us])
+    assert not _recovers(Drain("l4-us", "surplus"), spec, [*during_failover, l4_us])

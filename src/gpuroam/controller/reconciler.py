@@ -179,7 +179,7 @@ class Reconciler:
         for launch in decided.launches:
             self._launch(record, spec, launch, now, failover=lost)
         for drain in decided.drains:
-            self._drain(drain, now)
+            self._drain(drain, now, _recovers(drain, spec, replicas))
         return not decided.empty
 
     def _capacity(self) -> CapacityView:
@@ -229,12 +229,10 @@ class Reconciler:
             return
         self.store.update_replica(replica.id, now, handle=handle, url=handle.get("url"))
 
-    def _drain(self, drain: Drain, now: float) -> None:
-        before = self.store.get_replica(drain.replica_id)
-        launched_as = before.reason if before else ""
+    def _drain(self, drain: Drain, now: float, recovers: bool = False) -> None:
         replica = self.store.update_replica(drain.replica_id, now, state=ReplicaState.DRAINING, reason=drain.reason)
         self.provider.drain(replica.id)
-        if drain.reason == "moved" or (drain.reason == "surplus" and launched_as == "failover"):
+        if recovers:
             self._event(
                 now, EventKind.RECOVERED, f"{replica.id} replaced by the preferred placement; draining", replica
             )
@@ -262,3 +260,16 @@ class Reconciler:
             } | fields
         event = self.store.add_event(Event(ts=now, kind=kind, message=message, **fields))
         log.info(message, extra={"event": kind.value, **{k: v for k, v in fields.items() if v}, "event_id": event.id})
+
+
+def _recovers(drain: Drain, spec: ServiceSpec, replicas: list[Replica]) -> bool:
+    """A drain is a recovery when a ready replica on a more preferred GPU now serves instead;
+    a raced or surplus replica drained during a failover is not."""
+    rank = {gpu: i for i, gpu in enumerate(spec.resources.gpus)}
+    drained = next((r for r in replicas if r.id == drain.replica_id), None)
+    if drained is None or drain.reason not in ("moved", "surplus"):
+        return False
+    worst = rank.get(drained.gpu, len(rank))
+    return any(
+        r.state is ReplicaState.READY and r.id != drained.id and rank.get(r.gpu, len(rank)) < worst for r in replicas
+    )
