@@ -137,3 +137,13 @@ def test_render_writes_manifests_and_says_what_is_wrong(tmp_path: Path) -> None:
     assert [Path(f).name for f in files] == ["us-central1.yaml", "europe-west4.yaml", "config-cluster.yaml"]
     bad = runner.invoke(app, ["render", spec, "--provider", "gke", "--regions", "mars-north1", "--out", str(tmp_path)])
     assert bad.exit_code == 1 and "unknown region 'mars-north1'" in bad.output
+
+
+def test_serve_says_what_a_cluster_provider_needs(tmp_path: Path) -> None:
+    state = ["--state", str(tmp_path / "state")]
+    missing_context = runner.invoke(app, ["serve", "--provider", "kubernetes", *state])
+    assert missing_context.exit_code == 1 and "--context REGION=CONTEXT" in missing_context.output
+    missing_region = runner.invoke(app, ["serve", "--provider", "gke", *state])
+    assert missing_region.exit_code == 1 and "--gke-region" in missing_region.output
+    unknown = runner.invoke(app, ["serve", "--provider", "azure", *state])
+    assert unknown.exit_code == 1 and "local, kubernetes or gke" in unknown.output

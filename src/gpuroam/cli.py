@@ -228,7 +228,7 @@ def serve(
     ] = None,
     catalog: Annotated[Path | None, typer.Option(help="A catalog file that overrides the bundled one.")] = None,
     provider: Annotated[
-        str, typer.Option(help="local (sites on this machine) or kubernetes (one cluster a region).")
+        str, typer.Option(help="local (sites on this machine), kubernetes (your clusters) or gke (Autopilot).")
     ] = ("local"),
     kubeconfig: Annotated[
         Path | None, typer.Option(help="kubernetes: the kubeconfig file (default ~/.kube/config).")
@@ -239,6 +239,13 @@ def serve(
     service_type: Annotated[
         str, typer.Option(help="kubernetes: ClusterIP, or LoadBalancer so a gateway outside can reach replicas.")
     ] = "ClusterIP",
+    project: Annotated[str | None, typer.Option(help="gke: the GCP project (default: the credentials').")] = None,
+    gke_region: Annotated[
+        list[str] | None, typer.Option(help="gke: a region to run an Autopilot cluster in (repeat the option).")
+    ] = None,
+    endpoint: Annotated[str, typer.Option(help="gke: ingress (MultiClusterIngress) or gateway (Gateway API).")] = (
+        "ingress"
+    ),
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the control plane (store, reconcile loop, API) and the gateway that is every service's endpoint."""
@@ -249,15 +256,19 @@ def serve(
     configure_logging(log_level)
     state_dir = state or DEFAULT_STATE_DIR
     factory = None
-    if provider == "kubernetes":
-        from gpuroam.providers.kubernetes.serve import control_plane_factory
+    if provider in ("kubernetes", "gke"):
+        from gpuroam.providers.factories import control_plane_factory, gke_control_plane_factory
 
         try:
-            factory = control_plane_factory(kubeconfig or Path.home() / ".kube" / "config", context or [], service_type)
+            if provider == "gke":
+                factory = gke_control_plane_factory(project, gke_region or [], endpoint)
+            else:
+                kubeconfig = kubeconfig or Path.home() / ".kube" / "config"
+                factory = control_plane_factory(kubeconfig, context or [], service_type)
         except ValueError as error:
             _die(str(error))
     elif provider != "local":
-        _die(f"unknown --provider {provider!r}: use local or kubernetes (gke is not built yet)")
+        _die(f"unknown --provider {provider!r}: use local, kubernetes or gke")
     elif not regions.is_file():
         _die(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
     console.print(f"[bold]gpuroam control plane[/] on http://{host}:{port} (state in {state_dir})")

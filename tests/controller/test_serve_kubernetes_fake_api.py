@@ -12,7 +12,7 @@ import yaml
 
 from gpuroam.controller.client import ControlPlaneClient
 from gpuroam.controller.server import ControlPlane
-from gpuroam.providers.kubernetes.serve import control_plane_factory
+from gpuroam.providers.factories import control_plane_factory
 from gpuroam.spec import load_spec, spec_to_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers" / "kubernetes"))
