@@ -267,6 +267,8 @@ def serve(
                 factory = control_plane_factory(kubeconfig, context or [], service_type)
         except ValueError as error:
             _die(str(error))
+        if provider == "gke" or service_type == "ClusterIP":
+            gateway_port = 0  # replicas are not reachable from here: the endpoint is GKE's global one, or none
     elif provider != "local":
         _die(f"unknown --provider {provider!r}: use local, kubernetes or gke")
     elif not regions.is_file():
