@@ -478,6 +478,7 @@ def demo(
     """Start everything locally, serve the example service, and show the five moves to try."""
     from gpuroam.controller.client import DEFAULT_STATE_DIR, ControlPlaneClient
     from gpuroam.controller.server import ControlPlane
+    from gpuroam.demo import tear_down
     from gpuroam.logs import configure_logging
     from gpuroam.spec import SpecError, load_spec, spec_to_dict
 
@@ -524,7 +525,7 @@ def demo(
     except KeyboardInterrupt:
         console.print("stopping: draining replicas")
     finally:
-        _tear_down(plane, client, parsed.name)
+        tear_down(plane, client, parsed.name)
 
 
 def _play_scripted(client: Any, name: str, json_out: bool) -> int:
@@ -542,19 +543,3 @@ def _play_scripted(client: Any, name: str, json_out: bool) -> int:
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def _tear_down(plane: Any, client: Any, name: str) -> None:
-    """Leave no worker processes behind: mark the service deleted and wait for the drain."""
-    from gpuroam.controller.client import ClientError
-
-    try:
-        client.delete(f"/services/{name}")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and plane.provider.observe():
-            time.sleep(0.5)
-    except ClientError:
-        pass
-    for seen in plane.provider.observe():
-        plane.provider.terminate(seen.replica_id)
-    plane.stop()

@@ -151,3 +151,19 @@ def play(client: ControlPlaneClient, name: str, expand_region: str, lose_gpu: st
 def _serving_without(client: ControlPlaneClient, name: str, gpu: str) -> bool:
     serving = ready(client, name)
     return len({r["region"] for r in serving}) >= 2 and all(r["gpu"] != gpu for r in serving)
+
+
+def tear_down(plane: Any, client: ControlPlaneClient, name: str) -> None:
+    """Leave no worker processes behind: mark the service deleted, wait for the drain, stop the plane."""
+    from gpuroam.controller.client import ClientError
+
+    try:
+        client.delete(f"/services/{name}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and plane.provider.observe():
+            time.sleep(0.5)
+    except ClientError:
+        pass
+    for seen in plane.provider.observe():
+        plane.provider.terminate(seen.replica_id)
+    plane.stop()
