@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import httpx
 from typer.testing import CliRunner
 
 from gpuroam.cli import app
+from ports import free_port
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -30,12 +30,6 @@ def test_bad_api_auth_is_a_usage_error_that_says_the_format() -> None:
     result = runner.invoke(app, ["worker", "--api-auth", "no-colon"])
     assert result.exit_code == 2
     assert "user:password" in result.output
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_worker_process_serves_and_logs_json_lines() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from gpuroam.controller.api import GatewayAddress, create_api
 from gpuroam.controller.store import Store
 from gpuroam.records import Event, EventKind
 from gpuroam.ui import STATIC, dashboard_url
+from ports import free_port
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -48,12 +48,6 @@ def make_client(store: Store, gateway: GatewayAddress | None) -> TestClient:
 @pytest.fixture
 def client(store: Store) -> TestClient:
     return make_client(store, GatewayAddress("127.0.0.1", free_port()))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- the page ----------------------------------------------------------------------------------

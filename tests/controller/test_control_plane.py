@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,9 @@ from gpuroam.controller.gateway_process import GatewayProcess
 from gpuroam.controller.server import ControlPlane, ServerInfo
 from gpuroam.demo import SteadyLoad
 from gpuroam.providers.local import LocalProvider
+from ports import free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fast_spec(tmp_path: Path) -> Path:

@@ -17,7 +17,9 @@ from gpuroam.spec import load_spec, spec_to_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers" / "kubernetes"))
 from fake_kube_api import FakeKubernetes
-from test_control_plane import EXAMPLES, fast_spec, free_port, ready, wait_for
+from test_control_plane import EXAMPLES, fast_spec, ready, wait_for
+
+from ports import free_port
 
 REGIONS = ["us-central1", "europe-west4", "asia-southeast1"]
 

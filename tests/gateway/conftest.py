@@ -1,44 +1,15 @@
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
-from harness import FakeReplica, LoopThread
+from harness import LoopThread, Running
 
 from gpuroam.catalog import load_catalog
-from gpuroam.gateway import Backend, Gateway, HealthPolicy, Limits, ProxyConfig, ServiceBackends
+from gpuroam.gateway import Backend, Gateway, HealthPolicy, Limits, ProxyConfig
+from ports import free_port
 
 FAST_HEALTH = HealthPolicy(unhealthy_after=2, healthy_after=1, eject_s=0.5, eject_max_s=2.0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def backend(replica: FakeReplica, region: str = "us-central1", gpu: str = "nvidia-l4", speed: float = 1.0) -> Backend:
-    return Backend(replica=replica.name or f"r{replica.port}", url=replica.url, region=region, gpu=gpu, speed=speed)
-
-
-class Running:
-    """A started gateway serving one service on `url`, driven from the test's thread."""
-
-    def __init__(self, loops: LoopThread, gateway: Gateway, port: int) -> None:
-        self.loops = loops
-        self.gateway = gateway
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def set_backends(self, backends: Sequence[Backend]) -> None:
-        self.loops.run(self.gateway.apply([ServiceBackends("svc", self.port, tuple(backends))]))
-
-    def report(self) -> dict:
-        async def read() -> dict:
-            return self.gateway.health_report()
-
-        return self.loops.run(read())
 
 
 @pytest.fixture

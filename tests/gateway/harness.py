@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
+
+from gpuroam.gateway import Backend, Gateway, ServiceBackends
 
 
 @dataclass
@@ -175,3 +177,26 @@ def echo(seen: Seen) -> Action:
     """Answer with what arrived, so tests can see what the gateway forwarded."""
     body = json.dumps({"method": seen.method, "path": seen.path, "headers": seen.headers, "size": len(seen.body)})
     return Reply(body=body.encode())
+
+
+def backend(replica: FakeReplica, region: str = "us-central1", gpu: str = "nvidia-l4", speed: float = 1.0) -> Backend:
+    return Backend(replica=replica.name or f"r{replica.port}", url=replica.url, region=region, gpu=gpu, speed=speed)
+
+
+class Running:
+    """A started gateway serving one service on `url`, driven from the test's thread."""
+
+    def __init__(self, loops: LoopThread, gateway: Gateway, port: int) -> None:
+        self.loops = loops
+        self.gateway = gateway
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def set_backends(self, backends: Sequence[Backend]) -> None:
+        self.loops.run(self.gateway.apply([ServiceBackends("svc", self.port, tuple(backends))]))
+
+    def report(self) -> dict:
+        async def read() -> dict:
+            return self.gateway.health_report()
+
+        return self.loops.run(read())

@@ -9,9 +9,8 @@ import time
 
 import httpx
 import pytest
-from harness import CutMidway, FakeReplica, LoopThread, Reply, Reset, Seen, echo
+from harness import CutMidway, FakeReplica, LoopThread, Reply, Reset, Running, Seen, backend, echo
 
-from conftest import Running, backend
 from gpuroam.gateway import ProxyConfig
 
 TXT2IMG = "/sdapi/v1/txt2img"

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dashboard_harness import Demo, LightLoad, free_port
+from dashboard_harness import Demo, LightLoad
 
 from gpuroam.controller.server import ControlPlane
 from gpuroam.spec import load_spec, spec_to_dict
+from ports import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -11,12 +10,6 @@ import httpx
 
 from gpuroam.controller.client import ControlPlaneClient
 from gpuroam.controller.server import ControlPlane
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class LightLoad:

@@ -76,6 +76,10 @@ class Catalog:
         """Relative Stable Diffusion throughput of `gpu` (nvidia-tesla-t4 = 1.0)."""
         return self._gpu(gpu).speed
 
+    def speed_or_default(self, gpu: str) -> float:
+        """`speed(gpu)`, or 1.0 (a T4's) for a GPU the catalog does not know (a label given by hand)."""
+        return self.gpus[gpu].speed if gpu in self.gpus else 1.0
+
     def distance_km(self, region_a: str, region_b: str) -> float:
         """Great-circle distance between two regions' cities (haversine, Earth radius 6371 km)."""
         a, b = self._region(region_a), self._region(region_b)

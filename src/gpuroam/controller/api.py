@@ -200,14 +200,23 @@ def create_api(
     @app.get("/api/v1/gateway", dependencies=guarded)
     def gateway_backends() -> dict[str, Any]:
         """What the gateway serves: per service its port and ready replicas (the data plane's feed)."""
+        ready: dict[str, list[Replica]] = {}
+        for replica in store.list_replicas(states=[ReplicaState.READY]):  # one read for every service
+            if replica.url:
+                ready.setdefault(replica.service, []).append(replica)
         out = []
         for record in store.list_services():
             if record.gateway_port is None:
                 continue
-            ready = [r for r in store.list_replicas(service=record.name) if r.state is ReplicaState.READY and r.url]
             backends = [
-                {"replica": r.id, "url": r.url, "region": r.region, "gpu": r.gpu, "speed": _speed(catalog, r.gpu)}
-                for r in ready
+                {
+                    "replica": r.id,
+                    "url": r.url,
+                    "region": r.region,
+                    "gpu": r.gpu,
+                    "speed": catalog.speed_or_default(r.gpu),
+                }
+                for r in ready.get(record.name, [])
             ]
             out.append({"name": record.name, "port": record.gateway_port, "backends": backends})
         return {"services": out}
@@ -321,10 +330,6 @@ def _gateway_traffic(store: Store, gateway: GatewayAddress | None) -> dict[str, 
                 continue
             return {"available": True, "source": url, **report}
     return {"available": False, "reason": "the gateway does not answer: " + "; ".join(problems)}
-
-
-def _speed(catalog: Catalog, gpu: str) -> float:
-    return catalog.speed(gpu) if gpu in catalog.gpus else 1.0
 
 
 def _chaos(store: Store, provider: Provider, action: str, body: ChaosRequest) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def parse_backend(text: str, catalog: Catalog | None = None) -> Backend:
         raise ValueError(f"--backend {text!r}: expected http://HOST:PORT, optionally prefixed by REGION/GPU@")
     region, _, gpu = label.partition("/") if label else ("local", "", "unknown")
     gpu = gpu or "unknown"
-    speed = catalog.speed(gpu) if catalog is not None and gpu in catalog.gpus else 1.0
+    speed = catalog.speed_or_default(gpu) if catalog is not None else 1.0
     return Backend(replica=f"{parts.hostname}:{parts.port}", url=url.rstrip("/"), region=region, gpu=gpu, speed=speed)
 
 
