@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 
 from gpuroam import __version__
+from gpuroam.cli_net import net_app, network_for_serve
 
 app = typer.Typer(
     help="Run a GPU web service wherever GPUs can be found, behind one global endpoint.",
@@ -23,6 +26,7 @@ console = Console(stderr=True)
 out = Console()
 fail_app = typer.Typer(help="Take capacity away (local provider): a region, or a GPU type.", no_args_is_help=True)
 app.add_typer(fail_app, name="fail")
+app.add_typer(net_app, name="net")
 
 ServerOption = Annotated[
     str | None, typer.Option("--server", help="Control plane URL (else GPUROAM_SERVER, else the state dir's).")
@@ -150,10 +154,35 @@ def gateway(
         console.print(f"[bold]gpuroam gateway[/] following {controller}")
     config = ProxyConfig(hold_s=hold, retries=retries, upstream_timeout_s=upstream_timeout, region=region)
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024))
+    ready = None
+    if controller and state is not None:  # started by `serve`: say when this gateway can take over
+        from gpuroam.controller.gateway_process import mark_ready
+
+        ready = functools.partial(mark_ready, state, os.getpid())
     try:
-        run_gateway(Gateway(host, config, limits, catalog=catalog), static, follow)
+        run_gateway(Gateway(host, config, limits, catalog=catalog), static, follow, ready)
     except OSError as error:
         _die(f"the gateway could not listen on {host}:{port}: {error.strerror or error}; pick another --port")
+
+
+@app.command("restart-gateway")
+def restart_gateway(state: StateOption = None) -> None:
+    """Replace the running gateway (after an upgrade, say) without failing a request."""
+    from gpuroam.controller.client import DEFAULT_STATE_DIR
+    from gpuroam.controller.gateway_process import GatewayProcess
+    from gpuroam.controller.server import ServerInfo
+
+    state_dir = state or DEFAULT_STATE_DIR
+    info = ServerInfo.read(state_dir)
+    process = GatewayProcess(state_dir, info.url, urlsplit(info.url).hostname or "127.0.0.1") if info else None
+    if process is None or process.running_pid() is None:
+        _die(f"no gateway of `gpuroam serve` runs for state dir {state_dir}; start one with `gpuroam serve`")
+    with console.status("starting a new gateway beside the old one, then draining the old one"):
+        try:
+            pid = process.restart()
+        except RuntimeError as error:
+            _die(str(error))
+    console.print(f"gateway restarted: pid {pid}")
 
 
 @app.command()
@@ -247,6 +276,9 @@ def serve(
         "ingress"
     ),
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    network: Annotated[
+        str, typer.Option(help="local: none, or netns (each region in a network namespace, WAN delay; root).")
+    ] = "none",
 ) -> None:
     """Run the control plane (store, reconcile loop, API) and the gateway that is every service's endpoint."""
     from gpuroam.controller.client import DEFAULT_STATE_DIR
@@ -273,6 +305,7 @@ def serve(
         _die(f"unknown --provider {provider!r}: use local, kubernetes or gke")
     elif not regions.is_file():
         _die(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
+    region_network = network_for_serve(network, provider, regions, state_dir)
     console.print(f"[bold]gpuroam control plane[/] on http://{host}:{port} (state in {state_dir})")
     console.print(f"[bold]dashboard[/] http://{host}:{port}/#token=$(cat {state_dir / 'token'})")
     if gateway_port:
@@ -288,6 +321,7 @@ def serve(
         catalog_file=catalog,
         gateway_port=gateway_port or None,
         provider=factory,
+        network=region_network,
     ).run_forever()
 
 

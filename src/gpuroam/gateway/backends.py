@@ -93,11 +93,14 @@ class BackendSet:
         if health is not None:
             health.ejections = 0
 
-    def probed(self, replica: str, ok: bool, now: float) -> None:
-        """An active check's result, with thresholds so one blip does not flip a backend."""
+    def probed(self, replica: str, ok: bool, now: float) -> bool:
+        """An active check's result, with thresholds so one blip does not flip a backend.
+
+        True when this result marked the backend down."""
         load, health = self._loads.get(replica), self._health.get(replica)
         if load is None or health is None:
-            return
+            return False
+        went_down = False
         if ok:
             health.probe_failures, health.probe_successes = 0, health.probe_successes + 1
             if health.probe_successes >= self.policy.healthy_after:
@@ -105,8 +108,9 @@ class BackendSet:
         else:
             health.probe_successes, health.probe_failures = 0, health.probe_failures + 1
             if health.probe_failures >= self.policy.unhealthy_after:
-                load.healthy = False
+                went_down, load.healthy = load.healthy, False
         self._signal(now)
+        return went_down
 
     def any_usable(self, now: float) -> bool:
         return any(load.usable(now) for load in self._loads.values())

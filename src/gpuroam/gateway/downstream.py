@@ -42,6 +42,8 @@ class ClientConnection(asyncio.Protocol):
         self.last_active = loop.time()
         self.reading_since: float | None = None  # a request has begun and is not complete yet
         self.on_backpressure: Callable[[bool], None] | None = None  # pauses the backend feeding this client
+        self.draining = False  # the gateway is handing over: answer what was asked, then close
+        self._current: Request | None = None
         self._queue: deque[Request | bytes] = deque()
         self._task: asyncio.Task[None] | None = None
         self._paused_reading = False
@@ -152,6 +154,16 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def drain(self) -> None:
+        """Close now if idle; otherwise answer the request in hand with `connection: close`, then close.
+
+        A request half read stays to be answered: it was sent to this process, so it is served here."""
+        self.draining = True
+        if self._current is not None:
+            self._current.keep_alive = False
+        elif not self._queue and self.reading_since is None:
+            self.close()
+
     def expire(self, now: float) -> None:
         """Called about once a second: end slow requests (408) and idle keep-alive connections."""
         if self._task is not None or self._queue:
@@ -188,12 +200,16 @@ class ClientConnection(asyncio.Protocol):
         self._task = self.loop.create_task(self._answer(item))
 
     async def _answer(self, request: Request) -> None:
+        if self.draining:
+            request.keep_alive = False
+        self._current = request
         try:
             await self.handle(self, request)
         finally:
+            self._current = None
             self.on_backpressure = None
             self.last_active = self.loop.time()
-            if not request.keep_alive:
+            if not request.keep_alive or self.draining:
                 self.close()
             if self._paused_reading and len(self._queue) < self.limits.max_pipelined and not self.closed:
                 self._paused_reading = False

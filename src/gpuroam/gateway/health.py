@@ -1,7 +1,8 @@
 """Active health checks: GET /internal/ping on every backend about once a second.
 
 A replica that stops answering is marked down after a couple of failed probes, before any
-client request has to find out; an ejected replica returns as soon as a probe passes.
+client request has to find out, and the requests waiting on it go elsewhere; an ejected
+replica returns as soon as a probe passes.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ async def check_all(routes: Iterable[Route], timeout_s: float) -> None:
     targets = [(route, replica, pool) for route in routes for replica, pool in list(route.pools.items())]
     results = await asyncio.gather(*(probe(pool, timeout_s) for _, _, pool in targets))
     for (route, replica, _), ok in zip(targets, results, strict=True):
-        route.backends.probed(replica, ok, route.loop.time())
+        if route.backends.probed(replica, ok, route.loop.time()):
+            route.abandon(replica)
 
 
 async def run_checks(routes: Iterable[Route], interval_s: float = 1.0) -> None:

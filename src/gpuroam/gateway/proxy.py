@@ -64,7 +64,7 @@ class Route:
         self.affinity = Affinity()
         self._stamps: dict[str, bytes] = {}
         self._turn = 0  # breaks ties between equally loaded replicas round-robin
-        self._in_flight: set[UpstreamConnection] = set()
+        self._in_flight: dict[UpstreamConnection, str] = {}  # -> the replica it talks to
 
     def update(self, backends: Sequence[Backend]) -> None:
         """The registered set as the control plane (or the command line) now says."""
@@ -171,13 +171,13 @@ class Route:
                         self._eject(backend)
                         return f"connect: {exc.reason}"
                 deadline = self.loop.time() + self.config.upstream_timeout_s
-                self._in_flight.add(conn)
+                self._in_flight[conn] = replica
                 try:
                     response = await conn.send(head, request.body, request.method == b"HEAD", deadline)
                     break
                 except UpstreamError as exc:
                     conn.close()
-                    if reused and not exc.got_bytes and not exc.timed_out and retryable(request):
+                    if reused and not (exc.got_bytes or exc.timed_out or exc.abandoned) and retryable(request):
                         conn = None  # most likely the backend closed this idle connection as we sent: not its fault
                         continue
                     self._eject(backend)
@@ -187,7 +187,7 @@ class Route:
                         client.write(json_response(504, {"error": detail}, request.keep_alive))
                         return ""
                     if retryable(request) and not last:
-                        return f"reset: {exc.reason}"
+                        return f"{'abandoned' if exc.abandoned else 'reset'}: {exc.reason}"
                     self.metrics.error(self.service, "backend_failed")
                     client.write(json_response(502, {"error": f"replica {replica}: {exc.reason}"}, request.keep_alive))
                     return ""
@@ -209,7 +209,7 @@ class Route:
         finally:
             self.backends.finished(replica)
             if conn is not None:
-                self._in_flight.discard(conn)
+                self._in_flight.pop(conn, None)
 
     async def _relay(
         self,
@@ -226,7 +226,7 @@ class Route:
 
         A response that arrived whole with its head (the usual small JSON answer) goes out in one
         write, which is one system call instead of two."""
-        self._in_flight.add(conn)
+        self._in_flight[conn] = backend.replica
         try:
             bodiless = request.method == b"HEAD" or response.status in (204, 304) or response.status < 200
             whole = conn.finished()
@@ -246,7 +246,7 @@ class Route:
             self.metrics.error(self.service, "backend_failed_mid_response")
             return
         finally:
-            self._in_flight.discard(conn)
+            self._in_flight.pop(conn, None)
         if response.keep_alive and not conn.closed and request.method != b"HEAD":
             pool.release(conn)  # a pool closed meanwhile (replica drained) closes it instead
         else:
@@ -285,6 +285,12 @@ class Route:
         """Fail exchanges past their deadline (checked about once a second, not per request)."""
         for conn in [c for c in self._in_flight if c.deadline < now]:
             conn.time_out()
+
+    def abandon(self, replica: str) -> None:
+        """The replica stopped answering its probes (hung, or its region cut off): requests that have
+        had no byte of answer from it go to another replica now, not after the upstream timeout."""
+        for conn in [c for c, r in self._in_flight.items() if r == replica and c.awaiting_head]:
+            conn.abandon()
 
     def _eject(self, backend: Backend) -> None:
         self.backends.eject(backend.replica, self.loop.time())

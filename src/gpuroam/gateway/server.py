@@ -100,6 +100,7 @@ class Gateway:
                 self.host,
                 service.port,
                 reuse_address=True,
+                reuse_port=True,  # a new gateway binds beside this one before it hands over (see `drain`)
                 backlog=2048,
             )
         except OSError as error:
@@ -116,6 +117,25 @@ class Gateway:
         self.routes[service.name], self._ports[service.name] = route, service.port
         log.info("listening", extra={"service": service.name, "url": f"http://{self.host}:{service.port}"})
         return True
+
+    async def drain(self, grace_s: float) -> None:
+        """Hand over without failing a request: stop accepting, finish what clients asked, close.
+
+        The listeners close first, so new connections go to the gateway that bound the same ports
+        beside this one (SO_REUSEPORT). Each open connection gets its request in hand answered with
+        `connection: close`; idle ones close at once. Whatever is still running after `grace_s` is cut."""
+        for server in self._servers.values():
+            server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self._clients and loop.time() < deadline:
+            for client in list(self._clients):
+                client.drain()
+            await asyncio.sleep(0.05)
+        if self._clients:
+            log.warning(
+                "drain timed out: closing connections with requests in flight", extra={"open": len(self._clients)}
+            )
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -21,11 +21,12 @@ from gpuroam.gateway.wire import Headers
 class UpstreamError(Exception):
     """The backend failed before its response was complete."""
 
-    def __init__(self, reason: str, got_bytes: bool = False, timed_out: bool = False) -> None:
+    def __init__(self, reason: str, got_bytes: bool = False, timed_out: bool = False, abandoned: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.got_bytes = got_bytes  # some of the response arrived: the failure is mid-response
         self.timed_out = timed_out
+        self.abandoned = abandoned  # the gateway gave up on a replica that stopped answering its probes
 
 
 @dataclass
@@ -144,6 +145,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._fail("no complete response before the deadline", timed_out=True)
         self.close()
 
+    @property
+    def awaiting_head(self) -> bool:
+        """An exchange is on and nothing of its response has arrived: it can still go elsewhere."""
+        return self._head is not None and not self._head.done() and not self._got_bytes
+
+    def abandon(self) -> None:
+        """Give up waiting on a replica that stopped answering its health checks (hung or cut off)."""
+        self._fail("replica stopped answering its health checks", abandoned=True)
+        self.close()
+
     def stream_to(self, sink: Callable[[bytes], None]) -> asyncio.Future[None]:
         """Deliver the body (what arrived with the head first); the future resolves at its end."""
         for piece in self._buffered:
@@ -166,8 +177,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _fail(self, reason: str, timed_out: bool = False) -> None:
-        error = UpstreamError(reason, got_bytes=self._got_bytes, timed_out=timed_out)
+    def _fail(self, reason: str, timed_out: bool = False, abandoned: bool = False) -> None:
+        error = UpstreamError(reason, got_bytes=self._got_bytes, timed_out=timed_out, abandoned=abandoned)
         for future in (self._head, self._done):
             if future is not None and not future.done():
                 future.set_exception(error)
