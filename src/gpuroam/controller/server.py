@@ -25,6 +25,7 @@ from gpuroam.controller.reconciler import Reconciler
 from gpuroam.controller.store import Store
 from gpuroam.providers.base import Provider
 from gpuroam.providers.local import LocalProvider
+from gpuroam.providers.netns import RegionNetwork
 
 log = logging.getLogger("gpuroam.controller")
 
@@ -100,9 +101,10 @@ class ControlPlane:
         interval_s: float = 1.0,
         gateway_port: int | None = 8080,
         provider: ProviderFactory | None = None,
+        network: RegionNetwork | None = None,
     ) -> None:
         """`provider` builds a cluster provider from the store and catalog; default: the local sites
-        of `regions_file`."""
+        of `regions_file`, each region in its network namespace when `network` is given."""
         import uvicorn
 
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +112,9 @@ class ControlPlane:
         self.store = Store.open(store_url) if store_url else Store.for_state_dir(state_dir)
         self.catalog = load_catalog(catalog_file)
         self.provider: Provider = (
-            provider(self.store, self.catalog) if provider else LocalProvider.from_file(regions_file, state_dir)
+            provider(self.store, self.catalog)
+            if provider
+            else LocalProvider.from_file(regions_file, state_dir, network=network)
         )
         self.token = load_or_create_token(state_dir)
         self.url = f"http://{host}:{port}"
@@ -122,6 +126,8 @@ class ControlPlane:
             uvicorn.Config(api, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=1)
         )
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_gateway, name="gpuroam-gateway-watch", daemon=True)
 
     def start(self) -> None:
         """Serve in background threads; returns once the API listens."""
@@ -129,6 +135,7 @@ class ControlPlane:
         self.loop.start()
         if self.gateway is not None:
             self.gateway.ensure()
+            self._watcher.start()
         self._thread = threading.Thread(target=self.server.run, name="gpuroam-api", daemon=True)
         self._thread.start()
         while not self.server.started:
@@ -153,11 +160,23 @@ class ControlPlane:
         finally:
             self.stop()
 
+    def _watch_gateway(self) -> None:
+        """The endpoint must not stay down because its process died: start another within a second."""
+        assert self.gateway is not None
+        while not self._stopping.wait(1.0):
+            try:
+                self.gateway.supervise()
+            except Exception:
+                log.exception("could not start the gateway")
+
     def stop(self) -> None:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.loop.stop()
+        self._stopping.set()
         if self.gateway is not None:
+            if self._watcher.is_alive():
+                self._watcher.join(timeout=40)
             self.gateway.stop()
         self.store.close()

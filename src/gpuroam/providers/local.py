@@ -22,13 +22,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import DEVNULL, STDOUT, Popen
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
 
 from gpuroam.providers.base import CapacityError, Observed, ObservedState, ProviderError
 from gpuroam.records import Replica
+
+if TYPE_CHECKING:
+    from gpuroam.providers.netns import RegionNetwork
 
 _EXAMPLE = "regions:\n  us-central1: {nvidia-l4: 1, nvidia-tesla-t4: 2}"
 
@@ -80,10 +83,11 @@ class _Worker:
     gpu: str
     port: int
     cuda_device: str | None
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def observed(self, ready: bool) -> Observed:
         state = ObservedState.READY if ready else ObservedState.STARTING
@@ -107,7 +111,7 @@ def _parse_worker(pid: int, cmdline: list[str], environ: dict[str, str]) -> _Wor
         return None
     region, gpu, port = options.get("region", ""), options.get("gpu", ""), int(options["port"])
     service, device = environ.get("GPUROAM_SERVICE", ""), environ.get("CUDA_VISIBLE_DEVICES")
-    return _Worker(pid, options["replica"], service, region, gpu, port, device)
+    return _Worker(pid, options["replica"], service, region, gpu, port, device, options.get("host", "127.0.0.1"))
 
 
 def _read_worker(pid: int, marker: str) -> _Worker | None:
@@ -153,6 +157,9 @@ class LocalProvider:
     `gpu_devices` (optional, for machines with real GPUs) maps a (region, gpu) pair, or a GPU type,
     to CUDA device indexes: a replica there gets CUDA_VISIBLE_DEVICES set to one that no live worker
     of this provider holds. Without it, workers inherit the controller's CUDA_VISIBLE_DEVICES.
+
+    `network` (optional, see providers/netns.py) puts each region's workers in that region's network
+    namespace, bound to its address, behind an emulated WAN link; their URLs carry that address.
     """
 
     name = "local"
@@ -164,8 +171,10 @@ class LocalProvider:
         python: str = sys.executable,
         ready_timeout_s: float = 2.0,
         gpu_devices: dict[tuple[str, str] | str, list[int]] | None = None,
+        network: RegionNetwork | None = None,
     ) -> None:
         self.sites = sites
+        self.network = network
         self.python = python
         self.ready_timeout_s = ready_timeout_s
         self.gpu_devices = gpu_devices or {}
@@ -177,8 +186,8 @@ class LocalProvider:
         self._children: dict[int, Popen[bytes]] = {}  # only to reap our own exited children
 
     @classmethod
-    def from_file(cls, path: Path | str, state_dir: Path) -> LocalProvider:
-        return cls(load_sites(path), state_dir)
+    def from_file(cls, path: Path | str, state_dir: Path, network: RegionNetwork | None = None) -> LocalProvider:
+        return cls(load_sites(path), state_dir, network=network)
 
     def _provider_id(self) -> str:
         """Created once per state dir (link is atomic: two starting controllers agree on one id)."""
@@ -226,7 +235,7 @@ class LocalProvider:
             workers = self._workers()
             for worker in workers:
                 if worker.replica_id == replica.id:
-                    return self._handle(worker.pid, worker.port, replica.id)
+                    return self._handle(worker.pid, worker.port, replica.id, worker.host)
             region, gpu = replica.region, replica.gpu
             if region not in self.sites:
                 raise CapacityError(region, gpu, f"no local site named {region}")
@@ -241,10 +250,13 @@ class LocalProvider:
             device = self._cuda_device(region, gpu, workers)
             if device is not None:
                 env["CUDA_VISIBLE_DEVICES"] = device
+            host, prefix = "127.0.0.1", []
+            if self.network is not None:  # NetworkError (a ProviderError) when the region has no namespace
+                host, prefix = self.network.address(region), self.network.exec_prefix(region)
             port = _free_port()
             args = ["--model", str(app.get("model", "tiny")), "--region", region, "--gpu", gpu]
-            pid = self._spawn(replica.id, port, [*args, *map(str, app.get("args", ()))], env)
-            return self._handle(pid, port, replica.id)
+            pid = self._spawn(replica.id, port, [*args, *map(str, app.get("args", ()))], env, host, prefix)
+            return self._handle(pid, port, replica.id, host)
 
     def _cuda_device(self, region: str, gpu: str, workers: list[_Worker]) -> str | None:
         devices = self.gpu_devices.get((region, gpu), self.gpu_devices.get(gpu))
@@ -256,12 +268,22 @@ class LocalProvider:
             raise CapacityError(region, gpu, f"every CUDA device for {gpu} ({devices}) is held by a replica")
         return free[0]
 
-    def _spawn(self, replica_id: str, port: int, args: list[str], env: dict[str, str]) -> int:
+    def _spawn(
+        self,
+        replica_id: str,
+        port: int,
+        args: list[str],
+        env: dict[str, str],
+        host: str = "127.0.0.1",
+        prefix: list[str] | None = None,
+    ) -> int:
         """Start a worker in its own session, so it outlives a controller that is killed.
 
-        Returns once /proc shows the worker (or it has exited), so the next capacity check counts it."""
-        worker = ["-m", "gpuroam", "worker", "--port", str(port), "--host", "127.0.0.1", "--replica", replica_id]
-        command, env = [self.python, *worker, *args], {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        `prefix` (`ip netns exec NS`) execs, not forks, so the pid is the worker's. Returns once /proc
+        shows the worker (or it has exited), so the next capacity check counts it."""
+        worker = ["-m", "gpuroam", "worker", "--port", str(port), "--host", host, "--replica", replica_id]
+        command = [*(prefix or []), self.python, *worker, *args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         try:
             with open(self.log_dir / f"{replica_id}.log", "ab") as log:
                 child = Popen(command, stdin=DEVNULL, stdout=log, stderr=STDOUT, env=env, start_new_session=True)
@@ -273,8 +295,8 @@ class LocalProvider:
             time.sleep(0.001)
         return child.pid
 
-    def _handle(self, pid: int, port: int, replica_id: str) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{port}"
+    def _handle(self, pid: int, port: int, replica_id: str, host: str = "127.0.0.1") -> dict[str, Any]:
+        url = f"http://{host}:{port}"
         return {"pid": pid, "port": port, "url": url, "log": str(self.log_dir / f"{replica_id}.log")}
 
     def observe(self) -> list[Observed]:
