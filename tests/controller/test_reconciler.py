@@ -8,7 +8,7 @@ import pytest
 from fakes import FakeProvider
 
 from gpuroam.catalog import load_catalog
-from gpuroam.controller.reconciler import DRAIN_GRACE_S, Reconciler
+from gpuroam.controller.reconciler import DRAIN_GRACE_S, UNREADY_GRACE_S, Reconciler
 from gpuroam.controller.store import Store
 from gpuroam.records import EventKind, Replica, ReplicaState
 from gpuroam.spec import load_spec, spec_to_dict
@@ -113,6 +113,27 @@ def test_a_replica_not_ready_by_the_provision_timeout_is_a_capacity_failure(worl
     reconciler.reconcile()
     failed = [r for r in store.list_replicas() if r.state is ReplicaState.FAILED]
     assert len(failed) == 3 and all(store.get_block(r.region, r.gpu) for r in failed)  # two wanted, one raced
+
+
+def test_a_ready_replica_that_stops_answering_is_replaced_after_a_grace(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler = world
+    run(reconciler, provider, clock, passes=10)
+    victim = next(r for r in live(store, ReplicaState.READY) if r.region == "us-central1")
+
+    def unanswered_for(seconds: int) -> None:
+        provider.running[victim.id].ready = False  # hung, or its region cut off: running, not answering
+        for _ in range(seconds):
+            reconciler.reconcile()
+            clock.now += 1.0
+
+    unanswered_for(int(UNREADY_GRACE_S) - 2)
+    run(reconciler, provider, clock, passes=2)  # answers again: a blip shorter than the grace changes nothing
+    assert store.get_replica(victim.id).state is ReplicaState.READY
+    unanswered_for(int(UNREADY_GRACE_S) + 2)
+    assert store.get_replica(victim.id).state is ReplicaState.FAILED
+    assert victim.id in provider.terminated and store.get_block("us-central1", "nvidia-l4") is not None
+    run(reconciler, provider, clock, passes=3)
+    assert len({region for region, _ in placement(store)}) == 2, "replaced where capacity answers"
 
 
 def test_an_intent_whose_launch_never_happened_is_launched_with_the_same_id(world) -> None:  # type: ignore[no-untyped-def]

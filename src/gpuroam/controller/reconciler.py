@@ -27,6 +27,7 @@ log = logging.getLogger("gpuroam.controller")
 ACTIVE_STATES = (ReplicaState.PROVISIONING, ReplicaState.READY, ReplicaState.DRAINING)
 DRAIN_GRACE_S = 5.0  # a drained replica is left running this long so in-flight requests finish
 OBSERVE_GRACE_S = 15.0  # a just-launched replica may take this long to show up in observe()
+UNREADY_GRACE_S = 10.0  # a ready replica failing its readiness probe this long (hung, cut off) is replaced
 
 
 class Reconciler:
@@ -39,6 +40,7 @@ class Reconciler:
         self.clock = clock
         self._specs: dict[tuple[str, int], ServiceSpec] = {}
         self._last_loss: dict[str, float] = {}  # service -> when it last lost a replica (labels failovers)
+        self._unready_since: dict[str, float] = {}  # ready replica -> since when its probe fails
 
     def reconcile(self) -> None:
         """One pass over every service."""
@@ -103,8 +105,23 @@ class Reconciler:
         elif replica.state is ReplicaState.READY and (seen is None or seen.state is ObservedState.FAILED):
             detail = seen.detail if seen else "no longer running"
             self._fail(replica, now, f"lost: {detail}", spec, capacity=True)
+        elif replica.state is ReplicaState.READY and seen.state is not ObservedState.READY:
+            return self._sync_unready(replica, spec, now)
         else:
+            self._unready_since.pop(replica.id, None)
             return False
+        return True
+
+    def _sync_unready(self, replica: Replica, spec: ServiceSpec, now: float) -> bool:
+        """Running but not answering (hung, or its region cut off): the gateway already routes around
+        it; after a grace, it is replaced where capacity answers."""
+        since = self._unready_since.setdefault(replica.id, now)
+        if now - since < UNREADY_GRACE_S:
+            return False
+        del self._unready_since[replica.id]
+        self._fail(
+            replica, now, f"lost: not answering its readiness probe for {now - since:.0f} s", spec, capacity=True
+        )
         return True
 
     def _sync_starting(self, replica: Replica, seen: Observed | None, spec: ServiceSpec, now: float) -> bool:
