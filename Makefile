@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # torch first, pinned: the CPU wheel on this machine's disk. Nothing else may pull a CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: run test bench install clean postgres-server chromium
+.PHONY: run test bench reliability install clean postgres-server chromium
 
 # constraints.txt pins every other package (regenerate: pip freeze --exclude-editable, less torch).
 $(STAMP): pyproject.toml constraints.txt
@@ -39,6 +39,11 @@ test: $(STAMP) postgres-server chromium
 
 bench: $(STAMP)
 	$(BIN)/python bench/worker.py
+
+# Every fault scenario under load (network namespaces where this machine allows them), the
+# fuzzers at length, the security checks: figures in bench/RELIABILITY.md. About 15 minutes.
+reliability: $(STAMP) postgres-server chromium
+	$(BIN)/python bench/reliability.py --markdown bench/RELIABILITY.md --json bench/results/reliability.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,30 @@
+"""The short version of `make reliability`: a few faults under load, each with 0 failed requests.
+
+It runs bench/reliability.py --quick in its own process, as `make reliability` does at length;
+the figures land in the test's temp dir (the long run writes bench/RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHORT = ["region-killed", "replica-hung", "controller-killed", "gateway-restarted", "database-unavailable"]
+
+
+def test_faults_under_load_lose_no_request(tmp_path: Path) -> None:
+    out = tmp_path / "reliability.json"
+    command = [sys.executable, "bench/reliability.py", "--quick", "--scenarios", ",".join(SHORT), "--json", str(out)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert out.exists(), f"the suite did not finish:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    results = {r["name"]: r for r in json.loads(out.read_text())["scenarios"]}
+    assert set(results) == set(SHORT)
+    for name, result in results.items():
+        assert not result.get("skipped"), f"{name} skipped: {result.get('skipped')}"
+        figures = result["figures"]
+        assert figures["sent"] >= 50, f"{name}: too little load to say anything ({figures['sent']} requests)"
+        assert figures["failed"] == 0, f"{name}: {figures['failed']} failed: {figures['errors']}"
+    assert done.returncode == 0, done.stderr[-3000:]
