@@ -11,20 +11,43 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from gpuroam.providers.netns import network_unavailable
+
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["region-killed", "replica-hung", "controller-killed", "gateway-restarted", "database-unavailable"]
 
 
-def test_faults_under_load_lose_no_request(tmp_path: Path) -> None:
-    out = tmp_path / "reliability.json"
-    command = [sys.executable, "bench/reliability.py", "--quick", "--scenarios", ",".join(SHORT), "--json", str(out)]
+def play(scenarios: list[str], out: Path) -> None:
+    """Run the scenarios (regions in network namespaces where possible) and check every figure."""
+    command = [
+        sys.executable,
+        "bench/reliability.py",
+        "--quick",
+        "--scenarios",
+        ",".join(scenarios),
+        "--json",
+        str(out),
+    ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
     assert out.exists(), f"the suite did not finish:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     results = {r["name"]: r for r in json.loads(out.read_text())["scenarios"]}
-    assert set(results) == set(SHORT)
+    assert set(results) == set(scenarios)
     for name, result in results.items():
         assert not result.get("skipped"), f"{name} skipped: {result.get('skipped')}"
         figures = result["figures"]
         assert figures["sent"] >= 50, f"{name}: too little load to say anything ({figures['sent']} requests)"
         assert figures["failed"] == 0, f"{name}: {figures['failed']} failed: {figures['errors']}"
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_faults_under_load_lose_no_request(tmp_path: Path) -> None:
+    play(SHORT, tmp_path / "reliability.json")
+
+
+def test_a_region_cut_off_the_network_loses_no_request(tmp_path: Path) -> None:
+    reason = network_unavailable()
+    if reason:
+        pytest.skip(f"regions cannot be network namespaces here: {reason}")
+    play(["region-partitioned"], tmp_path / "reliability.json")
