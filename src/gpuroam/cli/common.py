@@ -1,0 +1,49 @@
+"""What every command shares: the consoles, the common options, and errors said once, clearly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+out = Console()
+
+ServerOption = Annotated[
+    str | None, typer.Option("--server", help="Control plane URL (else GPUROAM_SERVER, else the state dir's).")
+]
+StateOption = Annotated[
+    Path | None, typer.Option("--state", help="State dir of `gpuroam serve` (default ~/.gpuroam or GPUROAM_STATE).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def die(message: str) -> NoReturn:
+    console.print(f"[red]error:[/] {message}")
+    raise typer.Exit(1)
+
+
+def state_dir(state: Path | None) -> Path:
+    from gpuroam.controller.client import DEFAULT_STATE_DIR
+
+    return state or DEFAULT_STATE_DIR
+
+
+def client_for(server: str | None, state: Path | None) -> Any:
+    from gpuroam.controller.client import ClientError, ControlPlaneClient
+
+    try:
+        return ControlPlaneClient.find(server, state)
+    except ClientError as error:
+        die(str(error))
+
+
+def call(function: Any, *args: Any, **kwargs: Any) -> Any:
+    from gpuroam.controller.client import ClientError
+
+    try:
+        return function(*args, **kwargs)
+    except ClientError as error:
+        die(str(error))

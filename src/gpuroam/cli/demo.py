@@ -1,0 +1,98 @@
+"""`gpuroam demo`: the five moves on this machine, by hand or scripted under load."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gpuroam.cli.app import app
+from gpuroam.cli.common import JsonOption, StateOption, call, console, die, out
+from gpuroam.cli.services import wait_ready
+
+
+@app.command()
+def demo(
+    state: StateOption = None,
+    port: Annotated[int, typer.Option(help="Control-plane API port.")] = 8700,
+    gateway_port: Annotated[int, typer.Option(help="The service's endpoint port.")] = 8080,
+    spec: Annotated[Path, typer.Option(help="The service to serve.")] = Path("examples/stable-diffusion.yaml"),
+    regions: Annotated[Path, typer.Option(help="Local sites and their GPU inventory.")] = Path(
+        "examples/local-regions.yaml"
+    ),
+    scripted: Annotated[
+        bool, typer.Option(help="Play the five moves under a steady load, print a summary, and stop.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Start everything locally, serve the example service, and show the five moves to try."""
+    from gpuroam.controller.client import DEFAULT_STATE_DIR, ControlPlaneClient
+    from gpuroam.controller.server import ControlPlane
+    from gpuroam.demo import tear_down
+    from gpuroam.logs import configure_logging
+    from gpuroam.spec import SpecError, load_spec, spec_to_dict
+
+    state_dir = state or DEFAULT_STATE_DIR
+    try:
+        parsed = load_spec(spec)
+    except SpecError as error:
+        die(str(error))
+    state_dir.mkdir(parents=True, exist_ok=True)
+    configure_logging("info", path=state_dir / "demo.log")
+    plane = ControlPlane(state_dir, regions, port=port, gateway_port=gateway_port)
+    try:
+        plane.start()
+    except RuntimeError as error:
+        die(str(error))
+    client = ControlPlaneClient(plane.url, plane.token)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
+    try:
+        call(client.post, "/services", spec_to_dict(parsed))
+        service = wait_ready(client, parsed.name, parsed.regions.min_regions, 600.0, quiet=json_out)
+        from gpuroam.console import service_table
+        from gpuroam.ui import dashboard_url
+
+        if scripted:
+            failed = _play_scripted(client, parsed.name, json_out)
+            raise typer.Exit(1 if failed else 0)
+        out.print(service_table(service))
+        out.print(
+            f"\n[bold]Endpoint[/]  {service['endpoint']}  (A1111 API and Web UI)\n"
+            f"[bold]Dashboard[/]  {dashboard_url(plane.url, plane.token)}\n"
+            f"[bold]Control plane[/]  {plane.url}  (logs: {state_dir / 'demo.log'})\n\n"
+            "[bold]Five moves to try[/] in another terminal"
+            + (f" (first: export GPUROAM_STATE={state_dir})" if state else "")
+            + ":\n"
+            f"  1. serve:   curl -s {service['endpoint']}/sdapi/v1/txt2img -H 'content-type: application/json' "
+            '-d \'{"prompt": "a cat", "steps": 20}\'\n'
+            f"  2. expand:  gpuroam expand {parsed.name} --region asia-southeast1\n"
+            "  3. see:     gpuroam status   (and: gpuroam events --follow)\n"
+            "  4. fail:    gpuroam fail gpu nvidia-l4   (or: gpuroam fail region us-central1)\n"
+            "  5. recover: gpuroam recover\n\nCtrl-C stops the demo and its replicas."
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping: draining replicas")
+    finally:
+        tear_down(plane, client, parsed.name)
+
+
+def _play_scripted(client: Any, name: str, json_out: bool) -> int:
+    """The five moves under load; returns how many requests failed (the goal is none)."""
+    from gpuroam.console import scripted_summary
+    from gpuroam.demo import play
+
+    summary = play(client, name, "asia-southeast1", "nvidia-l4", say=(lambda _: None) if json_out else out.print)
+    if json_out:
+        out.print_json(data=summary.as_dict())
+    else:
+        out.print(scripted_summary(summary))
+    return summary.failed
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

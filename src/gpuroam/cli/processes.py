@@ -1,0 +1,232 @@
+"""The long-running processes: a worker, a gateway, the control plane (`serve`)."""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+import typer
+
+from gpuroam.cli.app import app
+from gpuroam.cli.common import StateOption, console, die
+from gpuroam.cli.net import network_for_serve
+
+
+@app.command()
+def worker(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    model: Annotated[
+        str, typer.Option(help="tiny, sd15-random, or a path to a checkpoint (diffusers folder, .safetensors, .ckpt).")
+    ] = "tiny",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    region: Annotated[str | None, typer.Option(help="Region this worker serves, shown to clients.")] = None,
+    gpu: Annotated[str | None, typer.Option(help="GPU type, shown to clients (e.g. nvidia-l4).")] = None,
+    replica: Annotated[str | None, typer.Option(help="Replica id, shown to clients.")] = None,
+    max_batch: Annotated[int, typer.Option(min=1, max=256, help="Most images in one device batch.")] = 8,
+    batch_wait_ms: Annotated[
+        float, typer.Option(min=0, max=1000, help="How long an idle device waits to fill a batch.")
+    ] = 5.0,
+    max_queue: Annotated[int, typer.Option(min=1, help="Most images queued before new requests get 503.")] = 256,
+    api_auth: Annotated[
+        str | None, typer.Option(help="user:password[,user2:password2] for HTTP basic auth on the API.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve Stable Diffusion with the A1111 Web UI API and page."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import uvicorn
+
+    from gpuroam.logs import configure_logging
+    from gpuroam.worker import WorkerConfig, create_app
+
+    try:
+        auth = WorkerConfig.parse_api_auth(api_auth)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--api-auth") from error
+    configure_logging(log_level)
+    config = WorkerConfig(
+        model=model,
+        device=device,
+        region=region,
+        gpu=gpu,
+        replica=replica,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        max_queued_images=max_queue,
+        api_auth=auth,
+    )
+    console.print(
+        f"[bold]gpuroam worker[/] model [cyan]{model}[/] on [cyan]{device}[/]: "
+        f"http://{host}:{port}/ (API /sdapi/v1, ready when /internal/ping answers 200)"
+    )
+    uvicorn.run(
+        create_app(config), host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5
+    )
+
+
+@app.command()
+def gateway(
+    port: Annotated[int, typer.Option(help="Port of the endpoint (with --backend).")] = 8080,
+    backend: Annotated[
+        list[str] | None,
+        typer.Option(help="A replica: http://HOST:PORT, or REGION/GPU@http://HOST:PORT. Repeat for more."),
+    ] = None,
+    controller: Annotated[
+        str | None, typer.Option(help="Follow this control plane's ready replicas instead of --backend.")
+    ] = None,
+    token_file: Annotated[Path | None, typer.Option(help="Control-plane token (default: the state dir's).")] = None,
+    state: StateOption = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    region: Annotated[str | None, typer.Option(help="This gateway's region, for clients that send none.")] = None,
+    hold: Annotated[float, typer.Option(min=0, help="Seconds a request waits for a live replica.")] = 30.0,
+    retries: Annotated[int, typer.Option(min=0, max=10, help="Other replicas tried before the first byte.")] = 3,
+    upstream_timeout: Annotated[float, typer.Option(min=1, help="Seconds a replica may take to answer.")] = 600.0,
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body accepted.")] = 50.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """The global endpoint: proxy to healthy replicas, retry, hold while none is live."""
+    from gpuroam.catalog import load_catalog
+    from gpuroam.gateway import Gateway, Limits, ProxyConfig, ServiceBackends, parse_backend, run_gateway
+    from gpuroam.logs import configure_logging
+
+    configure_logging(log_level)
+    catalog = load_catalog()
+    if bool(backend) == bool(controller):
+        die("give either --backend URL (repeatable) or --controller URL, not both or neither")
+    static: list[ServiceBackends] = []
+    follow: tuple[str, str] | None = None
+    if backend:
+        try:
+            backends = tuple(parse_backend(text, catalog) for text in backend)
+        except ValueError as error:
+            raise typer.BadParameter(str(error), param_hint="--backend") from error
+        static = [ServiceBackends("default", port, backends)]
+        console.print(f"[bold]gpuroam gateway[/] on http://{host}:{port} in front of {len(backends)} replicas")
+    elif controller:
+        from gpuroam.controller.client import DEFAULT_STATE_DIR
+
+        token_path = token_file or (state or DEFAULT_STATE_DIR) / "token"
+        if not token_path.is_file():
+            die(f"no control-plane token at {token_path}; pass --token-file or --state")
+        follow = (controller, token_path.read_text().strip())
+        console.print(f"[bold]gpuroam gateway[/] following {controller}")
+    config = ProxyConfig(hold_s=hold, retries=retries, upstream_timeout_s=upstream_timeout, region=region)
+    limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024))
+    ready = None
+    if controller and state is not None:  # started by `serve`: say when this gateway can take over
+        from gpuroam.controller.gateway_process import mark_ready
+
+        ready = functools.partial(mark_ready, state, os.getpid())
+    try:
+        run_gateway(Gateway(host, config, limits, catalog=catalog), static, follow, ready)
+    except OSError as error:
+        die(f"the gateway could not listen on {host}:{port}: {error.strerror or error}; pick another --port")
+
+
+@app.command("restart-gateway")
+def restart_gateway(state: StateOption = None) -> None:
+    """Replace the running gateway (after an upgrade, say) without failing a request."""
+    from gpuroam.controller.client import DEFAULT_STATE_DIR
+    from gpuroam.controller.gateway_process import GatewayProcess
+    from gpuroam.controller.server import ServerInfo
+
+    state_dir = state or DEFAULT_STATE_DIR
+    info = ServerInfo.read(state_dir)
+    process = GatewayProcess(state_dir, info.url, urlsplit(info.url).hostname or "127.0.0.1") if info else None
+    if process is None or process.running_pid() is None:
+        die(f"no gateway of `gpuroam serve` runs for state dir {state_dir}; start one with `gpuroam serve`")
+    with console.status("starting a new gateway beside the old one, then draining the old one"):
+        try:
+            pid = process.restart()
+        except RuntimeError as error:
+            die(str(error))
+    console.print(f"gateway restarted: pid {pid}")
+
+
+@app.command()
+def serve(
+    state: StateOption = None,
+    port: Annotated[int, typer.Option(help="Control-plane API port.")] = 8700,
+    gateway_port: Annotated[
+        int, typer.Option(help="First service's endpoint port (the next service gets the next free one); 0: none.")
+    ] = 8080,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    regions: Annotated[Path, typer.Option(help="Local sites and their GPU inventory.")] = Path(
+        "examples/local-regions.yaml"
+    ),
+    store: Annotated[
+        str | None, typer.Option(help="State store URL (postgresql+psycopg://...); default SQLite in --state.")
+    ] = None,
+    catalog: Annotated[Path | None, typer.Option(help="A catalog file that overrides the bundled one.")] = None,
+    provider: Annotated[
+        str, typer.Option(help="local (sites on this machine), kubernetes (your clusters) or gke (Autopilot).")
+    ] = ("local"),
+    kubeconfig: Annotated[
+        Path | None, typer.Option(help="kubernetes: the kubeconfig file (default ~/.kube/config).")
+    ] = (None),
+    context: Annotated[
+        list[str] | None, typer.Option(help="kubernetes: REGION=CONTEXT, one per cluster (repeat the option).")
+    ] = None,
+    service_type: Annotated[
+        str, typer.Option(help="kubernetes: ClusterIP, or LoadBalancer so a gateway outside can reach replicas.")
+    ] = "ClusterIP",
+    project: Annotated[str | None, typer.Option(help="gke: the GCP project (default: the credentials').")] = None,
+    gke_region: Annotated[
+        list[str] | None, typer.Option(help="gke: a region to run an Autopilot cluster in (repeat the option).")
+    ] = None,
+    endpoint: Annotated[str, typer.Option(help="gke: ingress (MultiClusterIngress) or gateway (Gateway API).")] = (
+        "ingress"
+    ),
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    network: Annotated[
+        str, typer.Option(help="local: none, or netns (each region in a network namespace, WAN delay; root).")
+    ] = "none",
+) -> None:
+    """Run the control plane (store, reconcile loop, API) and the gateway that is every service's endpoint."""
+    from gpuroam.controller.client import DEFAULT_STATE_DIR
+    from gpuroam.controller.server import ControlPlane
+    from gpuroam.logs import configure_logging
+
+    configure_logging(log_level)
+    state_dir = state or DEFAULT_STATE_DIR
+    factory = None
+    if provider in ("kubernetes", "gke"):
+        from gpuroam.providers.factories import control_plane_factory, gke_control_plane_factory
+
+        try:
+            if provider == "gke":
+                factory = gke_control_plane_factory(project, gke_region or [], endpoint)
+            else:
+                kubeconfig = kubeconfig or Path.home() / ".kube" / "config"
+                factory = control_plane_factory(kubeconfig, context or [], service_type)
+        except ValueError as error:
+            die(str(error))
+        if provider == "gke" or service_type == "ClusterIP":
+            gateway_port = 0  # replicas are not reachable from here: the endpoint is GKE's global one, or none
+    elif provider != "local":
+        die(f"unknown --provider {provider!r}: use local, kubernetes or gke")
+    elif not regions.is_file():
+        die(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
+    region_network = network_for_serve(network, provider, regions, state_dir)
+    console.print(f"[bold]gpuroam control plane[/] on http://{host}:{port} (state in {state_dir})")
+    console.print(f"[bold]dashboard[/] http://{host}:{port}/#token=$(cat {state_dir / 'token'})")
+    if gateway_port:
+        console.print(
+            f"[bold]gateway[/] endpoints from http://{host}:{gateway_port} (log: {state_dir / 'gateway.log'})"
+        )
+    ControlPlane(
+        state_dir,
+        regions,
+        port=port,
+        host=host,
+        store_url=store,
+        catalog_file=catalog,
+        gateway_port=gateway_port or None,
+        provider=factory,
+        network=region_network,
+    ).run_forever()

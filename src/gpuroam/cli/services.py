@@ -1,0 +1,183 @@
+"""Commands that ask the control plane: up, status, expand, fail, recover, down, events."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gpuroam.cli.app import app, fail_app
+from gpuroam.cli.common import JsonOption, ServerOption, StateOption, call, client_for, console, die, out
+
+
+@app.command()
+def up(
+    spec: Annotated[Path, typer.Argument(help="Service spec YAML (see examples/stable-diffusion.yaml).")],
+    wait: Annotated[bool, typer.Option(help="Wait until min_regions regions serve.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 600.0,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Serve a service globally (create or update it)."""
+    from gpuroam.spec import SpecError, load_spec, spec_to_dict
+
+    try:
+        parsed = load_spec(spec)
+    except SpecError as error:
+        die(str(error))
+    client = client_for(server, state)
+    result = call(client.post, "/services", spec_to_dict(parsed))
+    if wait:
+        result = wait_ready(client, parsed.name, parsed.regions.min_regions, timeout, quiet=json_out)
+    if json_out:
+        out.print_json(data=result)
+    else:
+        from gpuroam.console import service_table
+
+        out.print(service_table(result))
+
+
+def wait_ready(client: Any, name: str, regions: int, timeout: float, quiet: bool) -> Any:
+    """Poll until the service has ready replicas in `regions` regions, showing progress."""
+    deadline = time.monotonic() + timeout
+    with console.status("", spinner="dots") as status:
+        while True:
+            service = call(client.get, f"/services/{name}")
+            ready = [r for r in service["replicas"] if r["state"] == "ready"]
+            ready_regions = {r["region"] for r in ready}
+            starting = sum(r["state"] == "provisioning" for r in service["replicas"])
+            if not quiet:
+                status.update(
+                    f"{name}: {len(ready)} ready in {len(ready_regions)}/{regions} region(s), {starting} starting"
+                )
+            if len(ready_regions) >= regions:
+                return service
+            if time.monotonic() > deadline:
+                die(f"{name} not ready in {regions} region(s) after {timeout:.0f} s; see `gpuroam events`")
+            time.sleep(0.5)
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="Only this service.")] = None,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Which regions, replicas and GPUs serve each service, and its endpoint."""
+    from gpuroam.console import print_status
+
+    client = client_for(server, state)
+    result = call(client.get, "/status")
+    if name is not None:
+        result = {"services": [s for s in result["services"] if s["name"] == name]}
+        if not result["services"]:
+            die(f"no service {name!r}")
+    if json_out:
+        out.print_json(data=result)
+    else:
+        print_status(out, result)
+
+
+@app.command()
+def expand(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    region: Annotated[str, typer.Option(help="Region to add.")],
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Add a region to a service's footprint; the endpoint stays the same."""
+    client = client_for(server, state)
+    result = call(client.post, f"/services/{name}/expand", {"region": region})
+    if json_out:
+        out.print_json(data=result)
+    else:
+        out.print(f"{name} expands into {region}; endpoint unchanged: {result['endpoint']}")
+
+
+@fail_app.command("region")
+def fail_region(
+    region: Annotated[str, typer.Argument(help="Region to lose.")],
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Lose a region: its replicas die and its capacity is gone."""
+    _chaos(server, state, "fail", {"region": region}, json_out)
+
+
+@fail_app.command("gpu")
+def fail_gpu(
+    gpu: Annotated[str, typer.Argument(help="GPU type to lose, e.g. nvidia-l4.")],
+    region: Annotated[str | None, typer.Option(help="Only in this region.")] = None,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Lose a GPU type (everywhere, or in one region): its replicas die."""
+    _chaos(server, state, "fail", {"gpu": gpu, "region": region}, json_out)
+
+
+@app.command()
+def recover(
+    region: Annotated[str | None, typer.Option(help="Only this region.")] = None,
+    gpu: Annotated[str | None, typer.Option(help="Only this GPU type.")] = None,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Give capacity back; the service moves back to its preferred placement."""
+    _chaos(server, state, "recover", {"region": region, "gpu": gpu}, json_out)
+
+
+def _chaos(server: str | None, state: Path | None, action: str, body: dict[str, Any], json_out: bool) -> None:
+    client = client_for(server, state)
+    result = call(client.post, f"/chaos/{action}", body)
+    if json_out:
+        out.print_json(data=result)
+    else:
+        out.print(result["message"])
+
+
+@app.command()
+def down(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Remove a service: every replica is drained."""
+    client = client_for(server, state)
+    result = call(client.delete, f"/services/{name}")
+    if json_out:
+        out.print_json(data=result)
+    else:
+        out.print(f"{name} is being removed; its replicas drain")
+
+
+@app.command()
+def events(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
+    service: Annotated[str | None, typer.Option(help="Only this service (and global events).")] = None,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """The timeline: placed, stockout, blocked, ready, failover, drained, recovered."""
+    from gpuroam.console import event_line
+
+    client = client_for(server, state)
+    after = 0
+    while True:
+        batch = call(client.get, "/events", after=after, service=service)
+        for event in batch:
+            out.print(json.dumps(event) if json_out else event_line(event), soft_wrap=True, highlight=False)
+            after = event["id"]
+        if not follow:
+            return
+        time.sleep(1.0)
