@@ -41,12 +41,14 @@ EXPLANATIONS = {
     ),
 }
 FUZZ_SUITES = {
-    "worker API (schemathesis)": "tests/worker/test_api_fuzz.py",
-    "control-plane API (schemathesis)": "tests/controller/test_api_fuzz.py",
-    "control-plane API security": "tests/controller/test_api_security.py",
+    "worker API (schemathesis, raw bodies)": "tests/worker/test_api_fuzz.py",
+    "worker --api-auth": "tests/worker/test_api_auth.py",
+    "control-plane API (schemathesis)": "tests/controller/test_control_api_fuzz.py",
+    "control-plane API token": "tests/controller/test_api_security.py",
     "spec parser (hypothesis)": "tests/test_spec_fuzz.py",
     "malformed HTTP at the gateway": "tests/gateway/test_malformed_http.py",
     "gateway is not an open proxy": "tests/gateway/test_not_an_open_proxy.py",
+    "dashboard and Web UI escape what they show": "tests/ui/test_escaping.py",
 }
 
 
@@ -133,7 +135,7 @@ def run_fuzzers(examples: int) -> list[dict[str, Any]]:
     root, results = HERE.parent, []
     for suite, path in FUZZ_SUITES.items():
         if not (root / path).exists():
-            continue
+            raise FileNotFoundError(f"fuzz suite {suite!r}: no {path}")
         with tempfile.NamedTemporaryFile(suffix=".xml") as junit:
             began = time.monotonic()
             env = {**os.environ, "GPUROAM_FUZZ_EXAMPLES": str(examples)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -30,8 +31,9 @@ class SpecError(ValueError):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.source = source
-        self.problems = tuple(problems)
-        super().__init__("\n".join(f"spec {source}: {problem}" for problem in problems))
+        # One line each, whatever a message holds (PyYAML's reader errors span two lines).
+        self.problems = tuple(" ".join(line.strip() for line in problem.splitlines()) for problem in problems)
+        super().__init__("\n".join(f"spec {source}: {problem}" for problem in self.problems))
 
 
 class _FieldError(ValueError):
@@ -224,8 +226,25 @@ def _path(loc: tuple[str | int, ...]) -> str:
     return out
 
 
+def _short_repr() -> reprlib.Repr:
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother = 3, 40, 40
+    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = shown.maxfrozenset = 4
+    return shown
+
+
+_SHORT = _short_repr()
+
+
 def _show(value: object) -> str:
-    text = repr(value)
+    """A short repr of what the user wrote. Bounded in depth and breadth: a YAML alias bomb or a list
+    nested thousands deep is shown as `[[[...]]]`, not expanded (which would hang or recurse)."""
+    if isinstance(value, int) and value.bit_length() > 192:  # repr() refuses ints past 4300 digits
+        text = f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    elif isinstance(value, str | int | float | bool | None):
+        text = repr(value)
+    else:
+        text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -305,6 +324,15 @@ def load_spec(path: str | Path) -> ServiceSpec:
         problem = getattr(exc, "problem", None) or str(exc)
         fix = "fix it there (indent with spaces, one 'key: value' per line)"
         raise SpecError(source, [f"invalid YAML{where}: {problem}; {fix}"]) from None
+    except RecursionError:  # PyYAML composes and constructs nested collections recursively
+        raise SpecError(
+            source, ["invalid YAML: lists or mappings nested too deeply; a spec is a few levels deep"]
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors fail in many ways on odd values
+        # int() of a number past Python's 4300 digits, a date such as 2020-13-45 (ValueError), and explicit
+        # tags on values they cannot take: `!!timestamp x` (AttributeError), `!!int ""` (IndexError).
+        problem = f"a value it cannot read ({type(exc).__name__}: {exc})"
+        raise SpecError(source, [f"invalid YAML: {problem}; check numbers, dates and !!tags"]) from None
     if data is None:
         raise SpecError(source, ["the file is empty; start from examples/stable-diffusion.yaml"])
     return parse_spec(data, source)

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from gpuroam import __version__
+from gpuroam.api_errors import install_validation_handler
 from gpuroam.catalog import Catalog
 from gpuroam.controller.store import Store
 from gpuroam.providers.base import Provider
@@ -38,6 +39,7 @@ EVENT_KEEPALIVE_S = 2.0
 EVENT_STREAM_MAX_S = 5.0
 EVENT_BATCH = 500
 TRAFFIC_TIMEOUT_S = 1.0  # for the gateway's /gpuroam/health
+MAX_EVENT_ID = 2**63 - 1  # the events.id column is a 64-bit integer: larger ids overflowed the driver (a 500)
 
 
 class ExpandRequest(BaseModel):
@@ -91,6 +93,7 @@ def create_api(
 ) -> FastAPI:
     """With a gateway, a service's endpoint is its gateway port; else the provider's, or a ready replica's URL."""
     app = FastAPI(title="gpuroam control plane", version=__version__)
+    install_validation_handler(app)
 
     def authorised(request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -136,7 +139,7 @@ def create_api(
 
     @app.get("/api/v1/services/{name}", dependencies=guarded)
     def service(name: str) -> dict[str, Any]:
-        record = store.get_service(name)
+        record = store.get_service(name) if _storable(name) else None
         if record is None:
             raise HTTPException(404, f"no service {name!r}; `gpuroam status` lists them")
         return service_json(record, time.time())
@@ -164,14 +167,14 @@ def create_api(
 
     @app.delete("/api/v1/services/{name}", dependencies=guarded)
     def down(name: str) -> dict[str, Any]:
-        if store.get_service(name) is None:
+        if not _storable(name) or store.get_service(name) is None:
             raise HTTPException(404, f"no service {name!r}")
         store.mark_deleted(name, time.time())
         return {"name": name, "deleted": True}
 
     @app.post("/api/v1/services/{name}/expand", dependencies=guarded)
     def expand(name: str, body: ExpandRequest) -> dict[str, Any]:
-        record = store.get_service(name)
+        record = store.get_service(name) if _storable(name) else None
         if record is None:
             raise HTTPException(404, f"no service {name!r}")
         spec = parse_spec(record.spec)
@@ -223,6 +226,7 @@ def create_api(
 
     @app.get("/api/v1/replicas", dependencies=guarded)
     def replicas(service: str | None = None) -> list[dict[str, Any]]:
+        _check_filter(service)
         now = time.time()
         return [
             replica_json(r, now) for r in store.list_replicas(service=service) if r.state is not ReplicaState.TERMINATED
@@ -254,7 +258,10 @@ def create_api(
         return out
 
     @app.get("/api/v1/events", dependencies=guarded)
-    def events(after: int = 0, service: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+    def events(
+        after: int = Query(0, ge=0, le=MAX_EVENT_ID), service: str | None = None, limit: int = Query(500, ge=0)
+    ) -> list[dict[str, Any]]:
+        _check_filter(service)
         return [event_json(e) for e in store.list_events(after_id=after, service=service, limit=min(limit, 5000))]
 
     @app.post("/api/v1/chaos/fail", dependencies=guarded)
@@ -271,10 +278,12 @@ def create_api(
         return _gateway_traffic(store, gateway)
 
     @app.get("/api/v1/events/stream", dependencies=guarded)
-    def events_stream(request: Request, after: int = 0, service: str | None = None) -> StreamingResponse:
+    def events_stream(
+        request: Request, after: int = Query(0, ge=0, le=MAX_EVENT_ID), service: str | None = None
+    ) -> StreamingResponse:
         """Server-sent events: every event after `after` (or the Last-Event-ID a reconnect sends), then new ones."""
-        resume = request.headers.get("last-event-id", "").strip()
-        start = int(resume) if resume.isdigit() else after
+        _check_filter(service)
+        start = _event_id(request.headers.get("last-event-id", ""), after)
         return StreamingResponse(
             _event_stream(store, request, start, service),
             media_type="text/event-stream",
@@ -283,6 +292,25 @@ def create_api(
 
     mount_dashboard(app)
     return app
+
+
+def _storable(text: str) -> bool:
+    """Whether a name can be looked up at all: PostgreSQL text holds no NUL (the driver raises, a 500)."""
+    return "\x00" not in text
+
+
+def _check_filter(service: str | None) -> None:
+    if service is not None and not _storable(service):
+        raise HTTPException(422, "service must be a service name; it has a NUL character")
+
+
+def _event_id(resume: str, default: int) -> int:
+    """A reconnect's Last-Event-ID, if it is one we could have sent; else `default`. An id past the column's
+    range broke the stream after its head went out, and str.isdigit() also accepts '²', which int() refuses."""
+    resume = resume.strip()
+    if resume.isascii() and resume.isdigit() and len(resume) <= 19 and int(resume) <= MAX_EVENT_ID:
+        return int(resume)
+    return default
 
 
 async def _event_stream(store: Store, request: Request, after: int, service: str | None) -> AsyncIterator[str]:

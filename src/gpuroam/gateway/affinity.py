@@ -73,7 +73,7 @@ def job_id(request: Request) -> str | None:
     if request.path in GENERATION_PATHS and b'"force_task_id"' in request.body:
         try:
             forced = json.loads(request.body).get("force_task_id")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, or nested too deep
             return None
         return forced if isinstance(forced, str) and forced else None
     return None

@@ -8,6 +8,7 @@ pipelining is answered in order). Malformed or oversized requests are answered h
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +17,8 @@ import httptools
 from gpuroam.gateway.wire import Limits, Request, json_response
 
 Handler = Callable[["ClientConnection", Request], Awaitable[None]]
+
+log = logging.getLogger("gpuroam.gateway")
 
 
 class _Reject(Exception):
@@ -52,6 +55,9 @@ class ClientConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_bytes = 0
+        self._in_trailers = False  # header lines after a chunked body are trailers, not headers
+        self._written = 0  # bytes written to the client, so a failed handler knows whether it answered
+        self._eof = False  # the client half-closed: close once what it asked is answered
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,15 +73,29 @@ class ClientConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(501, "protocol upgrades (WebSocket) are not proxied")
+            # The request asking to upgrade is queued and answered as plain HTTP/1.1 (a server may ignore
+            # Upgrade, RFC 9110 7.8), then the connection closes: what follows it is not HTTP/1.1. A 501 here
+            # used to go out as a second answer to that one request.
+            if self.transport is not None:
+                self.transport.pause_reading()
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Reject):
                 self._refuse(cause.status, cause.detail)
-            else:
-                raise
+            else:  # a bug here must still answer the client, not drop it
+                log.error("reading a request failed", exc_info=cause)
+                self._refuse(500, "the gateway failed reading this request")
         except httptools.HttpParserError as exc:
             self._refuse(400, f"malformed HTTP request: {exc}")
+
+    def eof_received(self) -> bool:
+        """The client sent all it will (a half-close, as `nc -N` does): answer what it asked, then close.
+        Returning False here closed at once, and a request still waiting on its replica lost its answer."""
+        if self._task is None and not self._queue:
+            return False  # nothing asked: close now
+        self._eof = True
+        self.reading_since = None  # the rest of a half-sent request will never come
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -98,6 +118,7 @@ class ClientConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body = []
         self._body_bytes = 0
+        self._in_trailers = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -105,12 +126,17 @@ class ClientConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_header_bytes(len(name) + len(value) + 4)
-        self._headers.append((name.lower(), value))
+        if not self._in_trailers:  # a trailer merged into the headers would reach the backend as one
+            self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        for name, value in self._headers:
+        self._in_trailers = True
+        if self.parser.get_method() == b"CONNECT":  # even with a /path target: nothing is tunnelled
+            raise _Reject(400, "CONNECT is not served: this gateway is a reverse proxy, not a forward proxy")
+        for name, value in self._headers:  # limits first: no 100 Continue for a body that will be refused
             if name == b"content-length" and value.isdigit() and int(value) > self.limits.max_body_bytes:
                 raise _Reject(413, f"request body over {self.limits.max_body_bytes} bytes")
+        for name, value in self._headers:
             if name == b"expect" and value.lower() == b"100-continue" and self._task is None and self.transport:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # the body is read here, not by a backend
 
@@ -122,14 +148,18 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.reading_since = None
+        http11 = self.parser.get_http_version() == "1.1"
+        # Close after an upgrade request (see data_received), and after an HTTP/1.0 request that came
+        # chunked: its framing cannot be trusted (RFC 9112 6.1).
+        faulty_framing = not http11 and any(name == b"transfer-encoding" for name, _ in self._headers)
         request = Request(
             method=self.parser.get_method(),
             target=self._url,
             headers=self._headers,
             body=b"".join(self._body) if len(self._body) != 1 else self._body[0],
-            keep_alive=self.parser.should_keep_alive(),
+            keep_alive=self.parser.should_keep_alive() and not self.parser.should_upgrade() and not faulty_framing,
             client_ip=self.client_ip,
-            http11=self.parser.get_http_version() == "1.1",
+            http11=http11,
         )
         self._queue.append(request)
         if len(self._queue) >= self.limits.max_pipelined and self.transport is not None:
@@ -141,6 +171,7 @@ class ClientConnection(asyncio.Protocol):
     # answering
     def write(self, data: bytes) -> None:
         if not self.closed and self.transport is not None:
+            self._written += len(data)
             self.transport.write(data)
 
     def abort(self) -> None:
@@ -190,6 +221,8 @@ class ClientConnection(asyncio.Protocol):
     def _next(self) -> None:
         if not self._queue or self.closed:
             self._task = None
+            if self._eof:
+                self.close()
             return
         item = self._queue.popleft()
         if isinstance(item, bytes):
@@ -203,8 +236,16 @@ class ClientConnection(asyncio.Protocol):
         if self.draining:
             request.keep_alive = False
         self._current = request
+        written = self._written
         try:
             await self.handle(self, request)
+        except Exception:  # a bug in a handler: the client gets an answer, not a hang or a silent close
+            log.exception("answering a request failed", extra={"path": request.path.decode("latin-1")})
+            request.keep_alive = False
+            if self._written == written:
+                self.write(json_response(500, {"error": "the gateway failed answering this request"}, False))
+            else:
+                self.abort()  # part of an answer went out: cut it, so the client cannot take it as whole
         finally:
             self._current = None
             self.on_backpressure = None

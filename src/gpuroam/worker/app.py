@@ -20,6 +20,7 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from fastapi.staticfiles import StaticFiles
 
 from gpuroam import __version__
+from gpuroam.api_errors import install_validation_handler
 from gpuroam.worker.batcher import Batcher, BatchFailed, QueueFull
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.engine import Engine
@@ -287,6 +288,8 @@ def _api_auth_dependency(config: WorkerConfig) -> list[Any]:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    install_validation_handler(app)
+
     @app.exception_handler(RequestError)
     async def request_error(_: Request, error: RequestError) -> JSONResponse:
         return JSONResponse(

@@ -91,7 +91,7 @@ class Engine:
         else:
             kwargs |= {
                 "image": [resize_for_generation(task.init_image, key.width, key.height, 0) for task in tasks],  # type: ignore[arg-type]
-                "strength": key.denoising_strength,
+                "strength": img2img_strength(key.steps, key.denoising_strength),
             }
         try:
             with torch.inference_mode():
@@ -133,6 +133,13 @@ class Engine:
             return {"latents": latents}
 
         return callback
+
+
+def img2img_strength(steps: int, strength: float) -> float:
+    """The strength to give diffusers, which runs int(steps x strength) steps and fails when that is none
+    ("stack expects a non-empty TensorList", a 500 for img2img with steps 1 or a small denoising_strength).
+    A1111 runs at least the last step of the schedule then; so does this."""
+    return strength if int(steps * strength) >= 1 else min(1.0, 1.5 / steps)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

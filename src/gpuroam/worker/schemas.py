@@ -11,11 +11,37 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_IMAGES_PER_REQUEST = 64
+MAX_NESTING = 32  # lists and objects inside a field (alwayson_scripts args and the like)
 
 
 def _multiple_of_8(value: int) -> int:
     if value % 8:
         raise ValueError(f"must be a multiple of 8 (got {value}); try {value - value % 8} or {value - value % 8 + 8}")
+    return value
+
+
+def _echoable(value: Any) -> Any:
+    """Refuse what the response (which echoes the request) or the tokenizer cannot take.
+
+    json.loads accepts lone UTF-16 surrogates ("\\ud800"), which UTF-8 cannot encode: in a prompt they
+    failed the whole batch in the tokenizer (other clients' images too), elsewhere the response. Deep
+    nesting made serialising the echo recurse past Python's limit. Both were 500s; now a 422 names the field.
+    """
+    pending = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as error:
+                raise ValueError(
+                    f"contains a lone UTF-16 surrogate at position {error.start}; send valid Unicode text"
+                ) from None
+        elif isinstance(item, dict | list):
+            if depth >= MAX_NESTING:
+                raise ValueError(f"is nested more than {MAX_NESTING} levels deep")
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
     return value
 
 
@@ -52,6 +78,7 @@ class GenerationRequest(BaseModel):
     force_task_id: str | None = Field(None, max_length=128)
 
     _check_size = field_validator("width", "height")(_multiple_of_8)
+    _check_echoable = field_validator("*", mode="before")(_echoable)
 
     @field_validator("n_iter")
     @classmethod

@@ -71,7 +71,7 @@ class GenerationService:
 
     def _check_model_name(self, value: Any, field_name: str) -> None:
         names = {self.model.title, self.model.name, self.model.filename, self.model.short_hash}
-        if value not in names:
+        if not isinstance(value, str) or value not in names:  # a list or an object is unhashable: a 422, not a 500
             raise RequestError(
                 field_name,
                 f"model {value!r} is not loaded on this worker; it serves {self.model.title!r} "

@@ -3,6 +3,9 @@
 import { age, gpuShort, h, millis, rate, replaceIfChanged } from "./dom.js";
 
 const STATE_ORDER = { ready: 0, provisioning: 1, draining: 2, failed: 3 };
+// Only a web address becomes a link: an endpoint is what a provider reported, and a `javascript:` one
+// must never be clickable (the page's CSP would block it too; this does not rely on that).
+const WEB_URL = /^https?:\/\//i;
 
 export function renderSummary(list, views, services, traffic) {
   const live = services.filter((s) => !s.deleted);
@@ -77,7 +80,9 @@ function serviceCard(service) {
           "p",
           { class: "endpoint" },
           h("span", { class: "label" }, "endpoint"),
-          h("a", { href: service.endpoint, target: "_blank", rel: "noopener" }, service.endpoint),
+          WEB_URL.test(service.endpoint)
+            ? h("a", { href: service.endpoint, target: "_blank", rel: "noopener" }, service.endpoint)
+            : h("code", {}, service.endpoint),
         )
       : null,
     replicas.length
