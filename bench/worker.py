@@ -75,17 +75,20 @@ def start_worker(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.P
         "4096",
         "--log-level",
         "warning",
+        *args.worker_arg,
     ]
     log = tempfile.NamedTemporaryFile(prefix="gpuroam-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115 - open while the worker runs
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + args.start_timeout
+    began = time.monotonic()
+    deadline = began + args.start_timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             tail = Path(log.name).read_text(errors="replace")[-3000:]
             raise SystemExit(f"worker exited with {process.returncode}: {' '.join(command)}\n{tail}")
         try:
             if httpx.get(f"{url}/internal/ping", timeout=2).status_code == 200:
+                print(f"  worker ready in {time.monotonic() - began:.1f} s (load, compile, warm-up)", file=sys.stderr)
                 return process, url
         except httpx.HTTPError:
             pass
@@ -186,6 +189,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--start-timeout", type=float, default=600.0)
     parser.add_argument("--json", dest="json_out", help="also write the raw figures here")
+    parser.add_argument("--modes", default="off,on", help="batching off (max batch 1), on (--max-batch), or both")
+    parser.add_argument("--worker-arg", action="append", default=[], help="passed to `gpuroam worker` (repeat)")
     args = parser.parse_args()
     args.shapes = [tuple(int(v) for v in pair.split(":")) for pair in args.shapes.split(",")]
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -194,7 +199,9 @@ def main() -> None:
         f"model {args.model} on {args.device}, {time.strftime('%Y-%m-%d')}",
         file=sys.stderr,
     )
-    runs = measure(args, "off (batch 1)", 1) + measure(args, f"on (max {args.max_batch})", args.max_batch)
+    modes = args.modes.split(",")
+    runs = measure(args, "off (batch 1)", 1) if "off" in modes else []
+    runs += measure(args, f"on (max {args.max_batch})", args.max_batch) if "on" in modes else []
     print(table(runs))
     if args.json_out:
         with open(args.json_out, "w") as handle:

@@ -34,6 +34,19 @@ def worker(
     api_auth: Annotated[
         str | None, typer.Option(help="user:password[,user2:password2] for HTTP basic auth on the API.")
     ] = None,
+    compile: Annotated[
+        str,
+        typer.Option(
+            help="The fast path: auto (on for CUDA), none (eager), or a torch.compile mode "
+            "(reduce-overhead, default, max-autotune, max-autotune-no-cudagraphs)."
+        ),
+    ] = "auto",
+    buckets: Annotated[
+        str | None, typer.Option(help="Batch sizes compiled and warmed at start, e.g. 1,2,4,8,16,32.")
+    ] = None,
+    compile_cache: Annotated[
+        Path | None, typer.Option(help="Compiled kernels kept here across restarts (~/.cache/gpuroam/inductor).")
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve Stable Diffusion with the A1111 Web UI API and page."""
@@ -48,6 +61,14 @@ def worker(
         auth = WorkerConfig.parse_api_auth(api_auth)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--api-auth") from error
+    from gpuroam.worker.accelerate import COMPILE_MODES
+
+    if compile != "auto" and compile not in COMPILE_MODES:
+        raise typer.BadParameter(f"use auto or one of {', '.join(COMPILE_MODES)}", param_hint="--compile")
+    try:
+        sizes = tuple(int(size) for size in buckets.split(",")) if buckets else ()
+    except ValueError:
+        raise typer.BadParameter("give batch sizes separated by commas, e.g. 1,2,4,8", param_hint="--buckets") from None
     configure_logging(log_level)
     config = WorkerConfig(
         model=model,
@@ -59,6 +80,9 @@ def worker(
         batch_wait_ms=batch_wait_ms,
         max_queued_images=max_queue,
         api_auth=auth,
+        compile=compile,
+        buckets=sizes,
+        compile_cache=str(compile_cache) if compile_cache else None,
     )
     console.print(
         f"[bold]gpuroam worker[/] model [cyan]{model}[/] on [cyan]{device}[/]: "

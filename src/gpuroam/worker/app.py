@@ -21,7 +21,8 @@ from fastapi.staticfiles import StaticFiles
 
 from gpuroam import __version__
 from gpuroam.api_errors import install_validation_handler
-from gpuroam.worker.batcher import Batcher, BatchFailed, QueueFull
+from gpuroam.worker.accelerate import acceleration_for
+from gpuroam.worker.batcher import Batcher, BatchFailed, QueueFull, device_thread
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.engine import Engine
 from gpuroam.worker.jobs import Job
@@ -64,12 +65,14 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
     state = WorkerState(config)
 
     async def start(loaded: LoadedModel | None) -> Batcher | None:
+        gpu_thread = device_thread()
         try:
             if loaded is None:
                 device = resolve_device(config.device)
                 loaded = await asyncio.to_thread(load_model, config.model, device)
-            engine = await asyncio.to_thread(Engine, loaded)
-            warm_up_s = await asyncio.to_thread(engine.warm_up)
+            loop = asyncio.get_running_loop()
+            engine = await loop.run_in_executor(gpu_thread, Engine, loaded, acceleration_for(config, loaded.device))
+            warm_up_s = await loop.run_in_executor(gpu_thread, engine.warm_up)
         except Exception as error:  # noqa: BLE001 - reported by /internal/ping and every route
             state.load_error = f"{type(error).__name__}: {error}"
             log.error("model load failed", extra={"model": config.model, "error": state.load_error})
@@ -80,6 +83,7 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
             max_batch=config.max_batch,
             max_wait_s=config.batch_wait_ms / 1000,
             max_queued_images=config.max_queued_images,
+            device=gpu_thread,
         )
         batcher.start()
         state.service = GenerationService(config, loaded, batcher)
@@ -91,6 +95,7 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
                 "device": str(loaded.device),
                 "dtype": str(loaded.dtype),
                 "warm_up_s": round(warm_up_s, 3),
+                "compile": engine.acceleration.compile_mode,
             },
         )
         return batcher

@@ -25,6 +25,10 @@ log = logging.getLogger("gpuroam.worker.batcher")
 RunBatch = Callable[[list[ImageTask], Callable[[int, int], None]], BatchResult]
 
 
+def device_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuroam-device")
+
+
 class QueueFull(Exception):
     """More images are queued than the worker accepts; the client should retry later."""
 
@@ -45,7 +49,10 @@ class Batcher:
         max_batch: int,
         max_wait_s: float,
         max_queued_images: int,
+        device: ThreadPoolExecutor | None = None,
     ) -> None:
+        """`device` is the one thread that touches the GPU (the engine was built and warmed there:
+        CUDA graphs belong to the thread that recorded them); by default a new one."""
         self._run_batch = run_batch
         self._metrics = metrics
         self.max_batch = max_batch
@@ -53,7 +60,7 @@ class Batcher:
         self._max_queued = max_queued_images
         self._queue: list[ImageTask] = []
         self._arrived = asyncio.Event()
-        self._device = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpuroam-device")
+        self._device = device or device_thread()
         self._loop_task: asyncio.Task[None] | None = None
         self.running: list[Job] = []
         self._batch_seconds = 1.0  # moving average, for Retry-After

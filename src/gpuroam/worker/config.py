@@ -17,6 +17,9 @@ class WorkerConfig:
     max_queued_images: int = 256
     max_body_bytes: int = 64 * 1024 * 1024
     api_auth: tuple[tuple[str, str], ...] = ()
+    compile: str = "auto"  # the fast path (worker/accelerate.py): auto, none, or a torch.compile mode
+    buckets: tuple[int, ...] = ()  # batch sizes compiled and warmed at start; () keeps the default
+    compile_cache: str | None = None  # where compiled kernels are kept across restarts
 
     @staticmethod
     def parse_api_auth(value: str | None) -> tuple[tuple[str, str], ...]:

@@ -8,6 +8,7 @@ others go on, and every row is decoded at the end (A1111 returns the partial ima
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,11 +18,14 @@ import torch
 from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
 from PIL import Image
 
+from gpuroam.worker.accelerate import Acceleration, accelerate, default_acceleration, to_uint8_images
 from gpuroam.worker.images import resize_for_generation
 from gpuroam.worker.invariance import make_batch_invariant, use_batch_invariant_cpu_kernels
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.samplers import make_scheduler, resolve
+
+log = logging.getLogger("gpuroam.worker.engine")
 
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 
@@ -45,13 +49,15 @@ def slerp(weight: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
 class Engine:
     """Owns the pipelines; called from the single device thread only."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, acceleration: Acceleration | None = None) -> None:
         self.model = model
-        if model.device.type == "cpu":
+        self.acceleration = acceleration or default_acceleration(model.device)
+        if model.device.type == "cpu" and not self.acceleration.compiles:
             use_batch_invariant_cpu_kernels()
             for component in model.pipeline.components.values():
                 if isinstance(component, torch.nn.Module):
                     make_batch_invariant(component)
+        accelerate(model.pipeline, self.acceleration)
         self._txt2img = AutoPipelineForText2Image.from_pipe(model.pipeline)
         self._img2img = AutoPipelineForImage2Image.from_pipe(model.pipeline)
         self._base_scheduler_config = dict(model.pipeline.scheduler.config)
@@ -59,15 +65,30 @@ class Engine:
             pipeline.set_progress_bar_config(disable=True)
 
     def warm_up(self) -> float:
-        """One small generation before the worker says it is ready, so the first client waits less."""
-        key = BatchKey("txt2img", 64, 64, 2, "Euler", "automatic", 7.0)
-        task = ImageTask(Job(id="warm-up", key=key, image_count=1), 0, "", "", 0, 0, 0.0, None)
-        return self.run([task]).seconds
+        """Generate before the worker says it is ready, so no client waits for a compile: with the
+        fast path every bucket at every warm size (kernels compiled or read from the cache, CUDA
+        graphs recorded), else one small image. Returns the seconds it took."""
+        started = time.perf_counter()
+        warm = self.acceleration.warm_sizes
+        sizes = [(w, h, b) for w, h in warm for b in self.acceleration.buckets] if warm else [(64, 64, 1)]
+        for width, height, batch in sizes:
+            key = BatchKey("txt2img", width, height, 2, "Euler", "automatic", 7.0)
+            job = Job(id="warm-up", key=key, image_count=batch)
+            tasks = [ImageTask(job, i, "", "", i, 0, 0.0, None) for i in range(batch)]
+            seconds = self.run(tasks).seconds
+            log.info(
+                "warmed up", extra={"width": width, "height": height, "batch": batch, "seconds": round(seconds, 2)}
+            )
+        return time.perf_counter() - started
 
     def run(self, tasks: list[ImageTask], on_step: Callable[[int, int], None] | None = None) -> BatchResult:
+        """Generate one image per task; a batch is padded to its bucket (copies of the last task) and
+        the copies' images are dropped."""
         key = tasks[0].key
         assert all(task.key == key for task in tasks), "a batch shares one key"
         started = time.perf_counter()
+        wanted = len(tasks)
+        tasks = tasks + [tasks[-1]] * (self.acceleration.bucket(wanted) - wanted)
         pipeline = self._txt2img if key.mode == "txt2img" else self._img2img
         sampler, schedule = resolve(key.sampler, key.schedule)
         pipeline.scheduler = make_scheduler(sampler, schedule, self._base_scheduler_config)
@@ -78,7 +99,7 @@ class Engine:
             "num_inference_steps": key.steps,
             "guidance_scale": key.cfg_scale,
             "generator": generators,
-            "output_type": "pil",
+            "output_type": "pt",
             "callback_on_step_end": self._step_callback(tasks, on_step),
             "callback_on_step_end_tensor_inputs": ["latents"],
         }
@@ -95,10 +116,11 @@ class Engine:
             }
         try:
             with torch.inference_mode():
-                images = pipeline(**kwargs).images
+                pixels = to_uint8_images(pipeline(**kwargs).images[:wanted].float())
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()  # give the cached blocks back before the smaller retries
             raise
+        images = [Image.fromarray(row.numpy()) for row in pixels]
         return BatchResult(images=images, seconds=time.perf_counter() - started)
 
     def _initial_noise(self, tasks: list[ImageTask], generators: list[torch.Generator]) -> torch.Tensor:

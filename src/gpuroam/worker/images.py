@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import struct
+import zlib
 
-from PIL import Image, PngImagePlugin
+import numpy as np
+from PIL import Image
 
 MAX_INIT_IMAGE_PIXELS = 4096 * 4096
 
@@ -16,12 +19,42 @@ class ImageDecodeError(ValueError):
 
 
 def encode_png(image: Image.Image, infotext: str) -> str:
-    """Base64 PNG with a `parameters` text chunk, as A1111 writes it; deterministic bytes."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", infotext)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info, compress_level=4)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    """Base64 PNG with a `parameters` text chunk, as A1111 writes it; deterministic bytes.
+
+    Written here, not by PIL, for speed: rows get PNG's Up filter (numpy) and are deflated at level
+    1 with run-length matching (zlib releases the GIL, so batches encode in parallel threads). A
+    512x512 image takes a few milliseconds where PIL's adaptive filtering takes about 25."""
+    pixels = np.asarray(image.convert("RGB"))
+    height, width, _ = pixels.shape
+    rows = pixels.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # Up: each byte minus the one above it (the first row's "above" is zeros)
+    filtered[:, 1:] = rows
+    filtered[1:, 1:] -= rows[:-1]
+    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    data = deflate.compress(filtered.tobytes()) + deflate.flush()
+    png = b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)),
+            _text_chunk("parameters", infotext),
+            _chunk(b"IDAT", data),
+            _chunk(b"IEND", b""),
+        )
+    )
+    return base64.b64encode(png).decode("ascii")
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _text_chunk(keyword: str, text: str) -> bytes:
+    """tEXt when the text is Latin-1 (as PIL writes it), else iTXt in UTF-8."""
+    try:
+        return _chunk(b"tEXt", keyword.encode("latin-1") + b"\0" + text.encode("latin-1"))
+    except UnicodeEncodeError:
+        return _chunk(b"iTXt", keyword.encode("latin-1") + b"\0\0\0\0\0" + text.encode("utf-8"))
 
 
 def decode_image(data: str) -> Image.Image:

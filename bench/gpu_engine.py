@@ -1,0 +1,108 @@
+"""The worker's engine on a GPU, eager against the fast path: start-up, latency, throughput, quality.
+
+Generation alone (no HTTP, no PNG), through gpuroam's Engine as the worker runs it: per-image
+seeds, Euler a, CFG 7, 512x512, 20 steps. For each variant: the time to build and warm it
+(compiles included), one image's latency (median), images/s at each batch size, and how far its
+images are from the eager engine's for the same seeds.
+
+    python bench/gpu_engine.py --model sd15-random --variants eager,reduce-overhead --batches 1,16,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpuroam.worker.accelerate import Acceleration
+from gpuroam.worker.engine import Engine
+from gpuroam.worker.jobs import BatchKey, ImageTask, Job
+from gpuroam.worker.models import load_model, resolve_device
+
+PROMPT = "a lighthouse on a cliff at dusk, detailed"
+
+
+def tasks(batch: int, size: int, steps: int, first_seed: int = 0) -> list[ImageTask]:
+    key = BatchKey("txt2img", size, size, steps, "Euler a", "automatic", 7.0)
+    job = Job(id="bench", key=key, image_count=batch)
+    return [ImageTask(job, i, PROMPT, "blurry", first_seed + i, 0, 0.0, None) for i in range(batch)]
+
+
+def timed(engine: Engine, work: list[ImageTask]) -> float:
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    engine.run(work)
+    torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def acceleration(variant: str, buckets: tuple[int, ...]) -> Acceleration:
+    return Acceleration.off() if variant == "eager" else Acceleration(compile_mode=variant, buckets=buckets)
+
+
+def measure(variant: str, args: argparse.Namespace, reference: np.ndarray | None) -> dict:
+    buckets = tuple(sorted({1, *args.batches}))
+    began = time.perf_counter()
+    model = load_model(args.model, resolve_device("cuda"))
+    loaded = time.perf_counter() - began
+    engine = Engine(model, acceleration(variant, buckets))
+    warm = engine.warm_up()
+    row: dict = {"variant": variant, "load_s": round(loaded, 1), "warm_up_s": round(warm, 1)}
+    latencies = [timed(engine, tasks(1, args.size, args.steps)) for _ in range(args.repeats * 3)]
+    row["latency_s"] = round(statistics.median(latencies), 4)
+    for batch in args.batches:
+        work = tasks(batch, args.size, args.steps)
+        timed(engine, work)
+        seconds = statistics.median(timed(engine, work) for _ in range(args.repeats))
+        row[f"img/s@{batch}"] = round(batch / seconds, 2)
+    images = np.stack([np.asarray(i, dtype=np.int16) for i in engine.run(tasks(4, args.size, args.steps, 100)).images])
+    if reference is not None:
+        diff = np.abs(images - reference)
+        mse = float((diff.astype(np.float64) ** 2).mean())
+        row |= {
+            "mean_abs_diff": round(float(diff.mean()), 3),
+            "max_diff": int(diff.max()),
+            "psnr_db": round(10 * np.log10(255**2 / mse), 1) if mse else float("inf"),
+        }
+    row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    print(json.dumps(row), flush=True)
+    del engine, model
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return {"row": row, "images": images}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="sd15-random")
+    parser.add_argument("--variants", default="eager,reduce-overhead")
+    parser.add_argument("--batches", default="16,32")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.size}px, {args.steps} steps", flush=True)
+    rows, reference = [], None
+    for variant in args.variants.split(","):
+        result = measure(variant, args, reference)
+        reference = result["images"] if reference is None else reference
+        rows.append(result["row"])
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
