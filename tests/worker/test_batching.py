@@ -132,3 +132,29 @@ def test_a_real_a1111_client_works_unchanged(live_worker, sampler: str) -> None:
         assert api.get_sd_models()[0]["model_name"] == "tiny"
         api.set_options({"CLIP_stop_at_last_layers": 1})
         assert api.get_options()["CLIP_stop_at_last_layers"] == 1
+
+
+def test_with_compiled_sizes_a_batch_is_the_largest_size_the_queue_fills() -> None:
+    from gpuroam.worker.batcher import Batcher
+    from gpuroam.worker.engine import BatchResult
+    from gpuroam.worker.jobs import BatchKey, ImageTask, Job
+    from gpuroam.worker.metrics import WorkerMetrics
+
+    ran: list[int] = []
+
+    def run_batch(tasks: list[ImageTask], on_step: object) -> BatchResult:
+        ran.append(len(tasks))
+        return BatchResult(images=[None] * len(tasks), seconds=0.0)  # type: ignore[list-item]
+
+    async def play() -> None:
+        batcher = Batcher(run_batch, WorkerMetrics(), 32, 0.0, 100, sizes=(1, 2, 4, 8, 16, 32))
+        key = BatchKey("txt2img", 64, 64, 2, "Euler", "automatic", 7.0)
+        loop = asyncio.get_running_loop()
+        tasks = [ImageTask(Job(f"j{i}", key, 1), 0, "", "", i, 0, 0.0, None, loop.create_future()) for i in range(19)]
+        batcher.submit(tasks)  # queued before the device loop starts: all 19 wait together
+        batcher.start()
+        await asyncio.wait_for(asyncio.gather(*(t.result for t in tasks if t.result is not None)), 10)
+        await batcher.stop()
+
+    asyncio.run(play())
+    assert ran == [16, 2, 1], "19 images run as 16 + 2 + 1, never padded to 32"

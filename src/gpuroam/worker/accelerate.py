@@ -7,8 +7,9 @@ GPUs are the scarce part, so the worker's default on CUDA is:
 - cuDNN autotuning of convolution algorithms;
 - `torch.compile` (Inductor) of the UNet, the VAE decoder and the text encoder, with CUDA graphs
   (`reduce-overhead`), which removes the per-kernel launch cost that dominates small batches;
-- batches padded up to a few fixed sizes (buckets), so every shape is compiled and its CUDA graph
-  recorded once, at start, instead of in front of a client; padding rows are dropped.
+- a few fixed batch sizes (buckets), each compiled and its CUDA graph recorded once, at start,
+  instead of in front of a client: the batcher runs the largest bucket the queue fills, and the
+  engine pads any other batch up to a bucket (padding rows are dropped).
 
 Compiled kernels are cached on disk (`cache_dir`), so a restarted worker skips most of the compile.
 None of this changes what is computed beyond kernel-level rounding: `tests/worker/test_accelerate.py`
@@ -30,7 +31,7 @@ from gpuroam.worker.config import WorkerConfig
 
 log = logging.getLogger("gpuroam.worker.accelerate")
 
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
+DEFAULT_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 

@@ -84,6 +84,7 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
             max_wait_s=config.batch_wait_ms / 1000,
             max_queued_images=config.max_queued_images,
             device=gpu_thread,
+            sizes=engine.acceleration.buckets if engine.acceleration.compiles else (),
         )
         batcher.start()
         state.service = GenerationService(config, loaded, batcher)
