@@ -11,14 +11,33 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 from hypothesis import HealthCheck, settings
+from schemathesis.generation.modes import GenerationMode
 
 FUZZ_ENV = "GPUROAM_FUZZ_EXAMPLES"
+MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+
+
+def schema_cases(operations: Mapping[str, Any]) -> list[Any]:
+    """One pytest case per operation and generation mode (valid inputs, invalid inputs). A mode is left
+    out where schemathesis cannot make an operation's inputs invalid (a free-form path string only)."""
+
+    def negatable(operation: Any) -> bool:
+        return any(len(getattr(operation, part)) for part in ("headers", "cookies", "query", "body"))
+
+    return [
+        pytest.param(label, mode, id=f"{label}-{mode.value}")
+        for label, operation in operations.items()
+        for mode in MODES
+        if mode is GenerationMode.POSITIVE or negatable(operation)
+    ]
 
 
 def fuzz_examples(default: int) -> int:

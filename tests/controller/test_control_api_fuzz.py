@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given
 from schemathesis.generation.modes import GenerationMode
 
-from fuzzing import fuzz_settings, serve_app
+from fuzzing import fuzz_settings, schema_cases, serve_app
 from gpuroam.catalog import load_catalog
 from gpuroam.controller import api as api_module
 from gpuroam.controller.api import GatewayAddress, create_api
@@ -34,7 +34,6 @@ TOKEN = "fuzz-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SITES = {"us-central1": {"nvidia-l4": 1}, "europe-west4": {"nvidia-tesla-t4": 1}}
 SPEC = {"name": "stable-diffusion", "resources": {"gpus": ["nvidia-l4", "nvidia-tesla-t4"]}}
-MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 
 
 def _schema() -> Any:
@@ -47,17 +46,7 @@ SCHEMA = _schema()
 OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())}
 
 
-def _negatable(operation: Any) -> bool:
-    """Whether schemathesis can make its inputs invalid: a free-form string in the path never is."""
-    return any(len(getattr(operation, part)) for part in ("headers", "cookies", "query", "body"))
-
-
-CASES = [
-    pytest.param(label, mode, id=f"{label}-{mode.value}")
-    for label, operation in OPERATIONS.items()
-    for mode in MODES
-    if mode is GenerationMode.POSITIVE or _negatable(operation)
-]
+CASES = schema_cases(OPERATIONS)
 
 
 @pytest.fixture(scope="module")

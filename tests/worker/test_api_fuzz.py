@@ -27,14 +27,13 @@ from PIL import Image
 from schemathesis.generation.modes import GenerationMode
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from fuzzing import fuzz_settings, serve_app
+from fuzzing import fuzz_settings, schema_cases, serve_app
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app
 
 DEFAULT_EXAMPLES = 40
 SCHEMA = schemathesis.openapi.from_dict(create_app(WorkerConfig()).openapi())  # no model: the schema only
 OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())}
 SMALL = {"steps": 2, "width": 64, "height": 64, "batch_size": 1, "n_iter": 1}
-MODES = [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
 GENERATION_PATHS = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
 BUSY = 503  # the queue is full or the model is loading: the one 5xx a worker may give
 
@@ -48,17 +47,7 @@ def _png() -> str:
 TINY_PNG = _png()
 
 
-def _negatable(operation: Any) -> bool:
-    """Whether schemathesis can make its inputs invalid: a free-form string in the path never is."""
-    return any(len(getattr(operation, part)) for part in ("headers", "cookies", "query", "body"))
-
-
-CASES = [
-    pytest.param(label, mode, id=f"{label}-{mode.value}")
-    for label, operation in OPERATIONS.items()
-    for mode in MODES
-    if mode is GenerationMode.POSITIVE or _negatable(operation)  # nothing to make invalid otherwise
-]
+CASES = schema_cases(OPERATIONS)
 
 
 @pytest.fixture(scope="module")
