@@ -169,7 +169,12 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--markdown", type=Path, help="write the report here (e.g. bench/RELIABILITY.md)")
+    parser.add_argument("--render", type=Path, help="only write --markdown from this earlier --json")
     args = parser.parse_args()
+    if args.render:
+        recorded = json.loads(args.render.read_text())
+        args.markdown.write_text(markdown(recorded["scenarios"], recorded["header"], recorded["fuzz"]))
+        return 0
     wanted = args.scenarios.split(",") if args.scenarios else [s.name for s in SCENARIOS]
     unknown = set(wanted) - {s.name for s in SCENARIOS}
     if unknown:

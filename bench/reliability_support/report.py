@@ -77,6 +77,12 @@ def markdown(results: list[dict[str, Any]], header: dict[str, str], fuzz: list[d
         "endpoint). Latency: p50 before the fault; p99 and max from the fault's start until a few seconds",
         "after its end. Gap: the longest time in that window in which no request completed successfully.",
         "",
+        "Reading the latency: this machine has 2 cores, shared by the load, the gateway, the control",
+        "plane and the workers. A fault that starts a Python process (a restarted control plane or",
+        "gateway: about 3 s of CPU to import) or makes the reconciler work stalls everyone for a few",
+        "seconds; that is why faults that do not touch the data path at all (the database, the",
+        "control plane) show spikes as large as those that do. The counts are the figures to read.",
+        "",
         "| scenario | sent | succeeded | failed | goal | p50 before | p99 / max in fault | longest gap |",
         "|---|---:|---:|---:|---|---:|---:|---:|",
     ]

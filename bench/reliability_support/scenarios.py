@@ -75,20 +75,28 @@ def replica_hung(cluster: Cluster, duration_s: float, fault: Fault) -> None:
     fault.began = time.time()
     os.kill(pid, signal.SIGSTOP)  # its sockets still accept (the kernel's backlog); nothing answers
     time.sleep(duration_s)
-    os.kill(pid, signal.SIGCONT)
+    try:
+        os.kill(pid, signal.SIGCONT)
+        fault.notes.append(f"replica {replica} stopped (SIGSTOP) for {duration_s:g} s, then continued")
+    except ProcessLookupError:  # the control plane gave up on it first (10 s unready) and replaced it
+        replaced = [e for e in cluster.events() if e["replica"] == replica and e["kind"] in ("failed", "stockout")]
+        after = f" {replaced[0]['ts'] - fault.began:.0f} s in" if replaced else ""
+        fault.notes.append(f"replica {replica} stopped (SIGSTOP); the control plane replaced it{after}")
     fault.ended = time.time()
-    fault.notes.append(f"replica {replica} stopped (SIGSTOP) for {duration_s:g} s, then continued")
 
 
 def replica_slow(cluster: Cluster, duration_s: float, fault: Fault) -> None:
     """Throttle one worker to a quarter of its speed: stopped 300 ms of every 400 ms."""
     replica, pid = _the_victim(cluster)
     fault.began = time.time()
-    while time.time() - fault.began < duration_s:
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(0.3)
-        os.kill(pid, signal.SIGCONT)
-        time.sleep(0.1)
+    try:
+        while time.time() - fault.began < duration_s:
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.1)
+    except ProcessLookupError:
+        fault.notes.append(f"the control plane replaced replica {replica} as unresponsive")
     fault.ended = time.time()
     fault.figures["slow replica"] = replica
     fault.notes.append(f"replica {replica} ran at 1/4 speed for {duration_s:g} s (SIGSTOP/SIGCONT duty cycle)")
