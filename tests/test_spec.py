@@ -86,7 +86,7 @@ def test_defaults_fill_a_minimal_spec() -> None:
     assert spec.regions == RegionsSpec(allow=("*",), deny=(), min_regions=1)
     assert spec.replicas == ReplicasSpec(per_region=1, min=1, max=8)
     assert spec.placement == PlacementSpec(
-        race=3, provision_timeout_s=600, block_ttl_s=300, block_backoff=2.0, block_max_s=3600, move_back_after_s=120
+        race=5, provision_timeout_s=900, block_ttl_s=300, block_backoff=2.0, block_max_s=3600, move_back_after_s=120
     )
 
 

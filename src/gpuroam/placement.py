@@ -209,6 +209,24 @@ def plan(
     return Plan(tuple(launches), tuple(_drains(inputs, wanted, live, launches)))
 
 
+def block_after_failure(
+    previous: Block | None,
+    region: str,
+    gpu: str,
+    now: float,
+    ttl_s: float,
+    backoff: float,
+    max_s: float,
+    reason: str = "",
+) -> Block:
+    """The block a capacity failure on (region, gpu) at `now` puts in place of `previous` (that
+    pair's last block, expired or not): exponential backoff, each consecutive failure multiplying
+    the block by `backoff`, from `ttl_s` up to `max_s` (the spec's placement.block_*)."""
+    failures = previous.failures + 1 if previous else 1
+    seconds = min(max_s, ttl_s * backoff ** (failures - 1))
+    return Block(region, gpu, now + seconds, failures, now, reason)
+
+
 def needed_regions(demand: Demand) -> int:
     """How many regions the service should run in: what the spec asks for, plus each region
     `expand` pinned (expanding grows the footprint), within what max_replicas allows."""

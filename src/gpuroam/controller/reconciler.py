@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 from gpuroam.catalog import Catalog
 from gpuroam.controller.store import Store
-from gpuroam.placement import CapacityView, Demand, Drain, Launch, plan
+from gpuroam.placement import CapacityView, Demand, Drain, Launch, block_after_failure, plan
 from gpuroam.providers.base import CapacityError, Observed, ObservedState, Provider, ProviderError
-from gpuroam.records import Block, Event, EventKind, Replica, ReplicaState, ServiceRecord
+from gpuroam.records import Event, EventKind, Replica, ReplicaState, ServiceRecord
 from gpuroam.spec import ServiceSpec, parse_spec
 
 log = logging.getLogger("gpuroam.controller")
@@ -164,12 +164,19 @@ class Reconciler:
 
     def _block(self, service: str, region: str, gpu: str, why: str, spec: ServiceSpec, now: float) -> None:
         """Exponential backoff: each consecutive capacity failure doubles the block, up to a cap."""
-        previous = self.store.get_block(region, gpu)
-        failures = previous.failures + 1 if previous else 1
-        seconds = min(
-            spec.placement.block_max_s, spec.placement.block_ttl_s * spec.placement.block_backoff ** (failures - 1)
+        placement = spec.placement
+        block = block_after_failure(
+            self.store.get_block(region, gpu),
+            region,
+            gpu,
+            now,
+            placement.block_ttl_s,
+            placement.block_backoff,
+            placement.block_max_s,
+            why,
         )
-        self.store.put_block(Block(region, gpu, now + seconds, failures, now, why))
+        self.store.put_block(block)
+        seconds = block.until - now
         self._event(
             now,
             EventKind.BLOCKED,

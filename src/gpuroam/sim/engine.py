@@ -1,0 +1,305 @@
+"""The event loop: one policy, one world, one run.
+
+Events are kept in a heap (launch outcomes, launch timeouts, lost replicas, region incidents and
+wake-ups a policy asks for, such as when a block ends). After each instant's events the policy
+gets a pass, as the reconciler gets one per loop; a pass that acted is followed by another one
+PASS_S later, so a plan settles as it does when the reconciler runs it again. Between events
+nothing a policy can see changes, so no pass is skipped that could have acted (capacity coming
+back is seen only by trying, as in a cloud).
+
+Accounting: a replica costs its price from the moment its node exists (a launch that got
+capacity) until it is terminated (failed, lost, drained after DRAIN_S, or the run's end). It
+serves from ready until lost or drained.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from gpuroam.records import Replica, ReplicaState
+from gpuroam.sim.policies import CachedCatalog, Policy, PolicyConfig, make_policy
+from gpuroam.sim.world import MINUTE, World
+
+PASS_S = 5.0  # the reconciler's loop interval
+DRAIN_S = 5.0  # a drained replica runs this long so in-flight requests finish (DRAIN_GRACE_S)
+SETTLED_S = 900.0  # a ready replica drained after serving this long was a move; sooner, a race winner released
+
+READY, FAIL, TIMEOUT, LOSS, INCIDENT, WAKE = range(6)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One policy's figures for one run (seconds, USD, counts)."""
+
+    time_to_ready_s: float  # service created -> first ready replica (the run's length if never)
+    reached: bool  # a replica was ready before the run ended
+    up_s: float  # seconds with at least one ready replica, after the first
+    window_s: float  # seconds from the first ready replica to the end of the run
+    demand: float  # images asked for in that window
+    served: float  # of them, served within the latency bound
+    cost_usd: float
+    hours: float  # the run's length in hours
+    capacity_images: float  # images the ready replicas could have made (speed counted)
+    moves: int  # ready replicas drained by the policy after serving SETTLED_S or more (traffic moved)
+    released: int  # ready replicas drained sooner: raced replicas no longer needed
+    losses: int  # ready replicas lost (preemption, node failure, region incident)
+    launches: int
+    failures: int  # launches that never became ready (capacity failures and timeouts)
+    ready_replicas: float  # mean ready replicas over the window
+
+
+class Engine:
+    def __init__(
+        self,
+        world: World,
+        config: PolicyConfig,
+        catalog: CachedCatalog,
+        offers: frozenset,
+        rng: np.random.Generator,
+        days: float,
+    ) -> None:
+        self.world = world
+        self.layout = world.layout
+        self.model = world.model
+        self.rng = rng
+        self.policy: Policy = make_policy(config, catalog, offers)
+        self.gpu_count = config.gpu_count
+        self.start = world.start_s
+        self.end = world.start_s + days * 86400.0
+        self.now = self.start
+        self.live: dict[str, Replica] = {}  # provisioning and ready replicas
+        self.node_at: dict[str, float | None] = {}  # when each live replica's node exists (billing)
+        self._heap: list[tuple[float, int, int, object]] = []
+        self._seq = 0
+        self._wakes: set[float] = set()
+        self._ids = 0
+        self._traffic: dict[int, dict[str, float]] = {}
+        # accounting
+        self.ready_log: list[tuple[float, int, int]] = []  # (time, pair, +1 | -1)
+        self.cost = 0.0
+        self.first_ready: float | None = None
+        self.moves = self.released = self.losses = self.launches = self.failures = 0
+
+    # --- what policies call -------------------------------------------------------------------
+
+    def live_replicas(self) -> list[Replica]:
+        return list(self.live.values())
+
+    def traffic(self, now: float) -> dict[str, float]:
+        hour = int(now // 3600)
+        if hour not in self._traffic:
+            self._traffic[hour] = self.world.traffic(hour * 60)
+        return self._traffic[hour]
+
+    def wake(self, t: float) -> None:
+        if t < self.end and t not in self._wakes:
+            self._wakes.add(t)
+            self._push(t, WAKE, None)
+
+    def launch(self, region: str, gpu: str, reason: str) -> Replica:
+        now = self.now
+        self._ids += 1
+        replica = Replica(f"r{self._ids}", "sim", region, gpu, ReplicaState.PROVISIONING, now, now, reason=reason)
+        self.live[replica.id] = replica
+        self.launches += 1
+        pair = self.layout.index[(region, gpu)]
+        model = self.model
+        held = sum(
+            self.gpu_count
+            for r in self.live.values()
+            if r.region == region and r.gpu == gpu and self.node_at.get(r.id) is not None
+        )
+        node_at: float | None = None
+        if held + self.gpu_count > self.world.quota[pair]:
+            self._push(now + self.rng.uniform(*model.failure_report_s), FAIL, replica.id)  # quota exceeded
+        elif self.world.has_capacity(pair, now):
+            node_at = now
+        elif self.rng.random() < model.silent_failure_share:
+            # Nothing reports the stockout: the pod stays pending, and gets a node if capacity comes back.
+            node_at = self.world.next_capacity(pair, now, self.end)
+        else:
+            self._push(now + self.rng.uniform(*model.failure_report_s), FAIL, replica.id)
+        self.node_at[replica.id] = node_at
+        if node_at is not None:
+            self._push(node_at + 60.0 * self.rng.triangular(*model.ready_min), READY, replica.id)
+        self._push(now + self.policy.provision_timeout_s, TIMEOUT, replica.id)
+        return replica
+
+    def drain(self, replica_id: str) -> None:
+        replica = self.live.pop(replica_id)
+        if replica.state is ReplicaState.READY:
+            if self.now - (replica.ready_at or self.now) >= SETTLED_S:
+                self.moves += 1
+            else:
+                self.released += 1
+            self._unready(replica)
+            self._bill(replica, self.now + DRAIN_S)
+        else:
+            self._bill(replica, self.now)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        for t, region in self.world.incidents:
+            if self.start < t < self.end:
+                self._push(t, INCIDENT, region)
+        self._pass()
+        while self._heap and self._heap[0][0] < self.end:
+            self.now = self._heap[0][0]
+            changed = False
+            while self._heap and self._heap[0][0] == self.now:
+                _, _, kind, data = heapq.heappop(self._heap)
+                changed |= self._handle(kind, data)
+            if changed:  # an event that changed nothing (a stale timeout, say) leaves the plan as it was
+                self._pass()
+        self.now = self.end
+        for replica in list(self.live.values()):
+            if replica.state is ReplicaState.READY:
+                self._unready(replica)
+            self._bill(replica, self.end)
+        return self._result()
+
+    def _pass(self) -> None:
+        if self.policy.on_pass(self, self.now):
+            self.wake(self.now + PASS_S)
+
+    def _push(self, t: float, kind: int, data: object) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, data))
+
+    def _handle(self, kind: int, data: object) -> bool:
+        """Apply one event; True when it changed what a policy sees (or is a wake-up it asked for)."""
+        if kind == WAKE:
+            self._wakes.discard(self.now)
+            return True
+        if kind == INCIDENT:
+            region = self.layout.regions[data]  # type: ignore[index]
+            hit = [r for r in self.live.values() if r.region == region]
+            for replica in hit:
+                self._fail(replica, lost=replica.state is ReplicaState.READY)
+            return bool(hit)
+        replica = self.live.get(data)  # type: ignore[arg-type]
+        if replica is None:
+            return False  # already failed, drained or lost
+        if kind == READY and replica.state is ReplicaState.PROVISIONING:
+            ready = replace(replica, state=ReplicaState.READY, ready_at=self.now, updated_at=self.now)
+            self.live[ready.id] = ready
+            self.ready_log.append((self.now, self.layout.index[(ready.region, ready.gpu)], 1))
+            if self.first_ready is None:
+                self.first_ready = self.now
+            life = self.rng.exponential(self.model.replica_loss_every_h * 3600.0)
+            self._push(self.now + life, LOSS, ready.id)
+            self.policy.on_ready(ready)
+        elif kind in (FAIL, TIMEOUT) and replica.state is ReplicaState.PROVISIONING:
+            self._fail(replica, lost=False)
+        elif kind == LOSS and replica.state is ReplicaState.READY:
+            self._fail(replica, lost=True)
+        else:
+            return False
+        return True
+
+    def _fail(self, replica: Replica, lost: bool) -> None:
+        del self.live[replica.id]
+        if lost:
+            self.losses += 1
+            self._unready(replica)
+        else:
+            self.failures += 1
+        self._bill(replica, self.now)
+        self.policy.on_failure(self, replica, self.now, lost)
+
+    def _unready(self, replica: Replica) -> None:
+        self.ready_log.append((self.now, self.layout.index[(replica.region, replica.gpu)], -1))
+
+    def _bill(self, replica: Replica, until: float) -> None:
+        node_at = self.node_at.pop(replica.id, None)
+        if node_at is not None and until > node_at:
+            pair = self.layout.index[(replica.region, replica.gpu)]
+            self.cost += float(self.layout.price[pair]) * self.gpu_count * (until - node_at) / 3600.0
+
+    # --- figures ------------------------------------------------------------------------------
+
+    def _result(self) -> RunResult:
+        hours = (self.end - self.start) / 3600.0
+        if self.first_ready is None:
+            return RunResult(
+                self.end - self.start, False, 0.0, 0.0, 0.0, 0.0, self.cost, hours, 0.0, self.moves, self.released,
+                self.losses, self.launches, self.failures, 0.0,
+            )  # fmt: skip
+        up, demand, served, images, replica_s = self._serving(self.first_ready)
+        window = self.end - self.first_ready
+        return RunResult(
+            time_to_ready_s=self.first_ready - self.start,
+            reached=True,
+            up_s=up,
+            window_s=window,
+            demand=demand,
+            served=served,
+            cost_usd=self.cost,
+            hours=hours,
+            capacity_images=images,
+            moves=self.moves,
+            released=self.released,
+            losses=self.losses,
+            launches=self.launches,
+            failures=self.failures,
+            ready_replicas=replica_s / window if window > 0 else 0.0,
+        )
+
+    def _serving(self, since: float) -> tuple[float, float, float, float, float]:
+        """Walk the segments of constant ready set: seconds up, demand, demand served within the
+        latency bound (an M/M/1 queue per replica, load spread by speed), image capacity."""
+        model, layout, world = self.model, self.layout, self.world
+        mu_per_pair = layout.speed * self.gpu_count / model.image_s_t4  # images per second
+        counts = np.zeros(len(layout.pairs), dtype=int)
+        times = [t for t, _, _ in self.ready_log] + [self.end]
+        up = demand_total = served_total = images = replica_s = 0.0
+        for i, (t, pair, delta) in enumerate(self.ready_log):
+            counts[pair] += delta
+            a, b = max(t, since), times[i + 1]
+            if b <= a:
+                continue
+            mins, weights = _minutes(a, b)
+            minute_demand = world.demand[:, np.minimum(mins, world.minutes - 1)]  # [origins, m] per minute
+            asked = float((minute_demand.sum(axis=0) * weights).sum())
+            demand_total += asked
+            ready = np.flatnonzero(counts)
+            if len(ready) == 0:
+                continue
+            n = counts[ready]
+            mu = mu_per_pair[ready]
+            capacity = float((mu * n).sum())
+            up += b - a
+            images += capacity * (b - a)
+            replica_s += float(n.sum()) * (b - a)
+            rho = minute_demand.sum(axis=0) / 60.0 / capacity  # [m]
+            slack = np.clip(model.latency_bound_s - layout.rtt_s[:, layout.pair_region[ready]], 0.0, None)  # [o, k]
+            share = mu * n / capacity  # [k]
+            # P(sojourn <= slack) for each origin, minute, replica pair: exponential with rate mu (1 - rho).
+            rate = mu[None, None, :] * np.clip(1.0 - rho, 0.0, None)[None, :, None]
+            inside = 1.0 - np.exp(-rate * slack[:, None, :])
+            p = (inside * share[None, None, :]).sum(axis=2)  # [o, m]
+            p[:, rho >= 1.0] = 0.0
+            served_total += float(((minute_demand * p).sum(axis=0) * weights).sum())
+        return up, demand_total, served_total, images, replica_s
+
+
+def _minutes(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+    """The minutes [a, b) covers, with the fraction of each covered."""
+    first, last = int(a // MINUTE), math.ceil(b / MINUTE)
+    mins = np.arange(first, max(last, first + 1))
+    lo = np.maximum(mins * MINUTE, a)
+    hi = np.minimum((mins + 1) * MINUTE, b)
+    return mins, np.clip(hi - lo, 0.0, None) / MINUTE
+
+
+def run_policy(
+    world: World, config: PolicyConfig, catalog: CachedCatalog, offers: frozenset, seed: Sequence[int], days: float
+) -> RunResult:
+    """One policy over one world; `seed` drives the policy's own dice (launch times, losses)."""
+    return Engine(world, config, catalog, offers, np.random.default_rng(list(seed)), days).run()

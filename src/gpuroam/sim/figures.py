@@ -1,0 +1,122 @@
+"""From runs to figures: per policy, pooled over every run, and the issue's goals checked."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from gpuroam.sim.engine import RunResult
+
+BASELINE = "sequential"
+CANDIDATE = "gpuroam"
+SINGLE = "single-region"
+
+
+def summarize(runs: Sequence[RunResult]) -> dict[str, float]:
+    """One policy's figures. Times to ready in minutes; availability and served demand are over
+    the time after the first ready replica (the service's life once it serves), pooled."""
+    ttr = np.array([r.time_to_ready_s for r in runs]) / 60.0
+    window = sum(r.window_s for r in runs)
+    hours = sum(r.hours for r in runs)
+    demand = sum(r.demand for r in runs)
+    images = sum(r.capacity_images for r in runs)
+    cost = sum(r.cost_usd for r in runs)
+    per_run = np.array([min(1.0, r.up_s / r.window_s) for r in runs if r.window_s > 0])
+    return {
+        "runs": len(runs),
+        "ready_median_min": float(np.median(ttr)),
+        "ready_p95_min": float(np.percentile(ttr, 95)),
+        "ready_mean_min": float(ttr.mean()),
+        "never_ready": int(sum(not r.reached for r in runs)),
+        "availability": min(1.0, sum(r.up_s for r in runs) / window) if window else 0.0,
+        "runs_at_999": float((per_run >= 0.999).mean()) if len(per_run) else 0.0,
+        "served_in_bound": min(1.0, sum(r.served for r in runs) / demand) if demand else 0.0,
+        "cost_per_hour": cost / hours,
+        "cost_per_1000_images": 1000.0 * cost / images if images else float("inf"),
+        "moves_per_day": 24.0 * sum(r.moves for r in runs) / hours,
+        "released_per_day": 24.0 * sum(r.released for r in runs) / hours,
+        "losses_per_day": 24.0 * sum(r.losses for r in runs) / hours,
+        "launches_per_day": 24.0 * sum(r.launches for r in runs) / hours,
+        "failures_per_day": 24.0 * sum(r.failures for r in runs) / hours,
+        "ready_replicas": sum(r.ready_replicas * r.window_s for r in runs) / window if window else 0.0,
+    }
+
+
+def summarize_all(results: Mapping[str, Sequence[RunResult]]) -> dict[str, dict[str, float]]:
+    return {name: summarize(runs) for name, runs in results.items()}
+
+
+def goals(table: Mapping[str, Mapping[str, float]], candidate: str = CANDIDATE) -> dict[str, dict]:
+    """The issue's goals, where the policies they compare were run."""
+    out: dict[str, dict] = {}
+    base, cand, single = table.get(BASELINE), table.get(candidate), table.get(SINGLE)
+    if base and cand:
+        speedup = base["ready_median_min"] / cand["ready_median_min"]
+        extra = cand["cost_per_1000_images"] / base["cost_per_1000_images"] - 1.0
+        extra_hour = cand["cost_per_hour"] / base["cost_per_hour"] - 1.0
+        out["time_to_capacity"] = {
+            "goal": "median time to first ready replica >= 5x lower than sequential",
+            "value": round(speedup, 2),
+            "met": bool(speedup >= 5.0),
+        }
+        out["cost"] = {
+            "goal": "at most 10% extra cost per 1,000 images (speed counted) over sequential",
+            "value": round(extra, 4),
+            "per_hour": round(extra_hour, 4),
+            "met": bool(extra <= 0.10),
+        }
+    if cand:
+        out["availability"] = {
+            "goal": "99.9% of minutes with a ready replica",
+            "value": round(cand["availability"], 6),
+            "met": bool(cand["availability"] >= 0.999),
+        }
+    if cand and single:
+        out["single_region"] = {
+            "goal": "a single region gives far less",
+            "value": round(single["availability"], 6),
+            # how many times gpuroam's downtime a single region has (None: gpuroam had none)
+            "downtime_ratio": (
+                round((1 - single["availability"]) / (1 - cand["availability"]), 1)
+                if cand["availability"] < 1
+                else None
+            ),
+        }
+    return out
+
+
+COLUMNS = (
+    ("ready_median_min", "ready p50 (min)", "{:.1f}"),
+    ("ready_p95_min", "ready p95 (min)", "{:.1f}"),
+    ("availability", "available", "{:.4%}"),
+    ("runs_at_999", "runs >= 99.9%", "{:.1%}"),
+    ("served_in_bound", "served < 10 s", "{:.1%}"),
+    ("cost_per_hour", "$/hour", "{:.3f}"),
+    ("cost_per_1000_images", "$/1k images", "{:.3f}"),
+    ("moves_per_day", "moves/day", "{:.2f}"),
+    ("released_per_day", "released/day", "{:.2f}"),
+    ("launches_per_day", "launches/day", "{:.1f}"),
+    ("failures_per_day", "failed/day", "{:.1f}"),
+)
+
+
+def markdown_table(table: Mapping[str, Mapping[str, float]]) -> str:
+    """One world's figures as a Markdown table, a row per policy."""
+    lines = [
+        "| policy | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
+    for policy, figures in table.items():
+        lines.append(f"| {policy} | " + " | ".join(fmt.format(figures[key]) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def goal_lines(verdicts: Mapping[str, Mapping]) -> list[str]:
+    out = []
+    for verdict in verdicts.values():
+        met = verdict.get("met")
+        mark = "" if met is None else (" (met)" if met else " (not met)")
+        extra = ", ".join(f"{k} {v}" for k, v in verdict.items() if k not in ("goal", "met"))
+        out.append(f"{verdict['goal']}: {extra}{mark}")
+    return out

@@ -1,0 +1,103 @@
+"""The simulation's two pictures (matplotlib, PNG): time to capacity as CDFs, and availability."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gpuroam.sim.engine import RunResult
+
+TIME_TO_CAPACITY = "sim-time-to-capacity.png"
+AVAILABILITY = "sim-availability.png"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display here
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def _style(name: str, i: int) -> dict:
+    """sequential black dashed, gpuroam thick red, the variants in the other colours."""
+    if name == "sequential":
+        return {"color": "black", "linewidth": 2.2, "linestyle": "--"}
+    if name == "gpuroam":
+        return {"color": "tab:red", "linewidth": 2.6}
+    style = {"color": _COLORS[i % len(_COLORS)], "linewidth": 1.3}
+    if name == "single-region":
+        style["linestyle"] = ":"
+    return style
+
+
+def plot_time_to_capacity(results: Mapping[str, Mapping[str, Sequence[RunResult]]], path: Path) -> Path:
+    """One panel per world: the CDF over runs of minutes from `up` to the first ready replica."""
+    plt = _pyplot()
+    worlds = list(results)
+    fig, axes = plt.subplots(1, len(worlds), figsize=(6.2 * len(worlds), 4.6), squeeze=False, sharey=True)
+    for ax, world in zip(axes[0], worlds, strict=True):
+        top = 1.0
+        for i, (name, runs) in enumerate(results[world].items()):
+            minutes = np.sort([r.time_to_ready_s / 60.0 for r in runs])
+            top = max(top, float(minutes[-1]))
+            share = np.arange(1, len(minutes) + 1) / len(minutes)
+            ax.step(minutes, share, where="post", label=name, **_style(name, i))
+        ax.set_xscale("log")
+        ax.set_xlim(1.5, max(60.0, top * 1.1))
+        ax.set_ylim(0, 1.01)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(f"{world} world: time to first ready replica")
+        ax.set_xlabel("minutes after `gpuroam up` (log scale)")
+        ax.axhline(0.5, color="grey", linewidth=0.6)
+        ax.axhline(0.95, color="grey", linewidth=0.6, linestyle=":")
+    axes[0][0].set_ylabel(f"share of {len(next(iter(results[worlds[0]].values())))} runs")
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_availability(tables: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> Path:
+    """Downtime per day (minutes without a ready replica, after the first), per policy and world,
+    on a log scale, with the 99.9% line (1.44 minutes a day)."""
+    plt = _pyplot()
+    worlds = list(tables)
+    policies = list(next(iter(tables.values())))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(policies) + 2), 4.8))
+    width = 0.8 / len(worlds)
+    x = np.arange(len(policies))
+    for i, world in enumerate(worlds):
+        down = [max(1e-3, (1.0 - tables[world][p]["availability"]) * 1440.0) for p in policies]
+        bars = ax.bar(x + (i - (len(worlds) - 1) / 2) * width, down, width, label=f"{world} world")
+        for bar, p in zip(bars, policies, strict=True):
+            share = tables[world][p]["availability"]
+            ax.annotate(
+                f"{100 * share:.{2 if share < 0.999 else 3 if share < 0.9999 else 4}f}%",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=6.5,
+                rotation=90,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
+    ax.axhline(1.44, color="tab:red", linestyle="--", linewidth=1, label="99.9% (1.44 min/day)")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-3, None)
+    ax.set_xticks(x, policies, rotation=25, ha="right")
+    ax.set_ylabel("minutes a day with no ready replica (log)")
+    ax.set_title("Availability after the first ready replica (labels: share of minutes served)")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

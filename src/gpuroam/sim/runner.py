@@ -1,0 +1,145 @@
+"""Many seeded runs of every policy, spread over processes.
+
+Run `i` of seed `s` draws its world from numpy's Generator seeded with [s, i], so each policy
+faces the same world (common random numbers), and its own dice (launch times, which replica is
+lost when) from [s, i, crc32(policy name)], so adding a policy changes no other's figures.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gpuroam.catalog import load_catalog
+from gpuroam.sim.engine import RunResult, run_policy
+from gpuroam.sim.policies import DEFAULT_POLICIES, CachedCatalog, policy_config
+from gpuroam.sim.world import Layout, WorldModel, build_world
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    runs: int = 1000
+    days: float = 2.0
+    seed: int = 1
+    policies: tuple[str, ...] = DEFAULT_POLICIES
+    model: WorldModel = field(default_factory=WorldModel)
+    processes: int = 2
+    chunk: int = 10  # runs per task handed to a process
+
+
+_STATE: dict = {}
+
+
+def _setup() -> dict:
+    if not _STATE:
+        catalog = load_catalog()
+        _STATE.update(
+            layout=Layout.from_catalog(catalog), catalog=CachedCatalog(catalog), offers=frozenset(catalog.offers)
+        )
+    return _STATE
+
+
+def run_chunk(config: SimConfig, run_ids: Sequence[int]) -> list[tuple[int, str, RunResult]]:
+    """Every policy over each of the worlds `run_ids`."""
+    state = _setup()
+    policies = [(name, policy_config(name), zlib.crc32(name.encode())) for name in config.policies]
+    out = []
+    for run in run_ids:
+        world = build_world(config.model, state["layout"], np.random.default_rng([config.seed, run]), config.days)
+        for name, policy, salt in policies:
+            result = run_policy(world, policy, state["catalog"], state["offers"], (config.seed, run, salt), config.days)
+            out.append((run, name, result))
+    return out
+
+
+def _task(args: tuple[SimConfig, Sequence[int]]) -> list[tuple[int, str, RunResult]]:
+    try:
+        os.nice(19)  # a background job: the machine has other work
+    except OSError:
+        pass
+    return run_chunk(*args)
+
+
+def simulate(config: SimConfig, progress: Callable[[int], None] | None = None) -> dict[str, list[RunResult]]:
+    """policy -> one RunResult per run, in run order. `progress(n)` is told of each n runs done."""
+    for name in config.policies:
+        policy_config(name)  # unknown names fail here, not in a worker
+    chunks = [range(i, min(i + config.chunk, config.runs)) for i in range(0, config.runs, config.chunk)]
+    by_run: dict[tuple[int, str], RunResult] = {}
+    if config.processes <= 1:
+        for chunk in chunks:
+            for run, name, result in run_chunk(config, chunk):
+                by_run[(run, name)] = result
+            if progress:
+                progress(len(chunk))
+    else:
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(config.processes) as pool:
+            for done in pool.imap_unordered(_task, [(config, chunk) for chunk in chunks]):
+                for run, name, result in done:
+                    by_run[(run, name)] = result
+                if progress:
+                    progress(len({run for run, _, _ in done}))
+    return {name: [by_run[(run, name)] for run in range(config.runs)] for name in config.policies}
+
+
+@dataclass
+class Study:
+    """Every world's runs, their figures and the goals checked: what `gpuroam sim` reports."""
+
+    config: SimConfig
+    worlds: tuple[str, ...]
+    results: dict[str, dict[str, list[RunResult]]]  # world -> policy -> runs
+    tables: dict[str, dict[str, dict[str, float]]]  # world -> policy -> figures
+    goals: dict[str, dict[str, dict]]  # world -> goal -> verdict
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        from gpuroam.sim.policies import describe_policies
+        from gpuroam.sim.world import WORLDS
+
+        return {
+            "runs": self.config.runs,
+            "days": self.config.days,
+            "seed": self.config.seed,
+            "processes": self.config.processes,
+            "seconds": round(self.seconds, 1),
+            "policies": describe_policies(self.config.policies),
+            "worlds": {
+                world: {
+                    "model": WORLDS[world].describe(),
+                    "figures": {p: {k: _rounded(v) for k, v in t.items()} for p, t in self.tables[world].items()},
+                    "goals": self.goals[world],
+                }
+                for world in self.worlds
+            },
+        }
+
+
+def _rounded(value: float) -> float:
+    return round(float(value), 6)
+
+
+def study(config: SimConfig, worlds: Sequence[str], progress: Callable[[int], None] | None = None) -> Study:
+    """Every policy over `config.runs` worlds of each named kind (see gpuroam.sim.world.WORLDS)."""
+    import time
+    from dataclasses import replace
+
+    from gpuroam.sim.figures import goals, summarize_all
+    from gpuroam.sim.world import WORLDS
+
+    unknown = [w for w in worlds if w not in WORLDS]
+    if unknown:
+        raise ValueError(f"unknown world {unknown[0]!r}; known: {', '.join(WORLDS)}")
+    started = time.perf_counter()
+    results, tables, verdicts = {}, {}, {}
+    for world in worlds:
+        results[world] = simulate(replace(config, model=WORLDS[world]), progress)
+        tables[world] = summarize_all(results[world])
+        verdicts[world] = goals(tables[world])
+    return Study(config, tuple(worlds), results, tables, verdicts, time.perf_counter() - started)
