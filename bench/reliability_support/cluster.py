@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,12 @@ import yaml
 from gpuroam.controller.client import ClientError, ControlPlaneClient
 from gpuroam.controller.server import ServerInfo
 from gpuroam.providers.local import LocalProvider, load_sites
+from ports import free_port
 from postgres_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SERVICE = "stable-diffusion"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.2) -> Any:
