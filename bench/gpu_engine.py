@@ -3,7 +3,10 @@
 Generation alone (no HTTP, no PNG), through gpuroam's Engine as the worker runs it: per-image
 seeds, Euler a, CFG 7, 512x512, 20 steps. For each variant: the time to build and warm it
 (compiles included), one image's latency (median), images/s at each batch size, and how far its
-images are from the eager engine's for the same seeds.
+images are from the eager engine's for the same seeds. For compiled variants also: one image's
+latency when the sampler's noise is copied to the GPU with diffusers' blocking copy (what the
+engine did before `gpuroam.worker.noise`), and how many times one image makes the CPU wait for
+the GPU (PyTorch's sync debug mode).
 
     python bench/gpu_engine.py --model sd15-random --variants eager,reduce-overhead --batches 1,16,32
 """
@@ -11,21 +14,27 @@ images are from the eager engine's for the same seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.utils import torch_utils
 
+from gpuroam.worker import noise
 from gpuroam.worker.accelerate import Acceleration
 from gpuroam.worker.engine import Engine
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import load_model, resolve_device
 
 PROMPT = "a lighthouse on a cliff at dusk, detailed"
+DIFFUSERS_RANDN = torch_utils.randn_tensor  # taken before any batch swaps it
 
 
 def tasks(batch: int, size: int, steps: int, first_seed: int = 0) -> list[ImageTask]:
@@ -42,6 +51,45 @@ def timed(engine: Engine, work: list[ImageTask]) -> float:
     return time.perf_counter() - started
 
 
+@contextlib.contextmanager
+def blocking_noise_copies() -> Iterator[None]:
+    """The engine as it was before: noise reaches the GPU through diffusers' blocking copy."""
+    swapped = noise.randn_tensor_without_sync
+    noise.randn_tensor_without_sync = DIFFUSERS_RANDN
+    try:
+        yield
+    finally:
+        noise.randn_tensor_without_sync = swapped
+
+
+def syncs_in_one_image(engine: Engine, args: argparse.Namespace) -> int:
+    """How many times one image's generation makes the CPU wait for the GPU."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            engine.run(tasks(1, args.size, args.steps))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(warning.message) for warning in caught)
+
+
+def profile_kernels(engine: Engine, args: argparse.Namespace, batch: int, top: int = 25) -> None:
+    """Print where one batch's GPU time goes, by kernel (a variant's eager kernels: convolutions,
+    matrix products and attention are the same kernels the compiled path calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        engine.run(tasks(batch, args.size, args.steps))
+        torch.cuda.synchronize()
+    kernels = [e for e in profiler.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in kernels)
+    print(f"GPU time by kernel, batch {batch}: {total / 1e6:.2f} s in all", flush=True)
+    for event in sorted(kernels, key=lambda e: -e.device_time_total)[:top]:
+        share = 100 * event.device_time_total / total
+        print(f"  {share:5.1f}%  {event.count:6d}x  {event.key[:110]}", flush=True)
+
+
 def acceleration(variant: str, buckets: tuple[int, ...]) -> Acceleration:
     return Acceleration.off() if variant == "eager" else Acceleration(compile_mode=variant, buckets=buckets)
 
@@ -56,11 +104,18 @@ def measure(variant: str, args: argparse.Namespace, reference: np.ndarray | None
     row: dict = {"variant": variant, "load_s": round(loaded, 1), "warm_up_s": round(warm, 1)}
     latencies = [timed(engine, tasks(1, args.size, args.steps)) for _ in range(args.repeats * 3)]
     row["latency_s"] = round(statistics.median(latencies), 4)
+    if variant != "eager":
+        with blocking_noise_copies():
+            blocking = [timed(engine, tasks(1, args.size, args.steps)) for _ in range(args.repeats * 3)]
+        row["latency_blocking_noise_s"] = round(statistics.median(blocking), 4)
+    row["syncs_per_image"] = syncs_in_one_image(engine, args)
     for batch in args.batches:
         work = tasks(batch, args.size, args.steps)
         timed(engine, work)
         seconds = statistics.median(timed(engine, work) for _ in range(args.repeats))
         row[f"img/s@{batch}"] = round(batch / seconds, 2)
+    if variant in args.profile:
+        profile_kernels(engine, args, max(args.batches))
     images = np.stack([np.asarray(i, dtype=np.int16) for i in engine.run(tasks(4, args.size, args.steps, 100)).images])
     if reference is not None:
         diff = np.abs(images - reference)
@@ -86,8 +141,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--profile", default="", help="variants whose GPU time is printed by kernel")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    args.profile = args.profile.split(",")
     args.batches = [int(b) for b in args.batches.split(",")]
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.size}px, {args.steps} steps", flush=True)
     rows, reference = [], None

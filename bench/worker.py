@@ -7,6 +7,11 @@ p50/p99 latency, end to end through HTTP with PNG encoding.
 
     python bench/worker.py                                   # CPU, tiny model
     python bench/worker.py --model sd15-random --device cuda --max-batch 32 --clients 1,8,32
+    python bench/worker.py --model sd15-random --device cuda --modes on --gpus 2 --clients 64
+
+With --gpus N (N > 1), one worker per GPU (CUDA_VISIBLE_DEVICES) starts at once, and the clients
+go through `gpuroam gateway` in front of them, the way `gpuroam serve` runs several replicas on
+one machine.
 """
 
 from __future__ import annotations
@@ -54,7 +59,47 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_worker(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.Popen, str]:
+def spawn(command: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+    log = tempfile.NamedTemporaryFile(prefix="gpuroam-bench-", suffix=".log", delete=False)  # noqa: SIM115 - open while the process runs
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), Path(log.name)
+
+
+def wait_ready(process: subprocess.Popen, log: Path, url: str, timeout: float, began: float) -> None:
+    """Wait until `url` answers 200; `began` is when `process` was started."""
+    while time.monotonic() < began + timeout:
+        if process.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"exited with {process.returncode}: {' '.join(process.args)}\n{tail}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                print(f"  {url} ready in {time.monotonic() - began:.1f} s", file=sys.stderr)
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"{url} not ready after {timeout} s")
+
+
+def start_workers(args: argparse.Namespace, max_batch: int) -> tuple[list[subprocess.Popen], list[str], str]:
+    """One worker per GPU (all starting at once), and a gateway in front of them if there are several.
+    Returns the processes, the workers' URLs and the URL clients use."""
+    began = time.monotonic()
+    started = [start_worker(args, max_batch, gpu if args.gpus > 1 else None) for gpu in range(args.gpus)]
+    for process, log, url in started:
+        wait_ready(process, log, f"{url}/internal/ping", args.start_timeout, began)  # load, compile, warm-up
+    processes, urls = [p for p, _, _ in started], [url for _, _, url in started]
+    if args.gpus == 1:
+        return processes, urls, urls[0]
+    port = free_port()
+    gateway = [sys.executable, "-m", "gpuroam", "gateway", "--port", str(port), "--log-level", "warning"]
+    gateway += [arg for url in urls for arg in ("--backend", url)]
+    process, log = spawn(gateway)
+    wait_ready(process, log, f"http://127.0.0.1:{port}/gpuroam/health", 60, time.monotonic())
+    return [*processes, process], urls, f"http://127.0.0.1:{port}"
+
+
+def start_worker(args: argparse.Namespace, max_batch: int, gpu: int | None) -> tuple[subprocess.Popen, Path, str]:
     port = free_port()
     command = [
         sys.executable,
@@ -77,31 +122,19 @@ def start_worker(args: argparse.Namespace, max_batch: int) -> tuple[subprocess.P
         "warning",
         *args.worker_arg,
     ]
-    log = tempfile.NamedTemporaryFile(prefix="gpuroam-bench-worker-", suffix=".log", delete=False)  # noqa: SIM115 - open while the worker runs
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    began = time.monotonic()
-    deadline = began + args.start_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = Path(log.name).read_text(errors="replace")[-3000:]
-            raise SystemExit(f"worker exited with {process.returncode}: {' '.join(command)}\n{tail}")
-        try:
-            if httpx.get(f"{url}/internal/ping", timeout=2).status_code == 200:
-                print(f"  worker ready in {time.monotonic() - began:.1f} s (load, compile, warm-up)", file=sys.stderr)
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"worker not ready after {args.start_timeout} s")
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else None
+    process, log = spawn(command, env)
+    return process, log, f"http://127.0.0.1:{port}"
 
 
-def batch_count(url: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("gpuroam_worker_batch_images_count "):
-            return float(line.split()[1])
-    return 0.0
+def batch_count(urls: list[str]) -> float:
+    """Batches run so far, over every worker."""
+    total = 0.0
+    for url in urls:
+        for line in httpx.get(f"{url}/metrics").text.splitlines():
+            if line.startswith("gpuroam_worker_batch_images_count "):
+                total += float(line.split()[1])
+    return total
 
 
 async def drive(url: str, clients: int, body: dict, duration: float) -> tuple[int, float, list[float], int]:
@@ -131,7 +164,7 @@ async def drive(url: str, clients: int, body: dict, duration: float) -> tuple[in
 
 
 def measure(args: argparse.Namespace, mode: str, max_batch: int) -> list[Run]:
-    process, url = start_worker(args, max_batch)
+    processes, workers, url = start_workers(args, max_batch)
     runs = []
     try:
         for width, steps in args.shapes:
@@ -144,11 +177,14 @@ def measure(args: argparse.Namespace, mode: str, max_batch: int) -> list[Run]:
                 "sampler_name": args.sampler,
                 "cfg_scale": 7,
             }
-            asyncio.run(drive(url, min(max_batch, max(args.clients)), body, args.warmup))  # warm every batch size
+            warm_clients = min(max_batch * args.gpus, max(args.clients))
+            asyncio.run(drive(url, warm_clients, body, args.warmup))  # warm every batch size
             for clients in args.clients:
-                before = batch_count(url)
+                before = batch_count(workers)
                 images, seconds, latencies, errors = asyncio.run(drive(url, clients, body, args.duration))
-                run = Run(mode, clients, width, steps, images, seconds, latencies, batch_count(url) - before, errors)
+                run = Run(
+                    mode, clients, width, steps, images, seconds, latencies, batch_count(workers) - before, errors
+                )
                 runs.append(run)
                 print(
                     f"  {mode:13} {width}px/{steps} steps, {clients:3} clients: {run.images_per_s:7.2f} img/s, "
@@ -157,8 +193,10 @@ def measure(args: argparse.Namespace, mode: str, max_batch: int) -> list[Run]:
                     file=sys.stderr,
                 )
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
     return runs
 
 
@@ -191,6 +229,7 @@ def main() -> None:
     parser.add_argument("--json", dest="json_out", help="also write the raw figures here")
     parser.add_argument("--modes", default="off,on", help="batching off (max batch 1), on (--max-batch), or both")
     parser.add_argument("--worker-arg", action="append", default=[], help="passed to `gpuroam worker` (repeat)")
+    parser.add_argument("--gpus", type=int, default=1, help="workers, one per GPU, behind a gateway if more than 1")
     args = parser.parse_args()
     args.shapes = [tuple(int(v) for v in pair.split(":")) for pair in args.shapes.split(",")]
     args.clients = [int(c) for c in args.clients.split(",")]
@@ -200,8 +239,9 @@ def main() -> None:
         file=sys.stderr,
     )
     modes = args.modes.split(",")
-    runs = measure(args, "off (batch 1)", 1) if "off" in modes else []
-    runs += measure(args, f"on (max {args.max_batch})", args.max_batch) if "on" in modes else []
+    gpus = f", {args.gpus} GPUs via gateway" if args.gpus > 1 else ""
+    runs = measure(args, f"off (batch 1){gpus}", 1) if "off" in modes else []
+    runs += measure(args, f"on (max {args.max_batch}){gpus}", args.max_batch) if "on" in modes else []
     print(table(runs))
     if args.json_out:
         with open(args.json_out, "w") as handle:

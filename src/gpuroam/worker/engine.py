@@ -23,6 +23,7 @@ from gpuroam.worker.images import resize_for_generation
 from gpuroam.worker.invariance import make_batch_invariant, use_batch_invariant_cpu_kernels
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import LoadedModel
+from gpuroam.worker.noise import overlapped_noise_copies
 from gpuroam.worker.samplers import make_scheduler, resolve
 
 log = logging.getLogger("gpuroam.worker.engine")
@@ -115,7 +116,7 @@ class Engine:
                 "strength": img2img_strength(key.steps, key.denoising_strength),
             }
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), overlapped_noise_copies():
                 pixels = to_uint8_images(pipeline(**kwargs).images[:wanted].float())
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()  # give the cached blocks back before the smaller retries
