@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpuroam.placement import CapacityView, Demand, Plan, needed_regions, plan
+from gpuroam.placement import CapacityView, Demand, Launch, Plan, needed_regions, plan
 from gpuroam.records import Block, Replica, ReplicaState
 
 GPUS = ("nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100")
@@ -262,6 +263,7 @@ demands = st.builds(
     min_regions=st.integers(1, 3),
     per_region=st.integers(1, 2),
     race=st.integers(1, 4),
+    race_fallback_gpu=st.booleans(),
     max_replicas=st.integers(6, 8),
     pinned_regions=st.lists(st.sampled_from(sorted(POSITIONS)), max_size=2, unique=True).map(tuple),
 )
@@ -312,3 +314,78 @@ def test_a_flapping_region_does_not_make_placement_flap(d: Demand, region: str, 
     doublings = math.ceil(math.log2(240 * 5.0 / 30.0)) + 1
     bound = (len(GPUS) + 1) * doublings * d.per_region + 2 * needed_regions(d) * d.per_region + 4 * d.race
     assert launches <= bound, f"{launches} launches over {flips} flips"
+
+
+# --- racing a fallback GPU ---------------------------------------------------------------------
+
+
+def test_a_fallback_gpu_is_raced_while_the_preferred_one_is_out_everywhere() -> None:
+    """Every L4 out of stock: without the fallback the service tries each region's L4 before any
+    T4; with it, one raced candidate is the best T4 from the first pass on."""
+    capacity = {(r, g) for r, g in ALL_OFFERS if g != "nvidia-l4"}
+    hunting, hedged = World(demand(), set(capacity)), World(demand(race_fallback_gpu=True), set(capacity))
+    first = hedged.step()
+    assert [launch.gpu for launch in first.launches] == ["nvidia-l4", "nvidia-l4", "nvidia-tesla-t4"]
+    assert first.launches[-1] == Launch("eu-a", "nvidia-tesla-t4", "race")  # the best T4 outside the wanted regions
+    hunting.step()
+    hedged.step()
+    hunting.step()
+    assert hedged.live(ReplicaState.READY) and not hunting.live(ReplicaState.READY)
+    for world in (hedged, hunting):
+        settle(world)
+        assert {gpu for _, gpu in world.placement()} == {"nvidia-tesla-t4"} and len(world.placement()) == 2
+
+
+def _untouched_other_gpu(world: World, decided: Plan, gpus: set[str]) -> list[tuple[str, str]]:
+    """Available pairs of a GPU type outside `gpus`, in regions with no replica and no launch."""
+    touched = {r.region for r in world.live()} | {launch.region for launch in decided.launches}
+    view = world.view()
+    return [
+        (region, gpu)
+        for region, gpu in sorted(world.offers)
+        if region not in touched
+        and gpu in world.demand.gpus
+        and gpu not in gpus
+        and world.demand.region_allowed(region)
+        and not ((block := view.blocks.get((region, gpu))) and block.active(world.now))
+    ]
+
+
+racing_demands = st.builds(
+    demand,
+    gpus=st.tuples(st.permutations(GPUS), st.integers(1, 3)).map(lambda order: tuple(order[0][: order[1]])),
+    min_regions=st.integers(1, 2),
+    min_replicas=st.integers(1, 2),
+    race=st.integers(2, 6),
+    max_replicas=st.integers(2, 8),
+    pinned_regions=st.lists(st.sampled_from(sorted(POSITIONS)), max_size=1).map(tuple),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(racing_demands, st.sets(pairs), st.lists(st.sets(pairs), min_size=1, max_size=4))
+def test_the_fallback_changes_only_the_last_raced_candidate(d: Demand, capacity: set, outages: list) -> None:
+    """Same state, fallback off and on: the same plan but for the last raced launch, which moves
+    to another GPU type when every launch in flight would otherwise share one and one is free."""
+    off, on = replace(d, race_fallback_gpu=False), replace(d, race_fallback_gpu=True)
+    world = World(on, set(capacity))
+    for outage in outages:
+        world.capacity = set(capacity) - outage
+        for _ in range(6):
+            world.demand = off
+            plain = world.plan()
+            world.demand = on
+            hedged = world.plan()
+            assert hedged.drains == plain.drains and hedged.launches[:-1] == plain.launches[:-1]
+            assert len(hedged.launches) == len(plain.launches)
+            starting = [r.gpu for r in world.live(ReplicaState.PROVISIONING)]
+            raced = [launch for launch in hedged.launches if launch.reason == "race"]
+            assert len(raced) <= max(0, d.race - len(starting) - (len(hedged.launches) - len(raced)))
+            gpus = set(starting) | {launch.gpu for launch in hedged.launches}
+            capped = len(world.live()) + len(hedged.launches) >= d.max_replicas + d.race
+            if raced and len(gpus) == 1 and not capped:
+                assert not _untouched_other_gpu(world, hedged, gpus), "a free pair of another GPU was not raced"
+            if hedged.launches != plain.launches:
+                last = hedged.launches[-1]
+                assert last.reason == "race" and len(gpus) == 2 and {plain.launches[-1].gpu} == gpus - {last.gpu}
+            world.step()

@@ -86,7 +86,13 @@ def test_defaults_fill_a_minimal_spec() -> None:
     assert spec.regions == RegionsSpec(allow=("*",), deny=(), min_regions=1)
     assert spec.replicas == ReplicasSpec(per_region=1, min=1, max=8)
     assert spec.placement == PlacementSpec(
-        race=5, provision_timeout_s=900, block_ttl_s=300, block_backoff=2.0, block_max_s=3600, move_back_after_s=120
+        race=5,
+        race_fallback_gpu=True,
+        provision_timeout_s=900,
+        block_ttl_s=300,
+        block_backoff=2.0,
+        block_max_s=3600,
+        move_back_after_s=120,
     )
 
 
@@ -138,6 +144,11 @@ def test_spec_is_immutable_and_json_serialisable() -> None:
             edited(zzz=1), ["unknown field 'zzz' under (top level); valid fields there: name, app"], id="unknown-far"
         ),
         pytest.param(edited(placement__race=0), ["placement.race:", "1..16"], id="race-0"),
+        pytest.param(
+            edited(placement__race_fallback_gpu="yes"),
+            ["placement.race_fallback_gpu: input should be a valid boolean (got 'yes')", "true or false"],
+            id="fallback-str",
+        ),
         pytest.param(
             edited(replicas__min=3, replicas__max=2),
             ["replicas.max: max (2) is below min (3)", "raise replicas.max to at least 3"],
@@ -275,6 +286,7 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
         ttl = draw(seconds)
         data["placement"] = {
             "race": draw(st.integers(1, 16)),
+            "race_fallback_gpu": draw(st.booleans()),
             "provision_timeout_s": draw(seconds),
             "block_ttl_s": ttl,
             "block_backoff": draw(st.floats(1, 10)),

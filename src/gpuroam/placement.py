@@ -16,7 +16,10 @@ tested and simulated. The rules, in order:
    runs, then adds the best available ones. With fewer regions, each takes more replicas.
 4. A wanted region short of replicas gets launches on its best available GPU; while any wanted
    region has no ready replica, extra candidates in the next-best regions are raced, up to
-   `race` launches in flight.
+   `race` launches in flight. With `race_fallback_gpu`, while every launch in flight is on one
+   GPU type, the last raced candidate is the best available pair of another type, so a stockout
+   of the preferred GPU everywhere does not hold back the fallback GPU until every region's
+   preferred pair has failed.
 5. Move back: when every wanted region is fully ready and nothing is starting, one replica at a
    time moves to a strictly better stable GPU in its region, or a wanted region is replaced by
    a strictly better stable one.
@@ -29,8 +32,9 @@ tested and simulated. The rules, in order:
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,6 +65,7 @@ class Demand:
     min_replicas: int = 1
     max_replicas: int = 8
     race: int = 3
+    race_fallback_gpu: bool = False
     move_back_after_s: float = 120.0
     pinned_regions: tuple[str, ...] = ()
 
@@ -76,6 +81,7 @@ class Demand:
             min_replicas=spec.replicas.min,
             max_replicas=spec.replicas.max,
             race=spec.placement.race,
+            race_fallback_gpu=spec.placement.race_fallback_gpu,
             move_back_after_s=spec.placement.move_back_after_s,
             pinned_regions=tuple(r for r in pinned_regions if spec.region_allowed(r)),
         )
@@ -181,10 +187,10 @@ class _Inputs:
     def pair_key(self, region: str, gpu: str) -> tuple:
         return self._keys[(region, gpu)]
 
-    def best_pair(self, region: str, test: str = "available") -> Pair | None:
-        """The region's best pair that is available (or stable, for moving back)."""
+    def best_pair(self, region: str, test: str = "available", skip: Collection[str] = ()) -> Pair | None:
+        """The region's best pair that is available (or stable, for moving back), on a GPU not in `skip`."""
         usable = self._stable if test == "stable" else self._available
-        return next((pair for pair in self._by_region.get(region, ()) if pair in usable), None)
+        return next((p for p in self._by_region.get(region, ()) if p in usable and p[1] not in skip), None)
 
 
 def plan(
@@ -318,20 +324,35 @@ def _launches(
             launches += [Launch(region, pair[1], reason)] * (inputs.quota(region) - len(here))
     if not launches and not any(r.state is ReplicaState.PROVISIONING for r in live):
         launches += _move_back_gpu(inputs, wanted, live)
-    starting = sum(r.state is ReplicaState.PROVISIONING for r in live) + len(launches)
     ready = sum(r.state is ReplicaState.READY for r in live)
     unserved = [r for r in wanted if not any(x.region == r and x.state is ReplicaState.READY for x in live)]
     if unserved and ready < needed_regions(demand) * demand.per_region:
-        busy = set(wanted) | {r.region for r in live}
-        spare = sorted((r for r in keys if r not in busy), key=lambda r: keys[r])
-        for region in spare:
-            pair = inputs.best_pair(region)
-            if starting >= demand.race:
-                break
-            if pair is not None:
-                launches.append(Launch(region, pair[1], "race"))
-                starting += 1
+        launches += _race(inputs, keys, wanted, live, launches)
     return launches
+
+
+def _race(
+    inputs: _Inputs,
+    keys: Mapping[str, tuple],
+    wanted: Sequence[str],
+    live: Sequence[Replica],
+    launches: Sequence[Launch],
+) -> list[Launch]:
+    """One candidate in each next-best region, up to `race` launches in flight; with
+    race_fallback_gpu, the last on another GPU type while all in flight share one."""
+    demand = inputs.demand
+    starting = [r.gpu for r in live if r.state is ReplicaState.PROVISIONING] + [launch.gpu for launch in launches]
+    busy = set(wanted) | {r.region for r in live}
+    spare = sorted((r for r in keys if r not in busy), key=lambda r: keys[r])
+    best = (pair for region in spare if (pair := inputs.best_pair(region)) is not None)
+    chosen = list(itertools.islice(best, max(0, demand.race - len(starting))))
+    gpus = set(starting) | {gpu for _, gpu in chosen}
+    if demand.race_fallback_gpu and chosen and len(gpus) == 1:
+        taken = {region for region, _ in chosen[:-1]}
+        others = [pair for region in spare if region not in taken and (pair := inputs.best_pair(region, skip=gpus))]
+        if others:
+            chosen[-1] = min(others, key=lambda pair: inputs.pair_key(*pair))
+    return [Launch(region, gpu, "race") for region, gpu in chosen]
 
 
 def _move_back_gpu(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica]) -> list[Launch]:

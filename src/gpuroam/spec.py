@@ -138,8 +138,12 @@ class PlacementSpec(_Section):
     """How placement hunts for capacity: racing, timeouts, and how long a failed pair is skipped."""
 
     # Defaults from the capacity simulation (`gpuroam sim`, bench/RESULTS.md, issue 9): racing 5 pairs
-    # and waiting 900 s for a GPU node (launches take 2-15 minutes) beat 3 and 600 s on time to capacity.
+    # and waiting 900 s for a GPU node (launches take 2-15 minutes) beat 3 and 600 s on time to capacity;
+    # racing one pair of a fallback GPU keeps a shortage of the first-choice GPU from slowing it.
     race: int = Field(5, ge=1, le=16, description="an integer 1..16: (region, GPU) pairs tried at once")
+    race_fallback_gpu: bool = Field(
+        True, description="true or false: race one pair of another GPU type while all tried share one"
+    )
     provision_timeout_s: float = Field(900.0, gt=0, description="seconds > 0 a launch may take to be ready")
     block_ttl_s: float = Field(300.0, gt=0, description="seconds > 0 a (region, GPU) is skipped after a failure")
     block_backoff: float = Field(2.0, ge=1, description="a number >= 1 multiplying the block per failure")

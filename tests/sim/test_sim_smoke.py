@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,14 @@ def test_racing_beats_sequential_where_capacity_is_far_down_the_price_list() -> 
     assert racing.up_s > 0 and racing.cost_usd > 0
 
 
-def test_processes_give_the_figures_one_process_gives() -> None:
+def test_processes_give_the_figures_one_process_gives(monkeypatch: pytest.MonkeyPatch) -> None:
     one = SimConfig(runs=4, days=0.25, seed=3, policies=("sequential", "gpuroam"), processes=1, chunk=1)
     two = SimConfig(runs=4, days=0.25, seed=3, policies=("sequential", "gpuroam"), processes=2, chunk=1)
+
+    def no_fork() -> int:
+        raise AssertionError("workers forked from a process with threads (numpy's BLAS pool) can deadlock")
+
+    monkeypatch.setattr(os, "fork", no_fork)
     assert simulate(one) == simulate(two)
 
 

@@ -19,16 +19,19 @@ def sim(
         int, typer.Option(min=1, help="Seeded runs (worlds) per world kind; every policy runs each.")
     ] = 1000,
     days: Annotated[float, typer.Option(min=0.05, help="Days each run lasts after the service is created.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Run i draws its world from [seed, i]: same seed, same figures.")] = 1,
+    seed: Annotated[int, typer.Option(help="Run i draws its world from \\[seed, i]: same seed, same figures.")] = 1,
     policies: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: sequential, gpuroam (the spec's defaults), previous-defaults, race-N, no-backoff, "
-            "backoff-4, price-order, timeout-10m, timeout-15m, timeout-20m, single-region; vary one with NAME:key=value "
-            "(race, timeout, ttl, backoff, max, move_back, regions, gpus, min_regions, min)."
+            help="Comma-separated: sequential, gpuroam (the spec's defaults), previous-defaults, no-fallback, race-N, "
+            "no-backoff, backoff-4, price-order, timeout-10m, timeout-15m, timeout-20m, single-region; vary one with "
+            "NAME:key=value (race, fallback on|off, timeout, ttl, backoff, max, move_back, regions, gpus, min_regions, "
+            "min)."
         ),
     ] = "",
-    worlds: Annotated[str, typer.Option(help="Comma-separated world models: typical, crunch.")] = "typical,crunch",
+    worlds: Annotated[
+        str, typer.Option(help="Comma-separated world models: typical, crunch, l4-shortage.")
+    ] = "typical,crunch",
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder for sim-results.json and the two PNG plots.")
     ] = None,

@@ -68,7 +68,7 @@ class Engine:
         self.model = world.model
         self.rng = rng
         self.policy: Policy = make_policy(config, catalog, offers)
-        self.gpu_count = config.gpu_count
+        self.gpu_count = config.spec.resources.gpu_count
         self.start = world.start_s
         self.end = world.start_s + days * 86400.0
         self.now = self.start

@@ -1,11 +1,11 @@
 """How a service hunts for capacity in the simulated world.
 
-- `GpuroamPolicy` is gpuroam itself: every pass calls the real `gpuroam.placement.plan` with a
-  CapacityView of the blocks it holds and where traffic comes from, does what the plan says, and
-  blocks a pair after a capacity failure with the real `gpuroam.placement.block_after_failure`
-  (the backoff the reconciler uses). What the reconciler adds around them (a launch not ready
-  within provision_timeout_s is a capacity failure; a lost ready replica blocks its pair) the
-  engine does, as the reconciler does.
+- `GpuroamPolicy` is gpuroam itself: every pass calls the real `gpuroam.placement.plan` with the
+  Demand of the policy's ServiceSpec, a CapacityView of the blocks it holds and where traffic comes
+  from, does what the plan says, and blocks a pair after a capacity failure with the real
+  `gpuroam.placement.block_after_failure` (the backoff the reconciler uses). What the reconciler
+  adds around them (a launch not ready within provision_timeout_s is a capacity failure; a lost
+  ready replica blocks its pair) the engine does, as the reconciler does.
 - `SequentialPolicy` is what SkyPilot (SkyServe) and dstack do, not gpuroam code: each replica is
   launched on the cheapest (region, GPU) offer; a failure blocks that offer for the rest of the
   walk and the next cheapest is tried; when every offer has failed, the walk starts again from
@@ -13,100 +13,129 @@
   It never moves a replica once placed.
 
 Policies are named presets with optional overrides: `gpuroam`, `race-5`,
-`gpuroam:race=4:backoff=1.5`, `sequential:timeout=1200`.
+`gpuroam:race=4:backoff=1.5`, `sequential:timeout=1200`. Each is a kind and a real ServiceSpec,
+validated as a spec file is, so the spec stays the one source of the placement settings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from gpuroam.catalog import Catalog, load_catalog
 from gpuroam.placement import CapacityView, Demand, block_after_failure, plan
 from gpuroam.records import Block, Replica
-from gpuroam.spec import PlacementSpec, region_matches
+from gpuroam.spec import ServiceSpec, SpecError, parse_spec, spec_to_dict
 
 if TYPE_CHECKING:
     from gpuroam.sim.engine import Engine
 
 Pair = tuple[str, str]
+Kind = Literal["gpuroam", "sequential"]
 
 # The simulated service: the shape of examples/stable-diffusion.yaml (GPU preference, two regions,
 # two replicas, at most six), with the spec's placement defaults unless a policy overrides them.
-SERVICE_GPUS = ("nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100")
+SERVICE = parse_spec(
+    {
+        "name": "stable-diffusion",
+        "resources": {"gpus": ["nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100"]},
+        "regions": {"min_regions": 2},
+        "replicas": {"per_region": 1, "min": 2, "max": 6},
+    },
+    "gpuroam sim",
+)
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
+    """A named policy: how it hunts for capacity (`kind`) for the service `spec` describes."""
+
     name: str
-    kind: Literal["gpuroam", "sequential"] = "gpuroam"
-    gpus: tuple[str, ...] = SERVICE_GPUS
-    allow: tuple[str, ...] = ("*",)
-    min_regions: int = 2
-    per_region: int = 1
-    min_replicas: int = 2
-    max_replicas: int = 6
-    gpu_count: int = 1
-    race: int = field(default_factory=lambda: PlacementSpec().race)
-    provision_timeout_s: float = field(default_factory=lambda: PlacementSpec().provision_timeout_s)
-    block_ttl_s: float = field(default_factory=lambda: PlacementSpec().block_ttl_s)
-    block_backoff: float = field(default_factory=lambda: PlacementSpec().block_backoff)
-    block_max_s: float = field(default_factory=lambda: PlacementSpec().block_max_s)
-    move_back_after_s: float = field(default_factory=lambda: PlacementSpec().move_back_after_s)
+    kind: Kind
+    spec: ServiceSpec
 
     def describe(self) -> dict:
+        spec, placement = self.spec, self.spec.placement
         out = {
             "kind": self.kind,
-            "gpus": list(self.gpus),
-            "allow": list(self.allow),
-            "min_regions": self.min_regions,
-            "min_replicas": self.min_replicas,
-            "max_replicas": self.max_replicas,
-            "provision_timeout_s": self.provision_timeout_s,
+            "gpus": list(spec.resources.gpus),
+            "allow": list(spec.regions.allow),
+            "min_regions": spec.regions.min_regions,
+            "min_replicas": spec.replicas.min,
+            "max_replicas": spec.replicas.max,
+            "provision_timeout_s": placement.provision_timeout_s,
         }
         if self.kind == "gpuroam":
             out |= {
-                "race": self.race,
-                "block_ttl_s": self.block_ttl_s,
-                "block_backoff": self.block_backoff,
-                "block_max_s": self.block_max_s,
-                "move_back_after_s": self.move_back_after_s,
+                "race": placement.race,
+                "race_fallback_gpu": placement.race_fallback_gpu,
+                "block_ttl_s": placement.block_ttl_s,
+                "block_backoff": placement.block_backoff,
+                "block_max_s": placement.block_max_s,
+                "move_back_after_s": placement.move_back_after_s,
             }
         return out
 
 
 def _price_order(gpus: Iterable[str]) -> tuple[str, ...]:
     """The GPUs cheapest per hour first (the bundled catalog's base prices): what ordering by
-    price alone gives, where SERVICE_GPUS is ordered by price per image (price / speed)."""
+    price alone gives, where SERVICE's GPUs are ordered by price per image (price / speed)."""
     known = load_catalog().gpus
     return tuple(sorted(gpus, key=lambda g: known[g].base_price))
 
 
-# name -> (kind, overrides). `gpuroam` is the spec's defaults; the rest vary one thing each.
-PRESETS: dict[str, tuple[str, dict]] = {
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(text.split("+"))
+
+
+def _switch(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise ValueError(f"{text!r} is neither on nor off")
+    return text == "on"
+
+
+# Override key -> the spec field it sets (section, field) and how its text is read.
+_KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
+    "race": ("placement", "race", int),
+    "fallback": ("placement", "race_fallback_gpu", _switch),
+    "timeout": ("placement", "provision_timeout_s", float),
+    "ttl": ("placement", "block_ttl_s", float),
+    "backoff": ("placement", "block_backoff", float),
+    "max": ("placement", "block_max_s", float),
+    "move_back": ("placement", "move_back_after_s", float),
+    "regions": ("regions", "allow", _names),
+    "gpus": ("resources", "gpus", _names),
+    "min_regions": ("regions", "min_regions", int),
+    "min": ("replicas", "min", int),
+}
+
+# name -> (kind, overrides by key). `gpuroam` is the spec's defaults; the rest vary one thing each.
+PRESETS: dict[str, tuple[Kind, dict[str, object]]] = {
     "sequential": ("sequential", {}),
     "gpuroam": ("gpuroam", {}),
-    # the spec's defaults before this simulation set them (race 3, provision timeout 600 s)
-    "previous-defaults": ("gpuroam", {"race": 3, "provision_timeout_s": 600.0}),
+    # the spec's defaults before this simulation set them (race 3, provision timeout 600 s, no fallback GPU)
+    "previous-defaults": ("gpuroam", {"race": 3, "timeout": 600.0, "fallback": False}),
     "race-1": ("gpuroam", {"race": 1}),
     "race-2": ("gpuroam", {"race": 2}),
     "race-3": ("gpuroam", {"race": 3}),
     "race-4": ("gpuroam", {"race": 4}),
     "race-5": ("gpuroam", {"race": 5}),
     "race-8": ("gpuroam", {"race": 8}),
-    "no-backoff": ("gpuroam", {"block_backoff": 1.0}),
-    "backoff-4": ("gpuroam", {"block_backoff": 4.0}),
-    "price-order": ("gpuroam", {"gpus": _price_order(SERVICE_GPUS)}),
-    "timeout-10m": ("gpuroam", {"provision_timeout_s": 600.0}),
-    "timeout-15m": ("gpuroam", {"provision_timeout_s": 900.0}),
-    "timeout-20m": ("gpuroam", {"provision_timeout_s": 1200.0}),
-    "single-region": ("gpuroam", {"allow": ("us-central1",)}),
+    "no-fallback": ("gpuroam", {"fallback": False}),
+    "no-backoff": ("gpuroam", {"backoff": 1.0}),
+    "backoff-4": ("gpuroam", {"backoff": 4.0}),
+    "price-order": ("gpuroam", {"gpus": _price_order(SERVICE.resources.gpus)}),
+    "timeout-10m": ("gpuroam", {"timeout": 600.0}),
+    "timeout-15m": ("gpuroam", {"timeout": 900.0}),
+    "timeout-20m": ("gpuroam", {"timeout": 1200.0}),
+    "single-region": ("gpuroam", {"regions": ("us-central1",)}),
 }
 DEFAULT_POLICIES = (
     "sequential",
     "gpuroam",
     "previous-defaults",
+    "no-fallback",
     "race-2",
     "race-3",
     "race-8",
@@ -115,18 +144,6 @@ DEFAULT_POLICIES = (
     "timeout-10m",
     "single-region",
 )
-_KEYS = {
-    "race": ("race", int),
-    "timeout": ("provision_timeout_s", float),
-    "ttl": ("block_ttl_s", float),
-    "backoff": ("block_backoff", float),
-    "max": ("block_max_s", float),
-    "move_back": ("move_back_after_s", float),
-    "regions": ("allow", lambda v: tuple(v.split("+"))),
-    "gpus": ("gpus", lambda v: tuple(v.split("+"))),
-    "min_regions": ("min_regions", int),
-    "min": ("min_replicas", int),
-}
 
 
 class PolicyError(ValueError):
@@ -134,25 +151,34 @@ class PolicyError(ValueError):
 
 
 def policy_config(name: str) -> PolicyConfig:
-    """A preset by name, with `:key=value` overrides (race, timeout, ttl, backoff, max, move_back,
-    regions a+b, gpus a+b, min_regions, min)."""
+    """A preset by name, with `:key=value` overrides (race, fallback on|off, timeout, ttl, backoff,
+    max, move_back, regions a+b, gpus a+b, min_regions, min)."""
     base, *overrides = name.split(":")
     if base not in PRESETS:
         raise PolicyError(f"unknown policy {base!r}; known: {', '.join(PRESETS)} (add :key=value to vary one)")
     kind, preset = PRESETS[base]
-    config = replace(PolicyConfig(name=name, kind=kind), **preset)  # type: ignore[arg-type]
+    changes = dict(preset)
     for item in overrides:
-        key, _, value = item.partition("=")
-        if key not in _KEYS or not value:
+        key, _, text = item.partition("=")
+        if key not in _KEYS or not text:
             raise PolicyError(f"policy {name!r}: {item!r} is not key=value with key one of {', '.join(_KEYS)}")
-        attr, parse = _KEYS[key]
         try:
-            config = replace(config, **{attr: parse(value)})
+            changes[key] = _KEYS[key][2](text)
         except ValueError as error:
             raise PolicyError(f"policy {name!r}: {item!r}: {error}") from None
-    if config.block_max_s < config.block_ttl_s or config.race < 1 or config.block_backoff < 1:
-        raise PolicyError(f"policy {name!r}: needs race >= 1, backoff >= 1 and max >= ttl")
-    return config
+    return PolicyConfig(name, kind, _service(name, changes))
+
+
+def _service(name: str, changes: Mapping[str, object]) -> ServiceSpec:
+    """SERVICE with `changes` made, validated as a spec file is (so race 0 is refused alike)."""
+    data = spec_to_dict(SERVICE)
+    for key, value in changes.items():
+        section, attr, _ = _KEYS[key]
+        data[section][attr] = value
+    try:
+        return parse_spec(data, f"policy {name!r}")
+    except SpecError as error:
+        raise PolicyError(f"policy {name!r}: {'; '.join(error.problems)}") from None
 
 
 class CachedCatalog:
@@ -185,20 +211,10 @@ class GpuroamPolicy:
     def __init__(self, config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[Pair]) -> None:
         self.config = config
         self.catalog = catalog
-        self.offers = frozenset(p for p in offers if p[1] in config.gpus)
-        self.demand = Demand(
-            gpus=config.gpus,
-            allow=config.allow,
-            gpu_count=config.gpu_count,
-            min_regions=config.min_regions,
-            per_region=config.per_region,
-            min_replicas=config.min_replicas,
-            max_replicas=config.max_replicas,
-            race=config.race,
-            move_back_after_s=config.move_back_after_s,
-        )
+        self.offers = frozenset(p for p in offers if p[1] in config.spec.resources.gpus)
+        self.demand = Demand.from_spec(config.spec)
         self.blocks: dict[Pair, Block] = {}
-        self.provision_timeout_s = config.provision_timeout_s
+        self.provision_timeout_s = config.spec.placement.provision_timeout_s
 
     def on_pass(self, engine: Engine, now: float) -> bool:
         view = CapacityView(offers=self.offers, blocks=self.blocks, traffic=engine.traffic(now))
@@ -215,13 +231,13 @@ class GpuroamPolicy:
     def on_failure(self, engine: Engine, replica: Replica, now: float, lost: bool) -> None:
         """A capacity failure or a lost replica: the reconciler blocks the pair, with backoff."""
         pair = (replica.region, replica.gpu)
-        c = self.config
+        p = self.config.spec.placement
         block = block_after_failure(
-            self.blocks.get(pair), *pair, now, c.block_ttl_s, c.block_backoff, c.block_max_s, "sim"
+            self.blocks.get(pair), *pair, now, p.block_ttl_s, p.block_backoff, p.block_max_s, "sim"
         )
         self.blocks[pair] = block
         engine.wake(block.until)
-        engine.wake(block.until + c.move_back_after_s)
+        engine.wake(block.until + p.move_back_after_s)
 
 
 @dataclass
@@ -241,13 +257,15 @@ class SequentialPolicy:
 
     def __init__(self, config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[Pair]) -> None:
         self.config = config
-        allowed = [p for p in offers if p[1] in config.gpus and region_matches(p[0], config.allow, ())]
+        spec = config.spec
+        allowed = [p for p in offers if p[1] in spec.resources.gpus and spec.region_allowed(p[0])]
         # Cheapest first; equal prices in the catalog's region order (us-central1 first), as the
         # tools' own catalogs list them.
-        self.order = sorted(allowed, key=lambda p: (catalog.price(*p) * config.gpu_count, catalog.rank(p[0]), p[1]))
-        self.slots = [_Slot() for _ in range(config.min_replicas)]
+        count = spec.resources.gpu_count
+        self.order = sorted(allowed, key=lambda p: (catalog.price(*p) * count, catalog.rank(p[0]), p[1]))
+        self.slots = [_Slot() for _ in range(spec.replicas.min)]
         self.by_replica: dict[str, _Slot] = {}
-        self.provision_timeout_s = config.provision_timeout_s
+        self.provision_timeout_s = spec.placement.provision_timeout_s
 
     def on_pass(self, engine: Engine, now: float) -> bool:
         acted = False

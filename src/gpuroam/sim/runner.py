@@ -10,8 +10,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from multiprocessing.context import BaseContext
 
 import numpy as np
 
@@ -57,35 +58,68 @@ def run_chunk(config: SimConfig, run_ids: Sequence[int]) -> list[tuple[int, str,
     return out
 
 
-def _task(args: tuple[SimConfig, Sequence[int]]) -> list[tuple[int, str, RunResult]]:
+_Task = tuple[int, SimConfig, Sequence[int]]  # (which config, the config, its run ids)
+_Done = tuple[int, list[tuple[int, str, RunResult]]]
+
+
+def _chunk(task: _Task) -> _Done:
+    which, config, run_ids = task
+    return which, run_chunk(config, run_ids)
+
+
+def _task(task: _Task) -> _Done:
     try:
         os.nice(19)  # a background job: the machine has other work
     except OSError:
         pass
-    return run_chunk(*args)
+    return _chunk(task)
+
+
+def _context() -> BaseContext:
+    """Workers come from a fork server (spawned where there is none), never from forking this
+    process: it has threads by then (numpy's BLAS pool, the progress bar's refresh), and a fork
+    copies their locks mid-use (Python 3.12 warns that the child may deadlock)."""
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    return multiprocessing.get_context(method)
 
 
 def simulate(config: SimConfig, progress: Callable[[int], None] | None = None) -> dict[str, list[RunResult]]:
     """policy -> one RunResult per run, in run order. `progress(n)` is told of each n runs done."""
-    for name in config.policies:
-        policy_config(name)  # unknown names fail here, not in a worker
-    chunks = [range(i, min(i + config.chunk, config.runs)) for i in range(0, config.runs, config.chunk)]
-    by_run: dict[tuple[int, str], RunResult] = {}
-    if config.processes <= 1:
-        for chunk in chunks:
-            for run, name, result in run_chunk(config, chunk):
-                by_run[(run, name)] = result
+    return simulate_all([config], progress)[0]
+
+
+def simulate_all(
+    configs: Sequence[SimConfig], progress: Callable[[int], None] | None = None
+) -> list[dict[str, list[RunResult]]]:
+    """`simulate` for each config, their runs spread over one set of worker processes (started
+    once, and busy to the end rather than idle between configs)."""
+    for config in configs:
+        for name in config.policies:
+            policy_config(name)  # unknown names fail here, not in a worker
+    tasks: list[_Task] = [
+        (which, config, range(i, min(i + config.chunk, config.runs)))
+        for which, config in enumerate(configs)
+        for i in range(0, config.runs, config.chunk)
+    ]
+    by_run: dict[tuple[int, int, str], RunResult] = {}
+
+    def collect(outcomes: Iterable[_Done]) -> None:
+        for which, done in outcomes:
+            for run, name, result in done:
+                by_run[(which, run, name)] = result
             if progress:
-                progress(len(chunk))
+                progress(len({run for run, _, _ in done}))
+
+    processes = max(config.processes for config in configs)
+    if processes <= 1:
+        collect(map(_chunk, tasks))
     else:
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(config.processes) as pool:
-            for done in pool.imap_unordered(_task, [(config, chunk) for chunk in chunks]):
-                for run, name, result in done:
-                    by_run[(run, name)] = result
-                if progress:
-                    progress(len({run for run, _, _ in done}))
-    return {name: [by_run[(run, name)] for run in range(config.runs)] for name in config.policies}
+        with _context().Pool(processes) as pool:
+            collect(pool.imap_unordered(_task, tasks))
+    return [
+        {name: [by_run[(which, run, name)] for run in range(config.runs)] for name in config.policies}
+        for which, config in enumerate(configs)
+    ]
 
 
 @dataclass
@@ -137,9 +171,8 @@ def study(config: SimConfig, worlds: Sequence[str], progress: Callable[[int], No
     if unknown:
         raise ValueError(f"unknown world {unknown[0]!r}; known: {', '.join(WORLDS)}")
     started = time.perf_counter()
-    results, tables, verdicts = {}, {}, {}
-    for world in worlds:
-        results[world] = simulate(replace(config, model=WORLDS[world]), progress)
-        tables[world] = summarize_all(results[world])
-        verdicts[world] = goals(tables[world])
+    runs = simulate_all([replace(config, model=WORLDS[world]) for world in worlds], progress)
+    results = dict(zip(worlds, runs, strict=True))
+    tables = {world: summarize_all(results[world]) for world in worlds}
+    verdicts = {world: goals(tables[world]) for world in worlds}
     return Study(config, tuple(worlds), results, tables, verdicts, time.perf_counter() - started)

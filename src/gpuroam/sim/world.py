@@ -274,6 +274,8 @@ def build_world(model: WorldModel, layout: Layout, rng: np.random.Generator, day
 
 # Named worlds. `typical`: the defaults above. `crunch`: GPUs short everywhere, as in a demand
 # wave (every GPU type out of stock more often, a T4 three times as often, and for longer).
+# `l4-shortage`: typical, but the service's first-choice GPU, the L4, out of stock nearly
+# everywhere for most of the day (the case where hunting the first choice first costs most).
 WORLDS: dict[str, WorldModel] = {
     "typical": WorldModel(),
     "crunch": WorldModel(
@@ -285,4 +287,5 @@ WORLDS: dict[str, WorldModel] = {
             "nvidia-h100-80gb": (0.85, 300.0),
         },
     ),
+    "l4-shortage": WorldModel(scarcity={**WorldModel().scarcity, "nvidia-l4": (0.95, 720.0)}),
 }
