@@ -43,6 +43,8 @@ class Run:
     latencies: list[float]
     batches: float
     errors: int
+    device_s: float  # the workers' mean time per batch on the device (generation_seconds)
+    server_s: float  # the workers' mean time from request to response (request_seconds)
 
     @property
     def images_per_s(self) -> float:
@@ -78,7 +80,8 @@ def wait_ready(process: subprocess.Popen, log: Path, url: str, timeout: float, b
             pass
         time.sleep(0.2)
     process.kill()
-    raise SystemExit(f"{url} not ready after {timeout} s")
+    tail = log.read_text(errors="replace")[-3000:]
+    raise SystemExit(f"{url} not ready after {timeout} s: {' '.join(process.args)}\n{tail}")
 
 
 def start_workers(args: argparse.Namespace, max_batch: int) -> tuple[list[subprocess.Popen], list[str], str]:
@@ -127,14 +130,23 @@ def start_worker(args: argparse.Namespace, max_batch: int, gpu: int | None) -> t
     return process, log, f"http://127.0.0.1:{port}"
 
 
-def batch_count(urls: list[str]) -> float:
-    """Batches run so far, over every worker."""
-    total = 0.0
+METRICS = {
+    "batches": "gpuroam_worker_batch_images_count",
+    "device_sum": "gpuroam_worker_generation_seconds_sum",
+    "server_sum": 'gpuroam_worker_request_seconds_sum{route="/sdapi/v1/txt2img"}',
+    "served": 'gpuroam_worker_request_seconds_count{route="/sdapi/v1/txt2img"}',
+}
+
+
+def worker_totals(urls: list[str]) -> dict[str, float]:
+    """Batches run, device seconds and request seconds so far, summed over the workers' /metrics."""
+    totals = dict.fromkeys(METRICS, 0.0)
     for url in urls:
         for line in httpx.get(f"{url}/metrics").text.splitlines():
-            if line.startswith("gpuroam_worker_batch_images_count "):
-                total += float(line.split()[1])
-    return total
+            for name, series in METRICS.items():
+                if line.startswith(series + " "):
+                    totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 async def drive(url: str, clients: int, body: dict, duration: float) -> tuple[int, float, list[float], int]:
@@ -163,6 +175,16 @@ async def drive(url: str, clients: int, body: dict, duration: float) -> tuple[in
     return images, time.perf_counter() - started, latencies, errors
 
 
+def worker_side(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Between two `worker_totals`: batches run, device seconds per batch, server seconds per request."""
+    change = {name: after[name] - before[name] for name in METRICS}
+    return {
+        "batches": change["batches"],
+        "device_s": change["device_sum"] / max(change["batches"], 1),
+        "server_s": change["server_sum"] / max(change["served"], 1),
+    }
+
+
 def measure(args: argparse.Namespace, mode: str, max_batch: int) -> list[Run]:
     processes, workers, url = start_workers(args, max_batch)
     runs = []
@@ -180,16 +202,16 @@ def measure(args: argparse.Namespace, mode: str, max_batch: int) -> list[Run]:
             warm_clients = min(max_batch * args.gpus, max(args.clients))
             asyncio.run(drive(url, warm_clients, body, args.warmup))  # warm every batch size
             for clients in args.clients:
-                before = batch_count(workers)
+                before = worker_totals(workers)
                 images, seconds, latencies, errors = asyncio.run(drive(url, clients, body, args.duration))
-                run = Run(
-                    mode, clients, width, steps, images, seconds, latencies, batch_count(workers) - before, errors
-                )
+                side = worker_side(before, worker_totals(workers))
+                run = Run(mode, clients, width, steps, images, seconds, latencies, errors=errors, **side)
                 runs.append(run)
                 print(
                     f"  {mode:13} {width}px/{steps} steps, {clients:3} clients: {run.images_per_s:7.2f} img/s, "
                     f"p50 {run.percentile(0.5):.3f} s, p99 {run.percentile(0.99):.3f} s, "
-                    f"{run.images / max(run.batches, 1):.1f} img/batch",
+                    f"{run.images / max(run.batches, 1):.1f} img/batch, device {run.device_s:.3f} s/batch, "
+                    f"server {run.server_s:.3f} s/request",
                     file=sys.stderr,
                 )
     finally:
@@ -202,14 +224,14 @@ def measure(args: argparse.Namespace, mode: str, max_batch: int) -> list[Run]:
 
 def table(runs: list[Run]) -> str:
     rows = [
-        "| shape | clients | batching | img/s | p50 s | p99 s | images/batch | errors |",
-        "|---|---|---|---|---|---|---|---|",
+        "| shape | clients | batching | img/s | p50 s | p99 s | images/batch | device s/batch | server s/request | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in sorted(runs, key=lambda r: (r.width, r.steps, r.clients, r.mode)):
         rows.append(
             f"| {run.width}x{run.width}, {run.steps} steps | {run.clients} | {run.mode} | "
             f"{run.images_per_s:.2f} | {run.percentile(0.5):.3f} | {run.percentile(0.99):.3f} | "
-            f"{run.images / max(run.batches, 1):.1f} | {run.errors} |"
+            f"{run.images / max(run.batches, 1):.1f} | {run.device_s:.3f} | {run.server_s:.3f} | {run.errors} |"
         )
     return "\n".join(rows)
 
