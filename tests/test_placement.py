@@ -323,7 +323,10 @@ def test_a_fallback_gpu_is_raced_while_the_preferred_one_is_out_everywhere() -> 
     """Every L4 out of stock: without the fallback the service tries each region's L4 before any
     T4; with it, one raced candidate is the best T4 from the first pass on."""
     capacity = {(r, g) for r, g in ALL_OFFERS if g != "nvidia-l4"}
-    hunting, hedged = World(demand(), set(capacity)), World(demand(race_fallback_gpu=True), set(capacity))
+    hunting, hedged = (
+        World(demand(race_fallback_gpu=False), set(capacity)),
+        World(demand(race_fallback_gpu=True), set(capacity)),
+    )
     first = hedged.step()
     assert [launch.gpu for launch in first.launches] == ["nvidia-l4", "nvidia-l4", "nvidia-tesla-t4"]
     assert first.launches[-1] == Launch("eu-a", "nvidia-tesla-t4", "race")  # the best T4 outside the wanted regions

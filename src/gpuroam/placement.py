@@ -39,7 +39,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gpuroam.records import Block, Replica, ReplicaState
-from gpuroam.spec import ServiceSpec, region_matches
+from gpuroam.spec import PlacementSpec, ServiceSpec, region_matches
+
+_SPEC_DEFAULTS = PlacementSpec()
 
 Pair = tuple[str, str]  # (region, GPU type)
 
@@ -64,9 +66,9 @@ class Demand:
     per_region: int = 1
     min_replicas: int = 1
     max_replicas: int = 8
-    race: int = 3
-    race_fallback_gpu: bool = False
-    move_back_after_s: float = 120.0
+    race: int = _SPEC_DEFAULTS.race
+    race_fallback_gpu: bool = _SPEC_DEFAULTS.race_fallback_gpu
+    move_back_after_s: float = _SPEC_DEFAULTS.move_back_after_s
     pinned_regions: tuple[str, ...] = ()
 
     @classmethod
