@@ -37,7 +37,8 @@ def play(scenarios: list[str], out: Path) -> None:
     for name, result in results.items():
         assert not result.get("skipped"), f"{name} skipped: {result.get('skipped')}"
         figures = result["figures"]
-        assert figures["sent"] >= 50, f"{name}: too little load to say anything ({figures['sent']} requests)"
+        # What the fault met, not a rate: a slow machine sends fewer requests, each still crossing the fault.
+        assert figures["during_fault"] >= 8, f"{name}: too little load met the fault ({figures['during_fault']})"
         assert figures["failed"] == 0, f"{name}: {figures['failed']} failed: {figures['errors']}"
     assert done.returncode == 0, done.stderr[-3000:]
 

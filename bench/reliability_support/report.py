@@ -16,6 +16,7 @@ class Figures:
     sent: int
     succeeded: int
     failed: int
+    during_fault: int  # requests in flight at the fault's start or done from then until `settle_s` after its end
     baseline_p50_ms: float | None
     fault_p99_ms: float | None
     fault_max_ms: float | None
@@ -49,6 +50,7 @@ def figures(records: list[dict[str, Any]], began: float, ended: float, settle_s:
         sent=len(records),
         succeeded=len(ok),
         failed=len(records) - len(ok),
+        during_fault=len(during),
         baseline_p50_ms=_round(statistics.median(before) if before else None),
         fault_p99_ms=_round(_percentile(during, 0.99)),
         fault_max_ms=_round(max(during) if during else None),
