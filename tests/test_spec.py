@@ -223,6 +223,11 @@ def test_gpu_rank_is_the_preference_order() -> None:
             ["invalid YAML at line 3", "'name' appears twice"],
             id="duplicate-key",
         ),
+        pytest.param(
+            "name: sd\nresources:\n  gpus: !!set {nvidia-l4, nvidia-tesla-t4}\n",
+            ["invalid YAML at line 3", "!!set has no order", "write a list"],
+            id="unordered-set",
+        ),
         pytest.param("- name: sd\n", ["top level must be a mapping", "not list"], id="top-level-list"),
         pytest.param("# nothing yet\n", ["the file is empty", "examples/stable-diffusion.yaml"], id="empty"),
         pytest.param("name: sd\nresources: {gpus: [nvidia-l4]}\n1: x\n", ["key 1 is not text"], id="int-key"),

@@ -299,7 +299,13 @@ def parse_spec(data: dict[str, Any], source: str = "<spec>") -> ServiceSpec:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys silently; a spec with a key twice is a mistake."""
+    """PyYAML keeps the last of two equal keys silently; a spec with a key twice is a mistake. And
+    a `!!set` has no order, where a spec's lists are orders of preference (GPU types): refused."""
+
+    def construct_set(self, node: yaml.MappingNode) -> Any:
+        raise yaml.constructor.ConstructorError(
+            None, None, "a !!set has no order; write a list such as [nvidia-l4, nvidia-tesla-t4]", node.start_mark
+        )
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[str] = set()
@@ -311,6 +317,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     )
                 seen.add(key.value)
         return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:set", _UniqueKeyLoader.construct_set)
 
 
 def load_spec(path: str | Path) -> ServiceSpec:
