@@ -31,7 +31,7 @@ from gpuroam.gateway.wire import Request, json_response
 
 LIMITS = Limits(max_body_bytes=10_000, max_header_bytes=4_000, header_timeout_s=0.5, keepalive_timeout_s=5.0)
 SLOW_S = 3.5  # past header_timeout_s plus the once-a-second housekeeping that notices it
-REJECTED = {400, 408, 413, 431, 501}
+REJECTED = {400, 408, 413, 431, 501, 505}
 GOOD = b"GET /good HTTP/1.1\r\nHost: a\r\n\r\n"
 H = b"Host: gw\r\n"
 
@@ -113,6 +113,7 @@ REFUSED = [
     pytest.param(b"OPTIONS * HTTP/1.1\r\n" + H + b"\r\n", 400, id="asterisk-form"),
     pytest.param(b"CONNECT 127.0.0.1:9 HTTP/1.1\r\n" + H + b"\r\n", 400, id="connect"),
     pytest.param(b"CONNECT /x HTTP/1.1\r\n" + H + b"\r\n", 400, id="connect-origin-form"),
+    pytest.param(b"GET /x\r\n\r\n", 505, id="http-0.9"),
 ]
 
 

@@ -131,6 +131,8 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self._in_trailers = True
+        if self.parser.get_http_version() not in ("1.0", "1.1"):  # HTTP/0.9 has no headers nor status line
+            raise _Reject(505, "HTTP version not supported: send HTTP/1.1 (or 1.0)")
         if self.parser.get_method() == b"CONNECT":  # even with a /path target: nothing is tunnelled
             raise _Reject(400, "CONNECT is not served: this gateway is a reverse proxy, not a forward proxy")
         for name, value in self._headers:  # limits first: no 100 Continue for a body that will be refused
