@@ -15,12 +15,14 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch._dynamo.utils import counters
 
 from gpuroam.worker.accelerate import Acceleration, acceleration_for, to_uint8_images
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.engine import Engine
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import load_model
+from gpuroam.worker.samplers import sampler_names
 
 KEY = BatchKey("txt2img", 128, 128, 6, "Euler a", "automatic", 7.0)
 SPECS = [("a cat", 1), ("a dog on a hill", 2), ("a red car", 3)]
@@ -28,11 +30,11 @@ SPECS = [("a cat", 1), ("a dog on a hill", 2), ("a red car", 3)]
 MAX_MEAN_DIFF, MAX_PIXEL_DIFF = 0.05, 2
 
 
-def tasks(specs: list[tuple[str, int]]) -> list[ImageTask]:
+def tasks(specs: list[tuple[str, int]], key: BatchKey = KEY) -> list[ImageTask]:
     loop = asyncio.new_event_loop()
     try:
         return [
-            ImageTask(Job(id=f"j{i}", key=KEY, image_count=1), 0, prompt, "", seed, 0, 0.0, None, loop.create_future())
+            ImageTask(Job(id=f"j{i}", key=key, image_count=1), 0, prompt, "", seed, 0, 0.0, None, loop.create_future())
             for i, (prompt, seed) in enumerate(specs)
         ]
     finally:
@@ -54,9 +56,11 @@ def fast() -> Engine:
     return Engine(load_model("tiny", torch.device("cpu")), traced)
 
 
-def test_the_fast_path_gives_the_eager_images(eager: Engine, fast: Engine) -> None:
-    reference = as_array(eager.run(tasks(SPECS)).images)
-    result = fast.run(tasks(SPECS))  # 3 images run padded to the bucket of 4
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M"])  # float32 and int64 timesteps
+def test_the_fast_path_gives_the_eager_images(eager: Engine, fast: Engine, sampler: str) -> None:
+    key = BatchKey("txt2img", 128, 128, 6, sampler, "automatic", 7.0)
+    reference = as_array(eager.run(tasks(SPECS, key)).images)
+    result = fast.run(tasks(SPECS, key))  # 3 images run padded to the bucket of 4
     assert len(result.images) == 3
     diff = np.abs(as_array(result.images) - reference)
     assert diff.mean() <= MAX_MEAN_DIFF and diff.max() <= MAX_PIXEL_DIFF, (diff.mean(), diff.max())
@@ -73,7 +77,21 @@ def test_the_modules_were_rebuilt_for_speed(fast: Engine) -> None:
     unet = fast.model.pipeline.unet
     assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert any("to_qkv" in name for name, _ in unet.named_modules()), "fused query/key/value projections"
-    assert unet._compiled_call_impl is not None, "the UNet runs through torch.compile"
+    assert "forward" in vars(unet), "the UNet's forward is replaced by the compiled one"
+
+
+def test_no_sampler_compiles_again_after_the_warm_up() -> None:
+    """Samplers hand the UNet float32, int64 or float64 timesteps. After the warm-up (one sampler)
+    none may trace a new graph: on a GPU that is minutes of compiling in front of a client."""
+    traced = Acceleration(compile_mode="default", backend="eager", buckets=(1, 2), warm_sizes=((64, 64),))
+    engine = Engine(load_model("tiny", torch.device("cpu")), traced)
+    engine.warm_up()
+    graphs = counters["stats"]["unique_graphs"]
+    runs = [(name, "automatic") for name in sampler_names()] + [("DPM2", "karras"), ("DPM++ 2M", "karras")]
+    for sampler, schedule in runs:
+        key = BatchKey("txt2img", 64, 64, 3, sampler, schedule, 7.0)
+        engine.run(tasks(SPECS[:2], key))
+        assert counters["stats"]["unique_graphs"] == graphs, f"{sampler} ({schedule}) compiled a new graph"
 
 
 @given(size=st.integers(1, 100))

@@ -21,8 +21,10 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DiffusionPipeline
@@ -114,8 +116,8 @@ def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> None:
     options: dict[str, object] = {"backend": acceleration.backend}
     if acceleration.backend == "inductor":
         options["mode"] = acceleration.compile_mode
-    # In place (nn.Module.compile): the pipeline keeps its own module classes, and derived pipelines share them.
-    unet.compile(fullgraph=True, **options)
+    # In place: the pipeline keeps its own module classes, and derived pipelines share them.
+    unet.forward = _float_timesteps(torch.compile(unet.forward, fullgraph=True, **options))
     vae.decoder.compile(fullgraph=True, **options)
     pipeline.text_encoder.compile(**options)  # transformers' text model may break the graph: that is allowed
     log.info(
@@ -126,6 +128,22 @@ def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> None:
             "cache": str(acceleration.cache_dir),
         },
     )
+
+
+def _float_timesteps(compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """The compiled UNet called with its timestep as float32, whatever type the sampler uses.
+
+    A compiled module is traced per input dtype: Euler's timesteps are float32, DPM++ 2M's and
+    DDIM's int64, DPM2 Karras' float64, so without this each kind compiled again in front of its
+    first client. The UNet turns the timestep into float32 first thing (its sinusoidal embedding),
+    so the images do not change."""
+
+    def forward(sample: torch.Tensor, timestep: torch.Tensor | float, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(timestep, torch.Tensor):
+            timestep = timestep.float()
+        return compiled(sample, timestep, *args, **kwargs)
+
+    return forward
 
 
 def _use_compile_cache(cache_dir: Path) -> None:
