@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from PIL import Image
 from torch._dynamo.utils import counters
 
 from gpuroam.worker.accelerate import Acceleration, acceleration_for, to_uint8_images
@@ -80,18 +81,27 @@ def test_the_modules_were_rebuilt_for_speed(fast: Engine) -> None:
     assert "forward" in vars(unet), "the UNet's forward is replaced by the compiled one"
 
 
-def test_no_sampler_compiles_again_after_the_warm_up() -> None:
-    """Samplers hand the UNet float32, int64 or float64 timesteps. After the warm-up (one sampler)
-    none may trace a new graph: on a GPU that is minutes of compiling in front of a client."""
+def test_no_request_compiles_again_after_the_warm_up() -> None:
+    """Samplers hand the UNet float32, int64 or float64 timesteps, img2img hands it channels-last
+    latents, clip skip changes the text encoder's call. After the warm-up none may trace a new
+    graph: on a GPU that is minutes of compiling in front of a client."""
     traced = Acceleration(compile_mode="default", backend="eager", buckets=(1, 2), warm_sizes=((64, 64),))
     engine = Engine(load_model("tiny", torch.device("cpu")), traced)
     engine.warm_up()
     graphs = counters["stats"]["unique_graphs"]
-    runs = [(name, "automatic") for name in sampler_names()] + [("DPM2", "karras"), ("DPM++ 2M", "karras")]
-    for sampler, schedule in runs:
-        key = BatchKey("txt2img", 64, 64, 3, sampler, schedule, 7.0)
-        engine.run(tasks(SPECS[:2], key))
-        assert counters["stats"]["unique_graphs"] == graphs, f"{sampler} ({schedule}) compiled a new graph"
+    keys = [BatchKey("txt2img", 64, 64, 3, name, "automatic", 7.0) for name in sampler_names()]
+    keys += [
+        BatchKey("txt2img", 64, 64, 3, "DPM2", "karras", 7.0),
+        BatchKey("txt2img", 64, 64, 3, "DPM++ 2M", "karras", 7.0, clip_skip=2),
+        BatchKey("txt2img", 64, 64, 3, "Euler a", "automatic", 1.0),
+        BatchKey("img2img", 64, 64, 4, "Euler a", "automatic", 7.0, denoising_strength=0.6),
+        BatchKey("img2img", 64, 64, 4, "DPM++ 2M", "automatic", 7.0, denoising_strength=0.6, clip_skip=2),
+    ]
+    init = Image.new("RGB", (64, 64), (120, 30, 200))
+    for key in keys:
+        job = Job(id="x", key=key, image_count=2)
+        engine.run([ImageTask(job, i, "a", "", i, 0, 0.0, init if key.mode == "img2img" else None) for i in range(2)])
+        assert counters["stats"]["unique_graphs"] == graphs, f"{key} compiled a new graph"
 
 
 @given(size=st.integers(1, 100))

@@ -117,7 +117,7 @@ def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> None:
     if acceleration.backend == "inductor":
         options["mode"] = acceleration.compile_mode
     # In place: the pipeline keeps its own module classes, and derived pipelines share them.
-    unet.forward = _float_timesteps(torch.compile(unet.forward, fullgraph=True, **options))
+    unet.forward = _steady_inputs(torch.compile(unet.forward, fullgraph=True, **options))
     vae.decoder.compile(fullgraph=True, **options)
     pipeline.text_encoder.compile(**options)  # transformers' text model may break the graph: that is allowed
     log.info(
@@ -130,18 +130,19 @@ def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> None:
     )
 
 
-def _float_timesteps(compiled: Callable[..., Any]) -> Callable[..., Any]:
-    """The compiled UNet called with its timestep as float32, whatever type the sampler uses.
+def _steady_inputs(compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """The compiled UNet, always called with a float32 timestep and a contiguous sample.
 
-    A compiled module is traced per input dtype: Euler's timesteps are float32, DPM++ 2M's and
-    DDIM's int64, DPM2 Karras' float64, so without this each kind compiled again in front of its
-    first client. The UNet turns the timestep into float32 first thing (its sinusoidal embedding),
-    so the images do not change."""
+    A compiled module is traced again for each new input dtype or memory layout, and on a GPU
+    that is minutes of compiling in front of a client. Euler's timesteps are float32, DPM++ 2M's
+    and DDIM's int64, DPM2 Karras' float64; img2img's latents come from the channels-last VAE
+    in its layout. The UNet turns the timestep into float32 first thing (its sinusoidal
+    embedding) and the copy to a contiguous sample changes no value, so the images do not change."""
 
     def forward(sample: torch.Tensor, timestep: torch.Tensor | float, *args: Any, **kwargs: Any) -> Any:
         if isinstance(timestep, torch.Tensor):
             timestep = timestep.float()
-        return compiled(sample, timestep, *args, **kwargs)
+        return compiled(sample.contiguous(), timestep, *args, **kwargs)
 
     return forward
 
