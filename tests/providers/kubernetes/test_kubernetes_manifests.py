@@ -150,9 +150,21 @@ def test_probes_hit_the_readiness_path_on_the_app_port_and_startup_allows_15_min
 
 def test_dev_shm_is_memory_backed() -> None:
     doc = k8s.deployment(make_spec(), "us-central1", "nvidia-l4")
-    (volume,) = doc["spec"]["template"]["spec"]["volumes"]
+    volume = doc["spec"]["template"]["spec"]["volumes"][0]
     assert volume["emptyDir"]["medium"] == "Memory"
     assert {"name": volume["name"], "mountPath": "/dev/shm"} in container(doc)["volumeMounts"]
+
+
+def test_the_worker_keeps_its_compiled_kernels_across_container_restarts() -> None:
+    worker = k8s.deployment(make_spec(image="ghcr.io/gpuroam/worker:0.1.0"), "us-central1", "nvidia-l4")
+    volumes = {v["name"]: v for v in worker["spec"]["template"]["spec"]["volumes"]}
+    app = container(worker)
+    (mount,) = [m for m in app["volumeMounts"] if m["name"] == "compile-cache"]
+    assert "medium" not in volumes["compile-cache"]["emptyDir"], "on the node's disk, not in RAM"
+    cache = {e["name"]: e.get("value") for e in app["env"]}["GPUROAM_COMPILE_CACHE"]
+    assert cache.startswith(mount["mountPath"] + "/")
+    a1111 = k8s.deployment(make_spec(image=A1111), "us-central1", "nvidia-l4")
+    assert [v["name"] for v in a1111["spec"]["template"]["spec"]["volumes"]] == ["dshm"]
 
 
 def test_worker_image_runs_the_worker_command() -> None:

@@ -32,6 +32,11 @@ DEFAULT_NAMESPACE = "gpuroam"
 SERVICE_PORT = 80  # what a Service and the load balancer in front of it expose; the pods listen on app.port
 PORT_NAME = "http"
 SHM_SIZE = "1Gi"  # /dev/shm in RAM: PyTorch shares tensors through it; Docker's default 64 MiB is too small
+# The worker's compiled kernels (torch.compile, 150-250 MB for SD 1.5) on a volume of the pod: a
+# restarted container finds them, and starts in about 80 s instead of 6-7 minutes on an H200
+# (bench/RESULTS.md, issue 8). A new pod compiles afresh.
+COMPILE_CACHE_DIR = "/var/cache/gpuroam"
+COMPILE_CACHE_SIZE = "2Gi"
 
 
 @dataclass(frozen=True)
@@ -178,10 +183,15 @@ def deployment(
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
         "securityContext": _security(spec.app.image),
     }
+    volumes: list[Manifest] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}]
+    if is_worker_image(spec.app.image):
+        container["env"].append({"name": "GPUROAM_COMPILE_CACHE", "value": f"{COMPILE_CACHE_DIR}/inductor"})
+        container["volumeMounts"].append({"name": "compile-cache", "mountPath": COMPILE_CACHE_DIR})
+        volumes.append({"name": "compile-cache", "emptyDir": {"sizeLimit": COMPILE_CACHE_SIZE}})
     pod_spec: Manifest = {
         "nodeSelector": node_selector(spec, gpu),
         "containers": [container],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}}],
+        "volumes": volumes,
         "terminationGracePeriodSeconds": SPOT_GRACE_S if spec.resources.spot else GRACE_S,
         "enableServiceLinks": False,
     }
