@@ -127,7 +127,7 @@ class Engine:
                 "strength": img2img_strength(key.steps, key.denoising_strength),
             }
         try:
-            with torch.inference_mode(), overlapped_noise_copies():
+            with torch.inference_mode(), overlapped_noise_copies(pipeline, pipeline.scheduler):
                 pixels = to_uint8_images(pipeline(**kwargs).images[:wanted].float())
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()  # give the cached blocks back before the smaller retries

@@ -8,7 +8,7 @@ the GPU is idle, and the next step's kernels are queued only after that instead 
 GPU works. With CUDA graphs at batch 1 a step is a few milliseconds, so the stall is a large part
 of it.
 
-`overlapped_noise_copies()` swaps diffusers' `randn_tensor`, in the modules that imported it, for
+`overlapped_noise_copies()` swaps diffusers' `randn_tensor`, in the modules a batch uses, for
 one that draws the same numbers in the same order and copies them through pinned memory without
 blocking (the pinned block is not reused until the copy is done: PyTorch's host allocator records
 the copy). The images do not change.
@@ -44,15 +44,17 @@ def _on_cpu(generator: torch.Generator | list[torch.Generator] | None) -> bool:
 
 
 @contextlib.contextmanager
-def overlapped_noise_copies() -> Iterator[None]:
-    """Within the block, diffusers' pipelines and schedulers draw noise with `randn_tensor_without_sync`.
+def overlapped_noise_copies(*users: object) -> Iterator[None]:
+    """Within the block, the diffusers modules that define `users`' classes (the pipeline and its
+    scheduler, base classes included) draw noise with `randn_tensor_without_sync`.
 
-    Scoped rather than installed once because diffusers imports its schedulers lazily: the block
-    covers every module loaded by the time a batch runs."""
+    Scoped to the objects a batch runs rather than installed once, because diffusers imports its
+    schedulers lazily: a module loaded later would keep the blocking copy."""
+    names = {cls.__module__ for user in users for cls in type(user).__mro__ if cls.__module__.startswith("diffusers.")}
     modules = [
         module
-        for name, module in list(sys.modules.items())
-        if name.startswith("diffusers.") and getattr(module, "randn_tensor", None) is _DIFFUSERS_RANDN
+        for name in names
+        if (module := sys.modules.get(name)) is not None and getattr(module, "randn_tensor", None) is _DIFFUSERS_RANDN
     ]
     for module in modules:
         module.randn_tensor = randn_tensor_without_sync  # type: ignore[attr-defined]
