@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import os
+import secrets
 import socket
 import threading
 import time
@@ -18,6 +20,19 @@ from hypothesis import settings
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app, load_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def compare_digest_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
+    """Every secrets.compare_digest call during the test (which still compares), for constant-time checks."""
+    calls: list[tuple[bytes, bytes]] = []
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return hmac.compare_digest(a, b)
+
+    monkeypatch.setattr(secrets, "compare_digest", spy)
+    return calls
 
 
 @pytest.fixture(scope="session")

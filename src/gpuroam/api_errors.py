@@ -8,7 +8,7 @@ json.loads accepts what JSON cannot carry back out: NaN, Infinity and lone UTF-1
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,18 +24,23 @@ class EscapedJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
-MAX_ECHO_DEPTH = 32  # an input nested deeper is not echoed: clients would recurse parsing it back
+MAX_NESTING = 32  # lists and objects inside one input: deeper is not echoed back (clients would recurse)
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
+def nested_items(value: Any) -> Iterator[tuple[Any, int]]:
+    """Every item inside `value` (itself, dict keys and values, list items) with its depth; iterative,
+    so no input is too deep to look at. Stop consuming when satisfied: nothing below is visited."""
     pending = [(value, 0)]
     while pending:
         item, depth = pending.pop()
+        yield item, depth
         if isinstance(item, dict | list | tuple):
-            if depth >= limit:
-                return True
-            pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
-    return False
+            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children)
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    return any(isinstance(item, dict | list | tuple) and depth >= limit for item, depth in nested_items(value))
 
 
 def _without_inputs(errors: Sequence[Any]) -> list[dict[str, Any]]:
@@ -47,7 +52,7 @@ async def validation_error(_: Request, error: Exception) -> JSONResponse:
     errors = list(error.errors()) if isinstance(error, RequestValidationError) else []
     errors = [
         {key: value for key, value in dict(e).items() if key != "input"}
-        if _deeper_than(e.get("input"), MAX_ECHO_DEPTH)
+        if _deeper_than(e.get("input"), MAX_NESTING)
         else e
         for e in errors
     ]

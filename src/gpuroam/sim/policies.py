@@ -56,7 +56,8 @@ class PolicyConfig:
     spec: ServiceSpec
 
     def describe(self) -> dict:
-        spec, placement = self.spec, self.spec.placement
+        spec = self.spec
+        placement = spec_to_dict(spec)["placement"]
         out = {
             "kind": self.kind,
             "gpus": list(spec.resources.gpus),
@@ -64,18 +65,9 @@ class PolicyConfig:
             "min_regions": spec.regions.min_regions,
             "min_replicas": spec.replicas.min,
             "max_replicas": spec.replicas.max,
-            "provision_timeout_s": placement.provision_timeout_s,
+            "provision_timeout_s": placement["provision_timeout_s"],  # the one setting sequential uses
         }
-        if self.kind == "gpuroam":
-            out |= {
-                "race": placement.race,
-                "race_fallback_gpu": placement.race_fallback_gpu,
-                "block_ttl_s": placement.block_ttl_s,
-                "block_backoff": placement.block_backoff,
-                "block_max_s": placement.block_max_s,
-                "move_back_after_s": placement.move_back_after_s,
-            }
-        return out
+        return out | placement if self.kind == "gpuroam" else out
 
 
 def _price_order(gpus: Iterable[str]) -> tuple[str, ...]:

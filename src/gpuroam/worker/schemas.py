@@ -10,8 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from gpuroam.api_errors import MAX_NESTING, nested_items
+
 MAX_IMAGES_PER_REQUEST = 64
-MAX_NESTING = 32  # lists and objects inside a field (alwayson_scripts args and the like)
 
 
 def _multiple_of_8(value: int) -> int:
@@ -27,9 +28,7 @@ def _echoable(value: Any) -> Any:
     failed the whole batch in the tokenizer (other clients' images too), elsewhere the response. Deep
     nesting made serialising the echo recurse past Python's limit. Both were 500s; now a 422 names the field.
     """
-    pending = [(value, 0)]
-    while pending:
-        item, depth = pending.pop()
+    for item, depth in nested_items(value):
         if isinstance(item, str):
             try:
                 item.encode("utf-8")
@@ -37,11 +36,8 @@ def _echoable(value: Any) -> Any:
                 raise ValueError(
                     f"contains a lone UTF-16 surrogate at position {error.start}; send valid Unicode text"
                 ) from None
-        elif isinstance(item, dict | list):
-            if depth >= MAX_NESTING:
-                raise ValueError(f"is nested more than {MAX_NESTING} levels deep")
-            children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
-            pending.extend((child, depth + 1) for child in children)
+        elif isinstance(item, dict | list) and depth >= MAX_NESTING:
+            raise ValueError(f"is nested more than {MAX_NESTING} levels deep")
     return value
 
 
