@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from gpuroam.providers.local import free_port
 
 
 @dataclass
@@ -53,12 +54,6 @@ class Run:
     def percentile(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def spawn(command: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:

@@ -14,7 +14,7 @@ import httpx
 from typer.testing import CliRunner
 
 from gpuroam.cli import app
-from ports import free_port
+from gpuroam.providers.local import free_port
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

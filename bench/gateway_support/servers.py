@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from gpuroam.providers.local import free_port
 
 SUPPORT = Path(__file__).resolve().parent
 API_PATH = "/sdapi/v1/txt2img"
@@ -65,12 +66,6 @@ _PROXY = """    access_log {dir}/access.log combined buffer=64k flush=1s;
 
 # Retry a request on the next replica even after it was sent (the default never does for POST).
 NGINX_TUNED = "            proxy_next_upstream error timeout http_502 http_503 non_idempotent;"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def request(url: str, method: str = "GET", body: bytes | None = None, timeout: float = 5.0) -> tuple[int, str] | None:

@@ -19,8 +19,7 @@ import yaml
 
 from gpuroam.controller.client import ClientError, ControlPlaneClient
 from gpuroam.controller.server import ServerInfo
-from gpuroam.providers.local import LocalProvider, load_sites
-from ports import free_port
+from gpuroam.providers.local import LocalProvider, free_port, load_sites
 from postgres_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]

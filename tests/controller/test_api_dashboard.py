@@ -20,9 +20,9 @@ from gpuroam.catalog import load_catalog
 from gpuroam.controller import api as api_module
 from gpuroam.controller.api import GatewayAddress, create_api
 from gpuroam.controller.store import Store
+from gpuroam.providers.local import free_port
 from gpuroam.records import Event, EventKind
 from gpuroam.ui import STATIC, dashboard_url
-from ports import free_port
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from gpuroam.catalog import load_catalog
 from gpuroam.controller.api import GatewayAddress, create_api
 from gpuroam.controller.store import Store
-from ports import free_port
+from gpuroam.providers.local import free_port
 
 TOKEN = "Zm9v-the-real-token_0123456789"
 SPEC = {"name": "stable-diffusion", "resources": {"gpus": ["nvidia-l4"]}}

@@ -26,8 +26,7 @@ from gpuroam.catalog import load_catalog
 from gpuroam.controller import api as api_module
 from gpuroam.controller.api import GatewayAddress, create_api
 from gpuroam.controller.store import Store
-from gpuroam.providers.local import LocalProvider
-from ports import free_port
+from gpuroam.providers.local import LocalProvider, free_port
 
 DEFAULT_EXAMPLES = 30
 TOKEN = "fuzz-token"

@@ -22,8 +22,7 @@ from gpuroam.controller.client import ControlPlaneClient
 from gpuroam.controller.gateway_process import GatewayProcess
 from gpuroam.controller.server import ControlPlane, ServerInfo
 from gpuroam.demo import SteadyLoad
-from gpuroam.providers.local import LocalProvider
-from ports import free_port
+from gpuroam.providers.local import LocalProvider, free_port
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

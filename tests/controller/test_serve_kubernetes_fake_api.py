@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers" / "kube
 from fake_kube_api import FakeKubernetes
 from test_control_plane import EXAMPLES, fast_spec, ready, wait_for
 
-from ports import free_port
+from gpuroam.providers.local import free_port
 
 REGIONS = ["us-central1", "europe-west4", "asia-southeast1"]
 

@@ -7,7 +7,7 @@ from harness import LoopThread, Running
 
 from gpuroam.catalog import load_catalog
 from gpuroam.gateway import Backend, Gateway, HealthPolicy, Limits, ProxyConfig
-from ports import free_port
+from gpuroam.providers.local import free_port
 
 FAST_HEALTH = HealthPolicy(unhealthy_after=2, healthy_after=1, eject_s=0.5, eject_max_s=2.0)
 

@@ -12,7 +12,7 @@ from harness import FakeReplica, LoopThread, Reply, Seen
 
 from gpuroam.catalog import load_catalog
 from gpuroam.gateway import Gateway, follow_control_plane, parse_backend, services_from_api
-from ports import free_port
+from gpuroam.providers.local import free_port
 
 
 def test_backend_flags_name_a_url_and_optionally_where_it_runs() -> None:

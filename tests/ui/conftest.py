@@ -17,8 +17,8 @@ import yaml
 from dashboard_harness import Demo, LightLoad
 
 from gpuroam.controller.server import ControlPlane
+from gpuroam.providers.local import free_port
 from gpuroam.spec import load_spec, spec_to_dict
-from ports import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -138,7 +138,8 @@ def _scan_workers(marker: str) -> list[_Worker]:
     return sorted((w for w in found if w is not None), key=lambda w: w.pid)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port free now (for a worker here; tests and benchmarks use it for their servers)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -253,7 +254,7 @@ class LocalProvider:
             host, prefix = "127.0.0.1", []
             if self.network is not None:  # NetworkError (a ProviderError) when the region has no namespace
                 host, prefix = self.network.address(region), self.network.exec_prefix(region)
-            port = _free_port()
+            port = free_port()
             args = ["--model", str(app.get("model", "tiny")), "--region", region, "--gpu", gpu]
             pid = self._spawn(replica.id, port, [*args, *map(str, app.get("args", ()))], env, host, prefix)
             return self._handle(pid, port, replica.id, host)
