@@ -6,7 +6,8 @@ seeds, Euler a, CFG 7, 512x512, 20 steps. For each variant: the time to build an
 images are from the eager engine's for the same seeds. For compiled variants also: one image's
 latency when the sampler's noise is copied to the GPU with diffusers' blocking copy (what the
 engine did before `gpuroam.worker.noise`), and how many times one image makes the CPU wait for
-the GPU (PyTorch's sync debug mode).
+the GPU (PyTorch's sync debug mode), and whether any request unlike the warm-up's (other samplers,
+img2img, clip skip, CFG 1) compiles in front of its client.
 
     python bench/gpu_engine.py --model sd15-random --variants eager,reduce-overhead --batches 1,16,32
 """
@@ -26,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.utils import torch_utils
+from PIL import Image
+from torch._dynamo.utils import counters
 
 from gpuroam.worker import noise
 from gpuroam.worker.accelerate import Acceleration
@@ -41,6 +44,40 @@ def tasks(batch: int, size: int, steps: int, first_seed: int = 0) -> list[ImageT
     key = BatchKey("txt2img", size, size, steps, "Euler a", "automatic", 7.0)
     job = Job(id="bench", key=key, image_count=batch)
     return [ImageTask(job, i, PROMPT, "blurry", first_seed + i, 0, 0.0, None) for i in range(batch)]
+
+
+def first_requests(args: argparse.Namespace) -> list[tuple[BatchKey, int]]:
+    """Requests unlike the warm-up's (other samplers' timestep dtypes, Karras, img2img, clip skip, one
+    image without CFG), each with the images it asks for."""
+    size, steps = args.size, args.steps
+    keys = [BatchKey("txt2img", size, size, steps, name, "automatic", 7.0) for name in ("DPM++ 2M", "DDIM", "UniPC")]
+    keys += [
+        BatchKey("txt2img", size, size, steps, "DPM2", "karras", 7.0),
+        BatchKey("txt2img", size, size, steps, "DPM++ 2M", "karras", 7.0, clip_skip=2),
+        BatchKey("img2img", size, size, steps, "Euler a", "automatic", 7.0, denoising_strength=0.6),
+    ]
+    return (
+        [(key, 1) for key in keys]
+        + [(key, 3) for key in keys[:2]]
+        + [(BatchKey("txt2img", size, size, 4, "LCM", "automatic", 1.0), 1)]
+    )
+
+
+def no_compile_after_warm_up(engine: Engine, args: argparse.Namespace) -> dict:
+    """Each first request's seconds and the graphs Dynamo traced for it: a compile in front of a client
+    shows as minutes and a new graph."""
+    init = Image.new("RGB", (args.size, args.size), (120, 30, 200))
+    graphs, slowest = counters["stats"]["unique_graphs"], 0.0
+    for key, images in first_requests(args):
+        job = Job(id="first", key=key, image_count=images)
+        work = [
+            ImageTask(job, i, PROMPT, "", i, 0, 0.0, init if key.mode == "img2img" else None) for i in range(images)
+        ]
+        slowest = max(slowest, timed(engine, work))
+    return {
+        "first_requests_slowest_s": round(slowest, 3),
+        "graphs_after_warm_up": counters["stats"]["unique_graphs"] - graphs,
+    }
 
 
 def timed(engine: Engine, work: list[ImageTask]) -> float:
@@ -102,6 +139,8 @@ def measure(variant: str, args: argparse.Namespace, reference: np.ndarray | None
     engine = Engine(model, acceleration(variant, buckets))
     warm = engine.warm_up()
     row: dict = {"variant": variant, "load_s": round(loaded, 1), "warm_up_s": round(warm, 1)}
+    if variant != "eager":
+        row |= no_compile_after_warm_up(engine, args)
     latencies = [timed(engine, tasks(1, args.size, args.steps)) for _ in range(args.repeats * 3)]
     row["latency_s"] = round(statistics.median(latencies), 4)
     if variant != "eager":

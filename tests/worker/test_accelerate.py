@@ -67,6 +67,14 @@ def test_the_fast_path_gives_the_eager_images(eager: Engine, fast: Engine, sampl
     assert diff.mean() <= MAX_MEAN_DIFF and diff.max() <= MAX_PIXEL_DIFF, (diff.mean(), diff.max())
 
 
+def test_one_image_without_cfg_gives_the_eager_image(eager: Engine, fast: Engine) -> None:
+    """CFG 1 and one image is a UNet batch of one, which the fast path runs as two copies of its row."""
+    key = BatchKey("txt2img", 128, 128, 6, "LCM", "automatic", 1.0)
+    reference = as_array(eager.run(tasks(SPECS[:1], key)).images)
+    diff = np.abs(as_array(fast.run(tasks(SPECS[:1], key)).images) - reference)
+    assert diff.mean() <= MAX_MEAN_DIFF and diff.max() <= MAX_PIXEL_DIFF, (diff.mean(), diff.max())
+
+
 def test_padding_and_batching_do_not_change_an_image(fast: Engine) -> None:
     batched = as_array(fast.run(tasks(SPECS)).images)
     for row, spec in enumerate(SPECS):
@@ -83,7 +91,7 @@ def test_the_modules_were_rebuilt_for_speed(fast: Engine) -> None:
 
 def test_no_request_compiles_again_after_the_warm_up() -> None:
     """Samplers hand the UNet float32, int64 or float64 timesteps, img2img hands it channels-last
-    latents, clip skip changes the text encoder's call. After the warm-up none may trace a new
+    latents, clip skip changes the text encoder's call, one image at CFG 1 is a UNet batch of one. After the warm-up none may trace a new
     graph: on a GPU that is minutes of compiling in front of a client."""
     traced = Acceleration(compile_mode="default", backend="eager", buckets=(1, 2), warm_sizes=((64, 64),))
     engine = Engine(load_model("tiny", torch.device("cpu")), traced)
@@ -98,10 +106,11 @@ def test_no_request_compiles_again_after_the_warm_up() -> None:
         BatchKey("img2img", 64, 64, 4, "DPM++ 2M", "automatic", 7.0, denoising_strength=0.6, clip_skip=2),
     ]
     init = Image.new("RGB", (64, 64), (120, 30, 200))
-    for key in keys:
-        job = Job(id="x", key=key, image_count=2)
-        engine.run([ImageTask(job, i, "a", "", i, 0, 0.0, init if key.mode == "img2img" else None) for i in range(2)])
-        assert counters["stats"]["unique_graphs"] == graphs, f"{key} compiled a new graph"
+    for key, images in [(key, 2) for key in keys] + [(BatchKey("txt2img", 64, 64, 3, "LCM", "automatic", 1.0), 1)]:
+        job = Job(id="x", key=key, image_count=images)
+        init_image = init if key.mode == "img2img" else None
+        engine.run([ImageTask(job, i, "a", "", i, 0, 0.0, init_image) for i in range(images)])
+        assert counters["stats"]["unique_graphs"] == graphs, f"{key}, {images} image(s), compiled a new graph"
 
 
 @given(size=st.integers(1, 100))

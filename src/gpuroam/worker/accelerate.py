@@ -131,20 +131,39 @@ def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> None:
 
 
 def _steady_inputs(compiled: Callable[..., Any]) -> Callable[..., Any]:
-    """The compiled UNet, always called with a float32 timestep and a contiguous sample.
+    """The compiled UNet, always called with a float32 timestep, a contiguous sample and at least two rows.
 
-    A compiled module is traced again for each new input dtype or memory layout, and on a GPU
-    that is minutes of compiling in front of a client. Euler's timesteps are float32, DPM++ 2M's
-    and DDIM's int64, DPM2 Karras' float64; img2img's latents come from the channels-last VAE
-    in its layout. The UNet turns the timestep into float32 first thing (its sinusoidal
-    embedding) and the copy to a contiguous sample changes no value, so the images do not change."""
+    A compiled module is traced again for each new input dtype, memory layout or batch of one, and
+    on a GPU that is minutes of compiling in front of a client. Euler's timesteps are float32, DPM++
+    2M's and DDIM's int64, DPM2 Karras' float64; img2img's latents come from the channels-last VAE in
+    its layout; one image without CFG (CFG 1, as LCM is run) is a UNet batch of one, which Dynamo
+    compiles as a graph of its own (it never treats a size of 1 as dynamic). The UNet turns the
+    timestep into float32 first thing (its sinusoidal embedding), the copy to a contiguous sample
+    changes no value, and a batch of one runs as two copies of its row (the warmed graph of a one-image
+    CFG batch) of which one is kept: the images do not change."""
 
     def forward(sample: torch.Tensor, timestep: torch.Tensor | float, *args: Any, **kwargs: Any) -> Any:
         if isinstance(timestep, torch.Tensor):
             timestep = timestep.float()
-        return compiled(sample.contiguous(), timestep, *args, **kwargs)
+        if sample.shape[0] != 1:
+            return compiled(sample.contiguous(), timestep, *args, **kwargs)
+        doubled = compiled(*_twice((sample.contiguous(), timestep, *args)), **_twice(kwargs))
+        if isinstance(doubled, tuple):  # return_dict=False, as the pipelines call it
+            return tuple(output[:1] for output in doubled)
+        return type(doubled)(sample=doubled.sample[:1])
 
     return forward
+
+
+def _twice(inputs: Any) -> Any:
+    """`inputs` with every tensor of one row (batch-first) repeated to two rows; the rest as they are."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.expand(2, *inputs.shape[1:]).contiguous() if inputs.dim() and inputs.shape[0] == 1 else inputs
+    if isinstance(inputs, tuple):
+        return tuple(_twice(item) for item in inputs)
+    if isinstance(inputs, dict):
+        return {name: _twice(item) for name, item in inputs.items()}
+    return inputs
 
 
 def _use_compile_cache(cache_dir: Path) -> None:
