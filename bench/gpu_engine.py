@@ -48,7 +48,7 @@ def tasks(batch: int, size: int, steps: int, first_seed: int = 0) -> list[ImageT
 
 def first_requests(args: argparse.Namespace) -> list[tuple[BatchKey, int]]:
     """Requests unlike the warm-up's (other samplers' timestep dtypes, Karras, img2img, clip skip, one
-    image without CFG), each with the images it asks for."""
+    image without CFG), each with the images it asks for (3, padded to a bucket, where one holds 3)."""
     size, steps = args.size, args.steps
     keys = [BatchKey("txt2img", size, size, steps, name, "automatic", 7.0) for name in ("DPM++ 2M", "DDIM", "UniPC")]
     keys += [
@@ -56,11 +56,8 @@ def first_requests(args: argparse.Namespace) -> list[tuple[BatchKey, int]]:
         BatchKey("txt2img", size, size, steps, "DPM++ 2M", "karras", 7.0, clip_skip=2),
         BatchKey("img2img", size, size, steps, "Euler a", "automatic", 7.0, denoising_strength=0.6),
     ]
-    return (
-        [(key, 1) for key in keys]
-        + [(key, 3) for key in keys[:2]]
-        + [(BatchKey("txt2img", size, size, 4, "LCM", "automatic", 1.0), 1)]
-    )
+    several = [(key, 3) for key in keys[:2]] if max(args.batches) >= 3 else []
+    return [(key, 1) for key in keys] + several + [(BatchKey("txt2img", size, size, 4, "LCM", "automatic", 1.0), 1)]
 
 
 def no_compile_after_warm_up(engine: Engine, args: argparse.Namespace) -> dict:
