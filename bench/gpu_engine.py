@@ -7,7 +7,8 @@ images are from the eager engine's for the same seeds. For compiled variants als
 latency when the sampler's noise is copied to the GPU with diffusers' blocking copy (what the
 engine did before `gpuroam.worker.noise`), and how many times one image makes the CPU wait for
 the GPU (PyTorch's sync debug mode), and whether any request unlike the warm-up's (other samplers,
-img2img, clip skip, CFG 1) compiles in front of its client.
+img2img, clip skip, CFG 1) compiles in front of its client, and one image's time by stage (text
+encoder, UNet steps, VAE decode).
 
     python bench/gpu_engine.py --model sd15-random --variants eager,reduce-overhead --batches 1,16,32
 """
@@ -21,7 +22,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,52 @@ def no_compile_after_warm_up(engine: Engine, args: argparse.Namespace) -> dict:
         "first_requests_slowest_s": round(slowest, 3),
         "graphs_after_warm_up": counters["stats"]["unique_graphs"] - graphs,
     }
+
+
+def one_image_by_stage(engine: Engine, args: argparse.Namespace) -> dict:
+    """Milliseconds of one CFG image's stages, each compiled module timed alone at its warmed shape
+    (median of 5): the text encoder (prompt and negative), one UNet step, all the steps back to back,
+    and the VAE decode. What the image's latency has beyond their sum is the sampler's own work, the
+    noise, the uint8 conversion and any time the GPU waits for the CPU."""
+    pipe, device = engine.model.pipeline, engine.model.device
+    latent = args.size // pipe.vae_scale_factor
+
+    def ms(work: Callable[[], object]) -> float:
+        def once() -> float:
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            work()
+            torch.cuda.synchronize()
+            return time.perf_counter() - started
+
+        once()
+        return round(1000 * statistics.median(once() for _ in range(5)), 2)
+
+    with torch.inference_mode():
+        prompt, negative = pipe.encode_prompt([PROMPT], device, 1, True, ["blurry"])
+        context = torch.cat([negative, prompt])
+        sample = torch.randn(2, pipe.unet.config.in_channels, latent, latent, device=device, dtype=context.dtype)
+        timestep = torch.tensor(500.0, device=device)
+        latents = sample[:1] / pipe.vae.config.scaling_factor
+
+        def step() -> object:  # called as the pipeline calls it: other keywords would be another graph
+            return pipe.unet(
+                sample,
+                timestep,
+                encoder_hidden_states=context,
+                timestep_cond=None,
+                cross_attention_kwargs=None,
+                added_cond_kwargs=None,
+                return_dict=False,
+            )
+
+        stages = {
+            "text_encoder_ms": ms(lambda: pipe.encode_prompt([PROMPT], device, 1, True, ["blurry"])),
+            "unet_step_ms": ms(step),
+            "unet_all_steps_ms": ms(lambda: [step() for _ in range(args.steps)]),
+            "vae_decode_ms": ms(lambda: pipe.vae.decode(latents, return_dict=False)),
+        }
+    return stages
 
 
 def timed(engine: Engine, work: list[ImageTask]) -> float:
@@ -145,6 +192,10 @@ def measure(variant: str, args: argparse.Namespace, reference: np.ndarray | None
             blocking = [timed(engine, tasks(1, args.size, args.steps)) for _ in range(args.repeats * 3)]
         row["latency_blocking_noise_s"] = round(statistics.median(blocking), 4)
     row["syncs_per_image"] = syncs_in_one_image(engine, args)
+    if variant != "eager":
+        graphs = counters["stats"]["unique_graphs"]
+        row |= one_image_by_stage(engine, args)
+        assert counters["stats"]["unique_graphs"] == graphs, "a stage was timed on a graph of its own"
     for batch in args.batches:
         work = tasks(batch, args.size, args.steps)
         timed(engine, work)
