@@ -91,8 +91,9 @@ def test_the_modules_were_rebuilt_for_speed(fast: Engine) -> None:
 
 def test_no_request_compiles_again_after_the_warm_up() -> None:
     """Samplers hand the UNet float32, int64 or float64 timesteps, img2img hands it channels-last
-    latents, clip skip changes the text encoder's call, one image at CFG 1 is a UNet batch of one. After the warm-up none may trace a new
-    graph: on a GPU that is minutes of compiling in front of a client."""
+    latents, clip skip changes the text encoder's call, one image at CFG 1 is a UNet batch of one.
+    After the warm-up none may trace a new graph: on a GPU that is minutes of compiling in front of
+    a client."""
     traced = Acceleration(compile_mode="default", backend="eager", buckets=(1, 2), warm_sizes=((64, 64),))
     engine = Engine(load_model("tiny", torch.device("cpu")), traced)
     engine.warm_up()
