@@ -38,7 +38,9 @@ def worker(
         str,
         typer.Option(
             help="The fast path: auto (on for CUDA), none (eager), or a torch.compile mode "
-            "(reduce-overhead, default, max-autotune, max-autotune-no-cudagraphs)."
+            "(reduce-overhead, default, max-autotune, max-autotune-no-cudagraphs). max-autotune had not "
+            "compiled one batch size after 9.5 minutes on an H200 (bench/RESULTS.md): use it only with a kept "
+            "--compile-cache."
         ),
     ] = "auto",
     buckets: Annotated[
