@@ -87,15 +87,8 @@ def one_image_by_stage(engine: Engine, args: argparse.Namespace) -> dict:
     latent = args.size // pipe.vae_scale_factor
 
     def ms(work: Callable[[], object]) -> float:
-        def once() -> float:
-            torch.cuda.synchronize()
-            started = time.perf_counter()
-            work()
-            torch.cuda.synchronize()
-            return time.perf_counter() - started
-
-        once()
-        return round(1000 * statistics.median(once() for _ in range(5)), 2)
+        gpu_seconds(work)
+        return round(1000 * statistics.median(gpu_seconds(work) for _ in range(5)), 2)
 
     with torch.inference_mode():
         prompt, negative = pipe.encode_prompt([PROMPT], device, 1, True, ["blurry"])
@@ -124,12 +117,17 @@ def one_image_by_stage(engine: Engine, args: argparse.Namespace) -> dict:
     return stages
 
 
-def timed(engine: Engine, work: list[ImageTask]) -> float:
+def gpu_seconds(work: Callable[[], object]) -> float:
+    """Wall seconds of `work` and everything it queued on the GPU."""
     torch.cuda.synchronize()
     started = time.perf_counter()
-    engine.run(work)
+    work()
     torch.cuda.synchronize()
     return time.perf_counter() - started
+
+
+def timed(engine: Engine, work: list[ImageTask]) -> float:
+    return gpu_seconds(lambda: engine.run(work))
 
 
 @contextlib.contextmanager
