@@ -55,7 +55,7 @@ FUZZ_SUITES = {
 def missing(scenario: Scenario) -> str | None:
     """Why this machine cannot play `scenario`, or None."""
     if "netns" in scenario.needs:
-        from gpuroam.providers.netns import network_unavailable
+        from gpuroam.providers.local.netns import network_unavailable
 
         reason = network_unavailable()
         if reason:
@@ -112,7 +112,7 @@ def play(
             load.wait(timeout=90)
         cluster.stop()
         if cluster.network != "none":
-            from gpuroam.providers.netns import RegionNetwork
+            from gpuroam.providers.local.netns import RegionNetwork
 
             network = RegionNetwork.load(cluster.state)
             if network is not None:
@@ -182,7 +182,7 @@ def main() -> int:
     fault_s, baseline_s, settle_s = (6.0, 2.0, 4.0) if args.quick else (20.0, 5.0, 8.0)
     network = args.network
     if network == "auto":
-        from gpuroam.providers.netns import network_unavailable
+        from gpuroam.providers.local.netns import network_unavailable
 
         network = "none" if network_unavailable() else "netns"
     with tempfile.TemporaryDirectory(prefix="gpuroam-reliability-") as tmp:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuroam.providers.netns import network_unavailable
+from gpuroam.providers.local.netns import network_unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["region-killed", "replica-hung", "controller-killed", "gateway-restarted", "database-unavailable"]

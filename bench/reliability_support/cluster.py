@@ -18,8 +18,8 @@ import httpx
 import yaml
 
 from gpuroam.controller.client import ClientError, ControlPlaneClient
-from gpuroam.controller.server import ServerInfo
 from gpuroam.providers.local import LocalProvider, free_port, load_sites
+from gpuroam.statedir import ServerInfo
 from postgres_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -48,7 +48,7 @@ def _the_victim(cluster: Cluster) -> tuple[str, int]:
 
 
 def region_partitioned(cluster: Cluster, duration_s: float, fault: Fault) -> None:
-    from gpuroam.providers.netns import RegionNetwork  # only with network namespaces
+    from gpuroam.providers.local.netns import RegionNetwork  # only with network namespaces
 
     network = RegionNetwork.attach(cluster.state)
     fault.began = time.time()

@@ -15,11 +15,18 @@ import httpx
 import pytest
 
 from gpuroam.providers.base import CapacityError, ObservedState
-from gpuroam.providers.local import LocalProvider, LocalSitesError, _scan_workers, load_sites
+from gpuroam.providers.local import LocalProvider, LocalSitesError, load_sites
+from gpuroam.providers.local.workers import scan_workers
 from gpuroam.records import Replica, ReplicaState
+from gpuroam.spec import ServiceSpec, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local-regions.yaml"
 SITES = {"us-central1": {"nvidia-l4": 1, "nvidia-tesla-t4": 1}, "europe-west4": {"nvidia-l4": 1, "nvidia-tesla-t4": 1}}
+
+
+def app_spec(model: str = "tiny", args: tuple[str, ...] = ()) -> ServiceSpec:
+    """A service whose replicas run `model` with `args` (what a launch is given)."""
+    return parse_spec({"name": "sd", "app": {"model": model, "args": list(args)}, "resources": {"gpus": ["nvidia-l4"]}})
 
 
 def replica(replica_id: str, region: str = "us-central1", gpu: str = "nvidia-l4", service: str = "sd") -> Replica:
@@ -91,7 +98,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalProvid
     """One real tiny-model worker, shared by the tests below: us-central1 / nvidia-l4, replica sd-a."""
     provider = LocalProvider(SITES, tmp_path_factory.mktemp("real-state"))
     try:
-        handle = provider.launch(replica("sd-a"), {"model": "tiny", "args": ["--max-batch", "2"]})
+        handle = provider.launch(replica("sd-a"), app_spec(args=("--max-batch", "2")))
         wait_ready(provider, "sd-a")
         yield provider, handle
     finally:
@@ -103,9 +110,9 @@ def test_a_launched_worker_becomes_ready_and_is_observed_with_its_labels(real: t
     [seen] = provider.observe()
     assert (seen.replica_id, seen.service, seen.region, seen.gpu) == ("sd-a", "sd", "us-central1", "nvidia-l4")
     assert seen.state is ObservedState.READY
-    assert seen.url == handle["url"] == f"http://127.0.0.1:{handle['port']}"
+    assert seen.url == handle.url == f"http://127.0.0.1:{handle.details['port']}"
     assert httpx.get(f"{seen.url}/internal/ping", timeout=5).status_code == 200
-    assert "gpuroam worker" in Path(handle["log"]).read_text()
+    assert "gpuroam worker" in Path(handle.details["log"]).read_text()
     assert provider.endpoint("sd") is None
     provider.drain("sd-a")  # a no-op: the gateway stops routing
     assert ids(provider) == {"sd-a"}
@@ -115,21 +122,21 @@ def test_launching_the_same_replica_again_returns_its_handle_without_a_second_pr
     real: tuple[LocalProvider, dict],
 ) -> None:
     provider, handle = real
-    assert provider.launch(replica("sd-a"), {"model": "tiny"}) == handle
-    assert [w.pid for w in _scan_workers(provider.marker)] == [handle["pid"]]
+    assert provider.launch(replica("sd-a"), app_spec()) == handle
+    assert [w.pid for w in scan_workers(provider.marker)] == [handle.details["pid"]]
 
 
 def test_a_launch_beyond_the_inventory_is_a_capacity_error(real: tuple[LocalProvider, dict]) -> None:
     provider, _ = real
     assert provider.regions()["us-central1"] == {"nvidia-l4": 0, "nvidia-tesla-t4": 1}
     with pytest.raises(CapacityError) as error:
-        provider.launch(replica("sd-b"), {})
+        provider.launch(replica("sd-b"), app_spec())
     assert (error.value.region, error.value.gpu) == ("us-central1", "nvidia-l4")
     assert error.value.reason == "local site us-central1 has 1 nvidia-l4, all in use"
     with pytest.raises(CapacityError, match="no local site named mars"):
-        provider.launch(replica("sd-c", region="mars"), {})
+        provider.launch(replica("sd-c", region="mars"), app_spec())
     with pytest.raises(CapacityError, match="local site us-central1 has no nvidia-h100"):
-        provider.launch(replica("sd-d", gpu="nvidia-h100"), {})
+        provider.launch(replica("sd-d", gpu="nvidia-h100"), app_spec())
     assert ids(provider) == {"sd-a"}
 
 
@@ -138,10 +145,8 @@ def test_a_restarted_controller_finds_the_worker_and_another_state_dir_does_not(
 ) -> None:
     provider, handle = real
     restarted = LocalProvider(SITES, provider.dir.parent)
-    assert [(o.replica_id, o.state, o.url) for o in restarted.observe()] == [
-        ("sd-a", ObservedState.READY, handle["url"])
-    ]
-    assert restarted.launch(replica("sd-a"), {}) == handle
+    assert [(o.replica_id, o.state, o.url) for o in restarted.observe()] == [("sd-a", ObservedState.READY, handle.url)]
+    assert restarted.launch(replica("sd-a"), app_spec()) == handle
     assert LocalProvider(SITES, tmp_path).observe() == []
 
 
@@ -182,7 +187,7 @@ def fake(tmp_path: Path, fake_python: str) -> Iterator[LocalProvider]:
 
 
 def test_a_worker_that_does_not_answer_is_starting_and_terminate_removes_it(fake: LocalProvider) -> None:
-    fake.launch(replica("a"), {})
+    fake.launch(replica("a"), app_spec())
     assert [(o.replica_id, o.state) for o in fake.observe()] == [("a", ObservedState.STARTING)]
     fake.terminate("a")
     assert fake.observe() == []
@@ -214,7 +219,7 @@ def test_losing_a_region_kills_its_replicas_blocks_it_and_survives_a_restart(fak
         ("b", "us-central1", "nvidia-tesla-t4"),
         ("c", "europe-west4", "nvidia-l4"),
     ]:
-        fake.launch(replica(rid, region, gpu), {})
+        fake.launch(replica(rid, region, gpu), app_spec())
     assert fake.fail_region("us-central1") == ["a", "b"]
     assert ids(fake) == {"c"}
     assert fake.regions() == {
@@ -222,22 +227,22 @@ def test_losing_a_region_kills_its_replicas_blocks_it_and_survives_a_restart(fak
         "europe-west4": {"nvidia-l4": 0, "nvidia-tesla-t4": 1},
     }
     with pytest.raises(CapacityError, match="was taken away"):
-        fake.launch(replica("d"), {})
+        fake.launch(replica("d"), app_spec())
 
     restarted = LocalProvider(SITES, fake.dir.parent, python=fake.python)
     assert restarted.taken_away() == {("us-central1", "nvidia-l4"), ("us-central1", "nvidia-tesla-t4")}
     with pytest.raises(CapacityError):
-        restarted.launch(replica("d"), {})
+        restarted.launch(replica("d"), app_spec())
     assert restarted.recover(region="us-central1") == [("us-central1", "nvidia-l4"), ("us-central1", "nvidia-tesla-t4")]
     assert fake.taken_away() == set()
-    fake.launch(replica("d"), {})
+    fake.launch(replica("d"), app_spec())
     assert ids(fake) == {"c", "d"}
 
 
 def test_losing_a_gpu_in_one_region_then_everywhere(fake: LocalProvider) -> None:
     for region, gpus in SITES.items():
         for gpu in gpus:
-            fake.launch(replica(f"{region}-{gpu}", region, gpu), {})
+            fake.launch(replica(f"{region}-{gpu}", region, gpu), app_spec())
     assert fake.fail_gpu("nvidia-l4", region="europe-west4") == ["europe-west4-nvidia-l4"]
     assert fake.fail_gpu("nvidia-tesla-t4") == ["europe-west4-nvidia-tesla-t4", "us-central1-nvidia-tesla-t4"]
     assert ids(fake) == {"us-central1-nvidia-l4"}
@@ -268,13 +273,13 @@ def test_chaos_names_must_exist(fake: LocalProvider) -> None:
 def test_gpu_devices_pin_each_replica_to_a_free_cuda_device(tmp_path: Path, fake_python: str) -> None:
     provider = LocalProvider({"us": {"l4": 3}}, tmp_path, python=fake_python, gpu_devices={"l4": [3, 5]})
     try:
-        provider.launch(replica("a", "us", "l4"), {})
-        provider.launch(replica("b", "us", "l4"), {})
-        assert {w.cuda_device for w in _scan_workers(provider.marker)} == {"3", "5"}
+        provider.launch(replica("a", "us", "l4"), app_spec())
+        provider.launch(replica("b", "us", "l4"), app_spec())
+        assert {w.cuda_device for w in scan_workers(provider.marker)} == {"3", "5"}
         with pytest.raises(CapacityError, match="every CUDA device for l4"):
-            provider.launch(replica("c", "us", "l4"), {})
+            provider.launch(replica("c", "us", "l4"), app_spec())
         provider.terminate("a")
-        provider.launch(replica("c", "us", "l4"), {})
-        assert {w.replica_id: w.cuda_device for w in _scan_workers(provider.marker)} == {"b": "5", "c": "3"}
+        provider.launch(replica("c", "us", "l4"), app_spec())
+        assert {w.replica_id: w.cuda_device for w in scan_workers(provider.marker)} == {"b": "5", "c": "3"}
     finally:
         clean_up(provider)

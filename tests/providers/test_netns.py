@@ -20,7 +20,7 @@ import pytest
 from gpuroam.catalog import load_catalog
 from gpuroam.providers.base import ObservedState
 from gpuroam.providers.local import LocalProvider
-from gpuroam.providers.netns import (
+from gpuroam.providers.local.netns import (
     MAX_DELAY_MS,
     NetworkError,
     RegionNetwork,
@@ -29,6 +29,7 @@ from gpuroam.providers.netns import (
     region_delays,
 )
 from gpuroam.records import Replica, ReplicaState
+from gpuroam.spec import ServiceSpec, parse_spec
 
 SITES = {"us-central1": {"nvidia-l4": 1}, "europe-west4": {"nvidia-l4": 1}}
 ECHO = """
@@ -46,6 +47,11 @@ while True:
 """
 
 NetworkFactory = Callable[..., RegionNetwork]
+
+
+def app_spec(model: str = "tiny", args: tuple[str, ...] = ()) -> ServiceSpec:
+    """A service whose replicas run `model` with `args` (what a launch is given)."""
+    return parse_spec({"name": "sd", "app": {"model": model, "args": list(args)}, "resources": {"gpus": ["nvidia-l4"]}})
 
 
 # -- the delay model (no privileges needed) -----------------------------------------------------------
@@ -186,7 +192,7 @@ def test_a_second_create_reattaches_and_repairs_a_dead_link(make_network: Networ
     assert again.describe() == first.describe()  # same names and addresses, override and partition kept
     assert again.delay_ms("europe-west4") == 5.0 and again.describe()["europe-west4"]["up"] is False
 
-    from gpuroam.providers import wanlink
+    from gpuroam.providers.local import wanlink
 
     pid = wanlink.send_command(again.links["europe-west4"].host_if, "stats")["pid"]
     os.kill(int(pid), 9)  # type: ignore[call-overload]
@@ -213,21 +219,21 @@ def test_a_local_provider_worker_runs_in_its_region_namespace_and_is_found_after
         replica = Replica(
             "sd-eu", "sd", "europe-west4", "nvidia-l4", ReplicaState.PROVISIONING, created_at=0.0, updated_at=0.0
         )
-        handle = provider.launch(replica, {"model": "tiny"})
+        handle = provider.launch(replica, app_spec())
         address = network.address("europe-west4")
-        assert handle["url"] == f"http://{address}:{handle['port']}"
+        assert handle.url == f"http://{address}:{handle.details['port']}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if [o.state for o in provider.observe()] == [ObservedState.READY]:
                 break
             time.sleep(0.2)
         else:
-            raise AssertionError(f"worker not ready in 60 s; log: {Path(handle['log']).read_text()[-2000:]}")
+            raise AssertionError(f"worker not ready in 60 s; log: {Path(handle.details['log']).read_text()[-2000:]}")
         started = time.monotonic()
-        assert httpx.get(f"{handle['url']}/internal/ping", timeout=5, trust_env=False).status_code == 200
+        assert httpx.get(f"{handle.url}/internal/ping", timeout=5, trust_env=False).status_code == 200
         assert time.monotonic() - started >= 0.04  # connect + request: two round trips of 2 x 10 ms
         with pytest.raises(httpx.ConnectError):  # bound to the namespace address, not the root's loopback
-            httpx.get(f"http://127.0.0.1:{handle['port']}/internal/ping", timeout=2, trust_env=False)
+            httpx.get(f"http://127.0.0.1:{handle.details['port']}/internal/ping", timeout=2, trust_env=False)
 
         for restarted in (
             LocalProvider(SITES, state),
@@ -237,10 +243,10 @@ def test_a_local_provider_worker_runs_in_its_region_namespace_and_is_found_after
             assert (seen.replica_id, seen.region, seen.url, seen.state) == (
                 "sd-eu",
                 "europe-west4",
-                handle["url"],
+                handle.url,
                 ObservedState.READY,
             )
-            assert restarted.launch(replica, {"model": "tiny"}) == handle  # no second process
+            assert restarted.launch(replica, app_spec()) == handle  # no second process
 
         network.partition("europe-west4")
         assert [o.state for o in provider.observe()] == [ObservedState.STARTING]  # probes fail, no special case

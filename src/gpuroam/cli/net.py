@@ -1,4 +1,4 @@
-"""`gpuroam net ...`: local regions as network namespaces behind an emulated WAN (see providers/netns.py)."""
+"""`gpuroam net ...`: local regions as network namespaces behind an emulated WAN (see providers/local/netns.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from gpuroam.cli.app import net_app
 from gpuroam.cli.common import JsonOption, StateOption, console, die, out, state_dir
 
 if TYPE_CHECKING:
-    from gpuroam.providers.netns import RegionNetwork
+    from gpuroam.providers.local.netns import RegionNetwork
 
 RegionsOption = Annotated[Path, typer.Option(help="Local sites file; each of its regions gets a namespace.")]
 
@@ -37,7 +37,7 @@ def _create(
     link: str = "auto",
 ) -> RegionNetwork:
     from gpuroam.providers.local import LocalSitesError, load_sites
-    from gpuroam.providers.netns import NetworkError, RegionNetwork
+    from gpuroam.providers.local.netns import NetworkError, RegionNetwork
 
     try:
         sites = load_sites(regions_file)
@@ -47,7 +47,7 @@ def _create(
 
 
 def _attach(state: Path | None) -> RegionNetwork:
-    from gpuroam.providers.netns import NetworkError, RegionNetwork
+    from gpuroam.providers.local.netns import NetworkError, RegionNetwork
 
     try:
         return RegionNetwork.attach(state_dir(state))
@@ -55,14 +55,12 @@ def _attach(state: Path | None) -> RegionNetwork:
         die(str(error))
 
 
-def network_for_serve(network: str, provider: str, regions_file: Path, state: Path) -> RegionNetwork | None:
+def network_for_serve(network: str, regions_file: Path, state: Path) -> RegionNetwork | None:
     """`gpuroam serve --network`: none, or netns (create or re-attach to the state dir's network)."""
     if network == "none":
         return None
     if network != "netns":
         die(f"unknown --network {network!r}: use none, or netns (regions as network namespaces)")
-    if provider != "local":
-        die("--network netns works only with --provider local (it puts local sites in network namespaces)")
     created = _create(regions_file, state)
     home = created.home
     console.print(f"[bold]network[/] regions in namespaces ({created.kind} links, home {home}); `gpuroam net status`")
@@ -92,7 +90,7 @@ def up(
 @net_app.command("down")
 def down(state: StateOption = None) -> None:
     """Remove the namespaces, links and link processes of a state dir (and processes left inside them)."""
-    from gpuroam.providers.netns import NetworkError, RegionNetwork, network_unavailable
+    from gpuroam.providers.local.netns import NetworkError, RegionNetwork, network_unavailable
 
     where = state_dir(state)
     reason = network_unavailable()
@@ -109,7 +107,7 @@ def down(state: StateOption = None) -> None:
 @net_app.command("partition")
 def partition(region: Annotated[str, typer.Argument(help="Region to cut off.")], state: StateOption = None) -> None:
     """Cut a region off: packets both ways are dropped silently, so clients time out."""
-    from gpuroam.providers.netns import NetworkError
+    from gpuroam.providers.local.netns import NetworkError
 
     try:
         _attach(state).partition(region)
@@ -121,7 +119,7 @@ def partition(region: Annotated[str, typer.Argument(help="Region to cut off.")],
 @net_app.command("heal")
 def heal(region: Annotated[str, typer.Argument(help="Region to reconnect.")], state: StateOption = None) -> None:
     """Reconnect a partitioned region."""
-    from gpuroam.providers.netns import NetworkError
+    from gpuroam.providers.local.netns import NetworkError
 
     try:
         _attach(state).heal(region)

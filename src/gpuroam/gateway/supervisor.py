@@ -1,4 +1,4 @@
-"""The local gateway as a process of its own, started (or adopted) by `gpuroam serve`.
+"""The local gateway as a process of its own, started (or adopted) and kept up by `gpuroam serve`.
 
 The gateway is a separate process so the data plane outlives the control plane: a controller
 that crashes, is upgraded or is killed with SIGKILL leaves the gateway serving its last known
@@ -16,8 +16,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,13 +23,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpuroam import processes
 from gpuroam.gateway.run import DRAIN_S
 
-log = logging.getLogger("gpuroam.controller")
+log = logging.getLogger("gpuroam.gateway.supervisor")
 
 
 @dataclass(frozen=True)
 class GatewayProcess:
+    """The gateway of one state dir that follows the control plane at `controller_url`."""
+
     state_dir: Path
     controller_url: str
     host: str = "127.0.0.1"
@@ -77,20 +78,20 @@ class GatewayProcess:
         ready = ready_file(self.state_dir, new)
         deadline = time.monotonic() + ready_timeout_s
         while not ready.exists():
-            if not _alive(new) or time.monotonic() > deadline:
-                _stop_pid(new, DRAIN_S)
+            if not processes.alive(new) or time.monotonic() > deadline:
+                processes.stop([new], DRAIN_S)
                 raise RuntimeError(f"the new gateway (pid {new}) did not listen; see {self.state_dir / 'gateway.log'}")
             time.sleep(0.02)
         ready.unlink()
         self.record.write_text(json.dumps({"pid": new, "controller": self.controller_url}))
         if old is not None:
-            _stop_pid(old, DRAIN_S + 5.0)
+            processes.stop([old], DRAIN_S + 5.0)
         log.info("gateway restarted", extra={"old": old, "new": new})
         return new
 
     def _start(self, record: bool = True) -> int:
         for stale in ready_file(self.state_dir, 0).parent.glob("*"):  # left by gateways gone since
-            if not (stale.name.isdigit() and _alive(int(stale.name))):
+            if not (stale.name.isdigit() and processes.alive(int(stale.name))):
                 stale.unlink(missing_ok=True)
         log_file = (self.state_dir / "gateway.log").open("ab")
         command = [
@@ -130,7 +131,7 @@ class GatewayProcess:
         pid = self.running_pid()
         if pid is None:
             return
-        _stop_pid(pid, timeout_s)
+        processes.stop([pid], timeout_s)
         self.record.unlink(missing_ok=True)
 
 
@@ -145,39 +146,8 @@ def mark_ready(state_dir: Path, pid: int) -> None:
     path.touch()
 
 
-def _stop_pid(pid: int, timeout_s: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our exited child
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is dead for our purposes
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _is_gateway(pid: int) -> bool:
-    if not _alive(pid):
+    if not processes.alive(pid):
         return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return True  # no /proc: trust the record
-    return b"gpuroam" in argv and b"gateway" in argv
+    argv = processes.command_line(pid)
+    return argv is None or ("gpuroam" in argv and "gateway" in argv)  # no /proc: trust the record

@@ -6,12 +6,12 @@ namespace, and copies each packet across after `delay` (the same delay each way)
 partitioned link drops every packet silently, in flight ones included, so peers see timeouts, as on a
 real WAN outage, rather than a quick "no route to host".
 
-It runs in its own session (started by `gpuroam.providers.netns`), so it outlives a killed controller.
+It runs in its own session (started by `gpuroam.providers.local.netns`), so it outlives a killed controller.
 Both devices are persistent (`ip tuntap add`), so their addresses survive a restart of this process.
 Control: a line protocol on the abstract Unix socket `control_address(host_if)`:
 `up`, `down`, `delay MS`, `stats`; each answered with one JSON line.
 
-Run: `python -m gpuroam.providers.wanlink --host-if IF --netns NS --ns-if IF --delay-ms MS [--down]`.
+Run: `python -m gpuroam.providers.local.wanlink --host-if IF --netns NS --ns-if IF --delay-ms MS [--down]`.
 """
 
 from __future__ import annotations
@@ -215,7 +215,9 @@ def send_command(host_if: str, command: str, timeout_s: float = 2.0) -> dict[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpuroam.providers.wanlink", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m gpuroam.providers.local.wanlink", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--host-if", required=True, help="TUN device in the root network namespace")
     parser.add_argument("--netns", required=True, help="the region's network namespace (ip netns name)")
     parser.add_argument("--ns-if", required=True, help="TUN device inside that namespace")

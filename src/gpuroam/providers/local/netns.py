@@ -7,7 +7,7 @@ point-to-point link with a one-way delay taken from the catalog's distances, and
 off (partition: packets dropped silently, so clients see timeouts) and healed.
 
 The link is a veth pair with `tc netem` where the kernel has sch_netem, else a userspace emulator
-(`gpuroam.providers.wanlink`) between two TUN devices. Region slot s gets 10.213.s.0/30: .1 in the
+(`gpuroam.providers.local.wanlink`) between two TUN devices. Region slot s gets 10.213.s.0/30: .1 in the
 root namespace, .2 in the region's. Names carry a prefix made from the state dir, so two runs do not
 collide, and everything is recorded in `<state_dir>/local/network.json` before it is created, so a
 restarted controller re-attaches to what exists (and repairs what is missing) instead of recreating it.
@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,9 +32,10 @@ from pathlib import Path
 from subprocess import DEVNULL, STDOUT, Popen
 from typing import Any
 
+from gpuroam import processes
 from gpuroam.catalog import Catalog, load_catalog
-from gpuroam.providers import wanlink
 from gpuroam.providers.base import ProviderError
+from gpuroam.providers.local import wanlink
 
 SUBNET = "10.213"
 NS_IF = "wan0"  # inside its own namespace the region's interface needs no unique name
@@ -172,42 +172,14 @@ def _free_slot(used: Mapping[int, str], taken: set[int]) -> int:
 
 def _link_pids() -> dict[str, int]:
     """host_if -> pid of each live wanlink process (the process table is the truth, not a stored pid)."""
-    pids: dict[str, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
+    found: dict[str, int] = {}
+    for pid in processes.pids():
+        cmdline = processes.command_line(pid)
+        if cmdline is None or processes.zombie(pid):
             continue
-        try:
-            cmdline = Path(entry.path, "cmdline").read_bytes().decode(errors="replace").split("\0")
-            zombie = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-        except OSError:
-            continue
-        if not zombie and "gpuroam.providers.wanlink" in cmdline and "--host-if" in cmdline[:-1]:
-            pids[cmdline[cmdline.index("--host-if") + 1]] = int(entry.name)
-    return pids
-
-
-def _kill(pids: Sequence[int], grace_s: float = 3.0) -> None:
-    """SIGTERM, then SIGKILL whatever is still alive after `grace_s`."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.02)
-        alive = [pid for pid in alive if _alive(pid)]
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+        if "gpuroam.providers.local.wanlink" in cmdline and "--host-if" in cmdline[:-1]:
+            found[cmdline[cmdline.index("--host-if") + 1]] = pid
+    return found
 
 
 class RegionNetwork:
@@ -461,7 +433,7 @@ class RegionNetwork:
         """Start the region's wanlink in its own session (it outlives us) and wait until it forwards."""
         log_path = self.dir / "logs" / f"wanlink-{lk.region}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        command = [self.python, "-m", "gpuroam.providers.wanlink", "--host-if", lk.host_if, "--netns", lk.netns]
+        command = [self.python, "-m", "gpuroam.providers.local.wanlink", "--host-if", lk.host_if, "--netns", lk.netns]
         command += ["--ns-if", NS_IF, "--delay-ms", str(lk.delay_ms), *([] if lk.up else ["--down"])]
         with open(log_path, "ab") as log:
             child = Popen(command, stdin=DEVNULL, stdout=log, stderr=STDOUT, start_new_session=True)
@@ -493,10 +465,10 @@ class RegionNetwork:
         namespaces = {ns for ns in namespaces if ns.startswith(f"{self.prefix}-")}
         namespaces |= {lk.netns for lk in self.links.values() if Path("/run/netns", lk.netns).exists()}
         devices = [d for d in os.listdir("/sys/class/net") if d.startswith(f"{self.prefix}h")]
-        _kill([pid for host_if, pid in _link_pids().items() if host_if.startswith(f"{self.prefix}h")])
+        processes.stop([pid for host_if, pid in _link_pids().items() if host_if.startswith(f"{self.prefix}h")], 3.0)
         for netns in sorted(namespaces):
             pids = [int(p) for p in _ip("netns", "pids", netns, check=False).stdout.split() if p.isdigit()]
-            _kill(pids)
+            processes.stop(pids, 3.0)
             _ip("link", "del", NS_IF, netns=netns, check=False)
             _ip("netns", "del", netns, check=False)
         for device in devices:

@@ -11,6 +11,7 @@ from rich.table import Table
 STATE_STYLES = {"ready": "green", "provisioning": "yellow", "draining": "cyan", "failed": "red"}
 EVENT_STYLES = {
     "ready": "green",
+    "up": "blue",
     "placed": "blue",
     "failover": "magenta",
     "stockout": "red",
