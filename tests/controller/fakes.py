@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gpuroam.providers.base import CapacityError, Observed, ObservedState
+from gpuroam.providers.base import CapacityError, Launched, Observed, ObservedState
 from gpuroam.records import Replica
+from gpuroam.spec import ServiceSpec
 
 
 @dataclass
@@ -31,14 +32,15 @@ class FakeProvider:
         used = sum(1 for r in self.running.values() if (r.replica.region, r.replica.gpu) == (region, gpu))
         return self.capacity.get(region, {}).get(gpu, 0) - used
 
-    def launch(self, replica: Replica, app: dict) -> dict:
+    def launch(self, replica: Replica, spec: ServiceSpec) -> Launched:
+        launched = Launched(f"http://fake/{replica.id}", {"fake": replica.id})
         if replica.id in self.running:
-            return {"url": f"http://fake/{replica.id}"}
+            return launched
         if self._free(replica.region, replica.gpu) <= 0:
             raise CapacityError(replica.region, replica.gpu, "fake stockout")
         self.running[replica.id] = FakeReplica(replica)
         self.launches.append(replica.id)
-        return {"url": f"http://fake/{replica.id}"}
+        return launched
 
     def observe(self) -> list[Observed]:
         return [

@@ -1,5 +1,25 @@
 """Providers run replicas somewhere: local worker processes, Kubernetes clusters, GKE."""
 
-from gpuroam.providers.base import CapacityError, Observed, ObservedState, Provider, ProviderError
+from gpuroam.providers.base import (
+    CapacityError,
+    ChaosControls,
+    Launched,
+    Observed,
+    ObservedState,
+    Provider,
+    ProviderError,
+    Regions,
+    SpecLookup,
+)
 
-__all__ = ["CapacityError", "Observed", "ObservedState", "Provider", "ProviderError"]
+__all__ = [
+    "CapacityError",
+    "ChaosControls",
+    "Launched",
+    "Observed",
+    "ObservedState",
+    "Provider",
+    "ProviderError",
+    "Regions",
+    "SpecLookup",
+]

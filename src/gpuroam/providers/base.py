@@ -7,11 +7,16 @@ that restarts can call them again without creating duplicates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from gpuroam.records import Replica
+from gpuroam.spec import ServiceSpec
+
+Regions = dict[str, dict[str, int | None]]  # region -> GPU type -> free slots now (None: cannot know)
+SpecLookup = Callable[[str], ServiceSpec | None]  # service name -> its spec as the store holds it now
 
 
 class ProviderError(RuntimeError):
@@ -50,17 +55,27 @@ class Observed:
     capacity_failure: bool = False
 
 
+@dataclass(frozen=True)
+class Launched:
+    """What a launch started: where the replica will answer (if known yet) and what the provider needs
+    to find it again, kept in the store with the replica (e.g. a pid and log file, or a cluster and a
+    Deployment name). A replica with no `details` was never launched."""
+
+    url: str | None
+    details: Mapping[str, str | int] = field(default_factory=dict)
+
+
 class Provider(Protocol):
     """Regions with GPU inventory, and replicas in them."""
 
     name: str
 
-    def regions(self) -> dict[str, dict[str, int | None]]:
+    def regions(self) -> Regions:
         """Region -> GPU type -> free slots now (None when the provider cannot know)."""
         ...
 
-    def launch(self, replica: Replica, app: dict) -> dict:
-        """Start `replica` (idempotent by id); returns the handle to store. Raises CapacityError."""
+    def launch(self, replica: Replica, spec: ServiceSpec) -> Launched:
+        """Start `replica` of the service `spec` (idempotent by id). Raises CapacityError."""
         ...
 
     def observe(self) -> list[Observed]:
@@ -77,4 +92,21 @@ class Provider(Protocol):
 
     def endpoint(self, service: str) -> str | None:
         """The service's global endpoint as this provider exposes it, if it has one."""
+        ...
+
+
+@runtime_checkable
+class ChaosControls(Protocol):
+    """Capacity taken away and given back on purpose: providers that simulate capacity offer it."""
+
+    def fail_region(self, region: str) -> list[str]:
+        """Lose every GPU of `region`; its replicas die abruptly. The ids of the replicas killed."""
+        ...
+
+    def fail_gpu(self, gpu: str, region: str | None = None) -> list[str]:
+        """Lose a GPU type everywhere, or in one region. The ids of the replicas killed."""
+        ...
+
+    def recover(self, region: str | None = None, gpu: str | None = None) -> list[tuple[str, str]]:
+        """Give back what was taken in `region` and/or of `gpu` (all when both are None): the pairs restored."""
         ...

@@ -34,7 +34,6 @@ from gpuroam.spec import load_spec, parse_spec, spec_to_dict
 PROJECT = "gpuroam-test"
 REGIONS = ["us-central1", "europe-west4", "asia-southeast1"]
 SPEC = load_spec("examples/stable-diffusion.yaml")
-APP = SPEC.app.model_dump()
 LINK = "//container.googleapis.com/projects/gpuroam-test/locations/{}/clusters/gpuroam-{}"
 MEMBERSHIP = "projects/gpuroam-test/locations/global/memberships/gpuroam-{}"
 
@@ -213,7 +212,7 @@ def test_fake_api_bearer_token_is_refreshed_before_it_expires(gcp: Gcp, provider
 
     # Through the kubernetes client: every request carries the current token.
     provider.ensure_clusters(["us-central1"], timeout_s=10)
-    provider.launch(replica("us-central1"), APP)
+    provider.launch(replica("us-central1"), SPEC)
     first = gcp.kube.authorizations[-1]
     assert first and first.startswith("Bearer ya29.token-")
     gcp.clock.now += 56 * 60
@@ -230,14 +229,14 @@ def test_fake_api_launch_into_a_region_whose_cluster_is_still_creating(gcp: Gcp)
     assert provider.observe() == []
     for _ in range(2):
         with pytest.raises(CapacityError, match="cluster creating: gpuroam-us-central1 is being prepared"):
-            provider.launch(replica("us-central1"), APP)
+            provider.launch(replica("us-central1"), SPEC)
     assert len(gcp.creates()) == 1, "the second launch waits on the same creation"
     assert "stable-diffusion" not in str(gcp.kube.calls("us-central1"))
 
     gcp.clusters.gate.set()
     provider.ensure_clusters(["us-central1"], timeout_s=10)
-    handle = provider.launch(replica("us-central1"), APP)
-    assert handle["gke_cluster"] == "projects/gpuroam-test/locations/us-central1/clusters/gpuroam-us-central1"
+    handle = provider.launch(replica("us-central1"), SPEC)
+    assert handle.details["gke_cluster"] == "projects/gpuroam-test/locations/us-central1/clusters/gpuroam-us-central1"
     assert {d["metadata"]["name"] for d in gcp.kube.clusters["us-central1"].items("deployments")} == {
         replica("us-central1").id
     }
@@ -251,10 +250,10 @@ def test_fake_api_a_failed_cluster_is_a_capacity_signal_retried_later(gcp: Gcp) 
     gcp.clusters.fail["create_cluster"] = gexc.PermissionDenied("container.clusters.create denied")
     for _ in range(2):  # the second within retry_after_s: no new attempt
         with pytest.raises(CapacityError, match="no usable cluster: cannot create cluster .*denied"):
-            provider.launch(replica("asia-southeast1"), APP)
+            provider.launch(replica("asia-southeast1"), SPEC)
     assert len(gcp.clusters.calls(container_v1.GetClusterRequest)) == 1
     gcp.clock.now += 61
-    provider.launch(replica("asia-southeast1"), APP)  # retried: created, and the replica launched
+    provider.launch(replica("asia-southeast1"), SPEC)  # retried: created, and the replica launched
     assert len(gcp.creates()) == 2, "the refused create, then the one that worked"
     provider.close()
 
@@ -263,7 +262,7 @@ def test_fake_api_config_objects_are_applied_to_the_config_cluster_and_reapplied
     gcp: Gcp, provider: GkeProvider
 ) -> None:
     provider.ensure_clusters(timeout_s=10)
-    provider.launch(replica("us-central1"), APP)
+    provider.launch(replica("us-central1"), SPEC)
     kinds = {"backendconfigs", "multiclusterservices", "multiclusteringresses"}
     for plural in kinds:
         (obj,) = gcp.kube.objects("us-central1", plural)
@@ -274,7 +273,7 @@ def test_fake_api_config_objects_are_applied_to_the_config_cluster_and_reapplied
     provider.observe()
     assert gcp.applies("us-central1", "multiclusterservices") == 1, "the same regions: nothing re-applied"
 
-    provider.launch(replica("europe-west4"), APP)  # expand: the MCS now names both clusters
+    provider.launch(replica("europe-west4"), SPEC)  # expand: the MCS now names both clusters
     assert mcs_regions(gcp) == ["us-central1", "europe-west4"]
     assert gcp.applies("us-central1", "multiclusterservices") == 2
     (mcs,) = gcp.kube.objects("us-central1", "multiclusterservices")
@@ -289,7 +288,7 @@ def test_fake_api_config_objects_are_applied_to_the_config_cluster_and_reapplied
 def test_fake_api_endpoint_is_none_until_the_load_balancer_has_a_vip(gcp: Gcp, provider: GkeProvider) -> None:
     assert provider.endpoint("stable-diffusion") is None, "no config cluster yet"
     provider.ensure_clusters(["us-central1"], timeout_s=10)
-    provider.launch(replica("us-central1"), APP)
+    provider.launch(replica("us-central1"), SPEC)
     gcp.clock.now += 11
     assert provider.endpoint("stable-diffusion") is None, "the MCI has no VIP yet"
     gcp.kube.set_status("us-central1", "multiclusteringresses", {"VIP": "34.117.10.20"})
@@ -306,8 +305,8 @@ def test_fake_api_gateway_endpoint_exports_from_each_region_and_reads_the_gatewa
     assert all(c.cluster.network_config.gateway_api_config.channel == 4 for c in gcp.creates())  # STANDARD
     ids = [c.feature_id for c in gcp.hub.calls(gkehub_v1.CreateFeatureRequest)]
     assert ids == ["multiclusteringress", "multiclusterservicediscovery"]
-    provider.launch(replica("us-central1"), APP)
-    provider.launch(replica("europe-west4"), APP)
+    provider.launch(replica("us-central1"), SPEC)
+    provider.launch(replica("europe-west4"), SPEC)
     for plural in ("gateways", "httproutes", "healthcheckpolicies", "gcpbackendpolicies"):
         (obj,) = gcp.kube.objects("us-central1", plural)
         validate({key: value for key, value in obj.items() if key != "status"})  # as applied
@@ -329,7 +328,7 @@ def test_fake_api_config_objects_wait_for_the_fleet_to_install_their_crds(
     provider.ensure_clusters(["us-central1"], timeout_s=10)
     installed = set(gcp.kube.custom["us-central1"].crds)
     gcp.kube.custom["us-central1"].crds.clear()
-    provider.launch(replica("us-central1"), APP)  # the replica is up; its endpoint comes later
+    provider.launch(replica("us-central1"), SPEC)  # the replica is up; its endpoint comes later
     assert "CRDs are not installed yet" in caplog.text
     assert not gcp.kube.objects("us-central1", "multiclusteringresses")
     gcp.kube.custom["us-central1"].crds |= installed
@@ -339,8 +338,8 @@ def test_fake_api_config_objects_wait_for_the_fleet_to_install_their_crds(
 
 def test_fake_api_a_restarted_provider_finds_its_clusters_and_replicas(gcp: Gcp, provider: GkeProvider) -> None:
     provider.ensure_clusters(["us-central1", "europe-west4"], timeout_s=10)
-    provider.launch(replica("us-central1"), APP)
-    provider.launch(replica("europe-west4"), APP)
+    provider.launch(replica("us-central1"), SPEC)
+    provider.launch(replica("europe-west4"), SPEC)
     gcp.kube.make_ready()
     creates = len(gcp.creates())
 

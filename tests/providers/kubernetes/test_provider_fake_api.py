@@ -17,11 +17,10 @@ from gpuroam.catalog import load_catalog
 from gpuroam.providers.base import CapacityError, ObservedState, ProviderError
 from gpuroam.providers.kubernetes.provider import APPLY_PATCH, KubernetesProvider
 from gpuroam.records import Replica, ReplicaState
-from gpuroam.spec import ServiceSpec, load_spec, parse_spec, spec_to_dict
+from gpuroam.spec import load_spec, parse_spec, spec_to_dict
 
 REGIONS = ["us-central1", "europe-west4", "asia-southeast1"]
 SPEC = load_spec("examples/stable-diffusion.yaml")
-APP = SPEC.app.model_dump()
 NS = "/api/v1/namespaces/gpuroam"
 APPS = "/apis/apps/v1/namespaces/gpuroam"
 
@@ -57,7 +56,7 @@ def provider(fake: FakeKubernetes, clock: Clock) -> KubernetesProvider:
 
 def test_fake_api_launch_applies_namespace_then_deployment_then_service(fake, provider) -> None:  # type: ignore[no-untyped-def]
     r = replica()
-    handle = provider.launch(r, APP)
+    handle = provider.launch(r, SPEC)
     assert fake.calls("us-central1") == [
         ("PATCH", NS),
         ("PATCH", f"{APPS}/deployments/{r.id}"),
@@ -67,7 +66,8 @@ def test_fake_api_launch_applies_namespace_then_deployment_then_service(fake, pr
         assert call.content_type == APPLY_PATCH and call.status in (200, 201)
         assert call.query == {"fieldManager": "gpuroam", "force": "true"}
     assert not fake.calls("europe-west4") and not fake.calls("asia-southeast1")
-    assert handle == {
+    assert handle.url == f"http://{r.id}.gpuroam.svc.cluster.local:80"
+    assert handle.details == {
         "cluster": "us-central1",
         "namespace": "gpuroam",
         "deployment": r.id,
@@ -80,10 +80,10 @@ def test_fake_api_launch_applies_namespace_then_deployment_then_service(fake, pr
 
 def test_fake_api_launch_again_is_idempotent(fake, provider) -> None:  # type: ignore[no-untyped-def]
     r = replica()
-    first = provider.launch(r, APP)
+    first = provider.launch(r, SPEC)
     cluster = fake.clusters["us-central1"]
     uid = cluster.objects[("deployments", "gpuroam", r.id)]["metadata"]["uid"]
-    assert provider.launch(r, APP) == first
+    assert provider.launch(r, SPEC) == first
     assert [c.status for c in cluster.calls if c.method == "PATCH"] == [201, 201, 201, 200, 200, 200]
     assert cluster.objects[("deployments", "gpuroam", r.id)]["metadata"]["uid"] == uid
     assert len(cluster.pods()) == 1 and len(cluster.items("deployments")) == 1
@@ -91,7 +91,7 @@ def test_fake_api_launch_again_is_idempotent(fake, provider) -> None:  # type: i
 
 def test_fake_api_observe_reports_starting_then_ready_from_labels(fake, provider) -> None:  # type: ignore[no-untyped-def]
     r = replica("europe-west4", "nvidia-tesla-t4")
-    provider.launch(r, APP)
+    provider.launch(r, SPEC)
     (seen,) = provider.observe()
     assert (seen.replica_id, seen.service, seen.region, seen.gpu) == (r.id, r.service, r.region, r.gpu)
     assert seen.state is ObservedState.STARTING and not seen.capacity_failure
@@ -108,7 +108,7 @@ def test_fake_api_observe_reports_starting_then_ready_from_labels(fake, provider
 
 def test_fake_api_a_load_balancer_address_is_the_url(fake, provider) -> None:  # type: ignore[no-untyped-def]
     r = replica()
-    provider.launch(r, APP)
+    provider.launch(r, SPEC)
     with fake.lock:
         fake.clusters["us-central1"].objects[("services", "gpuroam", r.id)]["status"] = {
             "loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}
@@ -119,7 +119,7 @@ def test_fake_api_a_load_balancer_address_is_the_url(fake, provider) -> None:  #
 def test_fake_api_a_gce_stockout_event_is_a_capacity_failure(fake, provider) -> None:  # type: ignore[no-untyped-def]
     fake.set_stockout("us-central1", "nvidia-l4")
     r = replica()
-    provider.launch(r, APP)
+    provider.launch(r, SPEC)
     fake.make_ready()  # the autoscaler cannot get an L4 node: the pod stays pending
     (seen,) = provider.observe()
     assert seen.state is ObservedState.FAILED and seen.capacity_failure
@@ -130,13 +130,13 @@ def test_fake_api_a_gce_stockout_event_is_a_capacity_failure(fake, provider) -> 
 
 
 def test_fake_api_a_pending_pod_without_autoscaler_verdict_is_still_starting(fake, provider) -> None:  # type: ignore[no-untyped-def]
-    provider.launch(replica(), APP)
+    provider.launch(replica(), SPEC)
     (seen,) = provider.observe()  # FailedScheduling alone: a node is being added
     assert seen.state is ObservedState.STARTING and not seen.capacity_failure
 
 
 def test_fake_api_a_crash_loop_is_a_failure_but_not_for_capacity(fake, provider) -> None:  # type: ignore[no-untyped-def]
-    provider.launch(replica(), APP)
+    provider.launch(replica(), SPEC)
     fake.make_ready()
     fake.crash("us-central1")
     (seen,) = provider.observe()
@@ -146,7 +146,7 @@ def test_fake_api_a_crash_loop_is_a_failure_but_not_for_capacity(fake, provider)
 
 def test_fake_api_a_gpu_quota_refusal_of_the_pod_is_a_capacity_failure(fake, provider) -> None:  # type: ignore[no-untyped-def]
     r = replica()
-    provider.launch(r, APP)
+    provider.launch(r, SPEC)
     message = 'pods "x" is forbidden: exceeded quota: gpus, requested: requests.nvidia.com/gpu=1, limited: 0'
     condition = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message}
     with fake.lock:
@@ -161,7 +161,7 @@ def test_fake_api_a_gpu_quota_refusal_of_the_pod_is_a_capacity_failure(fake, pro
 
 def test_fake_api_terminate_deletes_by_label_and_is_idempotent(fake, provider) -> None:  # type: ignore[no-untyped-def]
     r = replica("asia-southeast1", "nvidia-tesla-t4")
-    provider.launch(r, APP)
+    provider.launch(r, SPEC)
     fake.make_ready()
     provider.terminate(r.id)
     assert fake.calls("asia-southeast1")[3:] == [
@@ -182,8 +182,8 @@ def test_fake_api_an_unreachable_cluster_keeps_its_replicas_for_the_grace_then_d
     fake, provider, clock
 ) -> None:
     a, b = replica("us-central1"), replica("europe-west4")
-    provider.launch(a, APP)
-    provider.launch(b, APP)
+    provider.launch(a, SPEC)
+    provider.launch(b, SPEC)
     fake.make_ready()
     assert {o.state for o in provider.observe()} == {ObservedState.READY}
     fake.clusters["europe-west4"].down = True
@@ -208,16 +208,16 @@ def test_fake_api_a_cluster_never_reached_stops_the_pass_until_the_grace_ends(fa
 def test_fake_api_launch_into_an_unreachable_cluster_is_a_capacity_error(fake, provider) -> None:  # type: ignore[no-untyped-def]
     fake.clusters["us-central1"].down = True
     with pytest.raises(CapacityError, match="unreachable") as refused:
-        provider.launch(replica(), APP)
+        provider.launch(replica(), SPEC)
     assert (refused.value.region, refused.value.gpu) == ("us-central1", "nvidia-l4")
     with pytest.raises(CapacityError, match="no cluster"):
-        provider.launch(replica("me-west1"), APP)
+        provider.launch(replica("me-west1"), SPEC)
 
 
 def test_fake_api_a_refused_apply_is_a_provider_error_not_capacity(fake, provider) -> None:  # type: ignore[no-untyped-def]
     fake.clusters["us-central1"].forbidden.add("deployments")
     with pytest.raises(ProviderError, match="HTTP 403 Forbidden: deployments is forbidden") as refused:
-        provider.launch(replica(), APP)
+        provider.launch(replica(), SPEC)
     assert not isinstance(refused.value, CapacityError)
 
 
@@ -228,20 +228,19 @@ def test_fake_api_regions_from_the_catalog_or_a_known_inventory(fake) -> None:  
     assert set(regions) == set(REGIONS) and provider.endpoint("stable-diffusion") is None
     assert regions["us-central1"]["nvidia-l4"] is None and "nvidia-tesla-a100" in regions["us-central1"]
     assert regions["europe-west4"] == {"nvidia-l4": 1, "nvidia-tesla-t4": None}
-    provider.launch(replica("europe-west4"), APP)
+    provider.launch(replica("europe-west4"), SPEC)
     assert provider.regions()["europe-west4"]["nvidia-l4"] == 0
     with pytest.raises(CapacityError, match="inventory"):
-        provider.launch(replica("europe-west4", suffix="def456"), APP)
+        provider.launch(replica("europe-west4", suffix="def456"), SPEC)
 
 
 def test_fake_api_the_service_spec_sets_gpu_count_and_spot(fake) -> None:  # type: ignore[no-untyped-def]
     data = spec_to_dict(SPEC)
     data["resources"].update(gpu_count=2, spot=True)
     spec = parse_spec(data)
-    lookup: dict[str, ServiceSpec] = {spec.name: spec}
-    provider = KubernetesProvider(fake.clients(), catalog=load_catalog(), specs=lookup.get)
+    provider = KubernetesProvider(fake.clients(), catalog=load_catalog())
     r = replica()
-    provider.launch(r, APP)
+    provider.launch(r, spec)
     pod = fake.clusters["us-central1"].objects[("deployments", "gpuroam", r.id)]["spec"]["template"]["spec"]
     assert pod["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
@@ -262,5 +261,5 @@ def test_fake_api_from_kubeconfig_maps_contexts_to_regions(fake, tmp_path: Path)
     contexts = {"us-central1": "gke_us-central1", "europe-west4": "gke_europe-west4"}
     provider = KubernetesProvider.from_kubeconfig(path, contexts, catalog=load_catalog())
     assert set(provider.regions()) == {"us-central1", "europe-west4"}
-    provider.launch(replica("europe-west4"), APP)
+    provider.launch(replica("europe-west4"), SPEC)
     assert len(fake.calls("europe-west4")) == 3 and not fake.calls("us-central1")

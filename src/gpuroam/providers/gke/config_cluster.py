@@ -14,8 +14,8 @@ from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
 from gpuroam.providers.gke.manifests import Endpoint, gateway, multi_cluster_ingress
+from gpuroam.providers.kubernetes.api import APPLY_PATCH, FIELD_MANAGER, response_json
 from gpuroam.providers.kubernetes.manifests import Manifest
-from gpuroam.providers.kubernetes.provider import APPLY_PATCH, FIELD_MANAGER, _json
 from gpuroam.spec import ServiceSpec
 
 # The plural resource names of the kinds gke/manifests.py builds (from their CRDs).
@@ -43,13 +43,13 @@ def apply(api: ApiClient, manifest: Manifest, timeout_s: float) -> None:
     }
     kind, meta = manifest["kind"], manifest["metadata"]
     if kind == "Namespace":
-        _json(CoreV1Api(api).patch_namespace(meta["name"], manifest, **options))
+        response_json(CoreV1Api(api).patch_namespace(meta["name"], manifest, **options))
     elif kind == "Service":
-        _json(CoreV1Api(api).patch_namespaced_service(meta["name"], meta["namespace"], manifest, **options))
+        response_json(CoreV1Api(api).patch_namespaced_service(meta["name"], meta["namespace"], manifest, **options))
     else:
         group, version = manifest["apiVersion"].split("/", 1)
         custom = CustomObjectsApi(api)
-        _json(
+        response_json(
             custom.patch_namespaced_custom_object(
                 group, version, meta["namespace"], PLURALS[kind], meta["name"], manifest, **options
             )
@@ -77,7 +77,7 @@ def read_address(api: ApiClient, spec: ServiceSpec, endpoint: Endpoint, ns: str,
         if error.status == 404:
             return None
         raise
-    status = _json(response).get("status") or {}
+    status = response_json(response).get("status") or {}
     if endpoint == "ingress":
         return status.get("VIP") or None
     addresses = status.get("addresses") or []

@@ -49,7 +49,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from gpuroam.catalog import Catalog, load_catalog
-from gpuroam.providers.base import CapacityError, Observed, ProviderError
+from gpuroam.providers.base import CapacityError, Launched, Observed, ProviderError, Regions, SpecLookup
 from gpuroam.providers.gke import config_cluster
 from gpuroam.providers.gke.clusters import USABLE, ClusterUnavailable, Fleet
 from gpuroam.providers.gke.credentials import CLOUD_PLATFORM, BearerToken, GoogleCredentials, cluster_api_client
@@ -59,10 +59,11 @@ from gpuroam.providers.gke.manifests import (
     config_cluster_manifests,
     workload_cluster_manifests,
 )
+from gpuroam.providers.kubernetes.api import API_FAILURES, brief
 from gpuroam.providers.kubernetes.manifests import DEFAULT_NAMESPACE, Manifest
-from gpuroam.providers.kubernetes.provider import _FAILURES, KubernetesProvider, SpecLookup, _brief
+from gpuroam.providers.kubernetes.provider import KubernetesProvider
 from gpuroam.records import Replica
-from gpuroam.spec import ServiceSpec, parse_spec
+from gpuroam.spec import ServiceSpec
 
 log = logging.getLogger("gpuroam.providers.gke")
 
@@ -221,7 +222,6 @@ class GkeProvider:
             catalog=self.catalog,
             namespace=self.namespace,
             inventory={k: v for k, v in self.inventory.items() if k == state.name},
-            specs=self.specs,
             request_timeout_s=self.timeout,
             clock=self.clock,
             **self.kubernetes_options,
@@ -286,7 +286,7 @@ class GkeProvider:
 
     # -- the Provider interface ------------------------------------------------------------------------
 
-    def regions(self) -> dict[str, dict[str, int | None]]:
+    def regions(self) -> Regions:
         """Every configured region, with the GPU types the inventory (else the catalog) says it offers."""
         found: dict[str, dict[str, int | None]] = {}
         for region in self.serving_regions:
@@ -301,17 +301,13 @@ class GkeProvider:
                 found[region] = {}
         return found
 
-    def launch(self, replica: Replica, app: dict) -> dict:
-        handle = self._ready(replica.region, replica.gpu).launch(replica, app)
-        spec = self.specs(replica.service) if self.specs else None
-        if spec is None:  # the endpoint's objects then come from what the launch was given
-            data = {"name": replica.service, "app": app, "resources": {"gpus": [replica.gpu]}}
-            spec = parse_spec(data, source=f"replica {replica.id}")
+    def launch(self, replica: Replica, spec: ServiceSpec) -> Launched:
+        launched = self._ready(replica.region, replica.gpu).launch(replica, spec)
         with self._lock:
             self._replicas[replica.id] = (replica.service, replica.region)
             self._service_specs[replica.service] = spec
         self._sync_endpoint(replica.service)
-        return {**handle, "gke_cluster": self.fleet.cluster_path(replica.region)}
+        return Launched(launched.url, {**launched.details, "gke_cluster": self.fleet.cluster_path(replica.region)})
 
     def observe(self) -> list[Observed]:
         self._discover_once()
@@ -358,8 +354,8 @@ class GkeProvider:
             return None
         try:
             address = config_cluster.read_address(api, spec, self.endpoint_kind, self.namespace, self.timeout)
-        except _FAILURES as error:
-            log.warning("cannot read the global endpoint of %s: %s", service, _brief(error))
+        except API_FAILURES as error:
+            log.warning("cannot read the global endpoint of %s: %s", service, brief(error))
             return None
         if address is None:
             return None
@@ -399,10 +395,10 @@ class GkeProvider:
             try:
                 for manifest in manifests:
                     config_cluster.apply(config.api, manifest, self.timeout)
-            except _FAILURES as error:
+            except API_FAILURES as error:
                 crds = isinstance(error, ApiException) and error.status == 404
                 hint = " (its CRDs are not installed yet?)" if crds else ""
-                log.warning("cannot apply the global endpoint of %s%s: %s; retrying", service, hint, _brief(error))
+                log.warning("cannot apply the global endpoint of %s%s: %s; retrying", service, hint, brief(error))
                 return
             self._applied[service] = manifests
         log.info("global endpoint of %s (%s) now over %s", service, self.endpoint_kind, ", ".join(serving))
@@ -415,7 +411,7 @@ class GkeProvider:
         try:
             for manifest in workload_cluster_manifests(spec, region, "gateway", self.namespace):
                 config_cluster.apply(api, manifest, self.timeout)
-        except _FAILURES as error:
-            log.warning("cannot export %s from %s: %s; retrying", spec.name, region, _brief(error))
+        except API_FAILURES as error:
+            log.warning("cannot export %s from %s: %s; retrying", spec.name, region, brief(error))
             return
         self._exported.add((spec.name, region))

@@ -24,13 +24,11 @@ Choices, and their limits:
 - terminate deletes by label in the replica's cluster (every cluster if unknown); 404 is success. An
   unreachable cluster is skipped with a warning: when it is back, observe() reports the leftovers and
   the controller terminates them as orphans.
-- The provider sees only `app` at launch: `specs` (service name -> ServiceSpec) supplies GPU count and
-  Spot; without it a replica asks for one on-demand GPU.
+- A launch gets the service's whole spec: its GPU count and Spot choice shape the Deployment.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -39,12 +37,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import urllib3
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from gpuroam.catalog import Catalog, load_catalog
-from gpuroam.providers.base import CapacityError, Observed, ObservedState, ProviderError
+from gpuroam.providers.base import CapacityError, Launched, Observed, ObservedState, ProviderError, Regions
+from gpuroam.providers.kubernetes.api import (
+    API_FAILURES,
+    APPLY_PATCH,
+    FIELD_MANAGER,
+    brief,
+    response_json,
+    unreachable,
+)
 from gpuroam.providers.kubernetes.events import first_capacity_signal
 from gpuroam.providers.kubernetes.manifests import (
     DEFAULT_NAMESPACE,
@@ -67,48 +72,15 @@ from gpuroam.providers.kubernetes.names import (
     workload_labels,
 )
 from gpuroam.records import Replica
-from gpuroam.spec import ServiceSpec, parse_spec
+from gpuroam.spec import ServiceSpec
 
 log = logging.getLogger("gpuroam.providers.kubernetes")
 
-APPLY_PATCH = "application/apply-patch+yaml"
-FIELD_MANAGER = "gpuroam"
 OWNED = f"{REPLICA_LABEL},app.kubernetes.io/managed-by={MANAGED_BY}"
 # Container states that will not fix themselves: the replica is broken, not short of capacity.
 BROKEN_REASONS = frozenset(
     {"CrashLoopBackOff", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
 )
-SpecLookup = Callable[[str], ServiceSpec | None]
-_FAILURES = (ApiException, urllib3.exceptions.HTTPError, OSError)  # what a call to a cluster can raise
-
-
-def _unreachable(error: Exception) -> bool:
-    """A failure of the cluster's API (down, overloaded, no route), not a refusal of the request."""
-    if isinstance(error, ApiException):
-        return not error.status or error.status >= 500 or error.status == 429
-    return isinstance(error, urllib3.exceptions.HTTPError | OSError)
-
-
-def _brief(error: Exception) -> str:
-    """One line for a log or an event: an ApiException's str carries every response header."""
-    if not isinstance(error, ApiException):
-        return str(error)
-    try:
-        message = json.loads(error.body or "{}").get("message") or ""  # the API's Status object
-    except (ValueError, AttributeError):
-        message = ""
-    return f"HTTP {error.status} {error.reason}" + (f": {message}" if message else "")
-
-
-def _json(response: Any) -> dict[str, Any]:
-    """The body of a call made with `_preload_content=False`: the API's own JSON, camelCase keys.
-
-    Read in full before the connection goes back to the pool: an unread body would be taken for
-    the next response on that connection."""
-    try:
-        return json.loads(response.data or b"{}")
-    finally:
-        response.release_conn()
 
 
 def _meta(obj: Mapping[str, Any], key: str) -> str:
@@ -136,7 +108,6 @@ class KubernetesProvider:
         catalog: Catalog | None = None,
         namespace: str = DEFAULT_NAMESPACE,
         inventory: Mapping[str, Mapping[str, int | None]] | None = None,
-        specs: SpecLookup | None = None,
         service_type: str = "ClusterIP",
         outage_grace_s: float = 300.0,
         request_timeout_s: float = 10.0,
@@ -146,7 +117,6 @@ class KubernetesProvider:
         self.catalog = catalog or load_catalog()
         self.namespace = dns_label(namespace)
         self.inventory = {region: dict(gpus) for region, gpus in (inventory or {}).items()}
-        self.specs = specs
         self.service_type = service_type
         self.outage_grace_s = outage_grace_s
         self.timeout = request_timeout_s
@@ -167,7 +137,7 @@ class KubernetesProvider:
 
     # -- the Provider interface -------------------------------------------------------------------
 
-    def regions(self) -> dict[str, dict[str, int | None]]:
+    def regions(self) -> Regions:
         """Each mapped region with the GPU types the inventory (else the catalog) says it offers."""
         found: dict[str, dict[str, int | None]] = {}
         for region in self._clusters:
@@ -185,14 +155,13 @@ class KubernetesProvider:
             return None
         return max(0, total - sum(1 for pair in list(self._known.values()) if pair == (region, gpu)))
 
-    def launch(self, replica: Replica, app: dict) -> dict:
+    def launch(self, replica: Replica, spec: ServiceSpec) -> Launched:
         region, gpu = replica.region, replica.gpu
         cluster = self._clusters.get(region)
         if cluster is None:
             raise CapacityError(region, gpu, f"no cluster is mapped to region {region}")
         if replica.id not in self._known and self._free(region, gpu) == 0:
             raise CapacityError(region, gpu, f"the inventory of {region} has no free {gpu}")
-        spec = self._spec(replica, app)
         objects = [
             namespace(self.namespace),
             deployment(spec, region, gpu, self.namespace, replica=replica.id),
@@ -201,21 +170,18 @@ class KubernetesProvider:
         try:
             for manifest in objects:
                 self._apply(cluster, manifest)
-        except _FAILURES as error:
-            if _unreachable(error):
+        except API_FAILURES as error:
+            if unreachable(error):
                 raise CapacityError(
-                    region, gpu, f"the cluster API of {region} is unreachable: {_brief(error)}"
+                    region, gpu, f"the cluster API of {region} is unreachable: {brief(error)}"
                 ) from error
-            raise ProviderError(f"cannot apply {replica.id} in {region}: {_brief(error)}") from error
+            raise ProviderError(f"cannot apply {replica.id} in {region}: {brief(error)}") from error
         self._known[replica.id] = (region, gpu)
         name = replica_name(replica.id)
-        return {
-            "cluster": region,
-            "namespace": self.namespace,
-            "deployment": name,
-            "service": name,
-            "url": self._dns_url(name),
-        }
+        url = self._dns_url(name)
+        return Launched(
+            url, {"cluster": region, "namespace": self.namespace, "deployment": name, "service": name, "url": url}
+        )
 
     def observe(self) -> list[Observed]:
         clusters = list(self._clusters.values())
@@ -224,7 +190,7 @@ class KubernetesProvider:
         seen: list[Observed] = []
         for cluster, result in zip(clusters, results, strict=True):
             if isinstance(result, Exception):
-                seen += self._while_unreachable(cluster.region, result)
+                seen += self._whileunreachable(cluster.region, result)
             else:
                 self._down_since.pop(cluster.region, None)
                 self._last_seen[cluster.region] = result
@@ -246,18 +212,18 @@ class KubernetesProvider:
                 self._call(delete, self.namespace, label_selector=selector, propagation_policy="Background")
                 for svc in self._list(cluster.core.list_namespaced_service, selector):
                     self._delete_service(cluster, svc["metadata"]["name"])
-            except _FAILURES as error:
+            except API_FAILURES as error:
                 if isinstance(error, ApiException) and error.status == 404:
                     continue
-                if _unreachable(error):
+                if unreachable(error):
                     log.warning(
                         "cannot delete %s in %s now (%s); it is removed as an orphan later",
                         replica_id,
                         region,
-                        _brief(error),
+                        brief(error),
                     )
                     continue
-                raise ProviderError(f"cannot delete {replica_id} in {region}: {_brief(error)}") from error
+                raise ProviderError(f"cannot delete {replica_id} in {region}: {brief(error)}") from error
         self._known.pop(replica_id, None)
 
     def endpoint(self, service: str) -> str | None:
@@ -265,13 +231,6 @@ class KubernetesProvider:
         return None
 
     # -- applying ------------------------------------------------------------------------------------
-
-    def _spec(self, replica: Replica, app: dict) -> ServiceSpec:
-        spec = self.specs(replica.service) if self.specs else None
-        if spec is not None:
-            return spec
-        data = {"name": replica.service, "app": app, "resources": {"gpus": [replica.gpu]}}
-        return parse_spec(data, source=f"replica {replica.id}")
 
     def _service(self, spec: ServiceSpec, replica: Replica) -> Manifest:
         """The replica's own Service (a GPU-wide one would mix replicas): named, labelled and selecting by replica."""
@@ -287,7 +246,7 @@ class KubernetesProvider:
 
     def _call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         """One API call, its JSON read back raw (no model round trip), bounded by the request timeout."""
-        return _json(method(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs))
+        return response_json(method(*args, _preload_content=False, _request_timeout=self.timeout, **kwargs))
 
     def _apply(self, cluster: _Cluster, manifest: Manifest) -> None:
         """Server-side apply: create or update to exactly this, owned by gpuroam (forced over others)."""
@@ -312,20 +271,20 @@ class KubernetesProvider:
     def _observe_safely(self, cluster: _Cluster) -> list[Observed] | Exception:
         try:
             return self._observe(cluster)
-        except _FAILURES as error:
+        except API_FAILURES as error:
             return error
 
-    def _while_unreachable(self, region: str, error: Exception) -> list[Observed]:
+    def _whileunreachable(self, region: str, error: Exception) -> list[Observed]:
         """Last seen replicas during a short outage; none once it has lasted past the grace."""
         now = self.clock()
         since = self._down_since.setdefault(region, now)
         down_s = now - since
-        log.warning("cluster of %s unreachable for %.0f s: %s", region, down_s, _brief(error))
+        log.warning("cluster of %s unreachable for %.0f s: %s", region, down_s, brief(error))
         if down_s > self.outage_grace_s:
             return []  # the region is lost: its replicas are replaced elsewhere
         last = self._last_seen.get(region)
         if last is None:
-            raise ProviderError(f"the cluster of {region} has not been reachable yet ({_brief(error)}); retrying")
+            raise ProviderError(f"the cluster of {region} has not been reachable yet ({brief(error)}); retrying")
         note = f"cluster API unreachable for {down_s:.0f} s; last seen state"
         return [replace(o, detail=f"{o.detail}; {note}" if o.detail else note) for o in last]
 

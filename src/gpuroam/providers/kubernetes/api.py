@@ -1,0 +1,44 @@
+"""Calls to a cluster's API, shared by the kubernetes and gke providers: what a call can raise,
+how a failure reads in one line, and a raw response's JSON."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
+APPLY_PATCH = "application/apply-patch+yaml"
+FIELD_MANAGER = "gpuroam"
+API_FAILURES = (ApiException, urllib3.exceptions.HTTPError, OSError)  # what a call to a cluster can raise
+
+
+def unreachable(error: Exception) -> bool:
+    """A failure of the cluster's API (down, overloaded, no route), not a refusal of the request."""
+    if isinstance(error, ApiException):
+        return not error.status or error.status >= 500 or error.status == 429
+    return isinstance(error, urllib3.exceptions.HTTPError | OSError)
+
+
+def brief(error: Exception) -> str:
+    """One line for a log or an event: an ApiException's str carries every response header."""
+    if not isinstance(error, ApiException):
+        return str(error)
+    try:
+        message = json.loads(error.body or "{}").get("message") or ""  # the API's Status object
+    except (ValueError, AttributeError):
+        message = ""
+    return f"HTTP {error.status} {error.reason}" + (f": {message}" if message else "")
+
+
+def response_json(response: Any) -> dict[str, Any]:
+    """The body of a call made with `_preload_content=False`: the API's own JSON, camelCase keys.
+
+    Read in full before the connection goes back to the pool: an unread body would be taken for
+    the next response on that connection."""
+    try:
+        body: dict[str, Any] = json.loads(response.data or b"{}")
+        return body
+    finally:
+        response.release_conn()
