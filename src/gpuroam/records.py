@@ -43,7 +43,8 @@ class Replica:
     ready_at: float | None = None
     url: str | None = None
     reason: str = ""
-    handle: dict[str, Any] = field(default_factory=dict)
+    handle: dict[str, Any] = field(default_factory=dict)  # what the provider needs to find it (Launched.details)
+    unready_since: float | None = None  # ready, but failing its readiness probe since then
 
 
 @dataclass(frozen=True)
@@ -76,10 +77,12 @@ class ServiceRecord:
     generation: int = 1
     deleted: bool = False
     gateway_port: int | None = None  # where the local gateway serves it; None until assigned
+    last_loss_at: float | None = None  # when it last lost a replica (launches soon after are failovers)
 
 
 class EventKind(StrEnum):
-    PLACED = "placed"
+    UP = "up"  # a service's spec was stored (a new service, or a new generation)
+    PLACED = "placed"  # a replica is being launched
     READY = "ready"
     STOCKOUT = "stockout"
     BLOCKED = "blocked"

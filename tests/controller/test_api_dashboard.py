@@ -17,8 +17,8 @@ from fakes import FakeProvider
 from fastapi.testclient import TestClient
 
 from gpuroam.catalog import load_catalog
-from gpuroam.controller import api as api_module
-from gpuroam.controller.api import GatewayAddress, create_api
+from gpuroam.controller.api import ApiContext, GatewayAddress, create_api
+from gpuroam.controller.api import events as events_api
 from gpuroam.controller.store import Store
 from gpuroam.providers.local import free_port
 from gpuroam.records import Event, EventKind
@@ -42,7 +42,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def make_client(store: Store, gateway: GatewayAddress | None) -> TestClient:
     provider = FakeProvider({"us-central1": {"nvidia-l4": 1}, "europe-west4": {"nvidia-tesla-t4": 1}})
-    return TestClient(create_api(store, provider, load_catalog(), TOKEN, gateway))
+    return TestClient(create_api(ApiContext(store, provider, load_catalog(), TOKEN, gateway)))
 
 
 @pytest.fixture
@@ -172,9 +172,9 @@ def add_event(store: Store, kind: EventKind, message: str) -> Event:
 @pytest.fixture
 def short_streams(monkeypatch: pytest.MonkeyPatch) -> None:
     """Streams that end after a second (TestClient returns a response once it is complete)."""
-    monkeypatch.setattr(api_module, "EVENT_STREAM_MAX_S", 1.0)
-    monkeypatch.setattr(api_module, "EVENT_POLL_S", 0.1)
-    monkeypatch.setattr(api_module, "EVENT_KEEPALIVE_S", 0.3)
+    monkeypatch.setattr(events_api, "EVENT_STREAM_MAX_S", 1.0)
+    monkeypatch.setattr(events_api, "EVENT_POLL_S", 0.1)
+    monkeypatch.setattr(events_api, "EVENT_KEEPALIVE_S", 0.3)
 
 
 def test_the_stream_wants_the_token(client: TestClient) -> None:
@@ -217,7 +217,7 @@ def test_the_stream_resumes_after_last_event_id_or_after(client: TestClient, sto
 def test_the_stream_catches_up_on_a_long_history(
     client: TestClient, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(api_module, "EVENT_BATCH", 3)
+    monkeypatch.setattr(events_api, "EVENT_BATCH", 3)
     for i in range(8):
         add_event(store, EventKind.READY, f"event {i}")
     events, _ = parse_sse(client.get("/api/v1/events/stream", headers=AUTH).text)

@@ -23,8 +23,8 @@ from schemathesis.generation.modes import GenerationMode
 
 from fuzzing import fuzz_settings, schema_cases, serve_app
 from gpuroam.catalog import load_catalog
-from gpuroam.controller import api as api_module
-from gpuroam.controller.api import GatewayAddress, create_api
+from gpuroam.controller.api import ApiContext, GatewayAddress, create_api
+from gpuroam.controller.api import events as events_api
 from gpuroam.controller.store import Store
 from gpuroam.providers.local import LocalProvider, free_port
 
@@ -38,7 +38,7 @@ SPEC = {"name": "stable-diffusion", "resources": {"gpus": ["nvidia-l4", "nvidia-
 def _schema() -> Any:
     """The schema of the API as served (the store and provider play no part in it)."""
     provider = FakeProvider({})
-    return schemathesis.openapi.from_dict(create_api(None, provider, load_catalog(), TOKEN).openapi())  # type: ignore[arg-type]
+    return schemathesis.openapi.from_dict(create_api(ApiContext(None, provider, load_catalog(), TOKEN)).openapi())  # type: ignore[arg-type]
 
 
 SCHEMA = _schema()
@@ -53,10 +53,10 @@ def control_plane_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     state = tmp_path_factory.mktemp("fuzz-control-plane") / "state"
     store = Store.for_state_dir(state)
     provider = LocalProvider(SITES, state)
-    app = create_api(store, provider, load_catalog(), TOKEN, GatewayAddress("127.0.0.1", free_port()))
+    app = create_api(ApiContext(store, provider, load_catalog(), TOKEN, GatewayAddress("127.0.0.1", free_port())))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(api_module, "EVENT_STREAM_MAX_S", 0.1)
-        patch.setattr(api_module, "EVENT_POLL_S", 0.05)
+        patch.setattr(events_api, "EVENT_STREAM_MAX_S", 0.1)
+        patch.setattr(events_api, "EVENT_POLL_S", 0.05)
         with serve_app(app, "/") as url:
             assert requests.post(f"{url}/api/v1/services", json=SPEC, headers=AUTH, timeout=10).status_code == 201
             yield url
@@ -97,9 +97,9 @@ def test_every_operation_answers_cleanly(
 def client(store_url: str, tmp_path: Path) -> Iterator[TestClient]:
     store = Store.open(store_url)
     provider = LocalProvider(SITES, tmp_path / "state")
-    app = create_api(store, provider, load_catalog(), TOKEN, GatewayAddress("127.0.0.1", free_port()))
+    app = create_api(ApiContext(store, provider, load_catalog(), TOKEN, GatewayAddress("127.0.0.1", free_port())))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(api_module, "EVENT_STREAM_MAX_S", 0.2)
+        patch.setattr(events_api, "EVENT_STREAM_MAX_S", 0.2)
         with TestClient(app, raise_server_exceptions=False) as test_client:
             assert test_client.post("/api/v1/services", json=SPEC, headers=AUTH).status_code == 201
             yield test_client
@@ -148,7 +148,7 @@ def test_a_last_event_id_we_never_sent_is_ignored_not_a_cut_stream(client: TestC
 
 
 def test_event_ids_are_parsed_strictly() -> None:
-    assert api_module._event_id("²", 3) == 3
-    assert api_module._event_id(str(2**63), 3) == 3
-    assert api_module._event_id(str(2**63 - 1), 3) == 2**63 - 1
-    assert api_module._event_id(" 42 ", 3) == 42
+    assert events_api.resume_id("²", 3) == 3
+    assert events_api.resume_id(str(2**63), 3) == 3
+    assert events_api.resume_id(str(2**63 - 1), 3) == 2**63 - 1
+    assert events_api.resume_id(" 42 ", 3) == 42

@@ -18,11 +18,13 @@ import httpx
 import pytest
 import yaml
 
+from gpuroam.cli.scripted import SteadyLoad
 from gpuroam.controller.client import ControlPlaneClient
-from gpuroam.controller.gateway_process import GatewayProcess
-from gpuroam.controller.server import ControlPlane, ServerInfo
-from gpuroam.demo import SteadyLoad
+from gpuroam.gateway.supervisor import GatewayProcess
+from gpuroam.providers.factories import local_provider
 from gpuroam.providers.local import LocalProvider, free_port
+from gpuroam.serve import ControlPlane, ServeOptions
+from gpuroam.statedir import ServerInfo
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -52,9 +54,8 @@ def ready(client: ControlPlaneClient, name: str = "stable-diffusion") -> list[di
 
 @pytest.fixture
 def plane(tmp_path: Path) -> Iterator[ControlPlane]:
-    control = ControlPlane(
-        tmp_path / "state", EXAMPLES / "local-regions.yaml", port=free_port(), interval_s=0.5, gateway_port=free_port()
-    )
+    options = ServeOptions(tmp_path / "state", port=free_port(), interval_s=0.5, gateway_port=free_port())
+    control = ControlPlane(options, local_provider(EXAMPLES / "local-regions.yaml", options.state_dir))
     control.start()
     try:
         yield control

@@ -11,13 +11,13 @@ from pathlib import Path
 import yaml
 
 from gpuroam.controller.client import ControlPlaneClient
-from gpuroam.controller.server import ControlPlane
-from gpuroam.providers.factories import control_plane_factory
+from gpuroam.providers.factories import kubernetes_provider
+from gpuroam.serve import ControlPlane, ServeOptions
 from gpuroam.spec import load_spec, spec_to_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "providers" / "kubernetes"))
 from fake_kube_api import FakeKubernetes
-from test_control_plane import EXAMPLES, fast_spec, ready, wait_for
+from test_control_plane import fast_spec, ready, wait_for
 
 from gpuroam.providers.local import free_port
 
@@ -45,15 +45,10 @@ def kubeconfig(path: Path, server: str) -> Path:
 def test_fake_api_serve_runs_the_example_spec_on_kubernetes_clusters(tmp_path: Path) -> None:
     with FakeKubernetes(REGIONS) as fake:
         server = f"http://127.0.0.1:{fake.server.server_address[1]}"
-        factory = control_plane_factory(kubeconfig(tmp_path / "kubeconfig", server), [f"{r}=ctx-{r}" for r in REGIONS])
-        plane = ControlPlane(
-            tmp_path / "state",
-            EXAMPLES / "local-regions.yaml",
-            port=free_port(),
-            interval_s=0.3,
-            gateway_port=None,  # cluster-internal URLs: a gateway on this machine could not reach them
-            provider=factory,
-        )
+        choice = kubernetes_provider(kubeconfig(tmp_path / "kubeconfig", server), [f"{r}=ctx-{r}" for r in REGIONS])
+        assert not choice.local_gateway, "cluster-internal URLs: a gateway on this machine could not reach them"
+        plane = ControlPlane(ServeOptions(tmp_path / "state", port=free_port(), interval_s=0.3), choice)
+        assert plane.gateway is None
         nodes_up = threading.Event()
 
         def autoscaler() -> None:  # the clusters give every pending pod a GPU node, a beat later

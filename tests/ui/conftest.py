@@ -16,8 +16,9 @@ import pytest
 import yaml
 from dashboard_harness import Demo, LightLoad
 
-from gpuroam.controller.server import ControlPlane
+from gpuroam.providers.factories import local_provider
 from gpuroam.providers.local import free_port
+from gpuroam.serve import ControlPlane, ServeOptions
 from gpuroam.spec import load_spec, spec_to_dict
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -58,9 +59,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     spec = yaml.safe_load((EXAMPLES / "stable-diffusion.yaml").read_text())
     spec["placement"].update(provision_timeout_s=90, block_ttl_s=3, block_max_s=20, move_back_after_s=2)
     (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
-    plane = ControlPlane(
-        tmp / "state", EXAMPLES / "local-regions.yaml", port=free_port(), interval_s=0.5, gateway_port=free_port()
-    )
+    options = ServeOptions(tmp / "state", port=free_port(), interval_s=0.5, gateway_port=free_port())
+    plane = ControlPlane(options, local_provider(EXAMPLES / "local-regions.yaml", options.state_dir))
     plane.start()
     load = None
     try:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from gpuroam.controller.client import ControlPlaneClient
-from gpuroam.controller.server import ControlPlane
+from gpuroam.serve import ControlPlane
 
 
 class LightLoad:

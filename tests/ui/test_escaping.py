@@ -24,7 +24,7 @@ from playwright.sync_api import Page, expect
 
 from fuzzing import serve_app
 from gpuroam.catalog import load_catalog
-from gpuroam.controller.api import GatewayAddress, create_api
+from gpuroam.controller.api import ApiContext, GatewayAddress, create_api
 from gpuroam.controller.store import Store
 from gpuroam.records import Event, EventKind, Replica, ReplicaState
 from gpuroam.ui import dashboard_url
@@ -112,7 +112,7 @@ def dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             SCRIPT: {"regions": {}, "failed_per_s": 0.5},
         },
     }
-    app = create_api(store, HostileProvider(), load_catalog(), TOKEN, GatewayAddress("127.0.0.1", port))  # type: ignore[arg-type]
+    app = create_api(ApiContext(store, HostileProvider(), load_catalog(), TOKEN, GatewayAddress("127.0.0.1", port)))  # type: ignore[arg-type]
     try:
         with serve_app(app, "/") as url:
             yield url

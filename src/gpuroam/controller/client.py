@@ -9,9 +9,7 @@ from typing import Any
 
 import httpx
 
-from gpuroam.controller.server import ServerInfo
-
-DEFAULT_STATE_DIR = Path(os.environ.get("GPUROAM_STATE", Path.home() / ".gpuroam"))
+from gpuroam.statedir import DEFAULT_STATE_DIR, SERVER_FILE, ServerInfo
 
 
 class ClientError(RuntimeError):
@@ -31,7 +29,7 @@ class ControlPlaneClient:
         token = os.environ.get("GPUROAM_TOKEN") or (info.token if info else "")
         if url is None:
             raise ClientError(
-                f"no gpuroam server found (looked for {state_dir / 'server.json'}); "
+                f"no gpuroam server found (looked for {state_dir / SERVER_FILE}); "
                 "start one with `gpuroam serve`, or pass --server URL"
             )
         return cls(url, token)

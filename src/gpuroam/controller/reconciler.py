@@ -38,9 +38,7 @@ class Reconciler:
         self.provider = provider
         self.catalog = catalog
         self.clock = clock
-        self._specs: dict[tuple[str, int], ServiceSpec] = {}
-        self._last_loss: dict[str, float] = {}  # service -> when it last lost a replica (labels failovers)
-        self._unready_since: dict[str, float] = {}  # ready replica -> since when its probe fails
+        self._specs: dict[tuple[str, int], ServiceSpec] = {}  # a cache: the store holds the specs
 
     def reconcile(self) -> None:
         """One pass over every service."""
@@ -73,6 +71,7 @@ class Reconciler:
         if any(changed):
             replicas = self.store.list_replicas(service=record.name, states=ACTIVE_STATES)
             capacity = self._capacity()  # a failure just blocked a pair: never relaunch into it this pass
+            record = self.store.get_service(record.name) or record  # a loss just recorded labels the launches
         if record.deleted:
             self._tear_down(record, replicas, now)
             return True
@@ -107,18 +106,22 @@ class Reconciler:
             self._fail(replica, now, f"lost: {detail}", spec, capacity=True)
         elif replica.state is ReplicaState.READY and seen.state is not ObservedState.READY:
             return self._sync_unready(replica, spec, now)
+        elif replica.unready_since is not None:
+            self.store.update_replica(replica.id, now, unready_since=None)  # answering again
+            return False
         else:
-            self._unready_since.pop(replica.id, None)
             return False
         return True
 
     def _sync_unready(self, replica: Replica, spec: ServiceSpec, now: float) -> bool:
         """Running but not answering (hung, or its region cut off): the gateway already routes around
         it; after a grace, it is replaced where capacity answers."""
-        since = self._unready_since.setdefault(replica.id, now)
+        since = replica.unready_since
+        if since is None:
+            self.store.update_replica(replica.id, now, unready_since=now)
+            return False
         if now - since < UNREADY_GRACE_S:
             return False
-        del self._unready_since[replica.id]
         self._fail(
             replica, now, f"lost: not answering its readiness probe for {now - since:.0f} s", spec, capacity=True
         )
@@ -157,7 +160,7 @@ class Reconciler:
         """`kind` STOCKOUT when the provider says (or the clock shows) there was no capacity for it."""
         self.provider.terminate(replica.id)
         failed = self.store.update_replica(replica.id, now, state=ReplicaState.FAILED)
-        self._last_loss[replica.service] = now
+        self.store.record_loss(replica.service, now)
         self._event(now, kind, f"{replica.id} failed: {why}", failed)
         if capacity:
             self._block(replica.service, replica.region, replica.gpu, why, spec, now)
@@ -199,7 +202,7 @@ class Reconciler:
     ) -> bool:
         """Plan and act for one service; True when it launched or drained anything."""
         decided = plan(self.catalog, Demand.from_spec(spec, record.pinned_regions), capacity, replicas, now)
-        lost = now - self._last_loss.get(record.name, float("-inf")) < spec.placement.provision_timeout_s
+        lost = record.last_loss_at is not None and now - record.last_loss_at < spec.placement.provision_timeout_s
         for launch in decided.launches:
             self._launch(record, spec, launch, now, failover=lost)
         for drain in decided.drains:
@@ -241,7 +244,7 @@ class Reconciler:
 
     def _launch_recorded(self, replica: Replica, spec: ServiceSpec, now: float) -> None:
         try:
-            handle = self.provider.launch(replica, spec.app.model_dump())
+            launched = self.provider.launch(replica, spec)
         except CapacityError as error:
             self.store.update_replica(replica.id, now, state=ReplicaState.FAILED)
             self._event(now, EventKind.STOCKOUT, str(error), replica)
@@ -251,7 +254,7 @@ class Reconciler:
             self.store.update_replica(replica.id, now, state=ReplicaState.FAILED)
             self._event(now, EventKind.FAILED, f"launch of {replica.id} failed: {error}", replica)
             return
-        self.store.update_replica(replica.id, now, handle=handle, url=handle.get("url"))
+        self.store.update_replica(replica.id, now, handle=dict(launched.details), url=launched.url)
 
     def _drain(self, drain: Drain, now: float, recovers: bool = False) -> None:
         replica = self.store.update_replica(drain.replica_id, now, state=ReplicaState.DRAINING, reason=drain.reason)

@@ -37,7 +37,9 @@ __all__ = ["Operations", "Store", "StoreError", "Transaction"]
 SUPPORTED = "sqlite:///PATH/state.db or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
 _READ_ONLY = "gpuroam_read_only"  # execution option: a SQLite read takes no write lock
 _EVENTS_LOCK = 0x67707572  # PostgreSQL advisory lock key ("gpur") serialising event inserts
-_MUTABLE = frozenset({"state", "ready_at", "url", "reason", "handle"})  # what update_replica may change
+_MUTABLE = frozenset(
+    {"state", "ready_at", "url", "reason", "handle", "unready_since"}
+)  # what update_replica may change
 _LIVE = [s.value for s in ReplicaState if s.live]
 
 metadata = MetaData()
@@ -53,6 +55,7 @@ services = Table(
     Column("generation", Integer, nullable=False),
     Column("deleted", Boolean, nullable=False),
     Column("gateway_port", Integer, unique=True),  # the service's endpoint port, kept while it exists
+    Column("last_loss_at", Double),  # when it last lost a replica: launches soon after are failovers
 )
 
 replicas = Table(
@@ -69,6 +72,7 @@ replicas = Table(
     Column("url", Text),
     Column("reason", Text, nullable=False),
     Column("handle", JSON, nullable=False),
+    Column("unready_since", Double),  # a ready replica failing its readiness probe since then
 )
 
 blocks = Table(
@@ -213,6 +217,11 @@ class Operations(ABC):
             conn.execute(update(services).where(services.c.name == name).values(gateway_port=port))
             return port
 
+    def record_loss(self, name: str, now: float) -> None:
+        """The service lost a replica at `now`: launches for a while after are labelled failovers."""
+        with self._write() as conn:
+            conn.execute(update(services).where(services.c.name == name).values(last_loss_at=now))
+
     def _service(self, conn: Connection, name: str) -> ServiceRecord:
         return _service(conn.execute(select(services).where(services.c.name == name)).one())
 
@@ -229,7 +238,7 @@ class Operations(ABC):
                 raise ValueError(f"replica {replica.id!r} already exists")
 
     def update_replica(self, id: str, now: float, **changes: Any) -> Replica:
-        """Change state, ready_at, url, reason or handle; sets updated_at; returns the new record."""
+        """Change state, ready_at, url, reason, handle or unready_since; sets updated_at; returns the new record."""
         if unknown := set(changes) - _MUTABLE:
             raise TypeError(f"update_replica cannot change {sorted(unknown)}; only {sorted(_MUTABLE)}")
         if "state" in changes:
@@ -375,6 +384,10 @@ def _add_missing_columns(engine: Engine) -> None:
         if "gateway_port" not in present:
             conn.exec_driver_sql("ALTER TABLE services ADD COLUMN gateway_port INTEGER")
             conn.exec_driver_sql("CREATE UNIQUE INDEX services_gateway_port ON services (gateway_port)")
+        if "last_loss_at" not in present:
+            conn.exec_driver_sql("ALTER TABLE services ADD COLUMN last_loss_at DOUBLE PRECISION")
+        if "unready_since" not in {column["name"] for column in inspect(conn).get_columns("replicas")}:
+            conn.exec_driver_sql("ALTER TABLE replicas ADD COLUMN unready_since DOUBLE PRECISION")
 
 
 def _service(row: Row[Any]) -> ServiceRecord:

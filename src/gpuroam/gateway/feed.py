@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -18,6 +17,7 @@ import httpx
 from gpuroam.catalog import Catalog
 from gpuroam.gateway.routing import Backend
 from gpuroam.gateway.server import ServiceBackends
+from gpuroam.gateway_feed import GatewayFeed
 
 log = logging.getLogger("gpuroam.gateway.feed")
 
@@ -36,22 +36,17 @@ def parse_backend(text: str, catalog: Catalog | None = None) -> Backend:
     return Backend(replica=f"{parts.hostname}:{parts.port}", url=url.rstrip("/"), region=region, gpu=gpu, speed=speed)
 
 
-def services_from_api(payload: dict[str, Any]) -> list[ServiceBackends]:
-    """The control plane's answer as listener specs; a malformed entry is skipped, not fatal."""
-    services = []
-    for item in payload.get("services", []):
-        backends = tuple(
-            Backend(
-                replica=str(b["replica"]),
-                url=str(b["url"]).rstrip("/"),
-                region=str(b["region"]),
-                gpu=str(b["gpu"]),
-                speed=float(b.get("speed", 1.0)),
-            )
-            for b in item.get("backends", [])
+def services_from_api(payload: object) -> list[ServiceBackends]:
+    """The control plane's answer as listener specs; pydantic's ValidationError (a ValueError) if malformed."""
+    feed = GatewayFeed.model_validate(payload)
+    return [
+        ServiceBackends(
+            name=service.name,
+            port=service.port,
+            backends=tuple(Backend(b.replica, b.url, b.region, b.gpu, b.speed) for b in service.backends),
         )
-        services.append(ServiceBackends(name=str(item["name"]), port=int(item["port"]), backends=backends))
-    return services
+        for service in feed.services
+    ]
 
 
 async def follow_control_plane(url: str, token: str, apply: Apply, interval_s: float = 0.5) -> None:
@@ -64,7 +59,7 @@ async def follow_control_plane(url: str, token: str, apply: Apply, interval_s: f
                 response = await http.get("/api/v1/gateway")
                 response.raise_for_status()
                 services = services_from_api(response.json())
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+            except (httpx.HTTPError, ValueError) as error:  # pydantic's ValidationError is a ValueError
                 if reachable:
                     log.warning(
                         "control plane unreachable: keeping the last known backends",

@@ -1,4 +1,4 @@
-// The events timeline, newest first: placed, stockout, blocked, ready, failover, drained,
+// The events timeline, newest first: up, placed, stockout, blocked, ready, failover, drained,
 // recovered, chaos, expanded... Events arrive one by one from the stream and are drawn once a frame.
 
 import { clock, h } from "./dom.js";

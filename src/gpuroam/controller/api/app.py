@@ -1,0 +1,28 @@
+"""The control-plane HTTP API under /api/v1, behind a bearer token, and the dashboard at `/`.
+
+It only reads and writes desired state (and chaos, for providers that simulate capacity); the
+reconciler does the work. The dashboard page and its assets are served without a token;
+everything it shows comes from the guarded API.
+"""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+
+from gpuroam import __version__
+from gpuroam.api_errors import install_validation_handler
+from gpuroam.controller.api import chaos, events, gateway, regions, services
+from gpuroam.controller.api.context import ApiContext, authorised
+from gpuroam.ui import mount_dashboard
+
+ROUTERS = (services.router, events.router, regions.router, chaos.router, gateway.router)
+
+
+def create_api(context: ApiContext) -> FastAPI:
+    app = FastAPI(title="gpuroam control plane", version=__version__)
+    app.state.gpuroam = context
+    install_validation_handler(app)
+    for router in ROUTERS:
+        app.include_router(router, dependencies=[Depends(authorised)])
+    mount_dashboard(app)
+    return app

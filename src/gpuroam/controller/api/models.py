@@ -1,0 +1,75 @@
+"""What the control plane's API answers, as models: its OpenAPI documents them and tests read them.
+
+The field names are the contract `gpuroam status --json` and the dashboard rely on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from gpuroam.records import EventKind, ReplicaState
+
+
+class ReplicaOut(BaseModel):
+    id: str
+    region: str
+    gpu: str
+    state: ReplicaState
+    url: str | None
+    reason: str
+    age_s: float
+    ready_at: float | None
+
+
+class ServiceOut(BaseModel):
+    name: str
+    endpoint: str | None
+    deleted: bool
+    pinned_regions: list[str]
+    generation: int
+    replicas: list[ReplicaOut]
+    spec: dict[str, Any]
+
+
+class StatusOut(BaseModel):
+    services: list[ServiceOut]
+
+
+class DeletedOut(BaseModel):
+    name: str
+    deleted: bool
+
+
+class EventOut(BaseModel):
+    id: int | None
+    ts: float
+    kind: EventKind
+    message: str
+    service: str | None
+    region: str | None
+    gpu: str | None
+    replica: str | None
+
+
+class RegionGpuOut(BaseModel):
+    gpu: str
+    free: int | None
+    blocked_until: float | None
+
+
+class RegionOut(BaseModel):
+    name: str
+    lat: float | None
+    lon: float | None
+    city: str | None
+    gpus: list[RegionGpuOut]
+
+
+class ChaosOut(BaseModel):
+    """What a chaos call did: replicas killed (fail), or (region, GPU) pairs given back (recover)."""
+
+    message: str
+    killed: list[str] | None = None
+    restored: list[tuple[str, str]] | None = None

@@ -1,0 +1,135 @@
+"""Services: `up` (desired state in), `down`, `expand`, and what `status` shows of them and their replicas."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from pydantic import BaseModel
+
+from gpuroam.controller.api.context import ApiContext, Context, check_filter, storable
+from gpuroam.controller.api.models import DeletedOut, ReplicaOut, ServiceOut, StatusOut
+from gpuroam.records import Event, EventKind, Replica, ReplicaState, ServiceRecord
+from gpuroam.spec import SpecError, parse_spec, spec_to_dict
+
+router = APIRouter()
+
+SHOWN_AFTER_END_S = 60.0  # a failed or drained replica stays in status this long, so people see what happened
+
+
+class ExpandRequest(BaseModel):
+    region: str
+
+
+def replica_view(replica: Replica, now: float) -> ReplicaOut:
+    return ReplicaOut(
+        id=replica.id,
+        region=replica.region,
+        gpu=replica.gpu,
+        state=replica.state,
+        url=replica.url,
+        reason=replica.reason,
+        age_s=round(now - replica.created_at, 1),
+        ready_at=replica.ready_at,
+    )
+
+
+def service_view(context: ApiContext, record: ServiceRecord, now: float) -> ServiceOut:
+    """With a gateway, a service's endpoint is its gateway port; else the provider's, or a ready replica's URL."""
+    replicas = [
+        r
+        for r in context.store.list_replicas(service=record.name)
+        if r.state is not ReplicaState.TERMINATED and (r.state.live or now - r.updated_at < SHOWN_AFTER_END_S)
+    ]
+    ready = [r for r in replicas if r.state is ReplicaState.READY]
+    if context.gateway is not None and record.gateway_port is not None:
+        endpoint: str | None = context.gateway.endpoint(record.gateway_port)
+    else:
+        endpoint = context.provider.endpoint(record.name) or (ready[0].url if ready else None)
+    return ServiceOut(
+        name=record.name,
+        endpoint=endpoint,
+        deleted=record.deleted,
+        pinned_regions=list(record.pinned_regions),
+        generation=record.generation,
+        replicas=[replica_view(r, now) for r in replicas],
+        spec=record.spec,
+    )
+
+
+def _existing(context: ApiContext, name: str) -> ServiceRecord:
+    record = context.store.get_service(name) if storable(name) else None
+    if record is None:
+        raise HTTPException(404, f"no service {name!r}; `gpuroam status` lists them")
+    return record
+
+
+@router.get("/api/v1/status")
+def status(context: Context) -> StatusOut:
+    now = time.time()
+    return StatusOut(
+        services=[service_view(context, s, now) for s in context.store.list_services(include_deleted=True)]
+    )
+
+
+@router.get("/api/v1/services")
+def services(context: Context) -> list[ServiceOut]:
+    return status(context).services
+
+
+@router.get("/api/v1/services/{name}")
+def service(name: str, context: Context) -> ServiceOut:
+    return service_view(context, _existing(context, name), time.time())
+
+
+@router.post("/api/v1/services", status_code=201, responses={422: {"description": "the spec is not valid"}})
+def up(body: dict[str, Any], context: Context) -> ServiceOut:
+    """Desired state in: the reconciler places the service from the next pass on."""
+    try:
+        spec = parse_spec(body, source="request body")
+    except SpecError as error:
+        raise HTTPException(422, str(error)) from error
+    store, now = context.store, time.time()
+    record = store.put_service(spec.name, spec_to_dict(spec), now)
+    if context.gateway is not None:
+        store.assign_gateway_port(spec.name, context.gateway.base_port)
+        record = store.get_service(spec.name) or record
+    message = f"service {spec.name} up (generation {record.generation})"
+    store.add_event(Event(ts=now, kind=EventKind.UP, message=message, service=spec.name))
+    return service_view(context, record, now)
+
+
+@router.delete("/api/v1/services/{name}")
+def down(name: str, context: Context) -> DeletedOut:
+    _existing(context, name)
+    context.store.mark_deleted(name, time.time())
+    return DeletedOut(name=name, deleted=True)
+
+
+@router.post("/api/v1/services/{name}/expand")
+def expand(name: str, body: ExpandRequest, context: Context) -> ServiceOut:
+    """Pin one more region: placement keeps a replica there, behind the same endpoint."""
+    spec = parse_spec(_existing(context, name).spec)
+    offered = context.provider.regions()
+    if body.region not in offered:
+        raise HTTPException(
+            422,
+            f"region {body.region!r} is not one the {context.provider.name} provider has; "
+            f"choose from: {', '.join(sorted(offered))}",
+        )
+    if not spec.region_allowed(body.region):
+        raise HTTPException(422, f"region {body.region!r} is not allowed by the spec's regions.allow/deny")
+    now = time.time()
+    record = context.store.pin_region(name, body.region, now)
+    message = f"{name} expands into {body.region}"
+    context.store.add_event(Event(ts=now, kind=EventKind.EXPANDED, message=message, service=name, region=body.region))
+    return service_view(context, record, now)
+
+
+@router.get("/api/v1/replicas")
+def replicas(context: Context, service: str | None = None) -> list[ReplicaOut]:
+    check_filter(service)
+    now = time.time()
+    live = context.store.list_replicas(service=service)
+    return [replica_view(r, now) for r in live if r.state is not ReplicaState.TERMINATED]

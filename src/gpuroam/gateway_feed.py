@@ -1,0 +1,37 @@
+"""The hand-off from the control plane to the data plane: which replicas serve each service, and where.
+
+The control plane answers `GET /api/v1/gateway` with a `GatewayFeed`; the gateway reads the same
+model back. One definition for both ends, so a field added or renamed on one side cannot drift
+from the other. pydantic only: the gateway process imports neither FastAPI nor the store.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, field_validator
+
+
+class FeedBackend(BaseModel):
+    """One ready replica the gateway may send requests to."""
+
+    replica: str
+    url: str
+    region: str
+    gpu: str
+    speed: float = Field(1.0, gt=0, description="relative Stable Diffusion speed of the GPU (catalog)")
+
+    @field_validator("url")
+    @classmethod
+    def _no_trailing_slash(cls, url: str) -> str:
+        return url.rstrip("/")
+
+
+class FeedService(BaseModel):
+    """A service, the gateway port that is its endpoint, and its ready replicas."""
+
+    name: str
+    port: int = Field(ge=0, le=65535)
+    backends: list[FeedBackend] = Field(default_factory=list)
+
+
+class GatewayFeed(BaseModel):
+    services: list[FeedService] = Field(default_factory=list)
