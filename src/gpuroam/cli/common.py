@@ -26,7 +26,7 @@ def die(message: str) -> NoReturn:
 
 
 def state_dir(state: Path | None) -> Path:
-    from gpuroam.controller.client import DEFAULT_STATE_DIR
+    from gpuroam.statedir import DEFAULT_STATE_DIR
 
     return state or DEFAULT_STATE_DIR
 

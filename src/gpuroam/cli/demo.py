@@ -29,11 +29,13 @@ def demo(
     json_out: JsonOption = False,
 ) -> None:
     """Start everything locally, serve the example service, and show the five moves to try."""
-    from gpuroam.controller.client import DEFAULT_STATE_DIR, ControlPlaneClient
-    from gpuroam.controller.server import ControlPlane
-    from gpuroam.demo import tear_down
+    from gpuroam.cli.scripted import tear_down
+    from gpuroam.controller.client import ControlPlaneClient
     from gpuroam.logs import configure_logging
+    from gpuroam.providers.factories import local_provider
+    from gpuroam.serve import ControlPlane, ServeOptions
     from gpuroam.spec import SpecError, load_spec, spec_to_dict
+    from gpuroam.statedir import DEFAULT_STATE_DIR
 
     state_dir = state or DEFAULT_STATE_DIR
     try:
@@ -42,17 +44,19 @@ def demo(
         die(str(error))
     state_dir.mkdir(parents=True, exist_ok=True)
     configure_logging("info", path=state_dir / "demo.log")
-    plane = ControlPlane(state_dir, regions, port=port, gateway_port=gateway_port)
     try:
+        plane = ControlPlane(
+            ServeOptions(state_dir, port=port, gateway_port=gateway_port), local_provider(regions, state_dir)
+        )
         plane.start()
-    except RuntimeError as error:
+    except (ValueError, RuntimeError) as error:
         die(str(error))
     client = ControlPlaneClient(plane.url, plane.token)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
     try:
         call(client.post, "/services", spec_to_dict(parsed))
         service = wait_ready(client, parsed.name, parsed.regions.min_regions, 600.0, quiet=json_out)
-        from gpuroam.console import service_table
+        from gpuroam.cli.console import service_table
         from gpuroam.ui import dashboard_url
 
         if scripted:
@@ -83,8 +87,8 @@ def demo(
 
 def _play_scripted(client: Any, name: str, json_out: bool) -> int:
     """The five moves under load; returns how many requests failed (the goal is none)."""
-    from gpuroam.console import scripted_summary
-    from gpuroam.demo import play
+    from gpuroam.cli.console import scripted_summary
+    from gpuroam.cli.scripted import play
 
     summary = play(client, name, "asia-southeast1", "nvidia-l4", say=(lambda _: None) if json_out else out.print)
     if json_out:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
 import typer
@@ -13,6 +13,9 @@ import typer
 from gpuroam.cli.app import app
 from gpuroam.cli.common import StateOption, console, die
 from gpuroam.cli.net import network_for_serve
+
+if TYPE_CHECKING:
+    from gpuroam.providers.factories import ProviderChoice
 
 
 @app.command()
@@ -134,9 +137,9 @@ def gateway(
         static = [ServiceBackends("default", port, backends)]
         console.print(f"[bold]gpuroam gateway[/] on http://{host}:{port} in front of {len(backends)} replicas")
     elif controller:
-        from gpuroam.controller.client import DEFAULT_STATE_DIR
+        from gpuroam.statedir import DEFAULT_STATE_DIR, token_path
 
-        token_path = token_file or (state or DEFAULT_STATE_DIR) / "token"
+        token_path = token_file or token_path(state or DEFAULT_STATE_DIR)
         if not token_path.is_file():
             die(f"no control-plane token at {token_path}; pass --token-file or --state")
         follow = (controller, token_path.read_text().strip())
@@ -145,7 +148,7 @@ def gateway(
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024))
     ready = None
     if controller and state is not None:  # started by `serve`: say when this gateway can take over
-        from gpuroam.controller.gateway_process import mark_ready
+        from gpuroam.gateway.supervisor import mark_ready
 
         ready = functools.partial(mark_ready, state, os.getpid())
     try:
@@ -157,9 +160,8 @@ def gateway(
 @app.command("restart-gateway")
 def restart_gateway(state: StateOption = None) -> None:
     """Replace the running gateway (after an upgrade, say) without failing a request."""
-    from gpuroam.controller.client import DEFAULT_STATE_DIR
-    from gpuroam.controller.gateway_process import GatewayProcess
-    from gpuroam.controller.server import ServerInfo
+    from gpuroam.gateway.supervisor import GatewayProcess
+    from gpuroam.statedir import DEFAULT_STATE_DIR, ServerInfo
 
     state_dir = state or DEFAULT_STATE_DIR
     info = ServerInfo.read(state_dir)
@@ -214,45 +216,54 @@ def serve(
     ] = "none",
 ) -> None:
     """Run the control plane (store, reconcile loop, API) and the gateway that is every service's endpoint."""
-    from gpuroam.controller.client import DEFAULT_STATE_DIR
-    from gpuroam.controller.server import ControlPlane
     from gpuroam.logs import configure_logging
+    from gpuroam.serve import ControlPlane, ServeOptions
+    from gpuroam.statedir import DEFAULT_STATE_DIR, token_path
 
     configure_logging(log_level)
     state_dir = state or DEFAULT_STATE_DIR
-    factory = None
-    if provider in ("kubernetes", "gke"):
-        from gpuroam.providers.factories import control_plane_factory, gke_control_plane_factory
-
-        try:
-            if provider == "gke":
-                factory = gke_control_plane_factory(project, gke_region or [], endpoint)
-            else:
-                kubeconfig = kubeconfig or Path.home() / ".kube" / "config"
-                factory = control_plane_factory(kubeconfig, context or [], service_type)
-        except ValueError as error:
-            die(str(error))
-        if provider == "gke" or service_type == "ClusterIP":
-            gateway_port = 0  # replicas are not reachable from here: the endpoint is GKE's global one, or none
-    elif provider != "local":
-        die(f"unknown --provider {provider!r}: use local, kubernetes or gke")
-    elif not regions.is_file():
-        die(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
-    region_network = network_for_serve(network, provider, regions, state_dir)
+    try:
+        chosen = _provider_choice(
+            provider, state_dir, regions, network, kubeconfig, context, service_type, project, gke_region, endpoint
+        )
+        options = ServeOptions(
+            state_dir, port=port, host=host, store_url=store, catalog_file=catalog, gateway_port=gateway_port or None
+        )
+        plane = ControlPlane(options, chosen)
+    except ValueError as error:
+        die(str(error))
     console.print(f"[bold]gpuroam control plane[/] on http://{host}:{port} (state in {state_dir})")
-    console.print(f"[bold]dashboard[/] http://{host}:{port}/#token=$(cat {state_dir / 'token'})")
-    if gateway_port:
+    console.print(f"[bold]dashboard[/] http://{host}:{port}/#token=$(cat {token_path(state_dir)})")
+    if plane.gateway is not None:
         console.print(
             f"[bold]gateway[/] endpoints from http://{host}:{gateway_port} (log: {state_dir / 'gateway.log'})"
         )
-    ControlPlane(
-        state_dir,
-        regions,
-        port=port,
-        host=host,
-        store_url=store,
-        catalog_file=catalog,
-        gateway_port=gateway_port or None,
-        provider=factory,
-        network=region_network,
-    ).run_forever()
+    plane.run_forever()
+
+
+def _provider_choice(
+    provider: str,
+    state_dir: Path,
+    regions: Path,
+    network: str,
+    kubeconfig: Path | None,
+    contexts: list[str] | None,
+    service_type: str,
+    project: str | None,
+    gke_regions: list[str] | None,
+    endpoint: str,
+) -> ProviderChoice:
+    """The provider `serve`'s flags name; ValueError says what to fix."""
+    from gpuroam.providers.factories import gke_provider, kubernetes_provider, local_provider
+
+    if network != "none" and provider != "local":
+        raise ValueError("--network netns works only with --provider local (it puts local sites in network namespaces)")
+    if provider == "gke":
+        return gke_provider(project, gke_regions or [], endpoint)
+    if provider == "kubernetes":
+        return kubernetes_provider(kubeconfig or Path.home() / ".kube" / "config", contexts or [], service_type)
+    if provider != "local":
+        raise ValueError(f"unknown --provider {provider!r}: use local, kubernetes or gke")
+    if not regions.is_file():
+        raise ValueError(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
+    return local_provider(regions, state_dir, network_for_serve(network, regions, state_dir))

@@ -36,7 +36,7 @@ def up(
     if json_out:
         out.print_json(data=result)
     else:
-        from gpuroam.console import service_table
+        from gpuroam.cli.console import service_table
 
         out.print(service_table(result))
 
@@ -69,7 +69,7 @@ def status(
     json_out: JsonOption = False,
 ) -> None:
     """Which regions, replicas and GPUs serve each service, and its endpoint."""
-    from gpuroam.console import print_status
+    from gpuroam.cli.console import print_status
 
     client = client_for(server, state)
     result = call(client.get, "/status")
@@ -169,7 +169,7 @@ def events(
     json_out: JsonOption = False,
 ) -> None:
     """The timeline: placed, stockout, blocked, ready, failover, drained, recovered."""
-    from gpuroam.console import event_line
+    from gpuroam.cli.console import event_line
 
     client = client_for(server, state)
     after = 0
