@@ -19,7 +19,8 @@ class ClientError(RuntimeError):
 class ControlPlaneClient:
     def __init__(self, url: str, token: str, timeout_s: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, headers={"Authorization": f"Bearer {token}"})
+        headers = {"Authorization": f"Bearer {token}"} if token else {}  # none known: the server says 401
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, headers=headers)
 
     @classmethod
     def find(cls, server: str | None, state_dir: Path | None) -> ControlPlaneClient:
