@@ -32,9 +32,12 @@ postgres-server:
 chromium:
 	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
+# Lint, types (mypy strict on src/), the layers (import-linter's contracts in pyproject.toml), then the tests.
 test: $(STAMP) postgres-server chromium
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -139,10 +139,10 @@ def gateway(
     elif controller:
         from gpuroam.statedir import DEFAULT_STATE_DIR, token_path
 
-        token_path = token_file or token_path(state or DEFAULT_STATE_DIR)
-        if not token_path.is_file():
-            die(f"no control-plane token at {token_path}; pass --token-file or --state")
-        follow = (controller, token_path.read_text().strip())
+        token = token_file or token_path(state or DEFAULT_STATE_DIR)
+        if not token.is_file():
+            die(f"no control-plane token at {token}; pass --token-file or --state")
+        follow = (controller, token.read_text().strip())
         console.print(f"[bold]gpuroam gateway[/] following {controller}")
     config = ProxyConfig(hold_s=hold, retries=retries, upstream_timeout_s=upstream_timeout, region=region)
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024))

@@ -104,7 +104,7 @@ class Reconciler:
         elif replica.state is ReplicaState.READY and (seen is None or seen.state is ObservedState.FAILED):
             detail = seen.detail if seen else "no longer running"
             self._fail(replica, now, f"lost: {detail}", spec, capacity=True)
-        elif replica.state is ReplicaState.READY and seen.state is not ObservedState.READY:
+        elif replica.state is ReplicaState.READY and seen is not None and seen.state is not ObservedState.READY:
             return self._sync_unready(replica, spec, now)
         elif replica.unready_since is not None:
             self.store.update_replica(replica.id, now, unready_since=None)  # answering again
@@ -275,18 +275,27 @@ class Reconciler:
             self._event(now, EventKind.DRAINED, f"service {record.name} removed", None, service=record.name)
 
     def _event(
-        self, now: float, kind: EventKind, message: str, about: Replica | Observed | None, **fields: str | None
+        self,
+        now: float,
+        kind: EventKind,
+        message: str,
+        about: Replica | Observed | None,
+        *,
+        service: str | None = None,
+        region: str | None = None,
+        gpu: str | None = None,
     ) -> None:
+        """Record an event about a replica (its service, region and GPU), or about what the keywords name."""
+        replica = None
         if about is not None:
-            replica_id = about.id if isinstance(about, Replica) else about.replica_id
-            fields = {
-                "service": about.service,
-                "region": about.region,
-                "gpu": about.gpu,
-                "replica": replica_id,
-            } | fields
-        event = self.store.add_event(Event(ts=now, kind=kind, message=message, **fields))
-        log.info(message, extra={"event": kind.value, **{k: v for k, v in fields.items() if v}, "event_id": event.id})
+            replica = about.id if isinstance(about, Replica) else about.replica_id
+            service, region, gpu = service or about.service, region or about.region, gpu or about.gpu
+        event = Event(ts=now, kind=kind, message=message, service=service, region=region, gpu=gpu, replica=replica)
+        recorded = self.store.add_event(event)
+        labels = {"service": service, "region": region, "gpu": gpu, "replica": replica}
+        log.info(
+            message, extra={"event": kind.value, **{k: v for k, v in labels.items() if v}, "event_id": recorded.id}
+        )
 
 
 def _recovers(drain: Drain, spec: ServiceSpec, replicas: list[Replica]) -> bool:

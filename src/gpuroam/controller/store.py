@@ -303,8 +303,10 @@ class Operations(ABC):
         with self._write() as conn:
             if self._dialect == "postgresql":
                 conn.execute(select(func.pg_advisory_xact_lock(_EVENTS_LOCK)))
-            result = conn.execute(events.insert().values(row))
-            return replace(event, id=result.inserted_primary_key[0])
+            key = conn.execute(events.insert().values(row)).inserted_primary_key
+            if key is None:
+                raise StoreError("the database assigned no id to an event")
+            return replace(event, id=int(key[0]))
 
     def list_events(self, after_id: int = 0, service: str | None = None, limit: int = 500) -> list[Event]:
         """Events with id > after_id, oldest first, at most `limit`.

@@ -82,7 +82,7 @@ class BackendSet:
         if load is None or health is None:
             return 0.0
         health.ejections += 1
-        seconds = min(self.policy.eject_max_s, self.policy.eject_s * 2 ** (health.ejections - 1))
+        seconds = min(self.policy.eject_max_s, self.policy.eject_s * 2.0 ** (health.ejections - 1))
         load.ejected_until = now + seconds
         self._signal(now)
         return seconds

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import httptools
 
@@ -61,7 +62,7 @@ class ClientConnection(asyncio.Protocol):
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream server's connection: a full Transport
         peer = transport.get_extra_info("peername")
         self.client_ip = str(peer[0]) if peer else "-"
         self.live.add(self)

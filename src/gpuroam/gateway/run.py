@@ -49,9 +49,9 @@ async def serve_gateway(
     async def apply(services: Sequence[ServiceBackends]) -> None:
         nonlocal announced
         await gateway.apply(services)
-        if not announced and {s.name for s in services} <= set(gateway.routes):
+        if ready is not None and not announced and {s.name for s in services} <= set(gateway.routes):
             announced = True
-            ready()  # type: ignore[misc]  # announced is False only when ready is given
+            ready()
 
     feed: asyncio.Task[None] | None = None
     try:

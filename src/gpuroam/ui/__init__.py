@@ -9,12 +9,16 @@ no external font; the Content-Security-Policy below lets it talk to its own orig
 
 from __future__ import annotations
 
+import os
+from os import PathLike
 from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS_PATH = "/ui"
@@ -53,7 +57,9 @@ def mount_dashboard(app: FastAPI) -> None:
 class _Assets(StaticFiles):
     """StaticFiles that revalidates (the page changes with the package) and keeps to same-origin rules."""
 
-    def file_response(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        response = super().file_response(*args, **kwargs)
+    def file_response(
+        self, full_path: str | PathLike[str], stat_result: os.stat_result, scope: Scope, status_code: int = 200
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
         response.headers.update(SECURITY_HEADERS)
         return response

@@ -109,7 +109,8 @@ class Fleet:
     def get_cluster(self, region: str) -> container_v1.Cluster | None:
         """The region's cluster as GKE has it now, or None if there is none."""
         try:
-            return self.cluster_manager.get_cluster(name=self.cluster_path(region))
+            cluster: container_v1.Cluster = self.cluster_manager.get_cluster(name=self.cluster_path(region))
+            return cluster
         except gexc.NotFound:
             return None
         except gexc.GoogleAPIError as error:
@@ -171,13 +172,13 @@ class Fleet:
                 operation = self.cluster_manager.get_operation(name=name)
             except gexc.GoogleAPIError as error:  # a blip while polling: keep polling until the deadline
                 log.warning("cannot read operation %s (%s); polling on", name, error)
-        error = operation.error
-        if error.code or error.message or operation.status_message:
-            message = error.message or operation.status_message
+        failure = operation.error
+        if failure.code or failure.message or operation.status_message:
+            message = failure.message or operation.status_message
             raise ClusterUnavailable(
                 region,
                 f"creating cluster {cluster_name(region)} failed: {message}",
-                capacity=error.code == RESOURCE_EXHAUSTED,
+                capacity=failure.code == RESOURCE_EXHAUSTED,
             )
         log.info("cluster %s created in %.0f s", cluster_name(region), self.clock() - started)
 
@@ -259,7 +260,8 @@ class Fleet:
 
     def _get_feature(self, region: str, feature: str) -> gkehub_v1.Feature | None:
         try:
-            return self.hub.get_feature(name=self._feature_path(feature))
+            found: gkehub_v1.Feature = self.hub.get_feature(name=self._feature_path(feature))
+            return found
         except gexc.NotFound:
             return None
         except gexc.GoogleAPIError as error:

@@ -92,7 +92,8 @@ class BearerToken:
         """Send `Authorization: Bearer <token>` on every request, the token checked each time."""
         configuration.api_key["authorization"] = self.value()
         configuration.api_key_prefix["authorization"] = "Bearer"
-        configuration.refresh_api_key_hook = self._refresh_hook
+        # The client's Configuration declares the hook as None, though it calls it when set.
+        configuration.refresh_api_key_hook = self._refresh_hook  # type: ignore[assignment]
 
     def _refresh_hook(self, configuration: Configuration) -> None:
         configuration.api_key["authorization"] = self.value()

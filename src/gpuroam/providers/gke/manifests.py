@@ -15,7 +15,7 @@ kubernetes/ingress-gce); the tests check each kind against a schema of those fie
 from __future__ import annotations
 
 import json
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from gpuroam.providers.kubernetes.manifests import (
     DEFAULT_NAMESPACE,
@@ -204,9 +204,10 @@ def backend_policy(spec: ServiceSpec, ns: str = DEFAULT_NAMESPACE) -> Manifest:
 
 def check_endpoint(endpoint: str) -> Endpoint:
     """`endpoint` if it names a kind of global endpoint; a ValueError naming the valid ones if not."""
-    if endpoint not in ENDPOINTS:
-        raise ValueError(f"unknown endpoint {endpoint!r}; use one of: {', '.join(ENDPOINTS)}")
-    return endpoint  # type: ignore[return-value]
+    for kind in get_args(Endpoint):
+        if endpoint == kind:
+            return cast(Endpoint, kind)
+    raise ValueError(f"unknown endpoint {endpoint!r}; use one of: {', '.join(ENDPOINTS)}")
 
 
 def workload_cluster_manifests(

@@ -131,7 +131,9 @@ class KubernetesProvider:
         from kubernetes.config import new_client_from_config
 
         clusters = {
-            region: new_client_from_config(config_file=str(path), context=ctx) for region, ctx in contexts.items()
+            # kubernetes.config's functions carry no annotations
+            region: new_client_from_config(config_file=str(path), context=ctx)  # type: ignore[no-untyped-call]
+            for region, ctx in contexts.items()
         }
         return cls(clusters, **options)
 
@@ -373,5 +375,6 @@ def _phase(pod: Mapping[str, Any]) -> str:
 def _condition(pod: Mapping[str, Any], kind: str) -> str | None:
     for cond in (pod.get("status") or {}).get("conditions") or []:
         if cond.get("type") == kind:
-            return cond.get("status")
+            status = cond.get("status")
+            return None if status is None else str(status)
     return None
