@@ -136,6 +136,25 @@ def test_a_ready_replica_that_stops_answering_is_replaced_after_a_grace(world) -
     assert len({region for region, _ in placement(store)}) == 2, "replaced where capacity answers"
 
 
+def test_a_restarted_controller_keeps_the_unready_timer_and_the_failover_label(world) -> None:  # type: ignore[no-untyped-def]
+    """The store is the truth: a controller restarted while a replica hangs replaces it when the grace that
+    began before the restart runs out, and labels the replacement a failover."""
+    store, provider, clock, reconciler = world
+    run(reconciler, provider, clock, passes=10)
+    victim = next(r for r in live(store, ReplicaState.READY) if r.region == "us-central1")
+    provider.running[victim.id].ready = False
+    for _ in range(int(UNREADY_GRACE_S) - 2):
+        reconciler.reconcile()
+        clock.now += 1.0
+    restarted = Reconciler(store, provider, load_catalog(), clock)  # a new process: nothing in memory
+    for _ in range(4):
+        restarted.reconcile()
+        clock.now += 1.0
+    assert store.get_replica(victim.id).state is ReplicaState.FAILED, "the grace counted from before the restart"
+    replacement = max(live(store), key=lambda r: r.created_at)
+    assert replacement.reason == "failover", "the loss was recorded in the store, not in the old process"
+
+
 def test_an_intent_whose_launch_never_happened_is_launched_with_the_same_id(world) -> None:  # type: ignore[no-untyped-def]
     store, provider, clock, reconciler = world
     intent = Replica(

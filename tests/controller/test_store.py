@@ -374,3 +374,25 @@ def test_concurrent_writers_lose_nothing_and_a_follower_misses_no_event(store: S
     assert len(replicas) == writers * per_writer // 4
     assert len(store.get_service("sd").pinned_regions) == writers * per_writer // 4  # type: ignore[union-attr]
     assert {s.generation for s in store.list_services() if s.name.startswith("racy-")} == {1}
+
+
+def test_a_store_written_before_the_timer_columns_is_brought_up_to_date(tmp_path: Path) -> None:
+    """An older gpuroam's state.db (no services.last_loss_at, no replicas.unready_since) opens, keeps its rows
+    and takes the new fields."""
+    old = Store.for_state_dir(tmp_path)
+    old.put_service("sd", SPEC, T)
+    old.add_replica(replica("r1"))
+    old.close()
+    engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE services DROP COLUMN last_loss_at")
+        conn.exec_driver_sql("ALTER TABLE replicas DROP COLUMN unready_since")
+    engine.dispose()
+    store = Store.for_state_dir(tmp_path)
+    try:
+        store.record_loss("sd", T + 1)
+        updated = store.update_replica("r1", T + 2, unready_since=T + 2)
+        assert store.get_service("sd").last_loss_at == T + 1  # type: ignore[union-attr]
+        assert (updated.unready_since, updated.service) == (T + 2, "sd")
+    finally:
+        store.close()

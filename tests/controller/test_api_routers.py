@@ -1,0 +1,42 @@
+"""Each router of the control-plane API works alone, on a bare app that holds only its context."""
+
+from __future__ import annotations
+
+from fakes import FakeProvider
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from gpuroam.catalog import load_catalog
+from gpuroam.controller.api import ApiContext, GatewayAddress, chaos, gateway, services
+from gpuroam.controller.store import Store
+from gpuroam.spec import load_spec, spec_to_dict
+
+SITES = {"us-central1": {"nvidia-l4": 1}}
+
+
+def bare(router_module: object, store: Store, gateway_at: GatewayAddress | None = None) -> TestClient:
+    app = FastAPI()
+    app.state.gpuroam = ApiContext(store, FakeProvider({**SITES}), load_catalog(), "t0ken", gateway_at)
+    app.include_router(router_module.router)  # type: ignore[attr-defined]
+    return TestClient(app)
+
+
+def test_the_services_router_alone_stores_a_spec_and_shows_it(store: Store) -> None:
+    client = bare(services, store, GatewayAddress("127.0.0.1", 9100))
+    spec = spec_to_dict(load_spec("examples/stable-diffusion.yaml"))
+    created = client.post("/api/v1/services", json=spec)
+    assert created.status_code == 201 and created.json()["endpoint"] == "http://127.0.0.1:9100"
+    assert [s["name"] for s in client.get("/api/v1/status").json()["services"]] == ["stable-diffusion"]
+    assert store.list_events()[-1].kind.value == "up"
+
+
+def test_the_gateway_feed_router_alone_lists_each_service_port(store: Store) -> None:
+    client = bare(gateway, store)
+    store.put_service("sd", {"name": "sd"}, 1.0)
+    store.assign_gateway_port("sd", 9200)
+    assert client.get("/api/v1/gateway").json() == {"services": [{"name": "sd", "port": 9200, "backends": []}]}
+
+
+def test_the_chaos_router_alone_says_when_the_provider_has_no_chaos_controls(store: Store) -> None:
+    answer = bare(chaos, store).post("/api/v1/chaos/fail", json={"region": "us-central1"})
+    assert answer.status_code == 400 and "no chaos controls" in answer.json()["detail"]
