@@ -50,6 +50,8 @@ def test_every_source_path_the_architecture_document_names_exists() -> None:
 
 def package_parts() -> list[str]:
     """Every top-level module (`gpuroam/x.py`) and every package at any depth (`gpuroam/x/y/`)."""
-    modules = [f"gpuroam/{p.name}" for p in sorted(PACKAGE.glob("*.py")) if p.name not in ("__init__.py", "__main__.py")]
+    modules = [
+        f"gpuroam/{p.name}" for p in sorted(PACKAGE.glob("*.py")) if p.name not in ("__init__.py", "__main__.py")
+    ]
     packages = [f"gpuroam/{p.parent.relative_to(PACKAGE)}/" for p in sorted(PACKAGE.rglob("__init__.py"))]
     return modules + [p for p in packages if p != "gpuroam/./"]

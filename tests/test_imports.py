@@ -61,7 +61,7 @@ def control_plane_stand_in() -> Iterator[str]:
 def test_status_imports_no_server_framework_database_or_torch(control_plane_stand_in: str, tmp_path: Path) -> None:
     listing = tmp_path / "modules.json"
     command = [sys.executable, "-c", RUN_AND_LIST, str(listing), "status", "--json", "--server", control_plane_stand_in]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["services"][0]["name"] == "sd"  # the command really ran
     assert heavy_loaded(listing) == []
