@@ -29,16 +29,7 @@ MAX_EVENT_ID = 2**63 - 1  # the events.id column is a 64-bit integer: larger ids
 
 
 def event_view(event: Event) -> EventOut:
-    return EventOut(
-        id=event.id,
-        ts=event.ts,
-        kind=event.kind,
-        message=event.message,
-        service=event.service,
-        region=event.region,
-        gpu=event.gpu,
-        replica=event.replica,
-    )
+    return EventOut.model_validate(event)
 
 
 @router.get("/api/v1/events")

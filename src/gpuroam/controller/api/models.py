@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from gpuroam.records import EventKind, ReplicaState
 
@@ -43,6 +43,8 @@ class DeletedOut(BaseModel):
 
 
 class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)  # read straight from a records.Event
+
     id: int | None
     ts: float
     kind: EventKind
