@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from gpuroam.controller.client import ControlPlaneClient
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 console = Console(stderr=True)
 out = Console()
@@ -31,7 +38,7 @@ def state_dir(state: Path | None) -> Path:
     return state or DEFAULT_STATE_DIR
 
 
-def client_for(server: str | None, state: Path | None) -> Any:
+def client_for(server: str | None, state: Path | None) -> ControlPlaneClient:
     from gpuroam.controller.client import ClientError, ControlPlaneClient
 
     try:
@@ -40,7 +47,8 @@ def client_for(server: str | None, state: Path | None) -> Any:
         die(str(error))
 
 
-def call(function: Any, *args: Any, **kwargs: Any) -> Any:
+def call(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """`function(...)`, a ClientError said as the command's error."""
     from gpuroam.controller.client import ClientError
 
     try:
