@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from gpuroam.sim.engine import RunResult
+from gpuroam.sim.simulation import RunResult
 
 BASELINE = "sequential"
 CANDIDATE = "gpuroam"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuroam.sim.engine import RunResult
+from gpuroam.sim.simulation import RunResult
 
 TIME_TO_CAPACITY = "sim-time-to-capacity.png"
 AVAILABILITY = "sim-availability.png"

@@ -5,7 +5,7 @@
   from, does what the plan says, and blocks a pair after a capacity failure with the real
   `gpuroam.placement.block_after_failure` (the backoff the reconciler uses). What the reconciler
   adds around them (a launch not ready within provision_timeout_s is a capacity failure; a lost
-  ready replica blocks its pair) the engine does, as the reconciler does.
+  ready replica blocks its pair) the simulation does, as the reconciler does.
 - `SequentialPolicy` is what SkyPilot (SkyServe) and dstack do, not gpuroam code: each replica is
   launched on the cheapest (region, GPU) offer; a failure blocks that offer for the rest of the
   walk and the next cheapest is tried; when every offer has failed, the walk starts again from
@@ -29,7 +29,7 @@ from gpuroam.records import Block, Replica
 from gpuroam.spec import ServiceSpec, SpecError, parse_spec, spec_to_dict
 
 if TYPE_CHECKING:
-    from gpuroam.sim.engine import Engine
+    from gpuroam.sim.simulation import Simulation
 
 Pair = tuple[str, str]
 Kind = Literal["gpuroam", "sequential"]
@@ -208,19 +208,19 @@ class GpuroamPolicy:
         self.blocks: dict[Pair, Block] = {}
         self.provision_timeout_s = config.spec.placement.provision_timeout_s
 
-    def on_pass(self, engine: Engine, now: float) -> bool:
-        view = CapacityView(offers=self.offers, blocks=self.blocks, traffic=engine.traffic(now))
-        decided = plan(self.catalog, self.demand, view, engine.live_replicas(), now)
+    def on_pass(self, simulation: Simulation, now: float) -> bool:
+        view = CapacityView(offers=self.offers, blocks=self.blocks, traffic=simulation.traffic(now))
+        decided = plan(self.catalog, self.demand, view, simulation.live_replicas(), now)
         for launch in decided.launches:
-            engine.launch(launch.region, launch.gpu, launch.reason)
+            simulation.launch(launch.region, launch.gpu, launch.reason)
         for drain in decided.drains:
-            engine.drain(drain.replica_id)
+            simulation.drain(drain.replica_id)
         return not decided.empty
 
     def on_ready(self, replica: Replica) -> None:
         pass
 
-    def on_failure(self, engine: Engine, replica: Replica, now: float, lost: bool) -> None:
+    def on_failure(self, simulation: Simulation, replica: Replica, now: float, lost: bool) -> None:
         """A capacity failure or a lost replica: the reconciler blocks the pair, with backoff."""
         pair = (replica.region, replica.gpu)
         p = self.config.spec.placement
@@ -228,8 +228,8 @@ class GpuroamPolicy:
             self.blocks.get(pair), *pair, now, p.block_ttl_s, p.block_backoff, p.block_max_s, "sim"
         )
         self.blocks[pair] = block
-        engine.wake(block.until)
-        engine.wake(block.until + p.move_back_after_s)
+        simulation.wake(block.until)
+        simulation.wake(block.until + p.move_back_after_s)
 
 
 @dataclass
@@ -259,7 +259,7 @@ class SequentialPolicy:
         self.by_replica: dict[str, _Slot] = {}
         self.provision_timeout_s = spec.placement.provision_timeout_s
 
-    def on_pass(self, engine: Engine, now: float) -> bool:
+    def on_pass(self, simulation: Simulation, now: float) -> bool:
         acted = False
         for slot in self.slots:
             if slot.replica is not None or now < slot.retry_at:
@@ -269,9 +269,9 @@ class SequentialPolicy:
                 slot.tried.clear()
                 slot.retry_at = now + min(self.GAP_MAX_S, self.GAP_S * self.GAP_FACTOR**slot.rounds)
                 slot.rounds += 1
-                engine.wake(slot.retry_at)
+                simulation.wake(slot.retry_at)
                 continue
-            replica = engine.launch(pair[0], pair[1], "sequential")
+            replica = simulation.launch(pair[0], pair[1], "sequential")
             slot.replica = replica.id
             self.by_replica[replica.id] = slot
             acted = True
@@ -280,7 +280,7 @@ class SequentialPolicy:
     def on_ready(self, replica: Replica) -> None:
         self.by_replica[replica.id].rounds = 0
 
-    def on_failure(self, engine: Engine, replica: Replica, now: float, lost: bool) -> None:
+    def on_failure(self, simulation: Simulation, replica: Replica, now: float, lost: bool) -> None:
         slot = self.by_replica.pop(replica.id)
         slot.replica = None
         if lost:

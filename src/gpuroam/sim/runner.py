@@ -17,8 +17,8 @@ from multiprocessing.context import BaseContext
 import numpy as np
 
 from gpuroam.catalog import load_catalog
-from gpuroam.sim.engine import RunResult, run_policy
 from gpuroam.sim.policies import DEFAULT_POLICIES, CachedCatalog, policy_config
+from gpuroam.sim.simulation import RunResult, run_policy
 from gpuroam.sim.world import Layout, WorldModel, build_world
 
 

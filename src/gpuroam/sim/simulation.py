@@ -53,7 +53,10 @@ class RunResult:
     ready_replicas: float  # mean ready replicas over the window
 
 
-class Engine:
+class Simulation:
+    """One policy playing one world from an event heap; the calls a policy makes (launch, drain,
+    wake) act on the simulated cloud, and the accounts kept here become the RunResult."""
+
     def __init__(
         self,
         world: World,
@@ -302,4 +305,4 @@ def run_policy(
     world: World, config: PolicyConfig, catalog: CachedCatalog, offers: frozenset, seed: Sequence[int], days: float
 ) -> RunResult:
     """One policy over one world; `seed` drives the policy's own dice (launch times, losses)."""
-    return Engine(world, config, catalog, offers, np.random.default_rng(list(seed)), days).run()
+    return Simulation(world, config, catalog, offers, np.random.default_rng(list(seed)), days).run()
