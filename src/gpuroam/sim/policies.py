@@ -21,18 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from gpuroam.catalog import Catalog, load_catalog
-from gpuroam.placement import CapacityView, Demand, block_after_failure, plan
+from gpuroam.placement import CapacityView, Demand, Pair, block_after_failure, plan
 from gpuroam.records import Block, Replica
 from gpuroam.spec import ServiceSpec, SpecError, parse_spec, spec_to_dict
 
 if TYPE_CHECKING:
     from gpuroam.sim.simulation import Simulation
 
-Pair = tuple[str, str]
-Kind = Literal["gpuroam", "sequential"]
+PolicyKind = Literal["gpuroam", "sequential"]
 
 # The simulated service: the shape of examples/stable-diffusion.yaml (GPU preference, two regions,
 # two replicas, at most six), with the spec's placement defaults unless a policy overrides them.
@@ -52,7 +51,7 @@ class PolicyConfig:
     """A named policy: how it hunts for capacity (`kind`) for the service `spec` describes."""
 
     name: str
-    kind: Kind
+    kind: PolicyKind
     spec: ServiceSpec
 
     def describe(self) -> dict:
@@ -103,7 +102,7 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
 }
 
 # name -> (kind, overrides by key). `gpuroam` is the spec's defaults; the rest vary one thing each.
-PRESETS: dict[str, tuple[Kind, dict[str, object]]] = {
+PRESETS: dict[str, tuple[PolicyKind, dict[str, object]]] = {
     "sequential": ("sequential", {}),
     "gpuroam": ("gpuroam", {}),
     # the spec's defaults before this simulation set them (race 3, provision timeout 600 s, no fallback GPU)
@@ -195,6 +194,21 @@ class CachedCatalog:
         if value is None:
             value = self._distance[key] = self._catalog.distance_km(region_a, region_b)
         return value
+
+
+class CapacityPolicy(Protocol):
+    """What the simulation asks of a policy that hunts for capacity (routing requests is
+    gpuroam.gateway.routing.Policy's business, not this)."""
+
+    provision_timeout_s: float  # a launch not ready by then is a capacity failure
+
+    def on_pass(self, simulation: Simulation, now: float) -> bool:
+        """Act on what the simulation shows now; True when it launched or drained anything."""
+
+    def on_ready(self, replica: Replica) -> None: ...
+
+    def on_failure(self, simulation: Simulation, replica: Replica, now: float, lost: bool) -> None:
+        """A launch failed (`lost` False) or a ready replica was lost."""
 
 
 class GpuroamPolicy:
@@ -289,13 +303,10 @@ class SequentialPolicy:
             slot.tried.add((replica.region, replica.gpu))
 
 
-def make_policy(config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[Pair]) -> Policy:
+def make_policy(config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[Pair]) -> CapacityPolicy:
     if config.kind == "sequential":
         return SequentialPolicy(config, catalog, offers)
     return GpuroamPolicy(config, catalog, offers)
-
-
-Policy = GpuroamPolicy | SequentialPolicy
 
 
 def describe_policies(names: Iterable[str]) -> Mapping[str, dict]:

@@ -8,7 +8,7 @@ nothing a policy can see changes, so no pass is skipped that could have acted (c
 back is seen only by trying, as in a cloud).
 
 Accounting: a replica costs its price from the moment its node exists (a launch that got
-capacity) until it is terminated (failed, lost, drained after DRAIN_S, or the run's end). It
+capacity) until it is terminated (failed, lost, drained after DRAIN_GRACE_S, or the run's end). It
 serves from ready until lost or drained.
 """
 
@@ -21,12 +21,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from gpuroam.placement import Pair
 from gpuroam.records import Replica, ReplicaState
-from gpuroam.sim.policies import CachedCatalog, Policy, PolicyConfig, make_policy
+from gpuroam.sim.policies import CachedCatalog, CapacityPolicy, PolicyConfig, make_policy
 from gpuroam.sim.world import MINUTE, World
 
 PASS_S = 5.0  # the reconciler's loop interval
-DRAIN_S = 5.0  # a drained replica runs this long so in-flight requests finish (DRAIN_GRACE_S)
+DRAIN_GRACE_S = 5.0  # the reconciler's: a drained replica runs this long so in-flight requests finish
 SETTLED_S = 900.0  # a ready replica drained after serving this long was a move; sooner, a race winner released
 
 READY, FAIL, TIMEOUT, LOSS, INCIDENT, WAKE = range(6)
@@ -62,7 +63,7 @@ class Simulation:
         world: World,
         config: PolicyConfig,
         catalog: CachedCatalog,
-        offers: frozenset,
+        offers: frozenset[Pair],
         rng: np.random.Generator,
         days: float,
     ) -> None:
@@ -70,7 +71,7 @@ class Simulation:
         self.layout = world.layout
         self.model = world.model
         self.rng = rng
-        self.policy: Policy = make_policy(config, catalog, offers)
+        self.policy: CapacityPolicy = make_policy(config, catalog, offers)
         self.gpu_count = config.spec.resources.gpu_count
         self.start = world.start_s
         self.end = world.start_s + days * 86400.0
@@ -141,7 +142,7 @@ class Simulation:
             else:
                 self.released += 1
             self._unready(replica)
-            self._bill(replica, self.now + DRAIN_S)
+            self._bill(replica, self.now + DRAIN_GRACE_S)
         else:
             self._bill(replica, self.now)
 
@@ -302,7 +303,12 @@ def _minutes(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_policy(
-    world: World, config: PolicyConfig, catalog: CachedCatalog, offers: frozenset, seed: Sequence[int], days: float
+    world: World,
+    config: PolicyConfig,
+    catalog: CachedCatalog,
+    offers: frozenset[Pair],
+    seed: Sequence[int],
+    days: float,
 ) -> RunResult:
     """One policy over one world; `seed` drives the policy's own dice (launch times, losses)."""
     return Simulation(world, config, catalog, offers, np.random.default_rng(list(seed)), days).run()
