@@ -18,19 +18,49 @@ import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 
 import numpy as np
 
 from gpuroam.placement import Pair
 from gpuroam.records import Replica, ReplicaState
 from gpuroam.sim.policies import CachedCatalog, CapacityPolicy, PolicyConfig, make_policy
-from gpuroam.sim.world import MINUTE, World
+from gpuroam.sim.world import MINUTE, Floats, Indices, World
 
 PASS_S = 5.0  # the reconciler's loop interval
 DRAIN_GRACE_S = 5.0  # the reconciler's: a drained replica runs this long so in-flight requests finish
 SETTLED_S = 900.0  # a ready replica drained after serving this long was a move; sooner, a race winner released
 
-READY, FAIL, TIMEOUT, LOSS, INCIDENT, WAKE = range(6)
+
+class _Outcome(Enum):
+    """What a launch or a ready replica comes to."""
+
+    READY = "ready"  # the launch got a node and its pod is ready
+    FAIL = "fail"  # the launch failed (quota, a reported stockout)
+    TIMEOUT = "timeout"  # the launch was not ready within the policy's provision timeout
+    LOSS = "loss"  # the ready replica was lost (maintenance, node failure)
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplicaEvent:
+    outcome: _Outcome
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Incident:
+    """A region is lost: every replica there dies."""
+
+    region: int  # index into Layout.regions
+
+
+@dataclass(frozen=True, slots=True)
+class _Wake:
+    """A pass a policy asked for (say, when a block ends)."""
+
+
+_Event = _ReplicaEvent | _Incident | _Wake
+_WAKE = _Wake()
 
 
 @dataclass(frozen=True)
@@ -78,7 +108,7 @@ class Simulation:
         self.now = self.start
         self.live: dict[str, Replica] = {}  # provisioning and ready replicas
         self.node_at: dict[str, float | None] = {}  # when each live replica's node exists (billing)
-        self._heap: list[tuple[float, int, int, object]] = []
+        self._heap: list[tuple[float, int, _Event]] = []  # (when, sequence: ties in push order, event)
         self._seq = 0
         self._wakes: set[float] = set()
         self._ids = 0
@@ -103,7 +133,7 @@ class Simulation:
     def wake(self, t: float) -> None:
         if t < self.end and t not in self._wakes:
             self._wakes.add(t)
-            self._push(t, WAKE, None)
+            self._push(t, _WAKE)
 
     def launch(self, region: str, gpu: str, reason: str) -> Replica:
         now = self.now
@@ -120,18 +150,18 @@ class Simulation:
         )
         node_at: float | None = None
         if held + self.gpu_count > self.world.quota[pair]:
-            self._push(now + self.rng.uniform(*model.failure_report_s), FAIL, replica.id)  # quota exceeded
+            self._schedule(now + self.rng.uniform(*model.failure_report_s), _Outcome.FAIL, replica.id)  # no quota
         elif self.world.has_capacity(pair, now):
             node_at = now
         elif self.rng.random() < model.silent_failure_share:
             # Nothing reports the stockout: the pod stays pending, and gets a node if capacity comes back.
             node_at = self.world.next_capacity(pair, now, self.end)
         else:
-            self._push(now + self.rng.uniform(*model.failure_report_s), FAIL, replica.id)
+            self._schedule(now + self.rng.uniform(*model.failure_report_s), _Outcome.FAIL, replica.id)
         self.node_at[replica.id] = node_at
         if node_at is not None:
-            self._push(node_at + 60.0 * self.rng.triangular(*model.ready_min), READY, replica.id)
-        self._push(now + self.policy.provision_timeout_s, TIMEOUT, replica.id)
+            self._schedule(node_at + 60.0 * self.rng.triangular(*model.ready_min), _Outcome.READY, replica.id)
+        self._schedule(now + self.policy.provision_timeout_s, _Outcome.TIMEOUT, replica.id)
         return replica
 
     def drain(self, replica_id: str) -> None:
@@ -151,14 +181,14 @@ class Simulation:
     def run(self) -> RunResult:
         for t, region in self.world.incidents:
             if self.start < t < self.end:
-                self._push(t, INCIDENT, region)
+                self._push(t, _Incident(region))
         self._pass()
         while self._heap and self._heap[0][0] < self.end:
             self.now = self._heap[0][0]
             changed = False
             while self._heap and self._heap[0][0] == self.now:
-                _, _, kind, data = heapq.heappop(self._heap)
-                changed |= self._handle(kind, data)
+                _, _, event = heapq.heappop(self._heap)
+                changed |= self._handle(event)
             if changed:  # an event that changed nothing (a stale timeout, say) leaves the plan as it was
                 self._pass()
         self.now = self.end
@@ -172,40 +202,47 @@ class Simulation:
         if self.policy.on_pass(self, self.now):
             self.wake(self.now + PASS_S)
 
-    def _push(self, t: float, kind: int, data: object) -> None:
+    def _push(self, t: float, event: _Event) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, kind, data))
+        heapq.heappush(self._heap, (t, self._seq, event))
 
-    def _handle(self, kind: int, data: object) -> bool:
+    def _schedule(self, t: float, outcome: _Outcome, replica_id: str) -> None:
+        self._push(t, _ReplicaEvent(outcome, replica_id))
+
+    def _handle(self, event: _Event) -> bool:
         """Apply one event; True when it changed what a policy sees (or is a wake-up it asked for)."""
-        if kind == WAKE:
+        if isinstance(event, _Wake):
             self._wakes.discard(self.now)
             return True
-        if kind == INCIDENT:
-            region = self.layout.regions[data]  # type: ignore[index]
-            hit = [r for r in self.live.values() if r.region == region]
-            for replica in hit:
-                self._fail(replica, lost=replica.state is ReplicaState.READY)
-            return bool(hit)
-        replica = self.live.get(data)  # type: ignore[arg-type]
+        if isinstance(event, _Incident):
+            return self._incident(self.layout.regions[event.region])
+        replica = self.live.get(event.replica_id)
         if replica is None:
             return False  # already failed, drained or lost
-        if kind == READY and replica.state is ReplicaState.PROVISIONING:
+        outcome = event.outcome
+        if outcome is _Outcome.READY and replica.state is ReplicaState.PROVISIONING:
             ready = replace(replica, state=ReplicaState.READY, ready_at=self.now, updated_at=self.now)
             self.live[ready.id] = ready
             self.ready_log.append((self.now, self.layout.index[(ready.region, ready.gpu)], 1))
             if self.first_ready is None:
                 self.first_ready = self.now
             life = self.rng.exponential(self.model.replica_loss_every_h * 3600.0)
-            self._push(self.now + life, LOSS, ready.id)
+            self._schedule(self.now + life, _Outcome.LOSS, ready.id)
             self.policy.on_ready(ready)
-        elif kind in (FAIL, TIMEOUT) and replica.state is ReplicaState.PROVISIONING:
+        elif outcome in (_Outcome.FAIL, _Outcome.TIMEOUT) and replica.state is ReplicaState.PROVISIONING:
             self._fail(replica, lost=False)
-        elif kind == LOSS and replica.state is ReplicaState.READY:
+        elif outcome is _Outcome.LOSS and replica.state is ReplicaState.READY:
             self._fail(replica, lost=True)
         else:
             return False
         return True
+
+    def _incident(self, region: str) -> bool:
+        """Every replica in `region` dies, ready (lost) or starting (failed); True when any did."""
+        hit = [r for r in self.live.values() if r.region == region]
+        for replica in hit:
+            self._fail(replica, lost=replica.state is ReplicaState.READY)
+        return bool(hit)
 
     def _fail(self, replica: Replica, lost: bool) -> None:
         del self.live[replica.id]
@@ -293,7 +330,7 @@ class Simulation:
         return up, demand_total, served_total, images, replica_s
 
 
-def _minutes(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+def _minutes(a: float, b: float) -> tuple[Indices, Floats]:
     """The minutes [a, b) covers, with the fraction of each covered."""
     first, last = int(a // MINUTE), math.ceil(b / MINUTE)
     mins = np.arange(first, max(last, first + 1))
