@@ -54,10 +54,11 @@ class PolicyConfig:
     kind: PolicyKind
     spec: ServiceSpec
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
+        """The policy's settings, for JSON output: what sequential reads, and all of placement for gpuroam."""
         spec = self.spec
         placement = spec_to_dict(spec)["placement"]
-        out = {
+        out: dict[str, object] = {
             "kind": self.kind,
             "gpus": list(spec.resources.gpus),
             "allow": list(spec.regions.allow),
@@ -309,5 +310,5 @@ def make_policy(config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[
     return GpuroamPolicy(config, catalog, offers)
 
 
-def describe_policies(names: Iterable[str]) -> Mapping[str, dict]:
+def describe_policies(names: Iterable[str]) -> dict[str, dict[str, object]]:
     return {name: policy_config(name).describe() for name in names}
