@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import itertools
 import math
 from collections.abc import Iterable
@@ -10,6 +12,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpuroam import placement
 from gpuroam.placement import CapacityView, Demand, Launch, Plan, needed_regions, plan
 from gpuroam.records import Block, Replica, ReplicaState
 
@@ -392,3 +395,13 @@ def test_the_fallback_changes_only_the_last_raced_candidate(d: Demand, capacity:
                 last = hedged.launches[-1]
                 assert last.reason == "race" and len(gpus) == 2 and {plain.launches[-1].gpu} == gpus - {last.gpu}
             world.step()
+
+
+def test_placement_imports_nothing_that_does_io() -> None:
+    """Pure by construction: no module that reaches files, the network or the clock, so every plan
+    can be replayed (the reconciler passes `now`) and simulated."""
+    tree = ast.parse(inspect.getsource(placement))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    pure = {"__future__", "itertools", "math", "collections.abc", "dataclasses", "typing"}
+    assert imported <= pure | {"gpuroam.records", "gpuroam.spec"}

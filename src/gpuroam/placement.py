@@ -36,7 +36,7 @@ import itertools
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from gpuroam.records import Block, Replica, ReplicaState
 from gpuroam.spec import PlacementSpec, ServiceSpec, region_matches
@@ -44,6 +44,9 @@ from gpuroam.spec import PlacementSpec, ServiceSpec, region_matches
 _SPEC_DEFAULTS = PlacementSpec()
 
 Pair = tuple[str, str]  # (region, GPU type)
+# How good a pair is, lower first: GPU preference, distance to traffic, price, then region and GPU
+# names so ties break the same way every time. A region's key is its best pair's.
+PairKey = tuple[int, float, float, str, str]
 
 
 class CatalogView(Protocol):
@@ -140,21 +143,13 @@ class _Inputs:
         self.now = now
         self.quotas: dict[str, int] = {}  # replicas per wanted region, set by `plan`
         distance = {region: self._traffic_distance(region) for region in {r for r, _ in capacity.offers}}
-        self._allowed = {
-            (region, gpu)
-            for region, gpu in capacity.offers
-            if demand.gpu_rank(gpu) is not None and demand.region_allowed(region)
-        }
-        self._keys = {
-            (region, gpu): (
-                demand.gpu_rank(gpu),
-                distance[region],
-                catalog.price(region, gpu) * demand.gpu_count,
-                region,
-                gpu,
-            )
-            for region, gpu in self._allowed
-        }
+        self._keys: dict[Pair, PairKey] = {}
+        for region, gpu in capacity.offers:
+            rank = demand.gpu_rank(gpu)
+            if rank is not None and demand.region_allowed(region):
+                price = catalog.price(region, gpu) * demand.gpu_count
+                self._keys[(region, gpu)] = (rank, distance[region], price, region, gpu)
+        self._allowed = set(self._keys)
         self._available = {pair for pair in self._allowed if self._is_available(pair)}
         self._stable = {pair for pair in self._available if self._is_settled(pair)}
         self._by_region: dict[str, list[Pair]] = {}
@@ -186,10 +181,12 @@ class _Inputs:
     def available(self, region: str, gpu: str) -> bool:
         return (region, gpu) in self._available
 
-    def pair_key(self, region: str, gpu: str) -> tuple:
+    def pair_key(self, region: str, gpu: str) -> PairKey:
         return self._keys[(region, gpu)]
 
-    def best_pair(self, region: str, test: str = "available", skip: Collection[str] = ()) -> Pair | None:
+    def best_pair(
+        self, region: str, test: Literal["available", "stable"] = "available", skip: Collection[str] = ()
+    ) -> Pair | None:
         """The region's best pair that is available (or stable, for moving back), on a GPU not in `skip`."""
         usable = self._stable if test == "stable" else self._available
         return next((p for p in self._by_region.get(region, ()) if p in usable and p[1] not in skip), None)
@@ -257,9 +254,9 @@ def quotas_for(demand: Demand, wanted: Sequence[str]) -> dict[str, int]:
     return {region: total // regions + (i < total % regions) for i, region in enumerate(wanted)}
 
 
-def _region_keys(inputs: _Inputs, regions: Iterable[str], live: Sequence[Replica]) -> dict[str, tuple]:
+def _region_keys(inputs: _Inputs, regions: Iterable[str], live: Sequence[Replica]) -> dict[str, PairKey]:
     """Each region's best pair: an available one, or what its live replicas already run on."""
-    keys: dict[str, tuple] = {}
+    keys: dict[str, PairKey] = {}
     for region in regions:
         best = inputs.best_pair(region)
         candidates = [inputs.pair_key(*best)] if best else []
@@ -271,7 +268,7 @@ def _region_keys(inputs: _Inputs, regions: Iterable[str], live: Sequence[Replica
     return keys
 
 
-def _wanted_regions(inputs: _Inputs, keys: Mapping[str, tuple], live: Sequence[Replica]) -> list[str]:
+def _wanted_regions(inputs: _Inputs, keys: Mapping[str, PairKey], live: Sequence[Replica]) -> list[str]:
     """Pinned first, then the best regions already in use, then the best available ones.
 
     A pinned region the service lost comes back only on stable capacity, like any move back."""
@@ -289,7 +286,7 @@ def _wanted_regions(inputs: _Inputs, keys: Mapping[str, tuple], live: Sequence[R
 
 
 def _move_back_region(
-    inputs: _Inputs, keys: Mapping[str, tuple], wanted: list[str], live: Sequence[Replica], fresh: list[str]
+    inputs: _Inputs, keys: Mapping[str, PairKey], wanted: list[str], live: Sequence[Replica], fresh: list[str]
 ) -> list[str]:
     """Swap the worst unpinned wanted region for a strictly better stable one, once all is ready."""
     if any(r.state is ReplicaState.PROVISIONING for r in live) or not _all_ready(inputs, wanted, live):
@@ -305,14 +302,14 @@ def _move_back_region(
     return wanted
 
 
-def _stable_key(inputs: _Inputs, region: str) -> tuple:
+def _stable_key(inputs: _Inputs, region: str) -> PairKey:
     pair = inputs.best_pair(region, "stable")
     assert pair is not None
     return inputs.pair_key(*pair)
 
 
 def _launches(
-    inputs: _Inputs, keys: Mapping[str, tuple], wanted: Sequence[str], live: Sequence[Replica]
+    inputs: _Inputs, keys: Mapping[str, PairKey], wanted: Sequence[str], live: Sequence[Replica]
 ) -> list[Launch]:
     demand = inputs.demand
     launches: list[Launch] = []
@@ -335,7 +332,7 @@ def _launches(
 
 def _race(
     inputs: _Inputs,
-    keys: Mapping[str, tuple],
+    keys: Mapping[str, PairKey],
     wanted: Sequence[str],
     live: Sequence[Replica],
     launches: Sequence[Launch],

@@ -13,7 +13,7 @@ import reprlib
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NoReturn
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -71,12 +71,14 @@ class _Section(BaseModel):
 class AppSpec(_Section):
     """What runs in each replica."""
 
-    kind: Literal["sd-webui"] = Field("sd-webui", description="'sd-webui' (the AUTOMATIC1111 API; the only kind)")
-    image: str = Field("ghcr.io/gpuroam/worker:0.1.0", min_length=1, description="an image for clusters")
-    port: int = Field(7860, ge=1, le=65535, description="the TCP port the app listens on, 1..65535")
-    readiness_path: str = Field("/internal/ping", description="an HTTP path answering 200 once ready")
-    args: _Strings = Field((), description='a list of strings, extra app arguments (quote numbers: "20")')
-    model: str = Field("tiny", min_length=1, description="tiny, sd15-random or a checkpoint path")
+    kind: Literal["sd-webui"] = Field(
+        default="sd-webui", description="'sd-webui' (the AUTOMATIC1111 API; the only kind)"
+    )
+    image: str = Field(default="ghcr.io/gpuroam/worker:0.1.0", min_length=1, description="an image for clusters")
+    port: int = Field(default=7860, ge=1, le=65535, description="the TCP port the app listens on, 1..65535")
+    readiness_path: str = Field(default="/internal/ping", description="an HTTP path answering 200 once ready")
+    args: _Strings = Field(default=(), description='a list of strings, extra app arguments (quote numbers: "20")')
+    model: str = Field(default="tiny", min_length=1, description="tiny, sd15-random or a checkpoint path")
 
     @field_validator("readiness_path")
     @classmethod
@@ -90,8 +92,8 @@ class ResourcesSpec(_Section):
     """The GPUs a replica needs, in order of preference: placement falls back down the list."""
 
     gpus: _GpuNames = Field(description="GPU types, most preferred first, e.g. [nvidia-l4, nvidia-tesla-t4]")
-    gpu_count: int = Field(1, ge=1, le=16, description="GPUs per replica, an integer 1..16")
-    spot: bool = Field(False, description="true or false: use Spot capacity on clusters")
+    gpu_count: int = Field(default=1, ge=1, le=16, description="GPUs per replica, an integer 1..16")
+    spot: bool = Field(default=False, description="true or false: use Spot capacity on clusters")
 
     @field_validator("gpus")
     @classmethod
@@ -107,9 +109,9 @@ class ResourcesSpec(_Section):
 class RegionsSpec(_Section):
     """Where replicas may run: fnmatch wildcards, and deny wins, so exceptions read naturally."""
 
-    allow: _RegionPatterns = Field(("*",), description='a list of region wildcards, e.g. ["us-*"]')
-    deny: _RegionPatterns = Field((), description='a list of region wildcards to exclude, e.g. ["asia-*"]')
-    min_regions: int = Field(1, ge=1, description="an integer >= 1: regions to spread replicas over")
+    allow: _RegionPatterns = Field(default=("*",), description='a list of region wildcards, e.g. ["us-*"]')
+    deny: _RegionPatterns = Field(default=(), description='a list of region wildcards to exclude, e.g. ["asia-*"]')
+    min_regions: int = Field(default=1, ge=1, description="an integer >= 1: regions to spread replicas over")
 
     @field_validator("allow")
     @classmethod
@@ -122,9 +124,9 @@ class RegionsSpec(_Section):
 class ReplicasSpec(_Section):
     """How many replicas: per region, and the total that must be ready (min) or may run (max)."""
 
-    per_region: int = Field(1, ge=1, description="an integer >= 1: replicas in each region")
-    min: int = Field(1, ge=1, description="an integer >= 1: total ready replicas to keep")
-    max: int = Field(8, ge=1, description="an integer >= replicas.min: most replicas at once, moves included")
+    per_region: int = Field(default=1, ge=1, description="an integer >= 1: replicas in each region")
+    min: int = Field(default=1, ge=1, description="an integer >= 1: total ready replicas to keep")
+    max: int = Field(default=8, ge=1, description="an integer >= replicas.min: most replicas at once, moves included")
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicasSpec:
@@ -140,15 +142,17 @@ class PlacementSpec(_Section):
     # Defaults from the capacity simulation (`gpuroam sim`, bench/RESULTS.md, issue 9): racing 5 pairs
     # and waiting 900 s for a GPU node (launches take 2-15 minutes) beat 3 and 600 s on time to capacity;
     # racing one pair of a fallback GPU keeps a shortage of the first-choice GPU from slowing it.
-    race: int = Field(5, ge=1, le=16, description="an integer 1..16: (region, GPU) pairs tried at once")
+    race: int = Field(default=5, ge=1, le=16, description="an integer 1..16: (region, GPU) pairs tried at once")
     race_fallback_gpu: bool = Field(
-        True, description="true or false: race one pair of another GPU type while all tried share one"
+        default=True, description="true or false: race one pair of another GPU type while all tried share one"
     )
-    provision_timeout_s: float = Field(900.0, gt=0, description="seconds > 0 a launch may take to be ready")
-    block_ttl_s: float = Field(300.0, gt=0, description="seconds > 0 a (region, GPU) is skipped after a failure")
-    block_backoff: float = Field(2.0, ge=1, description="a number >= 1 multiplying the block per failure")
-    block_max_s: float = Field(3600.0, gt=0, description="seconds >= block_ttl_s: the longest block")
-    move_back_after_s: float = Field(120.0, ge=0, description="seconds >= 0 regained capacity must last first")
+    provision_timeout_s: float = Field(default=900.0, gt=0, description="seconds > 0 a launch may take to be ready")
+    block_ttl_s: float = Field(
+        default=300.0, gt=0, description="seconds > 0 a (region, GPU) is skipped after a failure"
+    )
+    block_backoff: float = Field(default=2.0, ge=1, description="a number >= 1 multiplying the block per failure")
+    block_max_s: float = Field(default=3600.0, gt=0, description="seconds >= block_ttl_s: the longest block")
+    move_back_after_s: float = Field(default=120.0, ge=0, description="seconds >= 0 regained capacity must last first")
 
     @model_validator(mode="after")
     def _capped_above_first(self) -> PlacementSpec:
@@ -170,7 +174,7 @@ class ServiceSpec(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _empty_sections(cls, data: Any) -> Any:
+    def _empty_sections(cls, data: object) -> object:
         """A section with nothing under it (every key commented out) means its defaults."""
         if not isinstance(data, dict):
             return data
@@ -287,7 +291,7 @@ def region_matches(region: str, allow: Iterable[str], deny: Iterable[str]) -> bo
     return allowed and not any(fnmatchcase(region, pattern) for pattern in deny)
 
 
-def parse_spec(data: dict[str, Any], source: str = "<spec>") -> ServiceSpec:
+def parse_spec(data: object, source: str = "<spec>") -> ServiceSpec:
     """Validate already-loaded data (a YAML or JSON document, or a stored spec_to_dict)."""
     if not isinstance(data, dict):
         what = f"the top level must be a mapping of fields, not {type(data).__name__}"
@@ -302,7 +306,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML keeps the last of two equal keys silently; a spec with a key twice is a mistake. And
     a `!!set` has no order, where a spec's lists are orders of preference (GPU types): refused."""
 
-    def construct_set(self, node: yaml.MappingNode) -> Any:
+    def construct_set(self, node: yaml.MappingNode) -> NoReturn:
         raise yaml.constructor.ConstructorError(
             None, None, "a !!set has no order; write a list such as [nvidia-l4, nvidia-tesla-t4]", node.start_mark
         )

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 from gpuroam import placement
 from gpuroam.catalog import load_catalog
 from gpuroam.sim import policies as policies_module
-from gpuroam.sim.engine import run_policy
 from gpuroam.sim.policies import (
     DEFAULT_POLICIES,
     PRESETS,
@@ -21,6 +20,7 @@ from gpuroam.sim.policies import (
     SequentialPolicy,
     policy_config,
 )
+from gpuroam.sim.simulation import run_policy
 from gpuroam.sim.world import Layout, WorldModel, build_world
 from gpuroam.spec import PlacementSpec
 

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from gpuroam.catalog import load_catalog
 from gpuroam.cli import app
-from gpuroam.sim.engine import run_policy
 from gpuroam.sim.figures import goals, summarize_all
 from gpuroam.sim.policies import CachedCatalog, policy_config
 from gpuroam.sim.runner import SimConfig, simulate
+from gpuroam.sim.simulation import run_policy
 from gpuroam.sim.world import Layout, WorldModel, build_world
 
 CATALOG = load_catalog()

@@ -101,13 +101,13 @@ def _build(data: Data, source: Callable[[str, str], str]) -> Catalog:
         name: _gpu(_Entry(source("gpus", name), "GPU", name, entry, GPU_FIELDS)) for name, entry in data["gpus"].items()
     }
     regions: dict[str, Region] = {}
-    prices: dict[str, dict[str, float | None]] = {}
+    prices: dict[str, dict[str, float]] = {}
     for name, entry in data["regions"].items():
         regions[name], prices[name] = _region(
             _Entry(source("regions", name), "region", name, entry, REGION_FIELDS), gpus
         )
     offers = {
-        (region, gpu): Offer(region, gpu, gpus[gpu].base_price if prices[region][gpu] is None else prices[region][gpu])
+        (region, gpu): Offer(region, gpu, prices[region][gpu])
         for region in regions
         for gpu in gpus
         if gpu in prices[region]
@@ -140,8 +140,8 @@ def _gpu(entry: _Entry) -> GpuType:
     )
 
 
-def _region(entry: _Entry, gpus: dict[str, GpuType]) -> tuple[Region, dict[str, float | None]]:
-    """The region, and the GPUs it offers with their regional price (None: the GPU's base price)."""
+def _region(entry: _Entry, gpus: dict[str, GpuType]) -> tuple[Region, dict[str, float]]:
+    """The region, and the GPUs it offers at their price there (the GPU's base price where none is given)."""
     city = entry.required("city", "city is where the region is, as text")
     if not isinstance(city, str) or not city:
         raise entry.error(f"has city {city!r}; city is where the region is, as text")
@@ -154,13 +154,13 @@ def _region(entry: _Entry, gpus: dict[str, GpuType]) -> tuple[Region, dict[str, 
             f"has gpus {offered!r}; write gpus as a mapping, e.g. {{nvidia-tesla-t4, nvidia-l4: 0.6}} "
             "(a bare name is offered at the GPU's base price)"
         )
-    prices: dict[str, float | None] = {}
+    prices: dict[str, float] = {}
     for gpu, price in offered.items():
         if gpu not in gpus:
             raise entry.error(f"offers unknown GPU {gpu!r}; known GPUs: {', '.join(map(str, gpus))}")
         if price is not None and not _number_ok(price, lambda v: v >= 0):
             raise entry.error(f"prices {gpu} at {price!r}; a price is USD per GPU-hour and must be >= 0")
-        prices[gpu] = None if price is None else float(price)
+        prices[gpu] = gpus[gpu].base_price if price is None else float(price)
     region = Region(
         name=entry.name,
         city=city,
@@ -171,7 +171,7 @@ def _region(entry: _Entry, gpus: dict[str, GpuType]) -> tuple[Region, dict[str, 
     return region, prices
 
 
-def _number_ok(value: Any, ok: Callable[[float], bool]) -> bool:
+def _number_ok(value: object, ok: Callable[[float], bool]) -> bool:
     """A finite int or float (YAML bools are ints in Python, and are not numbers here) that passes `ok`."""
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value) and ok(value)
 
@@ -179,7 +179,7 @@ def _number_ok(value: Any, ok: Callable[[float], bool]) -> bool:
 class _Entry:
     """One `gpus` or `regions` entry under check, so that every error names file, entry and fix."""
 
-    def __init__(self, source: str, kind: str, name: str, entry: Any, fields: tuple[str, ...]) -> None:
+    def __init__(self, source: str, kind: str, name: str, entry: object, fields: tuple[str, ...]) -> None:
         self.name = name
         self.where = f"catalog {source}: {kind} {name!r}"
         if not isinstance(entry, dict):

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from gpuroam.cli.app import app
 from gpuroam.cli.common import JsonOption, console, die, out
+
+if TYPE_CHECKING:
+    from gpuroam.sim.runner import Study
 
 
 @app.command()
@@ -85,7 +88,7 @@ def sim(
     _print(done, written)
 
 
-def _print(done, written: list[Path]) -> None:
+def _print(done: Study, written: list[Path]) -> None:
     """A table per world (Markdown when not on a terminal, to paste into bench/RESULTS.md)."""
     from rich.table import Table
 

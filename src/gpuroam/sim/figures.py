@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Required, TypedDict
 
 import numpy as np
 
-from gpuroam.sim.engine import RunResult
+from gpuroam.sim.simulation import RunResult
 
 BASELINE = "sequential"
 CANDIDATE = "gpuroam"
 SINGLE = "single-region"
+
+
+class Verdict(TypedDict, total=False):
+    """One goal checked: what it asks, the figure, and whether it was met (where it is a pass/fail goal)."""
+
+    goal: Required[str]
+    value: Required[float]
+    met: bool
+    per_hour: float  # the cost goal: extra cost per hour, beside per 1,000 images
+    downtime_ratio: float | None  # single region: how many times gpuroam's downtime (None: gpuroam had none)
 
 
 def summarize(runs: Sequence[RunResult]) -> dict[str, float]:
@@ -47,9 +58,9 @@ def summarize_all(results: Mapping[str, Sequence[RunResult]]) -> dict[str, dict[
     return {name: summarize(runs) for name, runs in results.items()}
 
 
-def goals(table: Mapping[str, Mapping[str, float]], candidate: str = CANDIDATE) -> dict[str, dict]:
+def goals(table: Mapping[str, Mapping[str, float]], candidate: str = CANDIDATE) -> dict[str, Verdict]:
     """The issue's goals, where the policies they compare were run."""
-    out: dict[str, dict] = {}
+    out: dict[str, Verdict] = {}
     base, cand, single = table.get(BASELINE), table.get(candidate), table.get(SINGLE)
     if base and cand:
         speedup = base["ready_median_min"] / cand["ready_median_min"]
@@ -76,7 +87,6 @@ def goals(table: Mapping[str, Mapping[str, float]], candidate: str = CANDIDATE) 
         out["single_region"] = {
             "goal": "a single region gives far less",
             "value": round(single["availability"], 6),
-            # how many times gpuroam's downtime a single region has (None: gpuroam had none)
             "downtime_ratio": (
                 round((1 - single["availability"]) / (1 - cand["availability"]), 1)
                 if cand["availability"] < 1
@@ -112,7 +122,8 @@ def markdown_table(table: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def goal_lines(verdicts: Mapping[str, Mapping]) -> list[str]:
+def goal_lines(verdicts: Mapping[str, Verdict]) -> list[str]:
+    """Each verdict as one line for the terminal: the goal, its figures, met or not."""
     out = []
     for verdict in verdicts.values():
         met = verdict.get("met")

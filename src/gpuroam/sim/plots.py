@@ -1,4 +1,7 @@
-"""The simulation's two pictures (matplotlib, PNG): time to capacity as CDFs, and availability."""
+"""The simulation's two pictures (matplotlib, PNG): time to capacity as CDFs, and availability.
+
+Drawn on matplotlib Figures, not through pyplot: files only, so no backend to pick and no global
+figure state to close."""
 
 from __future__ import annotations
 
@@ -6,32 +9,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from gpuroam.sim.engine import RunResult
+from gpuroam.sim.simulation import RunResult
 
 TIME_TO_CAPACITY = "sim-time-to-capacity.png"
 AVAILABILITY = "sim-availability.png"
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display here
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
-def _style(name: str, i: int) -> dict:
+def _style(name: str, i: int) -> dict[str, str | float]:
     """sequential black dashed, gpuroam thick red, the variants in the other colours."""
     if name == "sequential":
         return {"color": "black", "linewidth": 2.2, "linestyle": "--"}
     if name == "gpuroam":
         return {"color": "tab:red", "linewidth": 2.6}
-    style = {"color": _COLORS[i % len(_COLORS)], "linewidth": 1.3}
+    style: dict[str, str | float] = {"color": _COLORS[i % len(_COLORS)], "linewidth": 1.3}
     if name == "single-region":
         style["linestyle"] = ":"
     return style
@@ -39,9 +34,9 @@ def _style(name: str, i: int) -> dict:
 
 def plot_time_to_capacity(results: Mapping[str, Mapping[str, Sequence[RunResult]]], path: Path) -> Path:
     """One panel per world: the CDF over runs of minutes from `up` to the first ready replica."""
-    plt = _pyplot()
     worlds = list(results)
-    fig, axes = plt.subplots(1, len(worlds), figsize=(6.2 * len(worlds), 4.6), squeeze=False, sharey=True)
+    fig = Figure(figsize=(6.2 * len(worlds), 4.6))
+    axes = fig.subplots(1, len(worlds), squeeze=False, sharey=True)
     for ax, world in zip(axes[0], worlds, strict=True):
         top = 1.0
         for i, (name, runs) in enumerate(results[world].items()):
@@ -61,17 +56,16 @@ def plot_time_to_capacity(results: Mapping[str, Mapping[str, Sequence[RunResult]
     axes[0][-1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def plot_availability(tables: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> Path:
     """Downtime per day (minutes without a ready replica, after the first), per policy and world,
     on a log scale, with the 99.9% line (1.44 minutes a day)."""
-    plt = _pyplot()
     worlds = list(tables)
     policies = list(next(iter(tables.values())))
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(policies) + 2), 4.8))
+    fig = Figure(figsize=(max(7.0, 1.0 * len(policies) + 2), 4.8))
+    ax = fig.subplots()
     width = 0.8 / len(worlds)
     x = np.arange(len(policies))
     for i, world in enumerate(worlds):
@@ -99,5 +93,4 @@ def plot_availability(tables: Mapping[str, Mapping[str, Mapping[str, float]]], p
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -5,7 +5,7 @@
   from, does what the plan says, and blocks a pair after a capacity failure with the real
   `gpuroam.placement.block_after_failure` (the backoff the reconciler uses). What the reconciler
   adds around them (a launch not ready within provision_timeout_s is a capacity failure; a lost
-  ready replica blocks its pair) the engine does, as the reconciler does.
+  ready replica blocks its pair) the simulation does, as the reconciler does.
 - `SequentialPolicy` is what SkyPilot (SkyServe) and dstack do, not gpuroam code: each replica is
   launched on the cheapest (region, GPU) offer; a failure blocks that offer for the rest of the
   walk and the next cheapest is tried; when every offer has failed, the walk starts again from
@@ -21,18 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from gpuroam.catalog import Catalog, load_catalog
-from gpuroam.placement import CapacityView, Demand, block_after_failure, plan
+from gpuroam.placement import CapacityView, Demand, Pair, block_after_failure, plan
 from gpuroam.records import Block, Replica
 from gpuroam.spec import ServiceSpec, SpecError, parse_spec, spec_to_dict
 
 if TYPE_CHECKING:
-    from gpuroam.sim.engine import Engine
+    from gpuroam.sim.simulation import Simulation
 
-Pair = tuple[str, str]
-Kind = Literal["gpuroam", "sequential"]
+PolicyKind = Literal["gpuroam", "sequential"]
 
 # The simulated service: the shape of examples/stable-diffusion.yaml (GPU preference, two regions,
 # two replicas, at most six), with the spec's placement defaults unless a policy overrides them.
@@ -52,13 +51,14 @@ class PolicyConfig:
     """A named policy: how it hunts for capacity (`kind`) for the service `spec` describes."""
 
     name: str
-    kind: Kind
+    kind: PolicyKind
     spec: ServiceSpec
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
+        """The policy's settings, for JSON output: what sequential reads, and all of placement for gpuroam."""
         spec = self.spec
         placement = spec_to_dict(spec)["placement"]
-        out = {
+        out: dict[str, object] = {
             "kind": self.kind,
             "gpus": list(spec.resources.gpus),
             "allow": list(spec.regions.allow),
@@ -103,7 +103,7 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
 }
 
 # name -> (kind, overrides by key). `gpuroam` is the spec's defaults; the rest vary one thing each.
-PRESETS: dict[str, tuple[Kind, dict[str, object]]] = {
+PRESETS: dict[str, tuple[PolicyKind, dict[str, object]]] = {
     "sequential": ("sequential", {}),
     "gpuroam": ("gpuroam", {}),
     # the spec's defaults before this simulation set them (race 3, provision timeout 600 s, no fallback GPU)
@@ -197,6 +197,21 @@ class CachedCatalog:
         return value
 
 
+class CapacityPolicy(Protocol):
+    """What the simulation asks of a policy that hunts for capacity (routing requests is
+    gpuroam.gateway.routing.Policy's business, not this)."""
+
+    provision_timeout_s: float  # a launch not ready by then is a capacity failure
+
+    def on_pass(self, simulation: Simulation, now: float) -> bool:
+        """Act on what the simulation shows now; True when it launched or drained anything."""
+
+    def on_ready(self, replica: Replica) -> None: ...
+
+    def on_failure(self, simulation: Simulation, replica: Replica, now: float, lost: bool) -> None:
+        """A launch failed (`lost` False) or a ready replica was lost."""
+
+
 class GpuroamPolicy:
     """gpuroam's controller in the simulation: the real plan() and block backoff."""
 
@@ -208,19 +223,19 @@ class GpuroamPolicy:
         self.blocks: dict[Pair, Block] = {}
         self.provision_timeout_s = config.spec.placement.provision_timeout_s
 
-    def on_pass(self, engine: Engine, now: float) -> bool:
-        view = CapacityView(offers=self.offers, blocks=self.blocks, traffic=engine.traffic(now))
-        decided = plan(self.catalog, self.demand, view, engine.live_replicas(), now)
+    def on_pass(self, simulation: Simulation, now: float) -> bool:
+        view = CapacityView(offers=self.offers, blocks=self.blocks, traffic=simulation.traffic(now))
+        decided = plan(self.catalog, self.demand, view, simulation.live_replicas(), now)
         for launch in decided.launches:
-            engine.launch(launch.region, launch.gpu, launch.reason)
+            simulation.launch(launch.region, launch.gpu, launch.reason)
         for drain in decided.drains:
-            engine.drain(drain.replica_id)
+            simulation.drain(drain.replica_id)
         return not decided.empty
 
     def on_ready(self, replica: Replica) -> None:
         pass
 
-    def on_failure(self, engine: Engine, replica: Replica, now: float, lost: bool) -> None:
+    def on_failure(self, simulation: Simulation, replica: Replica, now: float, lost: bool) -> None:
         """A capacity failure or a lost replica: the reconciler blocks the pair, with backoff."""
         pair = (replica.region, replica.gpu)
         p = self.config.spec.placement
@@ -228,8 +243,8 @@ class GpuroamPolicy:
             self.blocks.get(pair), *pair, now, p.block_ttl_s, p.block_backoff, p.block_max_s, "sim"
         )
         self.blocks[pair] = block
-        engine.wake(block.until)
-        engine.wake(block.until + p.move_back_after_s)
+        simulation.wake(block.until)
+        simulation.wake(block.until + p.move_back_after_s)
 
 
 @dataclass
@@ -259,7 +274,7 @@ class SequentialPolicy:
         self.by_replica: dict[str, _Slot] = {}
         self.provision_timeout_s = spec.placement.provision_timeout_s
 
-    def on_pass(self, engine: Engine, now: float) -> bool:
+    def on_pass(self, simulation: Simulation, now: float) -> bool:
         acted = False
         for slot in self.slots:
             if slot.replica is not None or now < slot.retry_at:
@@ -269,9 +284,9 @@ class SequentialPolicy:
                 slot.tried.clear()
                 slot.retry_at = now + min(self.GAP_MAX_S, self.GAP_S * self.GAP_FACTOR**slot.rounds)
                 slot.rounds += 1
-                engine.wake(slot.retry_at)
+                simulation.wake(slot.retry_at)
                 continue
-            replica = engine.launch(pair[0], pair[1], "sequential")
+            replica = simulation.launch(pair[0], pair[1], "sequential")
             slot.replica = replica.id
             self.by_replica[replica.id] = slot
             acted = True
@@ -280,7 +295,7 @@ class SequentialPolicy:
     def on_ready(self, replica: Replica) -> None:
         self.by_replica[replica.id].rounds = 0
 
-    def on_failure(self, engine: Engine, replica: Replica, now: float, lost: bool) -> None:
+    def on_failure(self, simulation: Simulation, replica: Replica, now: float, lost: bool) -> None:
         slot = self.by_replica.pop(replica.id)
         slot.replica = None
         if lost:
@@ -289,14 +304,11 @@ class SequentialPolicy:
             slot.tried.add((replica.region, replica.gpu))
 
 
-def make_policy(config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[Pair]) -> Policy:
+def make_policy(config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[Pair]) -> CapacityPolicy:
     if config.kind == "sequential":
         return SequentialPolicy(config, catalog, offers)
     return GpuroamPolicy(config, catalog, offers)
 
 
-Policy = GpuroamPolicy | SequentialPolicy
-
-
-def describe_policies(names: Iterable[str]) -> Mapping[str, dict]:
+def describe_policies(names: Iterable[str]) -> dict[str, dict[str, object]]:
     return {name: policy_config(name).describe() for name in names}

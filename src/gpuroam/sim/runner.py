@@ -9,21 +9,27 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
 from multiprocessing.context import BaseContext
 
 import numpy as np
 
 from gpuroam.catalog import load_catalog
-from gpuroam.sim.engine import RunResult, run_policy
-from gpuroam.sim.policies import DEFAULT_POLICIES, CachedCatalog, policy_config
-from gpuroam.sim.world import Layout, WorldModel, build_world
+from gpuroam.placement import Pair
+from gpuroam.sim.figures import Verdict, goals, summarize_all
+from gpuroam.sim.policies import DEFAULT_POLICIES, CachedCatalog, describe_policies, policy_config
+from gpuroam.sim.simulation import RunResult, run_policy
+from gpuroam.sim.world import WORLDS, Layout, WorldModel, build_world
 
 
 @dataclass(frozen=True)
 class SimConfig:
+    """A study's settings: seeded runs per world kind, their length, the policies, the processes."""
+
     runs: int = 1000
     days: float = 2.0
     seed: int = 1
@@ -33,27 +39,30 @@ class SimConfig:
     chunk: int = 10  # runs per task handed to a process
 
 
-_STATE: dict = {}
+@dataclass(frozen=True)
+class _Shared:
+    """What every run in a process reads: built once per process, not once per run."""
+
+    layout: Layout
+    catalog: CachedCatalog
+    offers: frozenset[Pair]
 
 
-def _setup() -> dict:
-    if not _STATE:
-        catalog = load_catalog()
-        _STATE.update(
-            layout=Layout.from_catalog(catalog), catalog=CachedCatalog(catalog), offers=frozenset(catalog.offers)
-        )
-    return _STATE
+@cache
+def _shared() -> _Shared:
+    catalog = load_catalog()
+    return _Shared(Layout.from_catalog(catalog), CachedCatalog(catalog), frozenset(catalog.offers))
 
 
 def run_chunk(config: SimConfig, run_ids: Sequence[int]) -> list[tuple[int, str, RunResult]]:
     """Every policy over each of the worlds `run_ids`."""
-    state = _setup()
+    shared = _shared()
     policies = [(name, policy_config(name), zlib.crc32(name.encode())) for name in config.policies]
-    out = []
+    out: list[tuple[int, str, RunResult]] = []
     for run in run_ids:
-        world = build_world(config.model, state["layout"], np.random.default_rng([config.seed, run]), config.days)
+        world = build_world(config.model, shared.layout, np.random.default_rng([config.seed, run]), config.days)
         for name, policy, salt in policies:
-            result = run_policy(world, policy, state["catalog"], state["offers"], (config.seed, run, salt), config.days)
+            result = run_policy(world, policy, shared.catalog, shared.offers, (config.seed, run, salt), config.days)
             out.append((run, name, result))
     return out
 
@@ -130,13 +139,11 @@ class Study:
     worlds: tuple[str, ...]
     results: dict[str, dict[str, list[RunResult]]]  # world -> policy -> runs
     tables: dict[str, dict[str, dict[str, float]]]  # world -> policy -> figures
-    goals: dict[str, dict[str, dict]]  # world -> goal -> verdict
+    goals: dict[str, dict[str, Verdict]]  # world -> goal -> verdict
     seconds: float = 0.0
 
-    def to_json(self) -> dict:
-        from gpuroam.sim.policies import describe_policies
-        from gpuroam.sim.world import WORLDS
-
+    def to_json(self) -> dict[str, object]:
+        """sim-results.json: the settings, each policy's, and per world its model, figures and goals."""
         return {
             "runs": self.config.runs,
             "days": self.config.days,
@@ -161,12 +168,6 @@ def _rounded(value: float) -> float:
 
 def study(config: SimConfig, worlds: Sequence[str], progress: Callable[[int], None] | None = None) -> Study:
     """Every policy over `config.runs` worlds of each named kind (see gpuroam.sim.world.WORLDS)."""
-    import time
-    from dataclasses import replace
-
-    from gpuroam.sim.figures import goals, summarize_all
-    from gpuroam.sim.world import WORLDS
-
     unknown = [w for w in worlds if w not in WORLDS]
     if unknown:
         raise ValueError(f"unknown world {unknown[0]!r}; known: {', '.join(WORLDS)}")

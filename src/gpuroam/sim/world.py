@@ -20,11 +20,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from gpuroam.catalog import Catalog
 
 MINUTE = 60.0
 DAY_MIN = 24 * 60
+
+Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
+Indices = npt.NDArray[np.intp]
 
 # Demand: share of the service's traffic per continent, its UTC offset (for the local hour), and
 # the region whose city stands for it when placement weighs distance to traffic.
@@ -72,7 +77,7 @@ class WorldModel:
     image_s_t4: float = 4.0  # seconds per 512x512, 20-step image on a T4 (speed 1.0)
     latency_bound_s: float = 10.0
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
         """The assumptions, for JSON output and the docs."""
         return {
             "scarcity": {gpu: {"out_of_stock": f, "median_episode_min": m} for gpu, (f, m) in self.scarcity.items()},
@@ -109,13 +114,13 @@ class Layout:
     index: Mapping[tuple[str, str], int]
     regions: tuple[str, ...]
     gpus: tuple[str, ...]
-    pair_region: np.ndarray  # [P] region index
-    pair_gpu: np.ndarray  # [P] GPU index
-    price: np.ndarray  # [P] USD per GPU-hour
-    speed: np.ndarray  # [P] relative to a T4
+    pair_region: Indices  # [P] region index
+    pair_gpu: Indices  # [P] GPU index
+    price: Floats  # [P] USD per GPU-hour
+    speed: Floats  # [P] relative to a T4
     origins: tuple[str, ...]  # continents
     origin_region: tuple[str, ...]  # the region standing for each continent
-    rtt_s: np.ndarray  # [origins, regions] round trip, seconds
+    rtt_s: Floats  # [origins, regions] round trip, seconds
 
     @classmethod
     def from_catalog(cls, catalog: Catalog) -> Layout:
@@ -148,10 +153,10 @@ class World:
     model: WorldModel
     layout: Layout
     minutes: int
-    available: np.ndarray  # [P, minutes] bool: a launch there would get a node
-    quota: np.ndarray  # [P] GPUs the project may hold
+    available: Bools  # [P, minutes] bool: a launch there would get a node
+    quota: Indices  # [P] GPUs the project may hold
     incidents: list[tuple[float, int]]  # (second it starts, region index), sorted
-    demand: np.ndarray  # [origins, minutes] images per minute
+    demand: Floats  # [origins, minutes] images per minute
     start_s: float  # when the service is created
 
     def has_capacity(self, pair: int, t: float) -> bool:
@@ -176,13 +181,13 @@ class World:
         return {r: round(float(d) / total, 2) for r, d in zip(self.layout.origin_region, column, strict=True)}
 
 
-def demand_shape(local_hour: np.ndarray) -> np.ndarray:
+def demand_shape(local_hour: Floats) -> Floats:
     """A continent's demand over its local day, 0.25..1: low before dawn, peaking at 19:00."""
     wave = (1.0 + np.cos(2 * np.pi * (local_hour - 19.0) / 24.0)) / 2.0
     return 0.25 + 0.75 * wave**1.5
 
 
-def demand_trace(model: WorldModel, layout: Layout, minutes: int) -> np.ndarray:
+def demand_trace(model: WorldModel, layout: Layout, minutes: int) -> Floats:
     """Images per minute from each continent, minute 0 being 00:00 UTC."""
     hours = np.arange(minutes) / 60.0
     rows = []
@@ -193,8 +198,8 @@ def demand_trace(model: WorldModel, layout: Layout, minutes: int) -> np.ndarray:
 
 
 def renewal_available(
-    rng: np.random.Generator, fraction: np.ndarray, median: np.ndarray, sigma: float, minutes: int, burn: int
-) -> np.ndarray:
+    rng: np.random.Generator, fraction: Floats, median: Floats, sigma: float, minutes: int, burn: int
+) -> Bools:
     """[P, minutes] bool: each row alternates in stock (exponential) and out of stock (lognormal
     with `median`, `sigma`), out of stock `fraction` of the time; started `burn` minutes early so
     that minute 0 is drawn from the steady state."""
@@ -219,7 +224,9 @@ def renewal_available(
     return out
 
 
-def _episodes(rng: np.random.Generator, every_h: float, median_min: float, sigma: float, minutes: int) -> list:
+def _episodes(
+    rng: np.random.Generator, every_h: float, median_min: float, sigma: float, minutes: int
+) -> list[tuple[float, float]]:
     """Poisson onsets over [-1 day, minutes) with lognormal durations: [(start, end)] in minutes."""
     span = minutes + DAY_MIN
     count = rng.poisson(span / (every_h * 60.0))
@@ -228,7 +235,7 @@ def _episodes(rng: np.random.Generator, every_h: float, median_min: float, sigma
     return [(float(s), float(s + d)) for s, d in zip(starts, lengths, strict=True) if s + d > 0]
 
 
-def _cut(available: np.ndarray, rows: np.ndarray, start: float, end: float) -> None:
+def _cut(available: Bools, rows: Indices, start: float, end: float) -> None:
     a, b = max(0, math.floor(start)), min(available.shape[1], math.ceil(end))
     if a < b:
         available[np.ix_(rows, np.arange(a, b))] = False

@@ -8,7 +8,7 @@ nothing a policy can see changes, so no pass is skipped that could have acted (c
 back is seen only by trying, as in a cloud).
 
 Accounting: a replica costs its price from the moment its node exists (a launch that got
-capacity) until it is terminated (failed, lost, drained after DRAIN_S, or the run's end). It
+capacity) until it is terminated (failed, lost, drained after DRAIN_GRACE_S, or the run's end). It
 serves from ready until lost or drained.
 """
 
@@ -18,18 +18,49 @@ import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 
 import numpy as np
 
+from gpuroam.placement import Pair
 from gpuroam.records import Replica, ReplicaState
-from gpuroam.sim.policies import CachedCatalog, Policy, PolicyConfig, make_policy
-from gpuroam.sim.world import MINUTE, World
+from gpuroam.sim.policies import CachedCatalog, CapacityPolicy, PolicyConfig, make_policy
+from gpuroam.sim.world import MINUTE, Floats, Indices, World
 
 PASS_S = 5.0  # the reconciler's loop interval
-DRAIN_S = 5.0  # a drained replica runs this long so in-flight requests finish (DRAIN_GRACE_S)
+DRAIN_GRACE_S = 5.0  # the reconciler's: a drained replica runs this long so in-flight requests finish
 SETTLED_S = 900.0  # a ready replica drained after serving this long was a move; sooner, a race winner released
 
-READY, FAIL, TIMEOUT, LOSS, INCIDENT, WAKE = range(6)
+
+class _Outcome(Enum):
+    """What a launch or a ready replica comes to."""
+
+    READY = "ready"  # the launch got a node and its pod is ready
+    FAIL = "fail"  # the launch failed (quota, a reported stockout)
+    TIMEOUT = "timeout"  # the launch was not ready within the policy's provision timeout
+    LOSS = "loss"  # the ready replica was lost (maintenance, node failure)
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplicaEvent:
+    outcome: _Outcome
+    replica_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Incident:
+    """A region is lost: every replica there dies."""
+
+    region: int  # index into Layout.regions
+
+
+@dataclass(frozen=True, slots=True)
+class _Wake:
+    """A pass a policy asked for (say, when a block ends)."""
+
+
+_Event = _ReplicaEvent | _Incident | _Wake
+_WAKE = _Wake()
 
 
 @dataclass(frozen=True)
@@ -53,13 +84,16 @@ class RunResult:
     ready_replicas: float  # mean ready replicas over the window
 
 
-class Engine:
+class Simulation:
+    """One policy playing one world from an event heap; the calls a policy makes (launch, drain,
+    wake) act on the simulated cloud, and the accounts kept here become the RunResult."""
+
     def __init__(
         self,
         world: World,
         config: PolicyConfig,
         catalog: CachedCatalog,
-        offers: frozenset,
+        offers: frozenset[Pair],
         rng: np.random.Generator,
         days: float,
     ) -> None:
@@ -67,14 +101,14 @@ class Engine:
         self.layout = world.layout
         self.model = world.model
         self.rng = rng
-        self.policy: Policy = make_policy(config, catalog, offers)
+        self.policy: CapacityPolicy = make_policy(config, catalog, offers)
         self.gpu_count = config.spec.resources.gpu_count
         self.start = world.start_s
         self.end = world.start_s + days * 86400.0
         self.now = self.start
         self.live: dict[str, Replica] = {}  # provisioning and ready replicas
         self.node_at: dict[str, float | None] = {}  # when each live replica's node exists (billing)
-        self._heap: list[tuple[float, int, int, object]] = []
+        self._heap: list[tuple[float, int, _Event]] = []  # (when, sequence: ties in push order, event)
         self._seq = 0
         self._wakes: set[float] = set()
         self._ids = 0
@@ -99,7 +133,7 @@ class Engine:
     def wake(self, t: float) -> None:
         if t < self.end and t not in self._wakes:
             self._wakes.add(t)
-            self._push(t, WAKE, None)
+            self._push(t, _WAKE)
 
     def launch(self, region: str, gpu: str, reason: str) -> Replica:
         now = self.now
@@ -116,18 +150,18 @@ class Engine:
         )
         node_at: float | None = None
         if held + self.gpu_count > self.world.quota[pair]:
-            self._push(now + self.rng.uniform(*model.failure_report_s), FAIL, replica.id)  # quota exceeded
+            self._schedule(now + self.rng.uniform(*model.failure_report_s), _Outcome.FAIL, replica.id)  # no quota
         elif self.world.has_capacity(pair, now):
             node_at = now
         elif self.rng.random() < model.silent_failure_share:
             # Nothing reports the stockout: the pod stays pending, and gets a node if capacity comes back.
             node_at = self.world.next_capacity(pair, now, self.end)
         else:
-            self._push(now + self.rng.uniform(*model.failure_report_s), FAIL, replica.id)
+            self._schedule(now + self.rng.uniform(*model.failure_report_s), _Outcome.FAIL, replica.id)
         self.node_at[replica.id] = node_at
         if node_at is not None:
-            self._push(node_at + 60.0 * self.rng.triangular(*model.ready_min), READY, replica.id)
-        self._push(now + self.policy.provision_timeout_s, TIMEOUT, replica.id)
+            self._schedule(node_at + 60.0 * self.rng.triangular(*model.ready_min), _Outcome.READY, replica.id)
+        self._schedule(now + self.policy.provision_timeout_s, _Outcome.TIMEOUT, replica.id)
         return replica
 
     def drain(self, replica_id: str) -> None:
@@ -138,7 +172,7 @@ class Engine:
             else:
                 self.released += 1
             self._unready(replica)
-            self._bill(replica, self.now + DRAIN_S)
+            self._bill(replica, self.now + DRAIN_GRACE_S)
         else:
             self._bill(replica, self.now)
 
@@ -147,14 +181,14 @@ class Engine:
     def run(self) -> RunResult:
         for t, region in self.world.incidents:
             if self.start < t < self.end:
-                self._push(t, INCIDENT, region)
+                self._push(t, _Incident(region))
         self._pass()
         while self._heap and self._heap[0][0] < self.end:
             self.now = self._heap[0][0]
             changed = False
             while self._heap and self._heap[0][0] == self.now:
-                _, _, kind, data = heapq.heappop(self._heap)
-                changed |= self._handle(kind, data)
+                _, _, event = heapq.heappop(self._heap)
+                changed |= self._handle(event)
             if changed:  # an event that changed nothing (a stale timeout, say) leaves the plan as it was
                 self._pass()
         self.now = self.end
@@ -168,40 +202,47 @@ class Engine:
         if self.policy.on_pass(self, self.now):
             self.wake(self.now + PASS_S)
 
-    def _push(self, t: float, kind: int, data: object) -> None:
+    def _push(self, t: float, event: _Event) -> None:
         self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, kind, data))
+        heapq.heappush(self._heap, (t, self._seq, event))
 
-    def _handle(self, kind: int, data: object) -> bool:
+    def _schedule(self, t: float, outcome: _Outcome, replica_id: str) -> None:
+        self._push(t, _ReplicaEvent(outcome, replica_id))
+
+    def _handle(self, event: _Event) -> bool:
         """Apply one event; True when it changed what a policy sees (or is a wake-up it asked for)."""
-        if kind == WAKE:
+        if isinstance(event, _Wake):
             self._wakes.discard(self.now)
             return True
-        if kind == INCIDENT:
-            region = self.layout.regions[data]  # type: ignore[index]
-            hit = [r for r in self.live.values() if r.region == region]
-            for replica in hit:
-                self._fail(replica, lost=replica.state is ReplicaState.READY)
-            return bool(hit)
-        replica = self.live.get(data)  # type: ignore[arg-type]
+        if isinstance(event, _Incident):
+            return self._incident(self.layout.regions[event.region])
+        replica = self.live.get(event.replica_id)
         if replica is None:
             return False  # already failed, drained or lost
-        if kind == READY and replica.state is ReplicaState.PROVISIONING:
+        outcome = event.outcome
+        if outcome is _Outcome.READY and replica.state is ReplicaState.PROVISIONING:
             ready = replace(replica, state=ReplicaState.READY, ready_at=self.now, updated_at=self.now)
             self.live[ready.id] = ready
             self.ready_log.append((self.now, self.layout.index[(ready.region, ready.gpu)], 1))
             if self.first_ready is None:
                 self.first_ready = self.now
             life = self.rng.exponential(self.model.replica_loss_every_h * 3600.0)
-            self._push(self.now + life, LOSS, ready.id)
+            self._schedule(self.now + life, _Outcome.LOSS, ready.id)
             self.policy.on_ready(ready)
-        elif kind in (FAIL, TIMEOUT) and replica.state is ReplicaState.PROVISIONING:
+        elif outcome in (_Outcome.FAIL, _Outcome.TIMEOUT) and replica.state is ReplicaState.PROVISIONING:
             self._fail(replica, lost=False)
-        elif kind == LOSS and replica.state is ReplicaState.READY:
+        elif outcome is _Outcome.LOSS and replica.state is ReplicaState.READY:
             self._fail(replica, lost=True)
         else:
             return False
         return True
+
+    def _incident(self, region: str) -> bool:
+        """Every replica in `region` dies, ready (lost) or starting (failed); True when any did."""
+        hit = [r for r in self.live.values() if r.region == region]
+        for replica in hit:
+            self._fail(replica, lost=replica.state is ReplicaState.READY)
+        return bool(hit)
 
     def _fail(self, replica: Replica, lost: bool) -> None:
         del self.live[replica.id]
@@ -289,7 +330,7 @@ class Engine:
         return up, demand_total, served_total, images, replica_s
 
 
-def _minutes(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
+def _minutes(a: float, b: float) -> tuple[Indices, Floats]:
     """The minutes [a, b) covers, with the fraction of each covered."""
     first, last = int(a // MINUTE), math.ceil(b / MINUTE)
     mins = np.arange(first, max(last, first + 1))
@@ -299,7 +340,12 @@ def _minutes(a: float, b: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_policy(
-    world: World, config: PolicyConfig, catalog: CachedCatalog, offers: frozenset, seed: Sequence[int], days: float
+    world: World,
+    config: PolicyConfig,
+    catalog: CachedCatalog,
+    offers: frozenset[Pair],
+    seed: Sequence[int],
+    days: float,
 ) -> RunResult:
     """One policy over one world; `seed` drives the policy's own dice (launch times, losses)."""
-    return Engine(world, config, catalog, offers, np.random.default_rng(list(seed)), days).run()
+    return Simulation(world, config, catalog, offers, np.random.default_rng(list(seed)), days).run()
