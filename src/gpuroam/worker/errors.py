@@ -1,0 +1,34 @@
+"""How the worker's own exceptions become HTTP answers: 422 for a request it cannot serve as asked, 503 with
+Retry-After for a full queue, 500 with the device's reason for a failed batch."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from gpuroam.api_errors import install_validation_handler
+from gpuroam.worker.batcher import BatchFailed, QueueFull
+from gpuroam.worker.service import RequestError
+
+
+async def request_error(_: Request, error: RequestError) -> JSONResponse:
+    """The same shape as FastAPI's validation 422, so clients find the field in `detail[].loc` either way."""
+    return JSONResponse(
+        {"detail": [{"loc": ["body", *error.field_name.split(".")], "msg": str(error), "type": "value_error"}]},
+        status_code=422,
+    )
+
+
+async def queue_full(_: Request, error: QueueFull) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": str(error.retry_after_s)})
+
+
+async def batch_failed(_: Request, error: BatchFailed) -> JSONResponse:
+    return JSONResponse({"detail": str(error)}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    install_validation_handler(app)
+    app.exception_handler(RequestError)(request_error)
+    app.exception_handler(QueueFull)(queue_full)
+    app.exception_handler(BatchFailed)(batch_failed)

@@ -1,0 +1,69 @@
+"""A1111's view of running jobs: which jobs /progress, /interrupt and /skip act on, and the progress body."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+from gpuroam.worker.jobs import Job
+from gpuroam.worker.service import GenerationService
+
+
+class ProgressState(TypedDict):
+    skipped: bool
+    interrupted: bool
+    job: str
+    job_count: int
+    job_timestamp: str
+    job_no: int
+    sampling_step: int
+    sampling_steps: int
+
+
+class Progress(TypedDict):
+    """The body of GET /sdapi/v1/progress; no live previews, so `current_image` is always None."""
+
+    progress: float
+    eta_relative: float
+    state: ProgressState
+    current_image: None
+    textinfo: None
+
+
+def target_jobs(service: GenerationService | None, job_id: str | None) -> list[Job]:
+    """A named job, or (as A1111's global interrupt) every job on the device now."""
+    if service is None:
+        return []
+    if job_id:
+        return [service.jobs[job_id]] if job_id in service.jobs else []
+    return list(service.batcher.running)
+
+
+def progress_of(service: GenerationService | None, job_id: str | None) -> Progress:
+    """A1111's progress of one job: the named one, else the one on the device (or next in line)."""
+    job = _watched_job(service, job_id)
+    state = ProgressState(
+        skipped=bool(job and job.skipped),
+        interrupted=bool(job and job.interrupted),
+        job=job.id if job else "",
+        job_count=job.iterations if job else 0,
+        job_timestamp="0",
+        job_no=job.iterations_done if job else 0,
+        sampling_step=job.sampling_step if job else 0,
+        sampling_steps=job.sampling_steps if job else 0,
+    )
+    return Progress(
+        progress=round(job.progress, 4) if job else 0.0,
+        eta_relative=round(job.eta_relative, 3) if job else 0.0,
+        state=state,
+        current_image=None,
+        textinfo=None,
+    )
+
+
+def _watched_job(service: GenerationService | None, job_id: str | None) -> Job | None:
+    if service is None:
+        return None
+    if job_id:
+        return service.jobs.get(job_id)
+    jobs = list(service.jobs.values())
+    return (service.batcher.running or jobs)[0] if jobs else None

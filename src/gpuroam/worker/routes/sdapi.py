@@ -1,0 +1,130 @@
+"""The A1111 API (/sdapi/v1/*): generation, progress and control of jobs, options, and the catalogues.
+
+Routes that only report (progress, interrupt, skip, GET options) answer before the model is loaded,
+as A1111's do while it starts; the others need the ready service and answer 503 with Retry-After
+until then. Where an endpoint returns a TypedDict, `response_model` keeps the published schema the
+open object it has always been.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request, params
+
+from gpuroam.worker.progress import Progress, progress_of, target_jobs
+from gpuroam.worker.samplers import SAMPLERS, SCHEDULES
+from gpuroam.worker.schemas import GenerationResponse, Img2ImgRequest, OptionsUpdate, Txt2ImgRequest
+from gpuroam.worker.state import ReadyService, SharedState
+
+JOB_HEADER = "x-gpuroam-job"
+
+GenerationRequest = TypeVar("GenerationRequest", Txt2ImgRequest, Img2ImgRequest)
+
+
+def _with_job_header(request: GenerationRequest, http: Request) -> GenerationRequest:
+    """The job id a client (or the gateway's sticky routing) chose in X-Gpuroam-Job, unless the body names one."""
+    header = http.headers.get(JOB_HEADER)
+    if header and not request.force_task_id:
+        return request.model_copy(update={"force_task_id": header[:128]})
+    return request
+
+
+def _job_id(http: Request, id_task: str | None) -> str | None:
+    """The job a progress or control call names: `?id_task=`, else the X-Gpuroam-Job header."""
+    return id_task or http.headers.get(JOB_HEADER)
+
+
+async def txt2img(request: Txt2ImgRequest, http: Request, service: ReadyService) -> dict[str, Any]:
+    return await service.generate(_with_job_header(request, http))
+
+
+async def img2img(request: Img2ImgRequest, http: Request, service: ReadyService) -> dict[str, Any]:
+    return await service.generate(_with_job_header(request, http))
+
+
+async def progress(
+    request: Request, state: SharedState, skip_current_image: bool = False, id_task: str | None = None
+) -> Progress:
+    return progress_of(state.service, _job_id(request, id_task))
+
+
+async def interrupt(request: Request, state: SharedState, id_task: str | None = None) -> dict[str, Any]:
+    service = state.service
+    if service is not None:
+        for job in target_jobs(service, _job_id(request, id_task)):
+            service.batcher.interrupt(job)
+    return {}
+
+
+async def skip(request: Request, state: SharedState, id_task: str | None = None) -> dict[str, Any]:
+    for job in target_jobs(state.service, _job_id(request, id_task)):
+        job.skipped = True
+    return {}
+
+
+async def get_options(state: SharedState) -> dict[str, Any]:
+    service = state.service
+    return service.options.as_a1111(service.model) if service else {}
+
+
+async def set_options(update: OptionsUpdate, service: ReadyService) -> None:
+    service.update_options(update.model_dump())
+
+
+async def sd_models(service: ReadyService) -> list[dict[str, Any]]:
+    model = service.model
+    return [
+        {
+            "title": model.title,
+            "model_name": model.name,
+            "hash": model.short_hash,
+            "sha256": model.sha256,
+            "filename": model.filename,
+            "config": None,
+        }
+    ]
+
+
+async def samplers() -> list[dict[str, Any]]:
+    return [{"name": s.name, "aliases": list(s.aliases), "options": {}} for s in SAMPLERS]
+
+
+async def schedulers() -> list[dict[str, Any]]:
+    return [
+        {
+            "name": s.name,
+            "label": s.label,
+            "aliases": list(s.aliases) or None,
+            "default_rho": -1,
+            "need_inner_model": False,
+        }
+        for s in SCHEDULES
+    ]
+
+
+async def scripts() -> dict[str, list[str]]:
+    return {"txt2img": [], "img2img": []}
+
+
+def add_routes(router: APIRouter, dependencies: Sequence[params.Depends] = ()) -> None:
+    """`dependencies` guard every route (create_app passes the --api-auth check when users are configured)."""
+    guarded = list(dependencies)
+    router.add_api_route(
+        "/sdapi/v1/txt2img", txt2img, methods=["POST"], dependencies=guarded, response_model=GenerationResponse
+    )
+    router.add_api_route(
+        "/sdapi/v1/img2img", img2img, methods=["POST"], dependencies=guarded, response_model=GenerationResponse
+    )
+    router.add_api_route(
+        "/sdapi/v1/progress", progress, methods=["GET"], dependencies=guarded, response_model=dict[str, Any]
+    )
+    router.add_api_route("/sdapi/v1/interrupt", interrupt, methods=["POST"], dependencies=guarded)
+    router.add_api_route("/sdapi/v1/skip", skip, methods=["POST"], dependencies=guarded)
+    router.add_api_route("/sdapi/v1/options", get_options, methods=["GET"], dependencies=guarded)
+    router.add_api_route("/sdapi/v1/options", set_options, methods=["POST"], dependencies=guarded)
+    router.add_api_route("/sdapi/v1/sd-models", sd_models, methods=["GET"], dependencies=guarded)
+    router.add_api_route("/sdapi/v1/samplers", samplers, methods=["GET"], dependencies=guarded)
+    router.add_api_route("/sdapi/v1/schedulers", schedulers, methods=["GET"], dependencies=guarded)
+    router.add_api_route("/sdapi/v1/scripts", scripts, methods=["GET"], dependencies=guarded)
