@@ -24,10 +24,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
-from diffusers import DiffusionPipeline
+
+# diffusers' top-level names are, to a type checker, placeholder classes: import from the defining modules.
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from gpuroam.worker.config import WorkerConfig
 
@@ -75,6 +77,13 @@ class Acceleration:
         return self.buckets[index] if index < len(self.buckets) else size
 
 
+class CompileOptions(TypedDict, total=False):
+    """What torch.compile gets for every compiled module; a mode only with Inductor, which reads it."""
+
+    backend: str
+    mode: str
+
+
 def default_acceleration(device: torch.device) -> Acceleration:
     """On by default on CUDA; on the CPU the eager pipeline is kept (batch-invariant kernels matter more)."""
     return Acceleration() if device.type == "cuda" else Acceleration.off()
@@ -113,7 +122,7 @@ def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> None:
     # Dynamo's default: the first shape compiles static, the second makes the batch dimension dynamic, so
     # two compiles serve every bucket (CUDA graphs are recorded per bucket). dynamic=True, which makes
     # every dimension symbolic, took over 5 minutes for the UNet alone on an H200 (bench/RESULTS.md).
-    options: dict[str, object] = {"backend": acceleration.backend}
+    options = CompileOptions(backend=acceleration.backend)
     if acceleration.backend == "inductor":
         options["mode"] = acceleration.compile_mode
     # In place: the pipeline keeps its own module classes, and derived pipelines share them.

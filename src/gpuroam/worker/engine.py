@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image, DiffusionPipeline
+
+# diffusers' top-level names are, to a type checker, placeholder classes: import from the defining modules.
+from diffusers.pipelines.auto_pipeline import AutoPipelineForImage2Image, AutoPipelineForText2Image
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from PIL import Image
 
 from gpuroam.worker.accelerate import Acceleration, accelerate, default_acceleration, to_uint8_images
@@ -30,6 +33,11 @@ from gpuroam.worker.samplers import make_scheduler, resolve
 log = logging.getLogger("gpuroam.worker.engine")
 
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
+
+
+# diffusers' callback_on_step_end: (pipeline, step, timestep, {"latents": ...}) -> the tensors to carry on with.
+StepTensors = dict[str, torch.Tensor]
+StepCallback = Callable[[DiffusionPipeline, int, object, StepTensors], StepTensors]
 
 
 @dataclass(frozen=True)
@@ -60,8 +68,8 @@ class Engine:
                 if isinstance(component, torch.nn.Module):
                     make_batch_invariant(component)
         accelerate(model.pipeline, self.acceleration)
-        self._txt2img = AutoPipelineForText2Image.from_pipe(model.pipeline)
-        self._img2img = AutoPipelineForImage2Image.from_pipe(model.pipeline)
+        self._txt2img = AutoPipelineForText2Image.from_pipe(model.pipeline)  # type: ignore[no-untyped-call]  # unannotated in diffusers
+        self._img2img = AutoPipelineForImage2Image.from_pipe(model.pipeline)  # type: ignore[no-untyped-call]  # unannotated in diffusers
         self._base_scheduler_config = dict(model.pipeline.scheduler.config)
         for pipeline in (self._txt2img, self._img2img):
             pipeline.set_progress_bar_config(disable=True)
@@ -123,7 +131,7 @@ class Engine:
             kwargs |= {"width": key.width, "height": key.height, "latents": self._initial_noise(tasks, generators)}
         else:
             kwargs |= {
-                "image": [resize_for_generation(task.init_image, key.width, key.height, 0) for task in tasks],  # type: ignore[arg-type]
+                "image": [resize_for_generation(_init_image(task), key.width, key.height, 0) for task in tasks],
                 "strength": img2img_strength(key.steps, key.denoising_strength),
             }
         try:
@@ -150,10 +158,10 @@ class Engine:
         return torch.cat(noises).to(self.model.device, self.model.dtype)
 
     @staticmethod
-    def _step_callback(tasks: list[ImageTask], on_step: Callable[[int, int], None] | None) -> Callable[..., dict]:
+    def _step_callback(tasks: list[ImageTask], on_step: Callable[[int, int], None] | None) -> StepCallback:
         frozen: dict[int, torch.Tensor] = {}
 
-        def callback(pipe: DiffusionPipeline, step: int, timestep: Any, tensors: dict) -> dict:
+        def callback(pipe: DiffusionPipeline, step: int, timestep: object, tensors: StepTensors) -> StepTensors:
             latents = tensors["latents"]
             for row, task in enumerate(tasks):
                 if row in frozen:
@@ -167,6 +175,13 @@ class Engine:
             return {"latents": latents}
 
         return callback
+
+
+def _init_image(task: ImageTask) -> Image.Image:
+    """An img2img task's image; the service gives every one of them an image."""
+    if task.init_image is None:
+        raise ValueError(f"img2img task {task.index} of job {task.job.id} has no init image")
+    return task.init_image
 
 
 def img2img_strength(steps: int, strength: float) -> float:

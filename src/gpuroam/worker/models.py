@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiffusionPipeline,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
+
+# diffusers' top-level names are, to a type checker, placeholder classes: import from the defining modules.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from gpuroam.worker.checkpoints import CONFIGS_DIR, load_checkpoint
@@ -79,7 +80,15 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def _tiny_components() -> dict[str, torch.nn.Module]:
+class RandomComponents(TypedDict):
+    """The weighted modules of a built-in model; the pipeline adds tokenizer and scheduler."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+
+
+def _tiny_components() -> RandomComponents:
     """A 4-level UNet with cross-attention only at the coarsest level (8x8 for 512 px).
 
     Attention at high resolution dominates CPU time; this layout keeps a 512x512, 20-step
@@ -123,18 +132,18 @@ def _tiny_components() -> dict[str, torch.nn.Module]:
             pad_token_id=49407,
         )
     )
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder}
+    return RandomComponents(unet=unet, vae=vae, text_encoder=text_encoder)
 
 
-def _sd15_components() -> dict[str, torch.nn.Module]:
+def _sd15_components() -> RandomComponents:
     """The SD 1.5 architecture as published (UNet 860M, VAE 84M, CLIP ViT-L/14 text), built from
     the bundled config that single-file loading uses too."""
     folder = CONFIGS_DIR / "sd1"
-    return {
-        "unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
-        "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
-        "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
-    }
+    return RandomComponents(
+        unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
+        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder")),
+    )
 
 
 def build_random_pipeline(name: str, seed: int = 0) -> StableDiffusionPipeline:
@@ -143,14 +152,14 @@ def build_random_pipeline(name: str, seed: int = 0) -> StableDiffusionPipeline:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         components = builders[name]()
-    for module in components.values():
+    for module in (components["unet"], components["vae"], components["text_encoder"]):
         module.eval().requires_grad_(False)
     return StableDiffusionPipeline(
         **components,
         tokenizer=clip_tokenizer(),
         scheduler=DDIMScheduler.from_config(SD_SCHEDULER_CONFIG),
-        safety_checker=None,
-        feature_extractor=None,
+        safety_checker=None,  # type: ignore[arg-type]  # diffusers types it without None, which it takes (and A1111 has none)
+        feature_extractor=None,  # type: ignore[arg-type]  # same: typed without None, only the safety checker reads it
         requires_safety_checker=False,
     )
 
@@ -188,6 +197,7 @@ def file_sha256(path: Path) -> str:
 def load_model(model: str, device: torch.device, dtype: torch.dtype | None = None) -> LoadedModel:
     """`model` is a built-in name (tiny, sd15-random) or a path to a checkpoint."""
     dtype = dtype or default_dtype(device)
+    pipeline: DiffusionPipeline
     if model in BUILTIN_MODELS:
         pipeline = build_random_pipeline(model)
         sha256 = weights_sha256(pipeline) if model == "tiny" else hashlib.sha256(model.encode()).hexdigest()
@@ -200,5 +210,5 @@ def load_model(model: str, device: torch.device, dtype: torch.dtype | None = Non
     _bridge_transformers_5(pipeline)
     if device.type != "cpu" or dtype != torch.float32:
         pipeline = pipeline.to(device=device, dtype=dtype)
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]  # unannotated in diffusers
     return LoadedModel(pipeline=pipeline, name=name, filename=filename, sha256=sha256, device=device, dtype=dtype)

@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import torch
 from diffusers.utils import torch_utils
 
-_DIFFUSERS_RANDN = torch_utils.randn_tensor
+_DIFFUSERS_RANDN: Callable[..., torch.Tensor] = torch_utils.randn_tensor  # diffusers leaves its return type out
 
 
 def randn_tensor_without_sync(
-    shape: Any, generator: Any = None, device: Any = None, dtype: Any = None, layout: Any = None
+    shape: tuple[int, ...] | list[int],
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    layout: torch.layout | None = None,
 ) -> torch.Tensor:
     """diffusers' `randn_tensor`; when CPU generators feed a CUDA tensor, the copy does not block."""
     target = torch.device(device) if isinstance(device, str) else device
@@ -57,9 +60,9 @@ def overlapped_noise_copies(*users: object) -> Iterator[None]:
         if (module := sys.modules.get(name)) is not None and getattr(module, "randn_tensor", None) is _DIFFUSERS_RANDN
     ]
     for module in modules:
-        module.randn_tensor = randn_tensor_without_sync  # type: ignore[attr-defined]
+        module.randn_tensor = randn_tensor_without_sync  # type: ignore[attr-defined]  # patching diffusers
     try:
         yield
     finally:
         for module in modules:
-            module.randn_tensor = _DIFFUSERS_RANDN  # type: ignore[attr-defined]
+            module.randn_tensor = _DIFFUSERS_RANDN  # type: ignore[attr-defined]  # patching diffusers

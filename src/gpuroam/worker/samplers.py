@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import diffusers
-from diffusers import SchedulerMixin
+
+# diffusers' top-level names are, to a type checker, placeholder classes: import from the defining modules.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 
 @dataclass(frozen=True)
@@ -117,4 +119,6 @@ def resolve(sampler_name: str | None, schedule_name: str | None) -> tuple[Sample
 def make_scheduler(sampler: Sampler, schedule: Schedule, base_config: dict[str, Any]) -> SchedulerMixin:
     """A fresh scheduler from the model's own noise schedule (betas, prediction type)."""
     scheduler_class = getattr(diffusers, sampler.scheduler_class)
-    return scheduler_class.from_config(base_config, **sampler.config, **schedule.config)
+    scheduler = scheduler_class.from_config(base_config, **sampler.config, **schedule.config)
+    assert isinstance(scheduler, SchedulerMixin)  # from_config returns a tuple only when asked to
+    return scheduler
