@@ -83,13 +83,15 @@ def resize_for_generation(image: Image.Image, width: int, height: int, resize_mo
         return image
     if resize_mode == 1:
         scale = max(width / image.width, height / image.height)
-        resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+        resized = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
         left, top = (resized.width - width) // 2, (resized.height - height) // 2
         return resized.crop((left, top, left + width, top + height))
     if resize_mode == 2:
         scale = min(width / image.width, height / image.height)
-        resized = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
+        resized = image.resize(
+            (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS
+        )
         canvas = Image.new("RGB", (width, height))
         canvas.paste(resized, ((width - resized.width) // 2, (height - resized.height) // 2))
         return canvas
-    return image.resize((width, height), Image.LANCZOS)
+    return image.resize((width, height), Image.Resampling.LANCZOS)

@@ -14,6 +14,7 @@ unbatched ones within a tolerance rather than bit for bit, and speed matters mor
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 
 def use_batch_invariant_cpu_kernels() -> None:
     """Process-wide: turn off the CPU convolution backends whose result depends on batch size."""
-    torch.backends.mkldnn.enabled = False
-    torch.backends.nnpack.set_flags(False)
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # torch declares the flag as its ContextProp descriptor
+    torch.backends.nnpack.set_flags(False)  # type: ignore[no-untyped-call]  # unannotated in torch
 
 
 def _per_sample_linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -32,13 +33,13 @@ def _per_sample_linear(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _contiguous_conv(layer: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    return layer._conv_forward(x.contiguous(), layer.weight, layer.bias)
+    return cast(torch.Tensor, layer._conv_forward(x.contiguous(), layer.weight, layer.bias))  # unannotated in torch
 
 
 def make_batch_invariant(module: torch.nn.Module) -> None:
     """Every Linear and Conv2d in `module` computes each sample the same way whatever the batch."""
     for layer in module.modules():
         if isinstance(layer, torch.nn.Linear):
-            layer.forward = functools.partial(_per_sample_linear, layer)  # type: ignore[method-assign]
+            layer.forward = functools.partial(_per_sample_linear, layer)  # type: ignore[method-assign]  # patching torch
         elif isinstance(layer, torch.nn.Conv2d):
-            layer.forward = functools.partial(_contiguous_conv, layer)  # type: ignore[method-assign]
+            layer.forward = functools.partial(_contiguous_conv, layer)  # type: ignore[method-assign]  # patching torch

@@ -36,7 +36,12 @@ def _bytes_to_unicode() -> list[str]:
 def clip_merges() -> tuple[tuple[str, str], ...]:
     raw = files("gpuroam.worker").joinpath("assets/clip-merges.txt.gz").read_bytes()
     lines = gzip.decompress(raw).decode("utf-8").splitlines()[1:]
-    return tuple(tuple(line.split(" ", 1)) for line in lines if line)  # type: ignore[misc]
+    return tuple(_merge_pair(line) for line in lines if line)
+
+
+def _merge_pair(line: str) -> tuple[str, str]:
+    left, right = line.split(" ", 1)
+    return left, right
 
 
 def clip_vocab() -> dict[str, int]:
@@ -51,7 +56,7 @@ def clip_tokenizer(pad_token: str = EOS) -> CLIPTokenizer:
     """SD 1.x pads with EOS; SD 2.x (OpenCLIP) pads with "!"."""
     return CLIPTokenizer(
         vocab=clip_vocab(),
-        merges=list(clip_merges()),
+        merges=list(clip_merges()),  # type: ignore[arg-type]  # transformers types merges as strings; BPE takes pairs
         bos_token=BOS,
         eos_token=EOS,
         unk_token=EOS,
