@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gpuroam import __version__
 from gpuroam.worker.jobs import BatchKey
 
@@ -25,7 +23,7 @@ def infotext(
     model_name: str,
     model_hash: str,
 ) -> str:
-    fields: dict[str, Any] = {
+    fields: dict[str, object] = {
         "Steps": key.steps,
         "Sampler": key.sampler,
         "Schedule type": None if key.schedule == "automatic" else key.schedule,

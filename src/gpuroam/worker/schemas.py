@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from gpuroam.api_errors import MAX_NESTING, nested_items
 
@@ -78,7 +78,7 @@ class GenerationRequest(BaseModel):
 
     @field_validator("n_iter")
     @classmethod
-    def _bounded_image_count(cls, n_iter: int, info: Any) -> int:
+    def _bounded_image_count(cls, n_iter: int, info: ValidationInfo) -> int:
         batch_size = info.data.get("batch_size", 1)
         if batch_size * n_iter > MAX_IMAGES_PER_REQUEST:
             raise ValueError(

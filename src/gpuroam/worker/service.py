@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from gpuroam.worker.images import decode_image, encode_png, resize_for_generatio
 from gpuroam.worker.infotext import infotext
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import LoadedModel
+from gpuroam.worker.responses import A1111Options, GenerationInfo, GenerationResult
 from gpuroam.worker.samplers import resolve
 from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest
 
@@ -40,17 +42,17 @@ class Options:
     eta_ddim: float = 0.0
     eta_ancestral: float = 1.0
 
-    def as_a1111(self, model: LoadedModel | None) -> dict[str, Any]:
-        return {
-            "sd_model_checkpoint": model.title if model else None,
-            "sd_checkpoint_hash": model.sha256 if model else None,
-            "CLIP_stop_at_last_layers": self.clip_stop_at_last_layers,
-            "eta_ddim": self.eta_ddim,
-            "eta_ancestral": self.eta_ancestral,
-            "samples_format": "png",
-            "sd_vae": "Automatic",
-            "live_previews_enable": False,
-        }
+    def as_a1111(self, model: LoadedModel | None) -> A1111Options:
+        return A1111Options(
+            sd_model_checkpoint=model.title if model else None,
+            sd_checkpoint_hash=model.sha256 if model else None,
+            CLIP_stop_at_last_layers=self.clip_stop_at_last_layers,
+            eta_ddim=self.eta_ddim,
+            eta_ancestral=self.eta_ancestral,
+            samples_format="png",
+            sd_vae="Automatic",
+            live_previews_enable=False,
+        )
 
 
 class GenerationService:
@@ -61,7 +63,7 @@ class GenerationService:
         self.options = Options()
         self.jobs: dict[str, Job] = {}
 
-    def update_options(self, values: dict[str, Any]) -> None:
+    def update_options(self, values: Mapping[str, object]) -> None:
         if "sd_model_checkpoint" in values:
             self._check_model_name(values["sd_model_checkpoint"], "sd_model_checkpoint")
         if "CLIP_stop_at_last_layers" in values:
@@ -69,7 +71,7 @@ class GenerationService:
         if "eta_ddim" in values:
             self.options.eta_ddim = _float_option(values, "eta_ddim", 0.0, 1.0)
 
-    def _check_model_name(self, value: Any, field_name: str) -> None:
+    def _check_model_name(self, value: object, field_name: str) -> None:
         names = {self.model.title, self.model.name, self.model.filename, self.model.short_hash}
         if not isinstance(value, str) or value not in names:  # a list or an object is unhashable: a 422, not a 500
             raise RequestError(
@@ -93,21 +95,21 @@ class GenerationService:
         eta = request.eta
         if eta is None and sampler.name == "DDIM":
             eta = _float_option(overrides, "eta_ddim", 0.0, 1.0) if "eta_ddim" in overrides else self.options.eta_ddim
-        img2img = isinstance(request, Img2ImgRequest)
+        img2img = request if isinstance(request, Img2ImgRequest) else None
         return BatchKey(
-            mode="img2img" if img2img else "txt2img",
+            mode="txt2img" if img2img is None else "img2img",
             width=request.width,
             height=request.height,
             steps=request.steps,
             sampler=sampler.name,
             schedule=schedule.name,
             cfg_scale=request.cfg_scale,
-            denoising_strength=request.denoising_strength if img2img else 0.0,  # type: ignore[attr-defined]
+            denoising_strength=0.0 if img2img is None else img2img.denoising_strength,
             eta=eta,
             clip_skip=clip_skip,
         )
 
-    async def generate(self, request: GenerationRequest) -> dict[str, Any]:
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
         key = self.batch_key(request)
         init_images = await self._init_images(request, key)
         seed = random.randrange(MAX_SEED) if request.seed == -1 else request.seed
@@ -148,7 +150,7 @@ class GenerationService:
             else []
         )
         info = self._info(request, key, seed, subseed, all_seeds, all_subseeds, texts, job)
-        return {"images": encoded, "parameters": _parameters(request), "info": json.dumps(info)}
+        return GenerationResult(images=encoded, parameters=_parameters(request), info=json.dumps(info))
 
     async def _init_images(self, request: GenerationRequest, key: BatchKey) -> list[Image.Image]:
         if not isinstance(request, Img2ImgRequest):
@@ -190,7 +192,7 @@ class GenerationService:
         all_subseeds: list[int],
         texts: list[str],
         job: Job,
-    ) -> dict[str, Any]:
+    ) -> GenerationInfo:
         count = request.image_count
         return {
             "prompt": request.prompt,
@@ -238,14 +240,14 @@ def _parameters(request: GenerationRequest) -> dict[str, Any]:
     return parameters
 
 
-def _int_option(values: dict[str, Any], name: str, low: int, high: int) -> int:
+def _int_option(values: Mapping[str, object], name: str, low: int, high: int) -> int:
     value = values[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high or int(value) != value:
         raise RequestError(name, f"{name} must be an integer from {low} to {high}; got {value!r}")
     return int(value)
 
 
-def _float_option(values: dict[str, Any], name: str, low: float, high: float) -> float:
+def _float_option(values: Mapping[str, object], name: str, low: float, high: float) -> float:
     value = values[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise RequestError(name, f"{name} must be a number from {low} to {high}; got {value!r}")

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request, params
 
 from gpuroam.worker.progress import Progress, progress_of, target_jobs
+from gpuroam.worker.responses import A1111Options, GenerationResult
 from gpuroam.worker.samplers import SAMPLERS, SCHEDULES
 from gpuroam.worker.schemas import GenerationResponse, Img2ImgRequest, OptionsUpdate, Txt2ImgRequest
 from gpuroam.worker.state import ReadyService, SharedState
@@ -36,11 +37,11 @@ def _job_id(http: Request, id_task: str | None) -> str | None:
     return id_task or http.headers.get(JOB_HEADER)
 
 
-async def txt2img(request: Txt2ImgRequest, http: Request, service: ReadyService) -> dict[str, Any]:
+async def txt2img(request: Txt2ImgRequest, http: Request, service: ReadyService) -> GenerationResult:
     return await service.generate(_with_job_header(request, http))
 
 
-async def img2img(request: Img2ImgRequest, http: Request, service: ReadyService) -> dict[str, Any]:
+async def img2img(request: Img2ImgRequest, http: Request, service: ReadyService) -> GenerationResult:
     return await service.generate(_with_job_header(request, http))
 
 
@@ -64,7 +65,7 @@ async def skip(request: Request, state: SharedState, id_task: str | None = None)
     return {}
 
 
-async def get_options(state: SharedState) -> dict[str, Any]:
+async def get_options(state: SharedState) -> A1111Options | dict[str, object]:
     service = state.service
     return service.options.as_a1111(service.model) if service else {}
 
@@ -122,7 +123,9 @@ def add_routes(router: APIRouter, dependencies: Sequence[params.Depends] = ()) -
     )
     router.add_api_route("/sdapi/v1/interrupt", interrupt, methods=["POST"], dependencies=guarded)
     router.add_api_route("/sdapi/v1/skip", skip, methods=["POST"], dependencies=guarded)
-    router.add_api_route("/sdapi/v1/options", get_options, methods=["GET"], dependencies=guarded)
+    router.add_api_route(
+        "/sdapi/v1/options", get_options, methods=["GET"], dependencies=guarded, response_model=dict[str, Any]
+    )
     router.add_api_route("/sdapi/v1/options", set_options, methods=["POST"], dependencies=guarded)
     router.add_api_route("/sdapi/v1/sd-models", sd_models, methods=["GET"], dependencies=guarded)
     router.add_api_route("/sdapi/v1/samplers", samplers, methods=["GET"], dependencies=guarded)
