@@ -80,14 +80,8 @@ def world(tmp_path: Path) -> Iterator[World]:
     spec, catalog, clock = fast_spec(), load_catalog(), Clock()
     store = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
 
-    def specs(name: str) -> ServiceSpec | None:
-        record = store.get_service(name)
-        return parse_spec(record.spec) if record else None
-
     with FakeKubernetes(REGIONS) as fake:
-        provider = KubernetesProvider(
-            fake.clients(), catalog=catalog, specs=specs, outage_grace_s=OUTAGE_GRACE_S, clock=clock
-        )
+        provider = KubernetesProvider(fake.clients(), catalog=catalog, outage_grace_s=OUTAGE_GRACE_S, clock=clock)
         store.put_service(spec.name, spec_to_dict(spec), clock.now)
         yield World(store, fake, provider, Reconciler(store, provider, catalog, clock), clock)
     store.close()
