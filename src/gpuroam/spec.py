@@ -13,7 +13,7 @@ import reprlib
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, get_args
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -125,8 +125,12 @@ class ReplicasSpec(_Section):
     """How many replicas: per region, and the total that must be ready (min) or may run (max)."""
 
     per_region: int = Field(default=1, ge=1, description="an integer >= 1: replicas in each region")
-    min: int = Field(default=1, ge=1, description="an integer >= 1: total ready replicas to keep")
-    max: int = Field(default=8, ge=1, description="an integer >= replicas.min: most replicas at once, moves included")
+    min: int = Field(
+        default=1, ge=0, description="an integer >= 0: ready replicas to keep (0: sleep when idle, needs autoscale)"
+    )
+    max: int = Field(
+        default=8, ge=1, description="an integer >= replicas.min: most replicas at once (the autoscaler's cap)"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicasSpec:
@@ -162,6 +166,27 @@ class PlacementSpec(_Section):
         return self
 
 
+class AutoscaleSpec(_Section):
+    """Follow demand between replicas.min and replicas.max: out within seconds of a sustained queue,
+    in after a quiet period, to zero after an idle one (with replicas.min: 0). Without this section
+    a service keeps replicas.min."""
+
+    target_in_flight: float = Field(
+        default=4.0,
+        gt=0,
+        description="a number > 0: requests in flight (queued or generating) per unit of GPU speed (a T4 is 1)",
+    )
+    scale_up_after_s: float = Field(
+        default=3.0, ge=0, description="seconds >= 0 a load above target must last before scaling out"
+    )
+    scale_down_after_s: float = Field(
+        default=300.0, ge=0, description="seconds >= 0 capacity must be surplus before scaling in"
+    )
+    sleep_after_s: float = Field(
+        default=900.0, gt=0, description="seconds > 0 without a request before a replicas.min: 0 service sleeps"
+    )
+
+
 class ServiceSpec(_Section):
     """One service as the user wrote it; the controller stores it and placement reads it."""
 
@@ -171,6 +196,9 @@ class ServiceSpec(_Section):
     regions: RegionsSpec = Field(default_factory=RegionsSpec, description="a mapping: where replicas may run")
     replicas: ReplicasSpec = Field(default_factory=ReplicasSpec, description="a mapping: how many replicas")
     placement: PlacementSpec = Field(default_factory=PlacementSpec, description="a mapping: how to find capacity")
+    autoscale: AutoscaleSpec | None = Field(
+        default=None, description="a mapping (may be empty: the defaults): follow demand between min and max"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -199,6 +227,13 @@ class ServiceSpec(_Section):
             raise _FieldError(("replicas", "max"), f"{what}; {fix}")
         return self
 
+    @model_validator(mode="after")
+    def _zero_needs_autoscale(self) -> ServiceSpec:
+        if self.replicas.min == 0 and self.autoscale is None:
+            fix = "add an autoscale: section (it wakes the service on the first request) or raise replicas.min to 1"
+            raise _FieldError(("replicas", "min"), f"0 means sleep when idle; {fix}")
+        return self
+
     def region_allowed(self, region: str) -> bool:
         return region_matches(region, self.regions.allow, self.regions.deny)
 
@@ -211,8 +246,8 @@ class ServiceSpec(_Section):
 def _section(model: type[BaseModel], key: object) -> type[BaseModel] | None:
     """The section model under `key`, if `key` names one."""
     field = model.model_fields.get(key) if isinstance(key, str) else None
-    kind = field.annotation if field else None
-    return kind if isinstance(kind, type) and issubclass(kind, BaseModel) else None
+    kinds = (field.annotation, *get_args(field.annotation)) if field else ()  # an optional section too
+    return next((kind for kind in kinds if isinstance(kind, type) and issubclass(kind, BaseModel)), None)
 
 
 def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
@@ -358,5 +393,8 @@ def load_spec(path: str | Path) -> ServiceSpec:
 
 
 def spec_to_dict(spec: ServiceSpec) -> dict[str, Any]:
-    """Plain JSON-serialisable data for the state store; parse_spec turns it back into `spec`."""
-    return spec.model_dump(mode="json")
+    """Plain JSON-serialisable data for the state store; parse_spec turns it back into `spec`.
+
+    An absent optional section stays absent (`autoscale: null` would read back as the empty section,
+    which means its defaults)."""
+    return spec.model_dump(mode="json", exclude_none=True)
