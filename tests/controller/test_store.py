@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
+from gpuroam.autoscale import Scale
 from gpuroam.controller.store import Store, StoreError
 from gpuroam.records import Block, Event, EventKind, Replica, ReplicaState
 
@@ -386,6 +387,7 @@ def test_a_store_written_before_the_timer_columns_is_brought_up_to_date(tmp_path
     engine = create_engine(f"sqlite:///{tmp_path / 'state.db'}")
     with engine.begin() as conn:
         conn.exec_driver_sql("ALTER TABLE services DROP COLUMN last_loss_at")
+        conn.exec_driver_sql("ALTER TABLE services DROP COLUMN scale")
         conn.exec_driver_sql("ALTER TABLE replicas DROP COLUMN unready_since")
     engine.dispose()
     store = Store.for_state_dir(tmp_path)
@@ -394,5 +396,18 @@ def test_a_store_written_before_the_timer_columns_is_brought_up_to_date(tmp_path
         updated = store.update_replica("r1", T + 2, unready_since=T + 2)
         assert store.get_service("sd").last_loss_at == T + 1  # type: ignore[union-attr]
         assert (updated.unready_since, updated.service) == (T + 2, "sd")
+        assert store.get_scale("sd") is None
     finally:
         store.close()
+
+
+def test_the_autoscaler_state_round_trips_and_survives_a_new_spec(store: Store) -> None:
+    store.put_service("sd", SPEC, T)
+    assert store.get_scale("sd") is None and store.get_scale("nope") is None
+    scale = Scale(
+        desired=3, reason="scaled up: 12 in flight", above_since=None, below_since=T, changed_at=T, idle_since=T
+    )
+    store.put_scale("sd", scale)
+    assert store.get_scale("sd") == scale
+    store.put_service("sd", {**SPEC, "replicas": {"min": 3}}, T + 1)
+    assert store.get_scale("sd") == scale, "a new generation keeps what the autoscaler knows"

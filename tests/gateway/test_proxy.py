@@ -260,3 +260,60 @@ def test_health_reports_live_traffic_per_region(loops: LoopThread, start_gateway
     assert traffic["regions"]["europe-west4"]["rps"] == pytest.approx(2.0)  # 20 requests over a 10 s window
     assert 0 < traffic["regions"]["europe-west4"]["p50_ms"] < 1000
     assert traffic["failed_per_s"] == 0
+
+
+def test_cookie_keeping_clients_fill_a_new_replica_within_seconds(loops: LoopThread, start_gateway) -> None:
+    """Affinity yields to a much less loaded replica: a replica the autoscaler adds (or one that recovered)
+    takes work at once, though every client holds a cookie for the old one. Three clients keep the old
+    replica below saturation, so only the affinity rule can move them."""
+    old = FakeReplica(loops, lambda seen: Reply(delay_s=0.2), name="old").start()
+    gw = start_gateway([backend(old)])
+    cookie = httpx.post(f"{gw.url}{TXT2IMG}", json={}, timeout=10).headers["set-cookie"].split(";")[0]
+    new = FakeReplica(loops, lambda seen: Reply(delay_s=0.2), name="new").start()
+    gw.set_backends([backend(old), backend(new, region="europe-west4")])
+    served: list[str] = []
+
+    def client() -> None:
+        for _ in range(8):
+            answer = httpx.post(f"{gw.url}{TXT2IMG}", json={}, headers={"Cookie": cookie}, timeout=10)
+            served.append(answer.headers["x-gpuroam-replica"])
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(served) == 24 and served.count("new") >= 6, f"the new replica took {served.count('new')} of 24"
+
+
+def test_health_reports_what_the_autoscaler_reads(loops: LoopThread, start_gateway) -> None:
+    release = threading.Event()
+    replica = FakeReplica(loops, lambda seen: Reply(release=release), name="r").start()
+    gw = start_gateway([backend(replica)])
+    began = time.time()
+    pending = [
+        threading.Thread(
+            target=httpx.post,
+            args=(f"{gw.url}{TXT2IMG}",),
+            kwargs={"headers": {"X-Client-Region": region}, "timeout": 10},
+        )
+        for region in ("europe-west4", "europe-west4", "asia-southeast1")
+    ]
+    for thread in pending:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while len(replica.requests(TXT2IMG)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (svc,) = httpx.get(f"{gw.url}/gpuroam/health").json()["services"]
+    assert (svc["in_flight"], svc["held"]) == (3, 0)
+    assert began <= svc["last_request_at"] <= time.time()
+    release.set()
+    for thread in pending:
+        thread.join(10)
+    time.sleep(1.05)  # the current second is not reported until it is over
+    (svc,) = httpx.get(f"{gw.url}/gpuroam/health").json()["services"]
+    assert svc["in_flight"] == 0
+    assert svc["demand"] == {
+        "asia-southeast1": pytest.approx(1 / 60, abs=1e-3),
+        "europe-west4": pytest.approx(2 / 60, abs=1e-3),
+    }

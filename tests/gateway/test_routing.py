@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpuroam.catalog import load_catalog
-from gpuroam.gateway.routing import Backend, Load, Policy, choose, load_score
+from gpuroam.gateway.routing import Backend, Load, Policy, affinity_holds, choose, load_score
 
 CATALOG = load_catalog()
 US_L4 = Backend("us-l4", "http://127.0.0.1:1", "us-central1", "nvidia-l4", 2.2)
@@ -66,3 +66,16 @@ def test_choice_is_usable_and_no_usable_backend_is_less_loaded_nearby(loads, cli
     assert load_score(picked, loads[picked.replica]) == min(load_score(b, loads[b.replica]) for b in same_region)
     if client_region is None or load_score(picked, loads[picked.replica]) > Policy().saturation:
         assert load_score(picked, loads[picked.replica]) == min(load_score(b, loads[b.replica]) for b in usable)
+
+
+def test_a_sticky_replica_keeps_its_clients_only_while_it_is_not_clearly_busier_than_the_least_loaded() -> None:
+    both = [US_L4, EU_L4]  # same speed
+    assert affinity_holds(
+        US_L4, both, {"us-l4": Load(outstanding=2), "eu-l4": Load(outstanding=0)}, 0
+    )  # 3/2.2 vs 1/2.2
+    new_replica_idle = {"us-l4": Load(outstanding=3), "eu-l4": Load(outstanding=0)}  # 4/2.2 - 1/2.2 > 1
+    assert not affinity_holds(US_L4, both, new_replica_idle, 0)
+    assert affinity_holds(US_L4, [US_L4], {"us-l4": Load(outstanding=5)}, 0), "alone: nowhere better to go"
+    assert not affinity_holds(US_T4, [US_T4], {"us-t4": Load(outstanding=9)}, 0), "saturated: spill over"
+    ejected = {"us-l4": Load(outstanding=3), "eu-l4": Load(ejected_until=10.0)}
+    assert affinity_holds(US_L4, both, ejected, 0), "an unusable replica is no reason to move"

@@ -18,7 +18,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from sqlalchemy.schema import Column, MetaData, Table
 from sqlalchemy.sql import delete, func, or_, select, update
 from sqlalchemy.types import JSON, BigInteger, Boolean, Double, Integer, String, Text
 
+from gpuroam.autoscale import Scale
 from gpuroam.records import Block, Event, EventKind, Replica, ReplicaState, ServiceRecord
 
 __all__ = ["Operations", "Store", "StoreError", "Transaction"]
@@ -56,6 +57,7 @@ services = Table(
     Column("deleted", Boolean, nullable=False),
     Column("gateway_port", Integer, unique=True),  # the service's endpoint port, kept while it exists
     Column("last_loss_at", Double),  # when it last lost a replica: launches soon after are failovers
+    Column("scale", JSON),  # the autoscaler's state (gpuroam.autoscale.Scale); None until its first pass
 )
 
 replicas = Table(
@@ -221,6 +223,16 @@ class Operations(ABC):
         """The service lost a replica at `now`: launches for a while after are labelled failovers."""
         with self._write() as conn:
             conn.execute(update(services).where(services.c.name == name).values(last_loss_at=now))
+
+    def get_scale(self, name: str) -> Scale | None:
+        """The autoscaler's state for the service as its last pass left it (None: none yet, or no service)."""
+        with self._read() as conn:
+            row = conn.execute(select(services.c.scale).where(services.c.name == name)).one_or_none()
+            return None if row is None or row.scale is None else Scale(**row.scale)
+
+    def put_scale(self, name: str, scale: Scale) -> None:
+        with self._write() as conn:
+            conn.execute(update(services).where(services.c.name == name).values(scale=asdict(scale)))
 
     def _service(self, conn: Connection, name: str) -> ServiceRecord:
         return _service(conn.execute(select(services).where(services.c.name == name)).one())
@@ -388,12 +400,20 @@ def _add_missing_columns(engine: Engine) -> None:
             conn.exec_driver_sql("CREATE UNIQUE INDEX services_gateway_port ON services (gateway_port)")
         if "last_loss_at" not in present:
             conn.exec_driver_sql("ALTER TABLE services ADD COLUMN last_loss_at DOUBLE PRECISION")
+        if "scale" not in present:
+            conn.exec_driver_sql(f"ALTER TABLE services ADD COLUMN scale {_json_type(engine)}")
         if "unready_since" not in {column["name"] for column in inspect(conn).get_columns("replicas")}:
             conn.exec_driver_sql("ALTER TABLE replicas ADD COLUMN unready_since DOUBLE PRECISION")
 
 
+def _json_type(engine: Engine) -> str:
+    """The JSON column type as create_all spells it on this database."""
+    return str(JSON().compile(dialect=engine.dialect))
+
+
 def _service(row: Row[Any]) -> ServiceRecord:
-    return ServiceRecord(**{**row._asdict(), "pinned_regions": tuple(row.pinned_regions)})
+    fields = {k: v for k, v in row._asdict().items() if k != "scale"}  # read with get_scale
+    return ServiceRecord(**{**fields, "pinned_regions": tuple(row.pinned_regions)})
 
 
 def _replica(row: Row[Any]) -> Replica:

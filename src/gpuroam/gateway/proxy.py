@@ -11,14 +11,16 @@ the client's connection, which is the only honest way to say the body is incompl
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gpuroam.gateway.affinity import GENERATION_PATHS, Affinity, Preference, cookie_replica, set_cookie
 from gpuroam.gateway.backends import BackendSet, HealthPolicy
+from gpuroam.gateway.demand import ServiceDemand
 from gpuroam.gateway.downstream import ClientConnection
 from gpuroam.gateway.metrics import GatewayMetrics
-from gpuroam.gateway.routing import Backend, Policy, choose, load_score
+from gpuroam.gateway.routing import Backend, Policy, affinity_holds, choose
 from gpuroam.gateway.upstream import Pool, ResponseHead, UpstreamConnection, UpstreamError
 from gpuroam.gateway.wire import LAST_CHUNK, Request, chunk, json_response, response_head, upstream_head
 
@@ -62,6 +64,7 @@ class Route:
         self.backends = BackendSet(health)
         self.pools: dict[str, Pool] = {}
         self.affinity = Affinity()
+        self.demand = ServiceDemand()
         self._stamps: dict[str, bytes] = {}
         self._turn = 0  # breaks ties between equally loaded replicas round-robin
         self._in_flight: dict[UpstreamConnection, str] = {}  # -> the replica it talks to
@@ -92,6 +95,7 @@ class Route:
         self, preference: Preference | None, client_region: str | None, tried: set[str], avoid: str | None
     ) -> Backend | None:
         now = self.loop.time()
+        loads = self.backends.loads()
         if preference is not None and preference.replica not in tried:
             backend = self.backends.get(preference.replica)
             load = self.backends.load(preference.replica)
@@ -99,12 +103,11 @@ class Route:
                 backend is not None
                 and load is not None
                 and load.usable(now)
-                and (preference.strict or load_score(backend, load) <= self.policy.saturation)
+                and (preference.strict or affinity_holds(backend, self.backends.backends(), loads, now, self.policy))
             ):
                 return backend
         distance = self.distance_km if client_region else None
         self._turn += 1
-        loads = self.backends.loads()
         return choose(
             self.backends.backends(), loads, now, client_region, distance, tried, avoid, self.policy, self._turn
         )
@@ -114,6 +117,7 @@ class Route:
         head = upstream_head(request)
         preference = self.affinity.preference(request)
         client_region = _header_str(request, b"x-client-region") or self.config.region
+        self.demand.arrived(client_region or "unknown", time.time())
         tried: set[str] = set()
         avoid: str | None = None
         attempts = 0
@@ -145,10 +149,12 @@ class Route:
         if remaining <= 0:
             return False
         self.metrics.holding(self.service, +1)
+        self.demand.held += 1
         began = self.loop.time()
         try:
             return await self.backends.wait_usable(remaining, self.loop)
         finally:
+            self.demand.held -= 1
             self.metrics.holding(self.service, -1)
             self.metrics.held(self.service, self.loop.time() - began)
 

@@ -39,6 +39,24 @@ class Load:
 class Policy:
     saturation: float = 4.0  # outstanding requests per unit of GPU speed before spilling over
     nearby_km: float = 1500.0  # regions this close to the nearest one count as equally near
+    # A client's sticky replica (its cookie, its last generation) keeps it only while no more than this
+    # much busier, in requests per unit of GPU speed, than the least loaded usable one: a new or recovered
+    # replica then fills within seconds instead of idling while the old one queues.
+    affinity_margin: float = 1.0
+
+
+def affinity_holds(
+    preferred: Backend, backends: Sequence[Backend], loads: Mapping[str, Load], now: float, policy: Policy = Policy()
+) -> bool:
+    """Whether a request should stay on its sticky replica: not saturated, and not clearly busier than the
+    least loaded usable replica (see Policy.affinity_margin). The replica itself must be usable."""
+    idle = Load()
+    own = load_score(preferred, loads.get(preferred.replica, idle))
+    if own > policy.saturation:
+        return False
+    usable = [b for b in backends if loads.get(b.replica, idle).usable(now)]
+    least = min((load_score(b, loads.get(b.replica, idle)) for b in usable), default=own)
+    return own <= least + policy.affinity_margin
 
 
 def load_score(backend: Backend, load: Load) -> float:

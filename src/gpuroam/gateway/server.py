@@ -170,6 +170,11 @@ class Gateway:
                     "port": self._ports[name],
                     "usable": sum(1 for b in backends if b["usable"]),
                     "backends": backends,
+                    # what the autoscaler reads (gpuroam.autoscale.Load)
+                    "in_flight": sum(loads[b.replica].outstanding for b in route.backends.backends()),
+                    "held": route.demand.held,
+                    "last_request_at": route.demand.last_request_at,
+                    "demand": route.demand.by_region(time.time()),
                 }
             )
         return {"status": "ok", "services": services, "traffic": self.metrics.traffic.snapshot(time.monotonic())}

@@ -1,0 +1,43 @@
+"""What a service's clients ask of it right now, for the autoscaler: requests held for want of a live
+replica, when the last request came, and where requests come from.
+
+The gateway publishes these on /gpuroam/health; the control plane reads them and decides. One bucket
+per second per client region over `window_s`, so memory stays bounded at any request rate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _Second:
+    second: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class ServiceDemand:
+    def __init__(self, window_s: int = 60) -> None:
+        self.window_s = window_s
+        self.held = 0  # requests waiting now for a live replica
+        self.last_request_at: float | None = None  # wall-clock time of the latest request
+        self._seconds: deque[_Second] = deque(maxlen=window_s + 1)
+
+    def arrived(self, client_region: str, now: float) -> None:
+        """A request came in, from `client_region` (its X-Client-Region, else the gateway's region)."""
+        self.last_request_at = now
+        second = int(now)
+        if not self._seconds or self._seconds[-1].second != second:
+            self._seconds.append(_Second(second))
+        counts = self._seconds[-1].counts
+        counts[client_region] = counts.get(client_region, 0) + 1
+
+    def by_region(self, now: float) -> dict[str, float]:
+        """Requests per second from each client region over the last `window_s` full seconds."""
+        current, totals = int(now), dict[str, int]()
+        for bucket in self._seconds:
+            if current - self.window_s <= bucket.second < current:
+                for region, count in bucket.counts.items():
+                    totals[region] = totals.get(region, 0) + count
+        return {region: round(count / self.window_s, 3) for region, count in sorted(totals.items())}
