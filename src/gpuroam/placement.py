@@ -75,7 +75,8 @@ class Demand:
     pinned_regions: tuple[str, ...] = ()
 
     @classmethod
-    def from_spec(cls, spec: ServiceSpec, pinned_regions: Iterable[str] = ()) -> Demand:
+    def from_spec(cls, spec: ServiceSpec, pinned_regions: Iterable[str] = (), replicas: int | None = None) -> Demand:
+        """`replicas`: what the autoscaler wants now (at least 1), in place of replicas.min."""
         return cls(
             gpus=tuple(spec.resources.gpus),
             allow=tuple(spec.regions.allow),
@@ -83,7 +84,7 @@ class Demand:
             gpu_count=spec.resources.gpu_count,
             min_regions=spec.regions.min_regions,
             per_region=spec.replicas.per_region,
-            min_replicas=spec.replicas.min,
+            min_replicas=max(1, spec.replicas.min if replicas is None else replicas),
             max_replicas=spec.replicas.max,
             race=spec.placement.race,
             race_fallback_gpu=spec.placement.race_fallback_gpu,

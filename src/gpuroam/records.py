@@ -94,6 +94,10 @@ class EventKind(StrEnum):
     CHAOS = "chaos"
     ADOPTED = "adopted"
     ORPHAN = "orphan"
+    SCALED_UP = "scaled-up"  # the autoscaler wants more replicas (the reason says why, with the figures)
+    SCALED_DOWN = "scaled-down"
+    SLEPT = "slept"  # a replicas.min 0 service drained every replica after its idle period
+    WOKE = "woke"  # a request reached a sleeping service
 
 
 @dataclass(frozen=True)

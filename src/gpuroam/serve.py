@@ -21,6 +21,7 @@ from gpuroam.catalog import load_catalog
 from gpuroam.controller.api import ApiContext, GatewayAddress, create_api
 from gpuroam.controller.loop import ReconcileLoop
 from gpuroam.controller.reconciler import Reconciler
+from gpuroam.controller.signals import gateway_signals
 from gpuroam.controller.store import Store
 from gpuroam.gateway.supervisor import GatewayProcess
 from gpuroam.providers.base import Provider
@@ -57,10 +58,13 @@ class ControlPlane:
         self.provider: Provider = provider.build(self.catalog, self._spec_of)
         self.token = load_or_create_token(options.state_dir)
         self.url = f"http://{options.host}:{options.port}"
-        self.loop = ReconcileLoop(Reconciler(self.store, self.provider, self.catalog), options.interval_s)
-        # A gateway on this machine only where it can reach the replicas (the provider says).
+        # A gateway on this machine only where it can reach the replicas (the provider says); it is also
+        # where the autoscaler learns the load.
         gateway_port = options.gateway_port if provider.local_gateway else None
         address = GatewayAddress(options.host, gateway_port) if gateway_port is not None else None
+        signals = gateway_signals(self.store, address) if address is not None else None
+        reconciler = Reconciler(self.store, self.provider, self.catalog, signals=signals)
+        self.loop = ReconcileLoop(reconciler, options.interval_s)
         self.gateway = GatewayProcess(self.state_dir, self.url, options.host) if address is not None else None
         api = create_api(ApiContext(self.store, self.provider, self.catalog, self.token, address))
         config = uvicorn.Config(

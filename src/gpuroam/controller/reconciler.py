@@ -14,8 +14,11 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from gpuroam.catalog import Catalog
+from gpuroam.controller.scaling import demand_shares, scale_service
+from gpuroam.controller.signals import ServiceSignals, Signals
 from gpuroam.controller.store import Store
 from gpuroam.placement import CapacityView, Demand, Drain, Launch, block_after_failure, plan
 from gpuroam.providers.base import CapacityError, Observed, ObservedState, Provider, ProviderError
@@ -31,13 +34,22 @@ UNREADY_GRACE_S = 10.0  # a ready replica failing its readiness probe this long 
 
 
 class Reconciler:
+    """`signals` reads what the data plane sees of each service (the autoscaler's input); without it, or
+    while it does not answer, services keep the size last decided."""
+
     def __init__(
-        self, store: Store, provider: Provider, catalog: Catalog, clock: Callable[[], float] = time.time
+        self,
+        store: Store,
+        provider: Provider,
+        catalog: Catalog,
+        clock: Callable[[], float] = time.time,
+        signals: Signals | None = None,
     ) -> None:
         self.store = store
         self.provider = provider
         self.catalog = catalog
         self.clock = clock
+        self.signals = signals
         self._specs: dict[tuple[str, int], ServiceSpec] = {}  # a cache: the store holds the specs
 
     def reconcile(self) -> None:
@@ -50,9 +62,11 @@ class Reconciler:
         for replica in current:
             by_service.setdefault(replica.service, []).append(replica)
         capacity = self._capacity()
+        seen = self.signals() if self.signals is not None else None
         for record in self.store.list_services(include_deleted=True):
+            signals = seen.get(record.name) if seen is not None else None
             try:
-                if self._reconcile_service(record, by_service.get(record.name, []), observed, capacity, now):
+                if self._reconcile_service(record, by_service.get(record.name, []), observed, capacity, signals, now):
                     capacity = self._capacity()  # free slots and blocks changed
             except Exception:  # one broken service must not stop the others
                 log.exception("reconciling a service failed", extra={"service": record.name})
@@ -63,9 +77,10 @@ class Reconciler:
         replicas: list[Replica],
         observed: dict[str, Observed],
         capacity: CapacityView,
+        signals: ServiceSignals | None,
         now: float,
     ) -> bool:
-        """Sync, then tear down or place; True when capacity may have changed."""
+        """Sync, then tear down, or scale and place; True when capacity may have changed."""
         spec = self._spec(record)
         changed = [self._sync(replica, observed.get(replica.id), spec, now) for replica in replicas]
         if any(changed):
@@ -75,7 +90,25 @@ class Reconciler:
         if record.deleted:
             self._tear_down(record, replicas, now)
             return True
-        return self._place(record, spec, capacity, replicas, now)
+        desired = self._scale(spec, replicas, signals, now)
+        if desired == 0:
+            return self._sleep(replicas, now)
+        capacity = replace(capacity, traffic=demand_shares(signals)) if signals and signals.demand else capacity
+        return self._place(record, spec, capacity, replicas, now, desired)
+
+    def _scale(self, spec: ServiceSpec, replicas: list[Replica], signals: ServiceSignals | None, now: float) -> int:
+        """How many replicas the service wants now (the autoscaler's state, kept in the store)."""
+        scaled = scale_service(self.store, self.catalog, spec, replicas, signals, now)
+        if scaled.event is not None:
+            self._event(now, scaled.event, f"{spec.name}: {scaled.scale.reason}", None, service=spec.name)
+        return scaled.scale.desired
+
+    def _sleep(self, replicas: list[Replica], now: float) -> bool:
+        """Asleep: every live replica drains (each finishes what it holds); the service and its endpoint stay."""
+        live = [r for r in replicas if r.state.live]
+        for replica in live:
+            self._drain(Drain(replica.id, "asleep"), now)
+        return bool(live)
 
     def _spec(self, record: ServiceRecord) -> ServiceSpec:
         """Parsed once per generation: the stored spec only changes with `up`."""
@@ -198,10 +231,17 @@ class Reconciler:
     # --- desired -> actions --------------------------------------------------------------------
 
     def _place(
-        self, record: ServiceRecord, spec: ServiceSpec, capacity: CapacityView, replicas: list[Replica], now: float
+        self,
+        record: ServiceRecord,
+        spec: ServiceSpec,
+        capacity: CapacityView,
+        replicas: list[Replica],
+        now: float,
+        desired: int,
     ) -> bool:
         """Plan and act for one service; True when it launched or drained anything."""
-        decided = plan(self.catalog, Demand.from_spec(spec, record.pinned_regions), capacity, replicas, now)
+        demand = Demand.from_spec(spec, record.pinned_regions, replicas=desired)
+        decided = plan(self.catalog, demand, capacity, replicas, now)
         lost = record.last_loss_at is not None and now - record.last_loss_at < spec.placement.provision_timeout_s
         for launch in decided.launches:
             self._launch(record, spec, launch, now, failover=lost)

@@ -13,19 +13,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from gpuroam.catalog import Catalog
+from gpuroam.controller.signals import GatewayAddress
 from gpuroam.controller.store import Store
 from gpuroam.providers.base import Provider
-
-
-@dataclass(frozen=True)
-class GatewayAddress:
-    """Where the local gateway listens: each service gets its own port, from `base_port` up."""
-
-    host: str
-    base_port: int
-
-    def endpoint(self, port: int) -> str:
-        return f"http://{self.host}:{port}"
 
 
 @dataclass(frozen=True)

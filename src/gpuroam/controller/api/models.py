@@ -26,6 +26,8 @@ class ReplicaOut(BaseModel):
 class ServiceOut(BaseModel):
     name: str
     endpoint: str | None
+    desired: int  # the replica count the autoscaler wants (replicas.min without an autoscale section)
+    reason: str  # why: the autoscaler's last decision, with its figures
     deleted: bool
     pinned_regions: list[str]
     generation: int

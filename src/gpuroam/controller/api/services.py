@@ -47,9 +47,13 @@ def service_view(context: ApiContext, record: ServiceRecord, now: float) -> Serv
         endpoint: str | None = context.gateway.endpoint(record.gateway_port)
     else:
         endpoint = context.provider.endpoint(record.name) or (ready[0].url if ready else None)
+    scale = context.store.get_scale(record.name)
+    minimum = int(record.spec.get("replicas", {}).get("min", 1))
     return ServiceOut(
         name=record.name,
         endpoint=endpoint,
+        desired=scale.desired if scale is not None else minimum,
+        reason=scale.reason if scale is not None else f"replicas.min is {minimum}",
         deleted=record.deleted,
         pinned_regions=list(record.pinned_regions),
         generation=record.generation,

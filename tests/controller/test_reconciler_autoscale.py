@@ -1,0 +1,110 @@
+"""The reconciler follows the autoscaler: out where the demand is, in after the quiet, to sleep and back,
+against an in-memory provider, a real store and signals given by hand (the gateway's, in production)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pytest
+from fakes import FakeProvider
+from test_reconciler import SITES, Clock, live, run
+
+from gpuroam.catalog import load_catalog
+from gpuroam.controller.reconciler import Reconciler
+from gpuroam.controller.signals import ServiceSignals
+from gpuroam.controller.store import Store
+from gpuroam.records import EventKind, ReplicaState
+from gpuroam.spec import load_spec, parse_spec, spec_to_dict
+
+NAME = "stable-diffusion"
+
+
+@dataclass
+class HandSignals:
+    """What the gateway would report; `answering` False is a gateway that does not answer."""
+
+    by_service: dict[str, ServiceSignals] = field(default_factory=dict)
+    answering: bool = True
+
+    def __call__(self) -> Mapping[str, ServiceSignals] | None:
+        return dict(self.by_service) if self.answering else None
+
+    def load(self, in_flight: float = 0, held: int = 0, at: float | None = None, **demand: float) -> None:
+        regions = {region.replace("_", "-"): rps for region, rps in demand.items()}
+        self.by_service[NAME] = ServiceSignals(in_flight, held, at, regions)
+
+
+def scaled_spec(**autoscale: float) -> dict:
+    spec = spec_to_dict(load_spec("examples/stable-diffusion.yaml"))
+    spec["regions"]["min_regions"] = 1
+    spec["replicas"].update(min=autoscale.pop("min", 1), max=4)
+    spec["autoscale"] = {"target_in_flight": 2, "scale_up_after_s": 3, "scale_down_after_s": 30, **autoscale}
+    return spec_to_dict(parse_spec(spec))
+
+
+@pytest.fixture
+def world(store: Store):  # type: ignore[no-untyped-def]
+    provider = FakeProvider(copy.deepcopy(SITES))
+    clock, signals = Clock(), HandSignals()
+    reconciler = Reconciler(store, provider, load_catalog(), clock, signals=signals)
+    return store, provider, clock, reconciler, signals
+
+
+def ready(store: Store) -> list[tuple[str, str]]:
+    return sorted((r.region, r.gpu) for r in live(store, ReplicaState.READY))
+
+
+def kinds(store: Store) -> list[EventKind]:
+    return [e.kind for e in store.list_events()]
+
+
+def test_a_sustained_queue_scales_out_towards_the_demand_and_a_quiet_period_scales_back_in(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler, signals = world
+    store.put_service(NAME, scaled_spec(), clock.now)
+    signals.load(in_flight=0)
+    run(reconciler, provider, clock, passes=12)
+    assert ready(store) == [("us-central1", "nvidia-l4")], "with no demand known: the cheapest preferred pair"
+    signals.load(in_flight=5, at=clock.now, europe_west4=3.0)  # L4 speed 2.2 x target 2: needs 2 replicas
+    run(reconciler, provider, clock, passes=2)
+    assert store.get_scale(NAME).desired == 1, "not before the load has lasted scale_up_after_s"  # type: ignore[union-attr]
+    run(reconciler, provider, clock, passes=12)
+    assert store.get_scale(NAME).desired == 2  # type: ignore[union-attr]
+    assert ("europe-west4", "nvidia-l4") in ready(store), "the new replica goes where the demand comes from"
+    assert EventKind.SCALED_UP in kinds(store)
+    signals.load(in_flight=0, at=clock.now)
+    run(reconciler, provider, clock, passes=40)
+    assert store.get_scale(NAME).desired == 1 and len(ready(store)) == 1  # type: ignore[union-attr]
+    assert EventKind.SCALED_DOWN in kinds(store)
+
+
+def test_unknown_load_is_not_zero_load(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler, signals = world
+    store.put_service(NAME, scaled_spec(scale_down_after_s=5), clock.now)
+    signals.load(in_flight=9, at=clock.now)
+    run(reconciler, provider, clock, passes=12)
+    assert store.get_scale(NAME).desired == 3  # type: ignore[union-attr]
+    signals.answering = False  # the gateway is being restarted
+    run(reconciler, provider, clock, passes=30)
+    assert store.get_scale(NAME).desired == 3 and len(ready(store)) == 3  # type: ignore[union-attr]
+
+
+def test_a_min_zero_service_sleeps_when_idle_and_wakes_where_the_first_request_comes_from(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler, signals = world
+    store.put_service(NAME, scaled_spec(min=0, sleep_after_s=20), clock.now)
+    signals.load()
+    run(reconciler, provider, clock, passes=5)
+    assert provider.launches == [] and store.get_scale(NAME).desired == 0, "asleep until the first request"  # type: ignore[union-attr]
+    signals.load(held=1, at=clock.now, europe_west1=1.0)
+    run(reconciler, provider, clock, passes=3)
+    assert ready(store) == [("europe-west4", "nvidia-l4")], "woke on the preferred GPU nearest the request"
+    assert EventKind.WOKE in kinds(store)
+    signals.load(at=clock.now)
+    run(reconciler, provider, clock, passes=15)
+    assert ready(store), "not idle for sleep_after_s yet"
+    run(reconciler, provider, clock, passes=15)
+    assert ready(store) == [] and store.get_scale(NAME).desired == 0  # type: ignore[union-attr]
+    assert EventKind.SLEPT in kinds(store) and store.get_service(NAME) is not None, "asleep, not gone"
+    run(reconciler, provider, clock, passes=10)
+    assert provider.running == {}, "every replica drained and terminated"
