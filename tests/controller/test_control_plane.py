@@ -235,7 +235,10 @@ def _answers(client: ControlPlaneClient) -> bool:
         return False
 
 
-def _settled(client: ControlPlaneClient, provider: LocalProvider) -> bool:
+def _settled(client: ControlPlaneClient, provider: LocalProvider, replicas_wanted: int = 2) -> bool:
+    """Store and processes agree on exactly the replicas the spec wants. A raced extra that just became
+    ready counts as live until the same pass drains it: agreeing on three is not settled yet."""
     replicas = client.get("/services/stable-diffusion")["replicas"]
     wanted = {r["id"] for r in replicas if r["state"] in ("ready", "provisioning")}
-    return wanted == {o.replica_id for o in provider.observe()} and all(r["state"] != "provisioning" for r in replicas)
+    agree = wanted == {o.replica_id for o in provider.observe()}
+    return agree and len(wanted) == replicas_wanted and all(r["state"] != "provisioning" for r in replicas)

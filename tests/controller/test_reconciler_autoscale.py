@@ -13,6 +13,7 @@ from test_reconciler import SITES, Clock, live, run
 
 from gpuroam.catalog import load_catalog
 from gpuroam.controller.reconciler import Reconciler
+from gpuroam.controller.scaling import demand_shares
 from gpuroam.controller.signals import ServiceSignals
 from gpuroam.controller.store import Store
 from gpuroam.records import EventKind, ReplicaState
@@ -108,3 +109,10 @@ def test_a_min_zero_service_sleeps_when_idle_and_wakes_where_the_first_request_c
     assert EventKind.SLEPT in kinds(store) and store.get_service(NAME) is not None, "asleep, not gone"
     run(reconciler, provider, clock, passes=10)
     assert provider.running == {}, "every replica drained and terminated"
+
+
+def test_client_regions_the_catalog_does_not_know_are_left_out_of_placement() -> None:
+    seen = ServiceSignals(demand={"europe-west1": 3.0, "unknown": 5.0, "<script>": 2.0, "us-east1": 1.0})
+    shares = demand_shares(seen, load_catalog().regions)
+    assert shares == {"europe-west1": 0.75, "us-east1": 0.25}
+    assert demand_shares(ServiceSignals(demand={"mars": 1.0}), load_catalog().regions) == {}

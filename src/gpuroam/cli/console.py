@@ -21,6 +21,10 @@ EVENT_STYLES = {
     "drained": "cyan",
     "chaos": "bold red",
     "expanded": "blue",
+    "scaled-up": "magenta",
+    "scaled-down": "cyan",
+    "slept": "dim",
+    "woke": "bold green",
 }
 
 
@@ -37,7 +41,9 @@ def service_table(service: dict[str, Any]) -> Table:
     regions = {r["region"] for r in service["replicas"] if r["state"] == "ready"}
     title = (
         f"[bold]{service['name']}[/]  endpoint [cyan]{service['endpoint'] or '(none ready yet)'}[/]  "
-        f"{ready} ready in {len(regions)} region(s)" + ("  [red](deleting)[/]" if service.get("deleted") else "")
+        f"{ready} ready in {len(regions)} region(s), {service.get('desired', ready)} wanted"
+        + ("  [red](deleting)[/]" if service.get("deleted") else "")
+        + (f"\n[dim]{service['reason']}[/]" if service.get("reason") else "")
     )
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("replica", "region", "GPU", "state", "URL", "age"):
@@ -58,7 +64,7 @@ def service_table(service: dict[str, Any]) -> Table:
 def event_line(event: dict[str, Any]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
     style = EVENT_STYLES.get(event["kind"], "")
-    return f"{stamp} [{style}]{event['kind']:>9}[/] {event['message']}"
+    return f"{stamp} [{style}]{event['kind']:>11}[/] {event['message']}"
 
 
 def print_status(console: Console, status: dict[str, Any]) -> None:

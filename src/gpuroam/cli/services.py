@@ -31,14 +31,40 @@ def up(
         die(str(error))
     client = client_for(server, state)
     result = call(client.post, "/services", spec_to_dict(parsed))
-    if wait:
+    asleep = parsed.replicas.min == 0
+    if wait and not asleep:
         result = wait_ready(client, parsed.name, parsed.regions.min_regions, timeout, quiet=json_out)
+    elif wait and result["endpoint"]:
+        wait_listening(result["endpoint"], min(timeout, 30.0))
+    if asleep and not json_out:
+        console.print(
+            f"{parsed.name} is registered and sleeps until the first request reaches {result['endpoint']}: that "
+            "request waits while a replica starts (seconds here; minutes for a new GPU node on a cluster)"
+        )
     if json_out:
         out.print_json(data=result)
     else:
         from gpuroam.cli.console import service_table
 
         out.print(service_table(result))
+
+
+def wait_listening(endpoint: str, timeout: float) -> None:
+    """Until the endpoint answers (the gateway opens a new service's port within a second or so)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with console.status(f"waiting for {endpoint} to listen", spinner="dots"):
+        while True:
+            try:
+                httpx.get(f"{endpoint}/gpuroam/health", timeout=2.0, trust_env=False)
+                return
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    die(
+                        f"nothing listens at {endpoint} after {timeout:.0f} s; is the gateway running? (`gpuroam status`)"
+                    )
+                time.sleep(0.2)
 
 
 def wait_ready(client: Any, name: str, regions: int, timeout: float, quiet: bool) -> Any:

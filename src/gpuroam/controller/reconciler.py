@@ -93,7 +93,8 @@ class Reconciler:
         desired = self._scale(spec, replicas, signals, now)
         if desired == 0:
             return self._sleep(replicas, now)
-        capacity = replace(capacity, traffic=demand_shares(signals)) if signals and signals.demand else capacity
+        shares = demand_shares(signals, self.catalog.regions)
+        capacity = replace(capacity, traffic=shares) if shares else capacity
         return self._place(record, spec, capacity, replicas, now, desired)
 
     def _scale(self, spec: ServiceSpec, replicas: list[Replica], signals: ServiceSignals | None, now: float) -> int:

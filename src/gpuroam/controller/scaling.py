@@ -8,7 +8,7 @@ in or put to sleep because its gateway was briefly unreachable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from gpuroam.autoscale import Load, Policy, Scale, decide, initial
@@ -49,12 +49,15 @@ def scale_service(
     return Scaled(after, _kind(before.desired, after.desired))
 
 
-def demand_shares(seen: ServiceSignals | None) -> Mapping[str, float]:
-    """Where the service's requests come from, as shares of the total (placement ranks regions by it)."""
+def demand_shares(seen: ServiceSignals | None, known: Collection[str]) -> Mapping[str, float]:
+    """Where the service's requests come from, as shares of the total, over the `known` (catalog) regions:
+    placement ranks regions by distance to them. Client regions are what clients say (X-Client-Region);
+    names the catalog does not know are left out."""
     if seen is None:
         return {}
-    total = sum(seen.demand.values())
-    return {region: rps / total for region, rps in seen.demand.items() if rps > 0} if total > 0 else {}
+    demand = {region: rps for region, rps in seen.demand.items() if region in known and rps > 0}
+    total = sum(demand.values())
+    return {region: rps / total for region, rps in demand.items()} if total > 0 else {}
 
 
 def _load(catalog: Catalog, spec: ServiceSpec, replicas: Sequence[Replica], seen: ServiceSignals | None) -> Load:

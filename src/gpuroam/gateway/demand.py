@@ -10,6 +10,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+MAX_REGIONS = 40  # distinct client regions counted per second (the catalog has 30)
+MAX_NAME = 64
+OTHER = "other"
+
 
 @dataclass
 class _Second:
@@ -25,13 +29,19 @@ class ServiceDemand:
         self._seconds: deque[_Second] = deque(maxlen=window_s + 1)
 
     def arrived(self, client_region: str, now: float) -> None:
-        """A request came in, from `client_region` (its X-Client-Region, else the gateway's region)."""
+        """A request came in, from `client_region` (its X-Client-Region, else the gateway's region).
+
+        The header is the client's to set: names are cut to MAX_NAME characters and a second counts at
+        most MAX_REGIONS of them, the rest as "other", so no client can grow this without bound."""
         self.last_request_at = now
         second = int(now)
         if not self._seconds or self._seconds[-1].second != second:
             self._seconds.append(_Second(second))
         counts = self._seconds[-1].counts
-        counts[client_region] = counts.get(client_region, 0) + 1
+        region = client_region[:MAX_NAME]
+        if region not in counts and len(counts) >= MAX_REGIONS:
+            region = OTHER
+        counts[region] = counts.get(region, 0) + 1
 
     def by_region(self, now: float) -> dict[str, float]:
         """Requests per second from each client region over the last `window_s` full seconds."""

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
+from gpuroam.autoscale import Policy, initial
 from gpuroam.controller.api.context import ApiContext, Context, check_filter, storable
 from gpuroam.controller.api.models import DeletedOut, ReplicaOut, ServiceOut, StatusOut
 from gpuroam.records import Event, EventKind, Replica, ReplicaState, ServiceRecord
@@ -47,13 +48,12 @@ def service_view(context: ApiContext, record: ServiceRecord, now: float) -> Serv
         endpoint: str | None = context.gateway.endpoint(record.gateway_port)
     else:
         endpoint = context.provider.endpoint(record.name) or (ready[0].url if ready else None)
-    scale = context.store.get_scale(record.name)
-    minimum = int(record.spec.get("replicas", {}).get("min", 1))
+    scale = context.store.get_scale(record.name) or initial(Policy.from_spec(parse_spec(record.spec)), now)
     return ServiceOut(
         name=record.name,
         endpoint=endpoint,
-        desired=scale.desired if scale is not None else minimum,
-        reason=scale.reason if scale is not None else f"replicas.min is {minimum}",
+        desired=scale.desired,
+        reason=scale.reason,
         deleted=record.deleted,
         pinned_regions=list(record.pinned_regions),
         generation=record.generation,
