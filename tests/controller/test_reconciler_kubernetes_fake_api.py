@@ -140,3 +140,34 @@ def test_fake_api_reconciler_rides_out_a_short_api_outage_and_replaces_a_region_
     world.run(passes=3)
     assert world.events(EventKind.ORPHAN)
     assert world.deployments() == {r.id for r in world.live()}
+
+
+def test_fake_api_clusters_follow_the_autoscaler_out_and_to_sleep(tmp_path: Path) -> None:
+    """No HPA in the loop: the same controller adds Deployments where the demand is and deletes them all
+    when the service sleeps, on the clusters' real API (faked)."""
+    from test_reconciler_autoscale import HandSignals
+
+    data = spec_to_dict(fast_spec())
+    data["regions"]["min_regions"] = 1
+    data["replicas"].update(min=0, max=3)
+    data["autoscale"] = {"target_in_flight": 1, "scale_up_after_s": 2, "scale_down_after_s": 5, "sleep_after_s": 10}
+    spec, catalog, clock, signals = parse_spec(data), load_catalog(), Clock(), HandSignals()
+    store = Store.open(f"sqlite:///{tmp_path / 'state.db'}")
+    with FakeKubernetes(REGIONS) as fake:
+        provider = KubernetesProvider(fake.clients(), catalog=catalog, outage_grace_s=OUTAGE_GRACE_S, clock=clock)
+        store.put_service(spec.name, spec_to_dict(spec), clock.now)
+        world = World(store, fake, provider, Reconciler(store, provider, catalog, clock, signals=signals), clock)
+        signals.load()
+        world.run(passes=5)
+        assert world.deployments() == set(), "asleep: nothing on any cluster"
+        signals.load(held=1, at=clock.now, europe_west1=1.0)
+        world.run(passes=3)
+        assert world.placement() == {("europe-west4", "nvidia-l4")}, "woken where the request came from"
+        signals.load(in_flight=4, at=clock.now, europe_west1=2.0, us_east1=2.0)  # L4 2.2 x 1: two replicas
+        world.run(passes=12)
+        assert world.placement() == PREFERRED
+        assert world.deployments() == {r.id for r in world.live()}
+        signals.load(at=clock.now)
+        world.run(passes=30)
+        assert world.deployments() == set() and store.get_scale(spec.name).desired == 0  # type: ignore[union-attr]
+    store.close()
