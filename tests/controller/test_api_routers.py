@@ -40,3 +40,20 @@ def test_the_gateway_feed_router_alone_lists_each_service_port(store: Store) -> 
 def test_the_chaos_router_alone_says_when_the_provider_has_no_chaos_controls(store: Store) -> None:
     answer = bare(chaos, store).post("/api/v1/chaos/fail", json={"region": "us-central1"})
     assert answer.status_code == 400 and "no chaos controls" in answer.json()["detail"]
+
+
+def test_the_metrics_router_alone_shows_what_each_service_wants_has_and_costs(store: Store) -> None:
+    from gpuroam.autoscale import Scale
+    from gpuroam.controller.api import metrics
+    from gpuroam.records import Replica, ReplicaState
+
+    spec = spec_to_dict(load_spec("examples/stable-diffusion.yaml"))
+    store.put_service("stable-diffusion", spec, 1.0)
+    store.put_scale("stable-diffusion", Scale(desired=3, reason="scaled up", changed_at=1.0))
+    for i, state in enumerate((ReplicaState.READY, ReplicaState.PROVISIONING, ReplicaState.FAILED)):
+        store.add_replica(Replica(f"r{i}", "stable-diffusion", "us-central1", "nvidia-l4", state, 1.0, 1.0))
+    text = bare(metrics, store).get("/api/v1/metrics").text
+    assert 'gpuroam_service_desired_replicas{service="stable-diffusion"} 3.0' in text
+    assert 'gpuroam_service_ready_replicas{gpu="nvidia-l4",region="us-central1",service="stable-diffusion"} 1.0' in text
+    price = load_catalog().price("us-central1", "nvidia-l4")
+    assert f'gpuroam_service_cost_dollars_per_hour{{service="stable-diffusion"}} {2 * price}' in text, "two live L4s"
