@@ -123,7 +123,10 @@ def test_past_the_hold_bound_the_answer_is_503_with_retry_after(loops: LoopThrea
     response = httpx.get(f"{gw.url}/sdapi/v1/sd-models")
     assert response.status_code == 503
     assert response.headers["retry-after"] == "7"
-    assert "no live replica" in response.json()["error"]
+    assert "is live yet" in response.json()["error"] and response.json()["finding_gpu"] is True
+    page = httpx.get(f"{gw.url}/", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert page.status_code == 503 and page.headers["content-type"].startswith("text/html")
+    assert '<meta http-equiv="refresh" content="7">' in page.text and "Finding a GPU" in page.text
 
 
 def test_bodies_stream_both_ways(loops: LoopThread, start_gateway) -> None:

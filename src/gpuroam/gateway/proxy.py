@@ -11,6 +11,7 @@ the client's connection, which is the only honest way to say the body is incompl
 from __future__ import annotations
 
 import asyncio
+import html
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,15 @@ from gpuroam.gateway.downstream import ClientConnection
 from gpuroam.gateway.metrics import GatewayMetrics
 from gpuroam.gateway.routing import Backend, Policy, affinity_holds, choose
 from gpuroam.gateway.upstream import Pool, ResponseHead, UpstreamConnection, UpstreamError
-from gpuroam.gateway.wire import LAST_CHUNK, Request, chunk, json_response, response_head, upstream_head
+from gpuroam.gateway.wire import (
+    LAST_CHUNK,
+    Request,
+    chunk,
+    json_response,
+    response_head,
+    text_response,
+    upstream_head,
+)
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 Distance = Callable[[str, str], float]
@@ -303,12 +312,33 @@ class Route:
         self.metrics.ejected(self.service, backend.region)
 
     def _unavailable(self, request: Request) -> bytes:
+        """No replica within the hold: one is being started (a wake from sleep, a failover). A browser
+        asking for a page gets a page that says so and reloads itself; an API client gets JSON with
+        `finding_gpu` and Retry-After, which the Web UI's script waits on and retries."""
         detail = (
-            f"no live replica of {self.service} within {self.config.hold_s:g} s: "
-            "replacements may still be starting; retry later (see `gpuroam status`)"
+            f"no GPU replica of {self.service} is live yet: one is being started (a wake from sleep or a "
+            f"replacement); locally that takes seconds, a new GPU node on a cloud cluster 2-15 minutes. "
+            f"Retry after {self.config.retry_after_s} s (`gpuroam status` shows progress)"
         )
         retry_after = b"retry-after: %d\r\n" % self.config.retry_after_s
-        return json_response(503, {"error": detail}, request.keep_alive, retry_after)
+        accept = request.header(b"accept") or b""
+        if request.method == b"GET" and b"text/html" in accept:
+            page = WAITING_PAGE % {b"seconds": str(self.config.retry_after_s).encode(), b"detail": html_escape(detail)}
+            return text_response(503, page, b"text/html; charset=utf-8", request.keep_alive, retry_after)
+        body = {"error": detail, "finding_gpu": True, "retry_after_s": self.config.retry_after_s}
+        return json_response(503, body, request.keep_alive, retry_after)
+
+
+WAITING_PAGE = b"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="%(seconds)s">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>Finding a GPU</title></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto; line-height: 1.5">
+<h1>Finding a GPU</h1><p>%(detail)s</p><p>This page reloads by itself.</p></body></html>
+"""
+
+
+def html_escape(text: str) -> bytes:
+    return html.escape(text, quote=True).encode()
 
 
 def _header_str(request: Request, name: bytes) -> str | None:

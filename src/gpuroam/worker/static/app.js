@@ -165,6 +165,22 @@ function buildBody() {
   };
 }
 
+const FINDING_GPU_MAX_MS = 20 * 60 * 1000;
+
+// Seconds to wait before asking again when the endpoint says it is finding a GPU (the gateway's 503
+// with finding_gpu: the service was asleep or lost its replicas), else null.
+async function findingGpuWait(resp) {
+  if (resp.status !== 503) return null;
+  try {
+    const body = await resp.clone().json();
+    if (!body || body.finding_gpu !== true) return null;
+    const seconds = Number(resp.headers.get("Retry-After") || body.retry_after_s);
+    return Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds, 60) : 5;
+  } catch (_) {
+    return null;
+  }
+}
+
 async function generate() {
   if (state.busy) return;
   const form = $("txt2img");
@@ -179,11 +195,20 @@ async function generate() {
   setProgress(0, "Starting…");
   const started = performance.now();
   try {
-    const resp = await fetch("/sdapi/v1/txt2img", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify(body),
-    });
+    let resp;
+    for (;;) {
+      resp = await fetch("/sdapi/v1/txt2img", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        body: JSON.stringify(body),
+      });
+      const wait = await findingGpuWait(resp);
+      if (wait === null || performance.now() - started > FINDING_GPU_MAX_MS) break;
+      const waited = Math.round((performance.now() - started) / 1000);
+      setProgress(0, `Finding a GPU for this service… ${waited} s so far (seconds on one machine; ` +
+        "a new cloud GPU node takes 2–15 minutes). It generates as soon as one is ready.");
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+    }
     const elapsed = (performance.now() - started) / 1000;
     if (!resp.ok) {
       showError(await errorLines(resp));
