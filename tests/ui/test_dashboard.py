@@ -17,6 +17,7 @@ import pytest
 from dashboard_harness import Demo
 from playwright.sync_api import Page, expect
 
+from gpuroam.catalog import load_catalog
 from gpuroam.ui import dashboard_url
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -92,6 +93,10 @@ def test_the_map_shows_the_regions_and_where_the_service_serves(page: Page, demo
     endpoint = demo.client.get("/services/stable-diffusion")["endpoint"]
     expect(service.locator(".endpoint a")).to_have_text(endpoint)
     expect(service.locator('tr[data-state="ready"]')).to_have_count(2)
+    cost = sum(load_catalog().price(r, "nvidia-l4") for r in ("us-central1", "europe-west4"))
+    expect(service.locator(".scale")).to_contain_text(f"2 ready of 2 wanted · ${cost:.2f}/h")
+    expect(service.locator(".scale")).to_contain_text("waiting for a replica")  # the gateway's queue, live
+    expect(service.locator(".scale .reason")).to_have_text("replicas.min is 2 (no autoscale section)")
     expect(page.locator('#events .event[data-kind="ready"]').first).to_be_visible()
     expect(page.locator("#events-state")).to_have_attribute("data-state", "live")
     expect(page.locator("#traffic tr[data-region]").first).to_be_visible()  # the light load, per region

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from gpuroam.autoscale import Policy, initial
 from gpuroam.controller.api.context import ApiContext, Context
+from gpuroam.controller.api.services import cost_per_hour
 from gpuroam.controller.signals import read_report, signals_from_report
 from gpuroam.records import ReplicaState
 from gpuroam.spec import parse_spec
@@ -55,9 +56,7 @@ class ServiceCollector(Collector):
                     per_pair[(replica.region, replica.gpu)] = per_pair.get((replica.region, replica.gpu), 0) + 1
             for (region, gpu), count in sorted(per_pair.items()):
                 ready.add_metric([record.name, region, gpu], count)
-            offered = [r for r in live if (r.region, r.gpu) in catalog.offers]
-            dollars = sum(catalog.price(r.region, r.gpu) * spec.resources.gpu_count for r in offered)
-            cost.add_metric([record.name], dollars)
+            cost.add_metric([record.name], cost_per_hour(catalog, spec, live))
             if record.name in signals:
                 in_flight.add_metric([record.name], signals[record.name].in_flight)
                 held.add_metric([record.name], signals[record.name].held)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
 from gpuroam.autoscale import Policy, initial
+from gpuroam.catalog import Catalog
 from gpuroam.controller.api.context import ApiContext, Context, check_filter, storable
 from gpuroam.controller.api.models import DeletedOut, ReplicaOut, ServiceOut, StatusOut
 from gpuroam.records import Event, EventKind, Replica, ReplicaState, ServiceRecord
-from gpuroam.spec import SpecError, parse_spec, spec_to_dict
+from gpuroam.spec import ServiceSpec, SpecError, parse_spec, spec_to_dict
 
 router = APIRouter()
 
@@ -48,18 +50,26 @@ def service_view(context: ApiContext, record: ServiceRecord, now: float) -> Serv
         endpoint: str | None = context.gateway.endpoint(record.gateway_port)
     else:
         endpoint = context.provider.endpoint(record.name) or (ready[0].url if ready else None)
-    scale = context.store.get_scale(record.name) or initial(Policy.from_spec(parse_spec(record.spec)), now)
+    spec = parse_spec(record.spec)
+    scale = context.store.get_scale(record.name) or initial(Policy.from_spec(spec), now)
     return ServiceOut(
         name=record.name,
         endpoint=endpoint,
         desired=scale.desired,
         reason=scale.reason,
+        cost_per_hour=round(cost_per_hour(context.catalog, spec, replicas), 4),
         deleted=record.deleted,
         pinned_regions=list(record.pinned_regions),
         generation=record.generation,
         replicas=[replica_view(r, now) for r in replicas],
         spec=record.spec,
     )
+
+
+def cost_per_hour(catalog: Catalog, spec: ServiceSpec, replicas: Sequence[Replica]) -> float:
+    """USD per hour of the live replicas' GPUs at the catalog's on-demand prices (0 for a pair it lacks)."""
+    live = [r for r in replicas if r.state.live and (r.region, r.gpu) in catalog.offers]
+    return sum(catalog.price(r.region, r.gpu) * spec.resources.gpu_count for r in live)
 
 
 def _existing(context: ApiContext, name: str) -> ServiceRecord:

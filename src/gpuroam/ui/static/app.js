@@ -66,7 +66,7 @@ async function refresh() {
   map.update(views);
   controls.update(status.services, regions);
   renderSummary($("#summary"), views, status.services, traffic);
-  renderServices($("#services"), status.services);
+  renderServices($("#services"), status.services, traffic);
   renderTraffic($("#traffic"), traffic, status.services);
 }
 

@@ -39,19 +39,47 @@ function sum(values) {
   return values.reduce((total, value) => total + value, 0);
 }
 
-export function renderServices(container, services) {
+export function renderServices(container, services, traffic) {
   const shown = services.filter((s) => !s.deleted || s.replicas.length);
-  // Redrawn when what it shows changes (not for ages, updated in place), so a link can be clicked.
-  const key = JSON.stringify(shown.map((s) => [s.name, s.endpoint, s.deleted, s.replicas.map((r) => [r.id, r.state])]));
+  // Redrawn when what it shows changes (not for ages and queues, updated in place), so a link can be clicked.
+  const key = JSON.stringify(
+    shown.map((s) => [
+      s.name, s.endpoint, s.deleted, s.desired, s.reason, s.cost_per_hour, s.replicas.map((r) => [r.id, r.state]),
+    ]),
+  );
   replaceIfChanged(container, key, () =>
     shown.length ? shown.map(serviceCard) : h("p", { class: "empty" }, "No service yet: gpuroam up SPEC"),
   );
+  const queues = new Map(((traffic && traffic.available && traffic.services) || []).map((s) => [s.name, s]));
   for (const service of shown) {
+    const queue = container.querySelector(`[data-queue-of="${CSS.escape(service.name)}"]`);
+    if (queue) queue.textContent = queueText(queues.get(service.name));
     for (const replica of service.replicas) {
       const cell = container.querySelector(`[data-age-of="${CSS.escape(replica.id)}"]`);
       if (cell) cell.textContent = age(replica.age_s);
     }
   }
+}
+
+function queueText(seen) {
+  if (!seen || typeof seen.in_flight !== "number") return "";
+  return ` · ${seen.in_flight} in flight, ${seen.held} waiting for a replica`;
+}
+
+function scaleLine(service, ready) {
+  const cost = typeof service.cost_per_hour === "number" ? ` · $${service.cost_per_hour.toFixed(2)}/h` : "";
+  return h(
+    "p",
+    { class: "scale" },
+    h("span", { class: "label" }, "size"),
+    h(
+      "span",
+      {},
+      `${ready.length} ready of ${service.desired} wanted${cost}`,
+      h("span", { dataset: { queueOf: service.name } }, ""),
+    ),
+    service.reason ? h("span", { class: "reason" }, service.reason) : null,
+  );
 }
 
 function serviceCard(service) {
@@ -85,6 +113,7 @@ function serviceCard(service) {
             : h("code", {}, service.endpoint),
         )
       : null,
+    typeof service.desired === "number" ? scaleLine(service, ready) : null,
     replicas.length
       ? h(
           "table",
