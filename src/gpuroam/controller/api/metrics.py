@@ -16,12 +16,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gpuroam.autoscale import Policy, initial
 from gpuroam.controller.api.context import ApiContext, Context
-from gpuroam.controller.api.services import cost_per_hour
+from gpuroam.controller.api.services import cost_per_hour, gpu_count, scale_of
 from gpuroam.controller.signals import read_report, signals_from_report
 from gpuroam.records import ReplicaState
-from gpuroam.spec import parse_spec
 
 router = APIRouter()
 
@@ -46,9 +44,7 @@ class ServiceCollector(Collector):
         report = read_report(store, self.context.gateway)[0] if self.context.gateway is not None else None
         signals = signals_from_report(report) if report is not None else {}
         for record in store.list_services():
-            spec = parse_spec(record.spec)
-            scale = store.get_scale(record.name) or initial(Policy.from_spec(spec), self.now)
-            desired.add_metric([record.name], scale.desired)
+            desired.add_metric([record.name], scale_of(store, record, self.now).desired)
             live = [r for r in store.list_replicas(service=record.name) if r.state.live]
             per_pair: dict[tuple[str, str], int] = {}
             for replica in live:
@@ -56,7 +52,7 @@ class ServiceCollector(Collector):
                     per_pair[(replica.region, replica.gpu)] = per_pair.get((replica.region, replica.gpu), 0) + 1
             for (region, gpu), count in sorted(per_pair.items()):
                 ready.add_metric([record.name, region, gpu], count)
-            cost.add_metric([record.name], cost_per_hour(catalog, spec, live))
+            cost.add_metric([record.name], cost_per_hour(catalog, gpu_count(record), live))
             if record.name in signals:
                 in_flight.add_metric([record.name], signals[record.name].in_flight)
                 held.add_metric([record.name], signals[record.name].held)

@@ -9,12 +9,13 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
-from gpuroam.autoscale import Policy, initial
+from gpuroam.autoscale import Policy, Scale, initial
 from gpuroam.catalog import Catalog
 from gpuroam.controller.api.context import ApiContext, Context, check_filter, storable
 from gpuroam.controller.api.models import DeletedOut, ReplicaOut, ServiceOut, StatusOut
+from gpuroam.controller.store import Store
 from gpuroam.records import Event, EventKind, Replica, ReplicaState, ServiceRecord
-from gpuroam.spec import ServiceSpec, SpecError, parse_spec, spec_to_dict
+from gpuroam.spec import SpecError, parse_spec, spec_to_dict
 
 router = APIRouter()
 
@@ -50,14 +51,13 @@ def service_view(context: ApiContext, record: ServiceRecord, now: float) -> Serv
         endpoint: str | None = context.gateway.endpoint(record.gateway_port)
     else:
         endpoint = context.provider.endpoint(record.name) or (ready[0].url if ready else None)
-    spec = parse_spec(record.spec)
-    scale = context.store.get_scale(record.name) or initial(Policy.from_spec(spec), now)
+    scale = scale_of(context.store, record, now)
     return ServiceOut(
         name=record.name,
         endpoint=endpoint,
         desired=scale.desired,
         reason=scale.reason,
-        cost_per_hour=round(cost_per_hour(context.catalog, spec, replicas), 4),
+        cost_per_hour=round(cost_per_hour(context.catalog, gpu_count(record), replicas), 4),
         deleted=record.deleted,
         pinned_regions=list(record.pinned_regions),
         generation=record.generation,
@@ -66,10 +66,28 @@ def service_view(context: ApiContext, record: ServiceRecord, now: float) -> Serv
     )
 
 
-def cost_per_hour(catalog: Catalog, spec: ServiceSpec, replicas: Sequence[Replica]) -> float:
+def scale_of(store: Store, record: ServiceRecord, now: float) -> Scale:
+    """What the autoscaler wants for the service: its stored state, else where a first pass starts.
+    A stored spec this version cannot read (written by hand, or by another version) is said, not a 500."""
+    stored = store.get_scale(record.name)
+    if stored is not None:
+        return stored
+    try:
+        return initial(Policy.from_spec(parse_spec(record.spec)), now)
+    except SpecError as error:
+        return Scale(desired=0, reason=f"the stored spec is not valid: {error}", changed_at=now)
+
+
+def gpu_count(record: ServiceRecord) -> int:
+    """GPUs per replica as stored (1 when the stored spec does not say)."""
+    count = (record.spec.get("resources") or {}).get("gpu_count", 1)
+    return count if isinstance(count, int) and count > 0 else 1
+
+
+def cost_per_hour(catalog: Catalog, gpus_per_replica: int, replicas: Sequence[Replica]) -> float:
     """USD per hour of the live replicas' GPUs at the catalog's on-demand prices (0 for a pair it lacks)."""
     live = [r for r in replicas if r.state.live and (r.region, r.gpu) in catalog.offers]
-    return sum(catalog.price(r.region, r.gpu) * spec.resources.gpu_count for r in live)
+    return sum(catalog.price(r.region, r.gpu) * gpus_per_replica for r in live)
 
 
 def _existing(context: ApiContext, name: str) -> ServiceRecord:
