@@ -160,3 +160,11 @@ def test_a_spec_without_autoscale_is_fixed_and_an_empty_section_takes_the_defaul
     assert Policy.from_spec(plain) == Policy(min=2, max=6, enabled=False)
     scaled = parse_spec({"name": "sd", "resources": {"gpus": ["nvidia-l4"]}, "replicas": {"min": 0}, "autoscale": None})
     assert Policy.from_spec(scaled) == Policy(min=0, max=8)
+
+
+def test_a_spec_changed_under_the_autoscaler_is_obeyed_at_once() -> None:
+    asleep = Scale(desired=0, reason="slept: no request for 900 s", changed_at=T0, idle_since=T0)
+    woken = decide(Policy(min=1, max=4), Load(), asleep, T0 + 1)
+    assert (woken.desired, woken.reason) == (1, "replicas.min..max is 1..4"), "min raised from 0: awake now"
+    capped = decide(Policy(min=1, max=2), Load(), Scale(desired=5, reason="", changed_at=T0), T0 + 1)
+    assert capped.desired == 2

@@ -105,13 +105,13 @@ def decide(policy: Policy, load: Load, state: Scale, now: float) -> Scale:
         idle_since = max(idle_since, load.last_request_at)
     state = replace(state, idle_since=idle_since)
     want = min(max(needed(policy, load), floor), policy.max)
+    if state.desired < policy.min or state.desired > policy.max:  # the spec changed under it; then decide on
+        target = min(max(state.desired, policy.min), policy.max)
+        state = _settle(state, target, f"replicas.min..max is {policy.min}..{policy.max}", now)
     if state.desired == 0:
         if load.waiting > 0:  # no window: the work is already waiting
             return _settle(state, want, f"woke: {load.waiting:g} request(s) waiting", now)
         return _settle(state, 0, state.reason or "asleep until the first request", now)
-    if state.desired < policy.min or state.desired > policy.max:  # the spec changed under it
-        target = min(max(state.desired, policy.min), policy.max)
-        return _settle(state, target, f"replicas.min..max is {policy.min}..{policy.max}", now)
     if policy.min == 0 and idle_since is not None and now - idle_since >= policy.sleep_after_s:
         return _settle(state, 0, f"slept: no request for {now - idle_since:.0f} s", now)
     per_speed = load.waiting / max(load.replica_speed * state.desired, 1e-9)
