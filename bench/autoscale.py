@@ -143,7 +143,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         scaled_down = event_time(client, "scaled-down", stop_wall)
         figures["scale_in_s"] = None if scaled_down is None else scaled_down - stop_wall
         figures["sleep_s"] = event_time(client, "slept", stop_wall) - stop_wall  # type: ignore[operator]
-        wait(lambda: not [r for r in client.get(f"/services/{NAME}")["replicas"] if r["state"] == "ready"], 60, "drain")
+        wait(lambda: not plane.provider.observe(), 60, "every replica process gone")  # drained, not just draining
         figures["second_wake_s"], figures["second_wake_status"] = timed_request(endpoint)
         figures["requests"] = len(clients.answers) + 2
         figures["failed"] = clients.failed() + (figures["wake_status"] != 200) + (figures["second_wake_status"] != 200)
