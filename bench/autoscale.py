@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import yaml
 
+from gpuroam.cli.scripted import wait_until
 from gpuroam.controller.client import ControlPlaneClient
 from gpuroam.providers.factories import local_provider
 from gpuroam.providers.local import free_port
@@ -93,16 +94,6 @@ def spec_file(directory: Path, args: argparse.Namespace) -> Path:
     return path
 
 
-def wait(condition: Any, timeout: float, what: str) -> float:
-    """Seconds until `condition()` holds (polled every 50 ms)."""
-    began = time.monotonic()
-    while not condition():
-        if time.monotonic() - began > timeout:
-            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.05)
-    return time.monotonic() - began
-
-
 def event_time(client: ControlPlaneClient, kind: str, after: float) -> float | None:
     """Wall-clock time of the first `kind` event after `after`."""
     times = [e["ts"] for e in client.get("/events", limit=5000) if e["kind"] == kind and e["ts"] >= after]
@@ -123,7 +114,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     try:
         client = ControlPlaneClient(plane.url, plane.token)
         endpoint = client.post("/services", spec_to_dict(load_spec(spec_file(directory, args))))["endpoint"]
-        wait(lambda: _listening(endpoint), 30, "the endpoint")
+        wait_until(lambda: _listening(endpoint), 30, "the endpoint")
         figures["wake_s"], figures["wake_status"] = timed_request(endpoint)
         clients = Clients(endpoint)
         clients.set(1)
@@ -131,19 +122,23 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         before = {replica for _, status, replica in clients.answers if status == 200}
         step_wall, step = time.time(), time.monotonic()
         clients.set(args.clients)
-        wait(lambda: event_time(client, "scaled-up", step_wall) is not None, args.timeout, "the scale-out decision")
+        wait_until(
+            lambda: event_time(client, "scaled-up", step_wall) is not None, args.timeout, "the scale-out decision"
+        )
         figures["decision_s"] = event_time(client, "scaled-up", step_wall) - step_wall  # type: ignore[operator]
-        wait(lambda: any(r not in before for _, s, r in clients.answers if s == 200), args.timeout, "a new replica")
+        wait_until(
+            lambda: any(r not in before for _, s, r in clients.answers if s == 200), args.timeout, "a new replica"
+        )
         figures["new_replica_serving_s"] = min(t for t, s, r in clients.answers if s == 200 and r not in before) - step
         time.sleep(args.load_s)
         figures["replicas_under_load"] = len({r for t, s, r in clients.answers if s == 200 and t > step})
         stop_wall = time.time()
         clients.set(0)
-        wait(lambda: event_time(client, "slept", stop_wall) is not None, args.timeout, "sleep")
+        wait_until(lambda: event_time(client, "slept", stop_wall) is not None, args.timeout, "sleep")
         scaled_down = event_time(client, "scaled-down", stop_wall)
         figures["scale_in_s"] = None if scaled_down is None else scaled_down - stop_wall
         figures["sleep_s"] = event_time(client, "slept", stop_wall) - stop_wall  # type: ignore[operator]
-        wait(lambda: not plane.provider.observe(), 60, "every replica process gone")  # drained, not just draining
+        wait_until(lambda: not plane.provider.observe(), 60, "every replica process gone")  # drained, not just draining
         figures["second_wake_s"], figures["second_wake_status"] = timed_request(endpoint)
         figures["requests"] = len(clients.answers) + 2
         figures["failed"] = clients.failed() + (figures["wake_status"] != 200) + (figures["second_wake_status"] != 200)

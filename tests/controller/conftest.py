@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from gpuroam.controller.store import Store
+from gpuroam.providers.factories import local_provider
+from gpuroam.providers.local import free_port
+from gpuroam.serve import ControlPlane, ServeOptions
 from postgres_server import PostgresServer, PostgresUnavailable
 
 
@@ -66,3 +69,18 @@ def store(store_url: str) -> Iterator[Store]:
     opened = Store.open(store_url)
     yield opened
     opened.close()
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[ControlPlane]:
+    """The whole control plane in process over the example local regions: real workers, the real gateway."""
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    options = ServeOptions(tmp_path / "state", port=free_port(), interval_s=0.5, gateway_port=free_port())
+    control = ControlPlane(options, local_provider(examples / "local-regions.yaml", options.state_dir))
+    control.start()
+    try:
+        yield control
+    finally:
+        control.stop()  # the loop first, so it cannot launch while we clean up
+        for seen in control.provider.observe():
+            control.provider.terminate(seen.replica_id)

@@ -7,20 +7,15 @@ region; the quiet after scales it back in, then to sleep. No request fails throu
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Self
 
 import httpx
-import pytest
 import yaml
 from test_control_plane import EXAMPLES, wait_for
 
+from gpuroam.cli.scripted import SteadyLoad
 from gpuroam.controller.client import ControlPlaneClient
-from gpuroam.providers.factories import local_provider
-from gpuroam.providers.local import free_port
-from gpuroam.serve import ControlPlane, ServeOptions
+from gpuroam.serve import ControlPlane
 from gpuroam.spec import load_spec, spec_to_dict
 
 NAME = "stable-diffusion"
@@ -37,45 +32,6 @@ def sleepy_spec(tmp_path: Path) -> Path:
     path = tmp_path / "sleepy.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-@pytest.fixture
-def plane(tmp_path: Path) -> Iterator[ControlPlane]:
-    options = ServeOptions(tmp_path / "state", port=free_port(), interval_s=0.5, gateway_port=free_port())
-    control = ControlPlane(options, local_provider(EXAMPLES / "local-regions.yaml", options.state_dir))
-    control.start()
-    try:
-        yield control
-    finally:
-        control.stop()
-        for seen in control.provider.observe():
-            control.provider.terminate(seen.replica_id)
-
-
-class Burst:
-    """Clients generating back to back through the endpoint until stopped; every answer is kept."""
-
-    def __init__(self, endpoint: str, clients: int) -> None:
-        self.endpoint, self.codes, self.regions = endpoint, list[int](), list[str]()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def __enter__(self) -> Self:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
-
-    def _run(self) -> None:
-        with httpx.Client(timeout=120) as http:
-            while not self._stop.is_set():
-                answer = http.post(f"{self.endpoint}/sdapi/v1/txt2img", json=SMALL)
-                self.codes.append(answer.status_code)
-                self.regions.append(answer.headers.get("x-gpuroam-region", ""))
 
 
 def test_sleep_wake_scale_out_scale_in_and_sleep_again_without_a_failed_request(
@@ -99,10 +55,10 @@ def test_sleep_wake_scale_out_scale_in_and_sleep_again_without_a_failed_request(
     assert woken.status_code == 200, woken.text
     assert service()["desired"] >= 1 and "woke" in [e["kind"] for e in client.get("/events")]
 
-    with Burst(endpoint, clients=4) as burst:
+    with SteadyLoad(endpoint, clients=4, steps=4) as burst:
         wait_for(lambda: len({r["region"] for r in ready()}) == 2, 120, "a second region under the burst")
-        wait_for(lambda: len(set(burst.regions[-8:]) - {""}) == 2, 60, "both regions serving the burst")
-    assert burst.codes and set(burst.codes) == {200}, f"failed during the burst: {sorted(set(burst.codes))}"
+        wait_for(lambda: len({s.region for s in burst.served[-8:]}) == 2, 60, "both regions serving the burst")
+    assert burst.ok and burst.failures == [], f"failed during the burst: {burst.failures[:5]}"
     assert "scaled-up" in [e["kind"] for e in client.get("/events")]
 
     wait_for(lambda: service()["desired"] == 0 and not ready(), 120, "scale-in, then sleep")

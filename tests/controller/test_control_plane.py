@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,9 +21,8 @@ import yaml
 from gpuroam.cli.scripted import SteadyLoad
 from gpuroam.controller.client import ControlPlaneClient
 from gpuroam.gateway.supervisor import GatewayProcess
-from gpuroam.providers.factories import local_provider
 from gpuroam.providers.local import LocalProvider, free_port
-from gpuroam.serve import ControlPlane, ServeOptions
+from gpuroam.serve import ControlPlane
 from gpuroam.statedir import ServerInfo
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -50,19 +49,6 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, every: 
 
 def ready(client: ControlPlaneClient, name: str = "stable-diffusion") -> list[dict]:
     return [r for r in client.get(f"/services/{name}")["replicas"] if r["state"] == "ready"]
-
-
-@pytest.fixture
-def plane(tmp_path: Path) -> Iterator[ControlPlane]:
-    options = ServeOptions(tmp_path / "state", port=free_port(), interval_s=0.5, gateway_port=free_port())
-    control = ControlPlane(options, local_provider(EXAMPLES / "local-regions.yaml", options.state_dir))
-    control.start()
-    try:
-        yield control
-    finally:
-        control.stop()  # the loop first, so it cannot launch while we clean up
-        for seen in control.provider.observe():
-            control.provider.terminate(seen.replica_id)
 
 
 def test_up_expand_fail_gpu_and_recover(plane: ControlPlane, tmp_path: Path) -> None:
