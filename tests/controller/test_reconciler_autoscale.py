@@ -116,3 +116,12 @@ def test_client_regions_the_catalog_does_not_know_are_left_out_of_placement() ->
     shares = demand_shares(seen, load_catalog().regions)
     assert shares == {"europe-west1": 0.75, "us-east1": 0.25}
     assert demand_shares(ServiceSignals(demand={"mars": 1.0}), load_catalog().regions) == {}
+
+
+def test_a_request_that_arrives_before_the_first_pass_wakes_the_service_and_says_so(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler, signals = world
+    store.put_service(NAME, scaled_spec(min=0), clock.now)
+    signals.load(held=1, at=clock.now)  # held at the gateway before the controller ever looked
+    run(reconciler, provider, clock, passes=3)
+    assert store.get_scale(NAME).desired == 1 and ready(store)  # type: ignore[union-attr]
+    assert EventKind.WOKE in kinds(store)

@@ -44,9 +44,9 @@ def scale_service(
         after = decide(policy, _load(catalog, spec, replicas, seen), state, now)
     if after != before:
         store.put_scale(spec.name, after)
-    if before is None or after.desired == before.desired:
+    if after.desired == state.desired:  # a first pass compares with where a new service starts
         return Scaled(after)
-    return Scaled(after, _kind(before.desired, after.desired))
+    return Scaled(after, _kind(state.desired, after.desired))
 
 
 def demand_shares(seen: ServiceSignals | None, known: Collection[str]) -> Mapping[str, float]:
