@@ -185,6 +185,12 @@ class AutoscaleSpec(_Section):
     sleep_after_s: float = Field(
         default=900.0, gt=0, description="seconds > 0 without a request before a replicas.min: 0 service sleeps"
     )
+    wake_ahead_s: float = Field(
+        default=900.0,
+        ge=0,
+        description="seconds >= 0: a replicas.min: 0 service wakes this long before the time its day's first "
+        "request came a day or a week ago (0: only a request wakes it)",
+    )
 
 
 class ServiceSpec(_Section):

@@ -405,7 +405,13 @@ def test_the_autoscaler_state_round_trips_and_survives_a_new_spec(store: Store) 
     store.put_service("sd", SPEC, T)
     assert store.get_scale("sd") is None and store.get_scale("nope") is None
     scale = Scale(
-        desired=3, reason="scaled up: 12 in flight", above_since=None, below_since=T, changed_at=T, idle_since=T
+        desired=3,
+        reason="scaled up: 12 in flight",
+        above_since=None,
+        below_since=T,
+        changed_at=T,
+        idle_since=T,
+        day_starts=(T - 86_400, T),
     )
     store.put_scale("sd", scale)
     assert store.get_scale("sd") == scale

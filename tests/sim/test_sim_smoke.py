@@ -97,3 +97,31 @@ def test_the_command_refuses_unknown_policies_and_worlds() -> None:
         result = CliRunner().invoke(app, ["sim", "--runs", "1", "--processes", "1", *option])
         assert result.exit_code == 1
         assert "unknown" in result.output
+
+
+def test_the_autoscaling_study_writes_its_figures_goals_and_plot(tmp_path: Path) -> None:
+    """One burst on a few hours of the steady day: the autoscaler meets it with more replicas than the
+    fixed size has, so more of it is answered within 10 s; the fixed size never wakes."""
+    result = CliRunner().invoke(
+        app,
+        [
+            "sim",
+            *("--traces", "burst", "--runs", "1", "--days", "0.4", "--processes", "1"),
+            *("--out", str(tmp_path), "--json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    figures = document["traces"]["burst"]["figures"]
+    assert set(figures) == {"fixed", "skyserve", "autoscale"}
+    assert figures["autoscale"]["served_in_bound"] > figures["fixed"]["served_in_bound"] + 0.05
+    assert figures["fixed"]["wakes_per_day"] == 0 and figures["fixed"]["given_up"] > 0.05
+    assert set(document["goals"]) == {"autoscale"} and "burst_vs_fixed" in document["goals"]["autoscale"]
+    assert (tmp_path / "sim-autoscale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_autoscaling_study_refuses_unknown_traces_and_two_worlds() -> None:
+    for option in (["--traces", "tuesday"], ["--traces", "burst", "--worlds", "typical,crunch"]):
+        result = CliRunner().invoke(app, ["sim", "--runs", "1", "--processes", "1", *option])
+        assert result.exit_code == 1
+        assert "unknown trace" in result.output or "one world" in result.output

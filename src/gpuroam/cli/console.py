@@ -36,6 +36,11 @@ def age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+def _since(service: dict[str, Any]) -> str:
+    since = service.get("desired_since")
+    return f" ({age(time.time() - since)} ago)" if since else ""
+
+
 def service_table(service: dict[str, Any]) -> Table:
     ready = sum(r["state"] == "ready" for r in service["replicas"])
     regions = {r["region"] for r in service["replicas"] if r["state"] == "ready"}
@@ -43,7 +48,7 @@ def service_table(service: dict[str, Any]) -> Table:
         f"[bold]{service['name']}[/]  endpoint [cyan]{service['endpoint'] or '(none ready yet)'}[/]  "
         f"{ready} ready in {len(regions)} region(s), {service.get('desired', ready)} wanted"
         + ("  [red](deleting)[/]" if service.get("deleted") else "")
-        + (f"\n[dim]{service['reason']}[/]" if service.get("reason") else "")
+        + (f"\n[dim]{service['reason']}{_since(service)}[/]" if service.get("reason") else "")
     )
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("replica", "region", "GPU", "state", "URL", "age"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,7 +15,7 @@ from gpuroam.cli.app import app
 from gpuroam.cli.common import JsonOption, console, die, out
 
 if TYPE_CHECKING:
-    from gpuroam.sim.runner import Study
+    from gpuroam.sim.runner import SimConfig, Study
 
 
 @app.command()
@@ -21,7 +23,14 @@ def sim(
     runs: Annotated[
         int, typer.Option(min=1, help="Seeded runs (worlds) per world kind; every policy runs each.")
     ] = 1000,
-    days: Annotated[float, typer.Option(min=0.05, help="Days each run lasts after the service is created.")] = 1.0,
+    days: Annotated[
+        float | None,
+        typer.Option(
+            min=0.05,
+            help="Days each run lasts after the service is created (default 1; with --traces, "
+            "2 for steady and burst, 7 for sparse).",
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Run i draws its world from \\[seed, i]: same seed, same figures.")] = 1,
     policies: Annotated[
         str,
@@ -29,12 +38,24 @@ def sim(
             help="Comma-separated: sequential, gpuroam (the spec's defaults), previous-defaults, no-fallback, race-N, "
             "no-backoff, backoff-4, price-order, timeout-10m, timeout-15m, timeout-20m, single-region; vary one with "
             "NAME:key=value (race, fallback on|off, timeout, ttl, backoff, max, move_back, regions, gpus, min_regions, "
-            "min)."
+            "min, max_replicas). With --traces: fixed, skyserve, autoscale (default: all three), varied with "
+            "target, up, down, sleep (autoscale) or qps (skyserve)."
         ),
     ] = "",
     worlds: Annotated[
-        str, typer.Option(help="Comma-separated world models: typical, crunch, l4-shortage.")
-    ] = "typical,crunch",
+        str,
+        typer.Option(
+            help="Comma-separated world models: typical, crunch, l4-shortage (default typical,crunch; "
+            "with --traces one world, default typical)."
+        ),
+    ] = "",
+    traces: Annotated[
+        str,
+        typer.Option(
+            help="The autoscaling study: comma-separated demand traces (steady, burst, sparse) that every "
+            "policy serves, with requests, queues and costs."
+        ),
+    ] = "",
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder for sim-results.json and the two PNG plots.")
     ] = None,
@@ -48,28 +69,27 @@ def sim(
     placement code. Figures: time to first ready replica, availability, demand served within
     10 s, cost per hour and per 1,000 images, moves a day.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from gpuroam.sim.policies import AUTOSCALE_POLICIES, DEFAULT_POLICIES
+    from gpuroam.sim.runner import SimConfig
 
-    from gpuroam.sim.policies import DEFAULT_POLICIES, PolicyError
-    from gpuroam.sim.runner import SimConfig, study
-
-    names = tuple(p.strip() for p in policies.split(",") if p.strip()) or DEFAULT_POLICIES
+    chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
     kinds = [w.strip() for w in worlds.split(",") if w.strip()]
-    config = SimConfig(runs=runs, days=days, seed=seed, policies=names, processes=processes)
-    total = runs * len(kinds)
+    if traces:
+        config = SimConfig(runs=runs, seed=seed, policies=chosen or AUTOSCALE_POLICIES, processes=processes)
+        _traces(config, [t.strip() for t in traces.split(",") if t.strip()], kinds, days, out_dir, json_out)
+        return
+    config = SimConfig(runs=runs, days=days or 1.0, seed=seed, policies=chosen or DEFAULT_POLICIES, processes=processes)
+    _capacity(config, kinds or ["typical", "crunch"], out_dir, json_out)
+
+
+def _capacity(config: SimConfig, kinds: list[str], out_dir: Path | None, json_out: bool) -> None:
+    """`gpuroam sim`: the capacity study, its tables, goals and plots."""
+    from gpuroam.sim.policies import PolicyError
+    from gpuroam.sim.runner import study
+
     try:
-        with Progress(
-            TextColumn("simulating"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("runs"),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,
-        ) as bar:
-            task = bar.add_task("runs", total=total)
-            done = study(config, kinds, progress=lambda n: bar.advance(task, n))
+        with _progress(config.runs * len(kinds)) as advance:
+            done = study(config, kinds, progress=advance)
     except (PolicyError, ValueError) as error:
         die(str(error))
     document = done.to_json() | {"machine": f"{os.cpu_count()} CPUs"}
@@ -109,6 +129,58 @@ def _print(done: Study, written: list[Path]) -> None:
             out.print(f"\n{title}\n\n{markdown_table(done.tables[world])}\n", soft_wrap=True)
         for line in goal_lines(done.goals[world]):
             out.print(f"- {line}", soft_wrap=True, markup=False)
+    out.print(f"{done.seconds:.0f} s with {config.processes} processes")
+    for path in written:
+        out.print(f"wrote {path}")
+
+
+@contextmanager
+def _progress(total: int) -> Iterator[Callable[[int], None]]:
+    """A bar over `total` runs on a terminal; yields what to call with each number of runs done."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("simulating"), BarColumn(), MofNCompleteColumn(), TextColumn("runs"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("runs", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _traces(
+    config: SimConfig, traces: list[str], worlds: list[str], days: float | None, out_dir: Path | None, json_out: bool
+) -> None:
+    """`gpuroam sim --traces`: the autoscaling study, its tables, goals and plot."""
+    from gpuroam.sim.figures import DEMAND_COLUMNS, goal_lines, markdown_table
+    from gpuroam.sim.policies import PolicyError
+    from gpuroam.sim.runner import trace_study
+
+    if len(worlds) > 1:
+        die("--traces runs in one world: give --worlds one of typical, crunch, l4-shortage")
+    total = config.runs * len(traces)
+    try:
+        with _progress(total) as advance:
+            done = trace_study(config, traces, worlds[0] if worlds else "typical", days, advance)
+    except (PolicyError, ValueError) as error:
+        die(str(error))
+    document = done.to_json() | {"machine": f"{os.cpu_count()} CPUs"}
+    written: list[Path] = []
+    if out_dir is not None:
+        from gpuroam.sim.plots import AUTOSCALE, plot_autoscale
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written.append(out_dir / "sim-autoscale.json")
+        written[-1].write_text(json.dumps(document, indent=1) + "\n")
+        written.append(plot_autoscale(done.tables, out_dir / AUTOSCALE))
+    if json_out:
+        out.print_json(data=document | {"files": [str(p) for p in written]})
+        return
+    for trace in done.traces:
+        title = (
+            f"{trace} trace, {done.world} world: {config.runs} runs of {done.days[trace]:g} days, seed {config.seed}"
+        )
+        out.print(f"\n{title}\n\n{markdown_table(done.tables[trace], DEMAND_COLUMNS)}\n", soft_wrap=True)
+    for candidate, verdicts in done.goals.items():
+        for line in goal_lines(verdicts):
+            out.print(f"- {candidate}: {line}", soft_wrap=True, markup=False)
     out.print(f"{done.seconds:.0f} s with {config.processes} processes")
     for path in written:
         out.print(f"wrote {path}")

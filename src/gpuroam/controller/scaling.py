@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from gpuroam.autoscale import Load, Policy, Scale, decide, initial
+from gpuroam.autoscale import Load, Policy, Scale, decide, initial, mean_speed
 from gpuroam.catalog import Catalog
 from gpuroam.controller.signals import ServiceSignals
 from gpuroam.controller.store import Store
@@ -61,12 +61,11 @@ def demand_shares(seen: ServiceSignals | None, known: Collection[str]) -> Mappin
 
 
 def _load(catalog: Catalog, spec: ServiceSpec, replicas: Sequence[Replica], seen: ServiceSignals | None) -> Load:
-    """Speed per replica: the ready ones' mean GPU speed, else the most preferred GPU's (what a launch gets)."""
     ready = [catalog.speed_or_default(r.gpu) for r in replicas if r.state is ReplicaState.READY]
-    speed = sum(ready) / len(ready) if ready else catalog.speed_or_default(spec.resources.gpus[0])
+    speed = mean_speed(ready, catalog.speed_or_default(spec.resources.gpus[0]))
     if seen is None:
         return Load(replica_speed=speed)
-    return Load(seen.in_flight, seen.held, speed, seen.last_request_at)
+    return Load(seen.in_flight, seen.held, speed, seen.last_request_at, ready=len(ready))
 
 
 def _kind(before: int, after: int) -> EventKind:

@@ -228,7 +228,7 @@ class Operations(ABC):
         """The autoscaler's state for the service as its last pass left it (None: none yet, or no service)."""
         with self._read() as conn:
             row = conn.execute(select(services.c.scale).where(services.c.name == name)).one_or_none()
-            return None if row is None or row.scale is None else Scale(**row.scale)
+            return None if row is None or row.scale is None else Scale.from_dict(row.scale)
 
     def put_scale(self, name: str, scale: Scale) -> None:
         with self._write() as conn:

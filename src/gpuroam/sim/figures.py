@@ -12,6 +12,7 @@ from gpuroam.sim.simulation import RunResult
 BASELINE = "sequential"
 CANDIDATE = "gpuroam"
 SINGLE = "single-region"
+FIXED, SKYSERVE, AUTOSCALE = "fixed", "skyserve", "autoscale"  # the autoscaling study's three
 
 
 class Verdict(TypedDict, total=False):
@@ -19,6 +20,8 @@ class Verdict(TypedDict, total=False):
 
     goal: Required[str]
     value: Required[float]
+    share_gain: float  # autoscaling: share within the bound, autoscale's less fixed's
+    traces_won: str
     met: bool
     per_hour: float  # the cost goal: extra cost per hour, beside per 1,000 images
     downtime_ratio: float | None  # single region: how many times gpuroam's downtime (None: gpuroam had none)
@@ -111,14 +114,17 @@ COLUMNS = (
 )
 
 
-def markdown_table(table: Mapping[str, Mapping[str, float]]) -> str:
-    """One world's figures as a Markdown table, a row per policy."""
+Columns = Sequence[tuple[str, str, str]]
+
+
+def markdown_table(table: Mapping[str, Mapping[str, float]], columns: Columns = COLUMNS) -> str:
+    """One world's (or trace's) figures as a Markdown table, a row per policy."""
     lines = [
-        "| policy | " + " | ".join(header for _, header, _ in COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
+        "| policy | " + " | ".join(header for _, header, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
     ]
     for policy, figures in table.items():
-        lines.append(f"| {policy} | " + " | ".join(fmt.format(figures[key]) for key, _, fmt in COLUMNS) + " |")
+        lines.append(f"| {policy} | " + " | ".join(fmt.format(figures[key]) for key, _, fmt in columns) + " |")
     return "\n".join(lines)
 
 
@@ -131,3 +137,79 @@ def goal_lines(verdicts: Mapping[str, Verdict]) -> list[str]:
         extra = ", ".join(f"{k} {v}" for k, v in verdict.items() if k not in ("goal", "met"))
         out.append(f"{verdict['goal']}: {extra}{mark}")
     return out
+
+
+def summarize_demand(runs: Sequence[RunResult]) -> dict[str, float]:
+    """One policy's figures on a demand trace, pooled over runs: what the images cost, how many were
+    answered within the bound, the GPU time bought, and the wakes from zero with their waits."""
+    hours = sum(r.hours for r in runs)
+    asked = sum(r.asked for r in runs)
+    answered = sum(r.answered for r in runs)
+    cost = sum(r.cost_usd for r in runs)
+    waits = np.array([w for r in runs for w in r.wake_waits])
+    return {
+        "runs": len(runs),
+        "cost_per_1000_images": 1000.0 * cost / answered if answered else float("inf"),
+        "served_in_bound": sum(r.in_bound for r in runs) / asked if asked else 0.0,
+        "given_up": 1.0 - answered / asked if asked else 0.0,
+        "cost_per_day": 24.0 * cost / hours,
+        "replica_hours_per_day": 24.0 * sum(r.node_hours for r in runs) / hours,
+        "wakes_per_day": 24.0 * sum(r.wakes for r in runs) / hours,
+        "wake_wait_median_s": float(np.median(waits)) if len(waits) else 0.0,
+        "wake_wait_p95_s": float(np.percentile(waits, 95)) if len(waits) else 0.0,
+        "images_per_day": 24.0 * asked / hours,
+    }
+
+
+def autoscale_goals(tables: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, Verdict]]:
+    """Issue 19's goals for each gpuroam autoscale policy run (`autoscale` and its variants)."""
+    names = {name for table in tables.values() for name in table if name.split(":")[0] == AUTOSCALE}
+    return {name: candidate_goals(tables, name) for name in sorted(names)}
+
+
+def candidate_goals(tables: Mapping[str, Mapping[str, Mapping[str, float]]], candidate: str) -> dict[str, Verdict]:
+    """At least 40% cheaper per 1,000 images than the fixed size on the sparse and burst traces at an
+    equal or better share within the bound; better than the SkyServe-style autoscaler on both cost
+    and share on at least two of the three traces."""
+    out: dict[str, Verdict] = {}
+    for trace in ("sparse", "burst"):
+        table = tables.get(trace, {})
+        fixed, mine = table.get(FIXED), table.get(candidate)
+        if fixed and mine:
+            saving = 1.0 - mine["cost_per_1000_images"] / fixed["cost_per_1000_images"]
+            share = mine["served_in_bound"] - fixed["served_in_bound"]
+            out[f"{trace}_vs_fixed"] = {
+                "goal": f"{trace}: >= 40% cheaper per 1,000 images than fixed, share within 10 s >= fixed's",
+                "value": round(saving, 4),
+                "share_gain": round(share, 4),
+                "met": bool(saving >= 0.40 and share >= 0.0),
+            }
+    compared = [t for t in tables if SKYSERVE in tables[t] and candidate in tables[t]]
+    if compared:
+        wins = [t for t in compared if _beats(tables[t][candidate], tables[t][SKYSERVE])]
+        out["vs_skyserve"] = {
+            "goal": "cheaper per 1,000 images and more served within 10 s than SkyServe-style on >= 2 of 3 traces",
+            "value": len(wins),
+            "traces_won": ",".join(wins),
+            "met": bool(len(wins) >= min(2, len(compared))),
+        }
+    return out
+
+
+def _beats(mine: Mapping[str, float], theirs: Mapping[str, float]) -> bool:
+    return (
+        mine["cost_per_1000_images"] < theirs["cost_per_1000_images"]
+        and mine["served_in_bound"] > theirs["served_in_bound"]
+    )
+
+
+DEMAND_COLUMNS = (
+    ("cost_per_1000_images", "$/1k images", "{:.3f}"),
+    ("served_in_bound", "served < 10 s", "{:.2%}"),
+    ("given_up", "given up", "{:.2%}"),
+    ("cost_per_day", "$/day", "{:.2f}"),
+    ("replica_hours_per_day", "replica-h/day", "{:.1f}"),
+    ("wakes_per_day", "wakes/day", "{:.2f}"),
+    ("wake_wait_median_s", "wake wait p50 (s)", "{:.0f}"),
+    ("wake_wait_p95_s", "wake wait p95 (s)", "{:.0f}"),
+)

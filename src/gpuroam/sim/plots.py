@@ -1,4 +1,5 @@
-"""The simulation's two pictures (matplotlib, PNG): time to capacity as CDFs, and availability.
+"""The simulation's pictures (matplotlib, PNG): time to capacity as CDFs, availability, and the
+autoscaling study's cost against requests served in time.
 
 Drawn on matplotlib Figures, not through pyplot: files only, so no backend to pick and no global
 figure state to close."""
@@ -15,6 +16,7 @@ from gpuroam.sim.simulation import RunResult
 
 TIME_TO_CAPACITY = "sim-time-to-capacity.png"
 AVAILABILITY = "sim-availability.png"
+AUTOSCALE = "sim-autoscale.png"
 
 
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
@@ -94,3 +96,35 @@ def plot_availability(tables: Mapping[str, Mapping[str, Mapping[str, float]]], p
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
+
+
+def plot_autoscale(tables: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> Path:
+    """One panel per demand trace: each policy's cost per 1,000 images against its share of requests
+    answered within 10 s (lower right is better)."""
+    traces = list(tables)
+    fig = Figure(figsize=(5.0 * len(traces), 4.4))
+    axes = fig.subplots(1, len(traces), squeeze=False)
+    for ax, trace in zip(axes[0], traces, strict=True):
+        for i, (name, figures) in enumerate(tables[trace].items()):
+            style = _autoscale_style(name, i)
+            ax.scatter(100 * figures["served_in_bound"], figures["cost_per_1000_images"], s=70, **style)
+            ax.annotate(name, (100 * figures["served_in_bound"], figures["cost_per_1000_images"]), fontsize=7,
+                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        ax.set_yscale("log")
+        ax.set_title(f"{trace} trace")
+        ax.set_xlabel("requests answered within 10 s (%)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("$ per 1,000 images answered (log)")
+    fig.suptitle("Autoscaling: cost against requests served in time (lower right is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _autoscale_style(name: str, i: int) -> dict[str, str]:
+    base = name.split(":")[0]
+    if base == "fixed":
+        return {"color": "black", "marker": "s"}
+    if base == "skyserve":
+        return {"color": "tab:blue" if name == base else "tab:cyan", "marker": "^"}
+    return {"color": "tab:red" if name == base else _COLORS[i % len(_COLORS)], "marker": "o"}

@@ -12,9 +12,14 @@
   the cheapest after a gap (SkyPilot's retry-until-up: 30 s, x1.6 per round, at most 150 s).
   It never moves a replica once placed.
 
+Either may follow demand (`gpuroam.sim.sizing`): `autoscale` is gpuroam's placement sized by
+gpuroam's autoscaler (the spec's autoscale section); `skyserve` is the sequential walk sized by
+SkyServe's request-rate autoscaler. `fixed` (the same as `gpuroam`) keeps replicas.min.
+
 Policies are named presets with optional overrides: `gpuroam`, `race-5`,
-`gpuroam:race=4:backoff=1.5`, `sequential:timeout=1200`. Each is a kind and a real ServiceSpec,
-validated as a spec file is, so the spec stays the one source of the placement settings.
+`gpuroam:race=4:backoff=1.5`, `sequential:timeout=1200`, `autoscale:target=2`, `skyserve:qps=0.4`.
+Each is a kind and a real ServiceSpec, validated as a spec file is, so the spec stays the one source
+of the placement and scaling settings.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 from gpuroam.catalog import Catalog, load_catalog
 from gpuroam.placement import CapacityView, Demand, Pair, block_after_failure, plan
-from gpuroam.records import Block, Replica
-from gpuroam.spec import ServiceSpec, SpecError, parse_spec, spec_to_dict
+from gpuroam.records import Block, Replica, ReplicaState
+from gpuroam.sim.sizing import AutoscaleSizer, QpsSizer
+from gpuroam.spec import AutoscaleSpec, ServiceSpec, SpecError, parse_spec, spec_to_dict
 
 if TYPE_CHECKING:
     from gpuroam.sim.simulation import Simulation
@@ -46,13 +52,22 @@ SERVICE = parse_spec(
 )
 
 
+# SkyServe-style sizing (between min_replicas 0 and replicas.max): requests per second one replica should take. Its placement launches the
+# cheapest GPU first, a T4 here (about 0.25 images/s): 0.2 keeps one near 80% busy.
+TARGET_QPS = 0.2
+# The autoscaled policies' ceiling: a 20x burst of the steady day needs about a dozen L4 replicas.
+AUTOSCALE_MAX = 16
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
-    """A named policy: how it hunts for capacity (`kind`) for the service `spec` describes."""
+    """A named policy: how it hunts for capacity (`kind`) for the service `spec` describes, and
+    with `target_qps`, sized by SkyServe's request-rate rule."""
 
     name: str
     kind: PolicyKind
     spec: ServiceSpec
+    target_qps: float | None = None
 
     def describe(self) -> dict[str, object]:
         """The policy's settings, for JSON output: what sequential reads, and all of placement for gpuroam."""
@@ -67,6 +82,10 @@ class PolicyConfig:
             "max_replicas": spec.replicas.max,
             "provision_timeout_s": placement["provision_timeout_s"],  # the one setting sequential uses
         }
+        if self.target_qps is not None:
+            out |= {"target_qps_per_replica": self.target_qps, "min_replicas": 0}
+        if spec.autoscale is not None:
+            out["autoscale"] = spec_to_dict(spec)["autoscale"]
         return out | placement if self.kind == "gpuroam" else out
 
 
@@ -100,6 +119,12 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "gpus": ("resources", "gpus", _names),
     "min_regions": ("regions", "min_regions", int),
     "min": ("replicas", "min", int),
+    "max_replicas": ("replicas", "max", int),
+    "target": ("autoscale", "target_in_flight", float),
+    "up": ("autoscale", "scale_up_after_s", float),
+    "down": ("autoscale", "scale_down_after_s", float),
+    "sleep": ("autoscale", "sleep_after_s", float),
+    "qps": ("", "target_qps", float),  # not a spec field: SkyServe's target_qps_per_replica
 }
 
 # name -> (kind, overrides by key). `gpuroam` is the spec's defaults; the rest vary one thing each.
@@ -122,7 +147,15 @@ PRESETS: dict[str, tuple[PolicyKind, dict[str, object]]] = {
     "timeout-15m": ("gpuroam", {"timeout": 900.0}),
     "timeout-20m": ("gpuroam", {"timeout": 1200.0}),
     "single-region": ("gpuroam", {"regions": ("us-central1",)}),
+    # the autoscaling study: today's fixed size, gpuroam's autoscaler, SkyServe's
+    "fixed": ("gpuroam", {}),
+    "autoscale": (
+        "gpuroam",
+        {"min": 0, "max_replicas": AUTOSCALE_MAX, "target": AutoscaleSpec().target_in_flight},
+    ),
+    "skyserve": ("sequential", {"max_replicas": AUTOSCALE_MAX, "qps": TARGET_QPS}),
 }
+AUTOSCALE_POLICIES = ("fixed", "skyserve", "autoscale")
 DEFAULT_POLICIES = (
     "sequential",
     "gpuroam",
@@ -144,7 +177,8 @@ class PolicyError(ValueError):
 
 def policy_config(name: str) -> PolicyConfig:
     """A preset by name, with `:key=value` overrides (race, fallback on|off, timeout, ttl, backoff,
-    max, move_back, regions a+b, gpus a+b, min_regions, min)."""
+    max, move_back, regions a+b, gpus a+b, min_regions, min, max_replicas; autoscaling: target, up,
+    down, sleep; SkyServe's qps)."""
     base, *overrides = name.split(":")
     if base not in PRESETS:
         raise PolicyError(f"unknown policy {base!r}; known: {', '.join(PRESETS)} (add :key=value to vary one)")
@@ -158,15 +192,19 @@ def policy_config(name: str) -> PolicyConfig:
             changes[key] = _KEYS[key][2](text)
         except ValueError as error:
             raise PolicyError(f"policy {name!r}: {item!r}: {error}") from None
-    return PolicyConfig(name, kind, _service(name, changes))
+    qps = changes.pop("qps", None)
+    if qps is not None and (kind != "sequential" or not isinstance(qps, float) or qps <= 0):
+        raise PolicyError(f"policy {name!r}: qps is SkyServe's target per replica, a number > 0 for skyserve")
+    return PolicyConfig(name, kind, _service(name, changes), qps if isinstance(qps, float) else None)
 
 
 def _service(name: str, changes: Mapping[str, object]) -> ServiceSpec:
-    """SERVICE with `changes` made, validated as a spec file is (so race 0 is refused alike)."""
+    """SERVICE with `changes` made, validated as a spec file is (so race 0 is refused alike); an
+    autoscale key brings the autoscale section."""
     data = spec_to_dict(SERVICE)
     for key, value in changes.items():
         section, attr, _ = _KEYS[key]
-        data[section][attr] = value
+        data.setdefault(section, {})[attr] = value
     try:
         return parse_spec(data, f"policy {name!r}")
     except SpecError as error:
@@ -188,6 +226,9 @@ class CachedCatalog:
     def rank(self, region: str) -> int:
         """The region's place in the catalog file."""
         return self._rank[region]
+
+    def speed(self, gpu: str) -> float:
+        return self._catalog.speed(gpu)
 
     def distance_km(self, region_a: str, region_b: str) -> float:
         key = (region_a, region_b)
@@ -212,6 +253,34 @@ class CapacityPolicy(Protocol):
         """A launch failed (`lost` False) or a ready replica was lost."""
 
 
+class _Sizing:
+    """An autoscaled policy's size, decided when its sizer is due (each decision asks for a pass at
+    the next one); None for a fixed-size policy."""
+
+    def __init__(self, config: PolicyConfig, catalog: CachedCatalog) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.sizer: AutoscaleSizer | QpsSizer | None = None
+        self.next_at = float("-inf")
+
+    def desired(self, simulation: Simulation, now: float) -> int | None:
+        spec = self.config.spec
+        if self.sizer is None:
+            if self.config.target_qps is not None:  # min_replicas 0, as SkyServe allows
+                self.sizer = QpsSizer(0, spec.replicas.max, self.config.target_qps)
+            elif spec.autoscale is not None:
+                self.sizer = AutoscaleSizer(spec, self.catalog.speed(spec.resources.gpus[0]), now)
+            else:
+                return None
+        if now >= self.next_at:
+            before = self.sizer.desired
+            self.next_at = self.sizer.decide(simulation.signals(now), simulation.ready_speeds(), now)
+            simulation.wake(self.next_at)
+            if before == 0 < self.sizer.desired:
+                simulation.woke(now)
+        return self.sizer.desired
+
+
 class GpuroamPolicy:
     """gpuroam's controller in the simulation: the real plan() and block backoff."""
 
@@ -220,10 +289,19 @@ class GpuroamPolicy:
         self.catalog = catalog
         self.offers = frozenset(p for p in offers if p[1] in config.spec.resources.gpus)
         self.demand = Demand.from_spec(config.spec)
+        self.sizing = _Sizing(config, catalog)
         self.blocks: dict[Pair, Block] = {}
         self.provision_timeout_s = config.spec.placement.provision_timeout_s
 
     def on_pass(self, simulation: Simulation, now: float) -> bool:
+        desired = self.sizing.desired(simulation, now)
+        if desired == 0:  # asleep: drain everything, as the reconciler does
+            live = simulation.live_replicas()
+            for replica in live:
+                simulation.drain(replica.id)
+            return bool(live)
+        if desired is not None and desired != self.demand.min_replicas:
+            self.demand = Demand.from_spec(self.config.spec, replicas=desired)
         view = CapacityView(offers=self.offers, blocks=self.blocks, traffic=simulation.traffic(now))
         decided = plan(self.catalog, self.demand, view, simulation.live_replicas(), now)
         for launch in decided.launches:
@@ -272,10 +350,12 @@ class SequentialPolicy:
         self.order = sorted(allowed, key=lambda p: (catalog.price(*p) * count, catalog.rank(p[0]), p[1]))
         self.slots = [_Slot() for _ in range(spec.replicas.min)]
         self.by_replica: dict[str, _Slot] = {}
+        self.sizing = _Sizing(config, catalog)
         self.provision_timeout_s = spec.placement.provision_timeout_s
 
     def on_pass(self, simulation: Simulation, now: float) -> bool:
-        acted = False
+        desired = self.sizing.desired(simulation, now)
+        acted = desired is not None and self._resize(simulation, desired)
         for slot in self.slots:
             if slot.replica is not None or now < slot.retry_at:
                 continue
@@ -291,6 +371,33 @@ class SequentialPolicy:
             self.by_replica[replica.id] = slot
             acted = True
         return acted
+
+    def _resize(self, simulation: Simulation, desired: int) -> bool:
+        """As many slots as the sizer wants; surplus slots go empty ones first, then starting
+        replicas, then the newest ready ones. True when a replica was drained."""
+        while len(self.slots) < desired:
+            self.slots.append(_Slot())
+        surplus = len(self.slots) - desired
+        if surplus <= 0:
+            return False
+        live = {r.id: r for r in simulation.live_replicas()}
+
+        def keep_last(slot: _Slot) -> tuple[int, float]:
+            replica = live.get(slot.replica) if slot.replica else None
+            if replica is None:
+                return (0, 0.0)
+            if replica.state is ReplicaState.PROVISIONING:
+                return (1, -replica.created_at)
+            return (2, -(replica.ready_at or 0.0))
+
+        drained = False
+        for slot in sorted(self.slots, key=keep_last)[:surplus]:
+            self.slots.remove(slot)
+            if slot.replica is not None:
+                del self.by_replica[slot.replica]
+                simulation.drain(slot.replica)
+                drained = True
+        return drained
 
     def on_ready(self, replica: Replica) -> None:
         self.by_replica[replica.id].rounds = 0

@@ -20,10 +20,14 @@ import numpy as np
 
 from gpuroam.catalog import load_catalog
 from gpuroam.placement import Pair
-from gpuroam.sim.figures import Verdict, goals, summarize_all
+from gpuroam.sim.figures import Verdict, autoscale_goals, goals, summarize_all, summarize_demand
 from gpuroam.sim.policies import DEFAULT_POLICIES, CachedCatalog, describe_policies, policy_config
 from gpuroam.sim.simulation import RunResult, run_policy
+from gpuroam.sim.traces import TRACES, Trace, with_trace
 from gpuroam.sim.world import WORLDS, Layout, WorldModel, build_world
+
+# How long a run of each trace lasts by default: the sparse service's week includes a weekend.
+TRACE_DAYS: dict[Trace, float] = {"steady": 2.0, "burst": 2.0, "sparse": 7.0}
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class SimConfig:
     model: WorldModel = field(default_factory=WorldModel)
     processes: int = 2
     chunk: int = 10  # runs per task handed to a process
+    trace: Trace | None = None  # requests from gpuroam.sim.traces (the autoscaling study)
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,10 @@ def run_chunk(config: SimConfig, run_ids: Sequence[int]) -> list[tuple[int, str,
     policies = [(name, policy_config(name), zlib.crc32(name.encode())) for name in config.policies]
     out: list[tuple[int, str, RunResult]] = []
     for run in run_ids:
-        world = build_world(config.model, shared.layout, np.random.default_rng([config.seed, run]), config.days)
+        rng = np.random.default_rng([config.seed, run])
+        world = build_world(config.model, shared.layout, rng, config.days)
+        if config.trace is not None:
+            world = with_trace(world, config.trace, rng)
         for name, policy, salt in policies:
             result = run_policy(world, policy, shared.catalog, shared.offers, (config.seed, run, salt), config.days)
             out.append((run, name, result))
@@ -177,3 +185,62 @@ def study(config: SimConfig, worlds: Sequence[str], progress: Callable[[int], No
     tables = {world: summarize_all(results[world]) for world in worlds}
     verdicts = {world: goals(tables[world]) for world in worlds}
     return Study(config, tuple(worlds), results, tables, verdicts, time.perf_counter() - started)
+
+
+@dataclass
+class TraceStudy:
+    """The autoscaling study: every policy on each demand trace, in one world kind."""
+
+    config: SimConfig
+    world: str
+    traces: tuple[Trace, ...]
+    days: dict[Trace, float]
+    results: dict[Trace, dict[str, list[RunResult]]]  # trace -> policy -> runs
+    tables: dict[str, dict[str, dict[str, float]]]  # trace -> policy -> figures
+    goals: dict[str, dict[str, Verdict]]  # candidate -> goal -> verdict
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "runs": self.config.runs,
+            "seed": self.config.seed,
+            "processes": self.config.processes,
+            "seconds": round(self.seconds, 1),
+            "world": self.world,
+            "model": WORLDS[self.world].describe(),
+            "policies": describe_policies(self.config.policies),
+            "traces": {
+                trace: {
+                    "days": self.days[trace],
+                    "figures": {p: {k: _rounded(v) for k, v in t.items()} for p, t in self.tables[trace].items()},
+                }
+                for trace in self.traces
+            },
+            "goals": self.goals,
+        }
+
+
+def trace_study(
+    config: SimConfig,
+    traces: Sequence[str],
+    world: str = "typical",
+    days: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TraceStudy:
+    """Every policy over `config.runs` worlds per trace; `days` overrides TRACE_DAYS."""
+    unknown = [t for t in traces if t not in TRACES]
+    if unknown:
+        raise ValueError(f"unknown trace {unknown[0]!r}; known: {', '.join(TRACES)}")
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; known: {', '.join(WORLDS)}")
+    chosen = tuple(t for t in TRACES if t in traces)
+    lengths = {t: days if days is not None else TRACE_DAYS[t] for t in chosen}
+    started = time.perf_counter()
+    configs = [replace(config, model=WORLDS[world], trace=t, days=lengths[t]) for t in chosen]
+    results = dict(zip(chosen, simulate_all(configs, progress), strict=True))
+    tables: dict[str, dict[str, dict[str, float]]] = {
+        t: {name: summarize_demand(runs) for name, runs in results[t].items()} for t in chosen
+    }
+    return TraceStudy(
+        config, world, chosen, lengths, results, tables, autoscale_goals(tables), time.perf_counter() - started
+    )

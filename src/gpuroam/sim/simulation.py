@@ -10,6 +10,9 @@ back is seen only by trying, as in a cloud).
 Accounting: a replica costs its price from the moment its node exists (a launch that got
 capacity) until it is terminated (failed, lost, drained after DRAIN_GRACE_S, or the run's end). It
 serves from ready until lost or drained.
+
+A world with requests (a trace from gpuroam.sim.traces) also gets a LoadModel: advanced to each
+instant before anything acts, it is the queue the requests meet and what autoscaled policies read.
 """
 
 from __future__ import annotations
@@ -17,17 +20,18 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
 
 from gpuroam.placement import Pair
 from gpuroam.records import Replica, ReplicaState
+from gpuroam.sim.load import LoadModel, Signals
 from gpuroam.sim.policies import CachedCatalog, CapacityPolicy, PolicyConfig, make_policy
+from gpuroam.sim.sizing import PASS_S
 from gpuroam.sim.world import MINUTE, Floats, Indices, World
 
-PASS_S = 5.0  # the reconciler's loop interval
 DRAIN_GRACE_S = 5.0  # the reconciler's: a drained replica runs this long so in-flight requests finish
 SETTLED_S = 900.0  # a ready replica drained after serving this long was a move; sooner, a race winner released
 
@@ -82,6 +86,13 @@ class RunResult:
     launches: int
     failures: int  # launches that never became ready (capacity failures and timeouts)
     ready_replicas: float  # mean ready replicas over the window
+    node_hours: float = 0.0  # GPU nodes billed, summed over replicas
+    # with a trace (the LoadModel's accounts, over the whole run): requests
+    asked: float = 0.0
+    answered: float = 0.0  # not given up, not still waiting at the end
+    in_bound: float = 0.0  # answered within the latency bound
+    wakes: int = 0  # scale-ups from zero
+    wake_waits: tuple[float, ...] = field(default=())  # the request that woke it -> a replica ready
 
 
 class Simulation:
@@ -118,6 +129,9 @@ class Simulation:
         self.cost = 0.0
         self.first_ready: float | None = None
         self.moves = self.released = self.losses = self.launches = self.failures = 0
+        self.node_s = 0.0
+        self.wakes = 0
+        self.load = LoadModel(world, self.gpu_count) if world.arrivals is not None else None
 
     # --- what policies call -------------------------------------------------------------------
 
@@ -129,6 +143,23 @@ class Simulation:
         if hour not in self._traffic:
             self._traffic[hour] = self.world.traffic(hour * 60)
         return self._traffic[hour]
+
+    def signals(self, now: float) -> Signals:
+        """What the data plane shows now (autoscaled policies need a world with a trace)."""
+        if self.load is None:
+            raise ValueError("an autoscaled policy needs requests: run it on a trace (gpuroam sim --traces)")
+        return self.load.signals(now)
+
+    def ready_speeds(self) -> list[float]:
+        layout = self.layout
+        ready = [r for r in self.live.values() if r.state is ReplicaState.READY]
+        return [float(layout.speed[layout.index[(r.region, r.gpu)]]) for r in ready]
+
+    def woke(self, now: float) -> None:
+        """The policy scaled up from zero."""
+        self.wakes += 1
+        if self.load is not None:
+            self.load.woke(now)
 
     def wake(self, t: float) -> None:
         if t < self.end and t not in self._wakes:
@@ -185,6 +216,8 @@ class Simulation:
         self._pass()
         while self._heap and self._heap[0][0] < self.end:
             self.now = self._heap[0][0]
+            if self.load is not None:
+                self.load.advance(self.now)
             changed = False
             while self._heap and self._heap[0][0] == self.now:
                 _, _, event = heapq.heappop(self._heap)
@@ -192,6 +225,8 @@ class Simulation:
             if changed:  # an event that changed nothing (a stale timeout, say) leaves the plan as it was
                 self._pass()
         self.now = self.end
+        if self.load is not None:
+            self.load.advance(self.end)
         for replica in list(self.live.values()):
             if replica.state is ReplicaState.READY:
                 self._unready(replica)
@@ -224,6 +259,8 @@ class Simulation:
             ready = replace(replica, state=ReplicaState.READY, ready_at=self.now, updated_at=self.now)
             self.live[ready.id] = ready
             self.ready_log.append((self.now, self.layout.index[(ready.region, ready.gpu)], 1))
+            if self.load is not None:
+                self.load.ready(self.layout.index[(ready.region, ready.gpu)], 1, self.now)
             if self.first_ready is None:
                 self.first_ready = self.now
             life = self.rng.exponential(self.model.replica_loss_every_h * 3600.0)
@@ -255,17 +292,36 @@ class Simulation:
         self.policy.on_failure(self, replica, self.now, lost)
 
     def _unready(self, replica: Replica) -> None:
-        self.ready_log.append((self.now, self.layout.index[(replica.region, replica.gpu)], -1))
+        pair = self.layout.index[(replica.region, replica.gpu)]
+        self.ready_log.append((self.now, pair, -1))
+        if self.load is not None:
+            self.load.ready(pair, -1, self.now)
 
     def _bill(self, replica: Replica, until: float) -> None:
         node_at = self.node_at.pop(replica.id, None)
         if node_at is not None and until > node_at:
+            self.node_s += until - node_at
             pair = self.layout.index[(replica.region, replica.gpu)]
             self.cost += float(self.layout.price[pair]) * self.gpu_count * (until - node_at) / 3600.0
 
     # --- figures ------------------------------------------------------------------------------
 
     def _result(self) -> RunResult:
+        result = self._capacity_result()
+        load = self.load
+        if load is None:
+            return replace(result, node_hours=self.node_s / 3600.0)
+        return replace(
+            result,
+            node_hours=self.node_s / 3600.0,
+            asked=load.asked,
+            answered=load.served,
+            in_bound=load.in_bound,
+            wakes=self.wakes,
+            wake_waits=tuple(load.wake_waits),
+        )
+
+    def _capacity_result(self) -> RunResult:
         hours = (self.end - self.start) / 3600.0
         if self.first_ready is None:
             return RunResult(

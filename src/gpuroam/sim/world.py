@@ -158,6 +158,7 @@ class World:
     incidents: list[tuple[float, int]]  # (second it starts, region index), sorted
     demand: Floats  # [origins, minutes] images per minute
     start_s: float  # when the service is created
+    arrivals: Floats | None = None  # [origins, minutes] requests drawn around `demand` (sim.traces)
 
     def has_capacity(self, pair: int, t: float) -> bool:
         return bool(self.available[pair, min(int(t // MINUTE), self.minutes - 1)])
@@ -175,9 +176,12 @@ class World:
         return max(t, (first + hit) * MINUTE)
 
     def traffic(self, minute: int) -> dict[str, float]:
-        """Where demand comes from this minute: the region standing for each continent -> share."""
+        """Where demand comes from this minute: the region standing for each continent -> share
+        (none when no one asks: a sparse service's night)."""
         column = self.demand[:, min(minute, self.minutes - 1)]
         total = float(column.sum())
+        if total <= 0:
+            return {}
         return {r: round(float(d) / total, 2) for r, d in zip(self.layout.origin_region, column, strict=True)}
 
 

@@ -28,6 +28,7 @@ class ServiceOut(BaseModel):
     endpoint: str | None
     desired: int  # the replica count the autoscaler wants (replicas.min without an autoscale section)
     reason: str  # why: the autoscaler's last decision, with its figures
+    desired_since: float  # when `desired` last changed (Unix seconds)
     cost_per_hour: float  # USD per hour of the live replicas' GPUs (catalog on-demand prices)
     deleted: bool
     pinned_regions: list[str]

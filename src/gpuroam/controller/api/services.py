@@ -57,6 +57,7 @@ def service_view(context: ApiContext, record: ServiceRecord, now: float) -> Serv
         endpoint=endpoint,
         desired=scale.desired,
         reason=scale.reason,
+        desired_since=scale.changed_at,
         cost_per_hour=round(cost_per_hour(context.catalog, gpu_count(record), replicas), 4),
         deleted=record.deleted,
         pinned_regions=list(record.pinned_regions),
