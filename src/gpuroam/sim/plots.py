@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from gpuroam.sim.simulation import RunResult
 
@@ -110,11 +111,12 @@ def plot_autoscale(tables: Mapping[str, Mapping[str, Mapping[str, float]]], path
             ax.scatter(100 * figures["served_in_bound"], figures["cost_per_1000_images"], s=70, **style)
             ax.annotate(name, (100 * figures["served_in_bound"], figures["cost_per_1000_images"]), fontsize=7,
                         xytext=(4, 4), textcoords="offset points")  # fmt: skip
-        ax.set_yscale("log")
+        ax.set_ylim(0, None)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"${v:.2f}"))
         ax.set_title(f"{trace} trace")
         ax.set_xlabel("requests answered within 10 s (%)")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].set_ylabel("$ per 1,000 images answered (log)")
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("$ per 1,000 images answered")
     fig.suptitle("Autoscaling: cost against requests served in time (lower right is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
