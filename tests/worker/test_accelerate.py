@@ -9,6 +9,8 @@ engine's images within rounding. bench/gpu_engine.py checks Inductor's images on
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from torch._dynamo.utils import counters
 
-from gpuroam.worker.accelerate import Acceleration, acceleration_for, to_uint8_images
+from gpuroam.worker.accelerate import Acceleration, acceleration_for, to_uint8_images, use_compile_cache
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.engine import Engine
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
@@ -141,3 +143,19 @@ def test_worker_flags_choose_the_fast_path() -> None:
     assert chosen.compile_mode == "max-autotune" and chosen.buckets == (1, 8)
     with pytest.raises(ValueError, match="buckets"):
         Acceleration(buckets=(4, 2))
+
+
+def test_the_compile_cache_holds_inductors_graphs_and_tritons_kernels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing diffusers points Inductor at /tmp/torchinductor_<user> before the worker starts; the
+    worker's cache must win, or a restart on a fresh machine finds no graph in it (issue 23)."""
+    import diffusers  # noqa: F401  (what the worker imports first)
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", cache_dir())
+    monkeypatch.setenv("TRITON_CACHE_DIR", "/tmp/elsewhere")
+    assert cache_dir() != str(tmp_path)
+    use_compile_cache(tmp_path / "cache")
+    assert cache_dir() == str(tmp_path / "cache"), "Inductor's graphs (FX graph and AOT caches) go there"
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path / "cache" / "triton")

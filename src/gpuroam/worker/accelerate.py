@@ -107,7 +107,7 @@ def acceleration_for(config: WorkerConfig, device: torch.device) -> Acceleration
 def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> None:
     """Rebuild `pipeline`'s modules in place for speed; call before any pipeline is derived from it."""
     if acceleration.compiles:
-        _use_compile_cache(acceleration.cache_dir)
+        use_compile_cache(acceleration.cache_dir)
     if pipeline.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # picks each convolution's fastest algorithm once per shape
     unet, vae = pipeline.unet, pipeline.vae
@@ -175,11 +175,14 @@ def _twice(inputs: Any) -> Any:
     return inputs
 
 
-def _use_compile_cache(cache_dir: Path) -> None:
-    """Inductor's on-disk caches (compiled graphs, autotuning) under `cache_dir`, kept across restarts."""
+def use_compile_cache(cache_dir: Path) -> None:
+    """Inductor's on-disk caches (compiled graphs, autotuning) and Triton's kernels under `cache_dir`,
+    kept across restarts. Set, not defaulted: importing diffusers already pointed Inductor at
+    /tmp/torchinductor_<user> (its own default, written into the environment on first use), so a
+    default here left every graph in /tmp and only Triton's kernels in `cache_dir`."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
-    os.environ.setdefault("TRITON_CACHE_DIR", str(cache_dir / "triton"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir.resolve())
+    os.environ["TRITON_CACHE_DIR"] = str((cache_dir / "triton").resolve())
     import torch._inductor.config as inductor_config
 
     inductor_config.fx_graph_cache = True
