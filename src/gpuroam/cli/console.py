@@ -21,6 +21,7 @@ EVENT_STYLES = {
     "drained": "cyan",
     "chaos": "bold red",
     "expanded": "blue",
+    "shrunk": "cyan",
     "scaled-up": "magenta",
     "scaled-down": "cyan",
     "slept": "dim",
