@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import yaml
 
-from gpuroam.cli.scripted import wait_until
+from gpuroam.cli.scripted import event_time, wait_until
 from gpuroam.controller.client import ControlPlaneClient
 from gpuroam.providers.factories import local_provider
 from gpuroam.providers.local import free_port
@@ -92,12 +92,6 @@ def spec_file(directory: Path, args: argparse.Namespace) -> Path:
     path = directory / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
-
-
-def event_time(client: ControlPlaneClient, kind: str, after: float) -> float | None:
-    """Wall-clock time of the first `kind` event after `after`."""
-    times = [e["ts"] for e in client.get("/events", limit=5000) if e["kind"] == kind and e["ts"] >= after]
-    return min(times) if times else None
 
 
 def timed_request(endpoint: str) -> tuple[float, int]:

@@ -79,8 +79,10 @@ def test_worker_process_serves_and_logs_json_lines() -> None:
     assert "Traceback" not in stderr
 
 
-def test_scripted_demo_plays_the_five_moves_with_no_failed_request(tmp_path: Path) -> None:
-    """`gpuroam demo --scripted`: serve, expand, see, fail, recover under load; exit 0 means 0 failed."""
+def test_scripted_demo_plays_the_five_moves_then_follows_demand_with_no_failed_request(tmp_path: Path) -> None:
+    """`gpuroam demo --scripted`: serve, expand, see, fail, recover under load, then the same service
+    autoscaled: a burst into 3 regions, a quiet that scales it in and puts it to sleep, a request that
+    wakes it; exit 0 means 0 failed."""
     command = [
         sys.executable,
         "-m",
@@ -108,6 +110,10 @@ def test_scripted_demo_plays_the_five_moves_with_no_failed_request(tmp_path: Pat
     assert summary["recovery_s"] is not None, "the preferred placement came back"
     assert len(summary["share_by_region"]) >= 2, "traffic spread over regions (routing decides the shares)"
     assert abs(sum(summary["share_by_region"].values()) - 1) < 0.01
+    assert len(summary["burst_regions"]) >= 3, f"the burst was served in 3 regions: {summary['burst_regions']}"
+    assert summary["scale_up_s"] is not None, "a scaled-up event under the burst"
+    assert summary["sleep_s"] is not None, "the quiet put the service to sleep"
+    assert summary["wake_status"] == 200 and summary["woke_s"] is not None, "one request woke it and was answered"
 
 
 def test_render_writes_manifests_and_says_what_is_wrong(tmp_path: Path) -> None:

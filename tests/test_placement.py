@@ -194,6 +194,16 @@ def test_expand_adds_the_pinned_region_to_the_footprint() -> None:
     assert {region for region, _ in world.placement()} == {"us-a", "us-b", "ap-a", "eu-b"}
 
 
+def test_shrink_drains_the_region_expand_added_and_keeps_the_rest() -> None:
+    world = World(demand(pinned_regions=("ap-a",)), set(ALL_OFFERS))
+    settle(world)
+    world.demand = demand()  # `shrink`: ap-a is no longer pinned
+    decided = world.step()
+    assert not decided.launches and [world.replicas[d.replica_id].region for d in decided.drains] == ["ap-a"]
+    settle(world)
+    assert world.placement() == {("us-a", "nvidia-l4"), ("us-b", "nvidia-l4")}
+
+
 def test_racing_launches_several_candidates_and_releases_the_losers() -> None:
     world = World(demand(min_regions=1, min_replicas=1), {("eu-b", "nvidia-l4")})
     first = world.step()

@@ -91,6 +91,7 @@ class EventKind(StrEnum):
     DRAINED = "drained"
     RECOVERED = "recovered"
     EXPANDED = "expanded"
+    SHRUNK = "shrunk"  # a region `expand` added was given back (`shrink`): placement drains it, make before break
     CHAOS = "chaos"
     ADOPTED = "adopted"
     ORPHAN = "orphan"

@@ -30,6 +30,24 @@ def test_the_services_router_alone_stores_a_spec_and_shows_it(store: Store) -> N
     assert store.list_events()[-1].kind.value == "up"
 
 
+def test_the_services_router_alone_shrinks_only_a_region_expand_added(store: Store) -> None:
+    client = bare(services, store)
+    client.post("/api/v1/services", json=spec_to_dict(load_spec("examples/stable-diffusion.yaml")))
+    path = "/api/v1/services/stable-diffusion"
+    nothing = client.post(f"{path}/shrink", json={"region": "us-central1"})
+    assert nothing.status_code == 422 and "regions added by expand: none" in nothing.json()["detail"]
+    assert client.post(f"{path}/expand", json={"region": "us-central1"}).json()["pinned_regions"] == ["us-central1"]
+    other = client.post(f"{path}/shrink", json={"region": "europe-west4"})
+    assert other.status_code == 422, other.text
+    assert "'europe-west4' was not added by `gpuroam expand`" in other.json()["detail"]
+    assert "regions added by expand: us-central1" in other.json()["detail"]
+    shrunk = client.post(f"{path}/shrink", json={"region": "us-central1"})
+    assert shrunk.status_code == 200 and shrunk.json()["pinned_regions"] == []
+    event = store.list_events()[-1]
+    assert (event.kind.value, event.region) == ("shrunk", "us-central1")
+    assert client.post("/api/v1/services/nope/shrink", json={"region": "us-central1"}).status_code == 404
+
+
 def test_the_gateway_feed_router_alone_lists_each_service_port(store: Store) -> None:
     client = bare(gateway, store)
     store.put_service("sd", {"name": "sd"}, 1.0)

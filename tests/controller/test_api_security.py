@@ -81,7 +81,7 @@ def api_routes(client: TestClient) -> list[tuple[str, str]]:
 def body_for(method: str, path: str) -> dict | None:
     if method != "POST":
         return None
-    return {"region": "europe-west4"} if "chaos" in path or "expand" in path else SPEC
+    return {"region": "europe-west4"} if any(verb in path for verb in ("chaos", "expand", "shrink")) else SPEC
 
 
 def test_the_public_routes_are_only_the_page_its_assets_and_the_docs(client: TestClient) -> None:

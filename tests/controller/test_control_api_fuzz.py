@@ -123,6 +123,7 @@ HUGE = "9" * 30
         pytest.param("GET", "/api/v1/services/a%00b", None, id="nul-in-service-name"),
         pytest.param("DELETE", "/api/v1/services/%00", None, id="nul-in-deleted-name"),
         pytest.param("POST", "/api/v1/services/%00/expand", b'{"region": "us-central1"}', id="nul-in-expanded-name"),
+        pytest.param("POST", "/api/v1/services/%00/shrink", b'{"region": "us-central1"}', id="nul-in-shrunk-name"),
         pytest.param("POST", "/api/v1/chaos/fail", b'{"region": NaN}', id="nan-echoed-in-422"),
         pytest.param("POST", "/api/v1/chaos/fail", b'{"region": ["\\ud800"]}', id="surrogate-echoed-in-422"),
         pytest.param("POST", "/api/v1/services/stable-diffusion/expand", b'{"region": Infinity}', id="infinity"),

@@ -202,6 +202,24 @@ def test_expand_pins_a_region_and_down_drains_everything(world) -> None:  # type
     assert not provider.running and store.get_service("stable-diffusion") is None
 
 
+def test_shrink_unpins_a_region_and_its_replica_drains_make_before_break(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler = world
+    store.pin_region("stable-diffusion", "asia-southeast1", clock.now)
+    run(reconciler, provider, clock, passes=10)  # past the drain grace of any raced extra
+    preferred = {("us-central1", "nvidia-l4"), ("europe-west4", "nvidia-l4")}
+    assert {region for region, _ in placement(store)} == {"us-central1", "europe-west4", "asia-southeast1"}
+    store.unpin_region("stable-diffusion", "asia-southeast1", clock.now)
+    ready_counts = []
+    for _ in range(4):
+        run(reconciler, provider, clock, passes=1, step=DRAIN_GRACE_S / 2)
+        ready_counts.append(len(live(store, ReplicaState.READY)))
+        assert preferred <= placement(store), "the other regions serve throughout"
+    assert placement(store) == preferred and min(ready_counts) == 2
+    drained = [e for e in store.list_events() if e.kind is EventKind.DRAINED]
+    assert [e.region for e in drained][-1:] == ["asia-southeast1"]
+    assert "asia-southeast1" not in {r.replica.region for r in provider.running.values()}, "gone after the grace"
+
+
 def test_a_drain_is_a_recovery_only_when_a_better_gpu_serves_instead() -> None:
     from gpuroam.controller.reconciler import _recovers
     from gpuroam.placement import Drain

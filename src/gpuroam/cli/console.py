@@ -21,6 +21,7 @@ EVENT_STYLES = {
     "drained": "cyan",
     "chaos": "bold red",
     "expanded": "blue",
+    "shrunk": "cyan",
     "scaled-up": "magenta",
     "scaled-down": "cyan",
     "slept": "dim",
@@ -80,19 +81,32 @@ def print_status(console: Console, status: dict[str, Any]) -> None:
 
 
 def scripted_summary(summary: Any) -> Table:
-    """`demo --scripted`'s result: traffic served and failed, shares, and how long each move took."""
+    """`demo --scripted`'s result: traffic served and failed, shares, and how long each move and phase took."""
     verdict = "[green]0 failed[/]" if summary.failed == 0 else f"[red]{summary.failed} failed[/]"
-    table = Table(title=f"[bold]Five moves under load[/]: {summary.served} served, {verdict}", title_justify="left")
+    title = f"[bold]Five moves, then a burst, a quiet and a wake, under load[/]: {summary.served} served, {verdict}"
+    table = Table(title=title, title_justify="left")
     table.add_column("measure")
     table.add_column("value")
     for region, share in summary.share_by_region.items():
         table.add_row(f"share served by {region}", f"{share:.0%}")
     for phase, gpus in summary.gpus_by_phase.items():
         table.add_row(f"GPUs serving during {phase}", ", ".join(gpus) or "-")
-    if summary.failover_s is not None:
-        table.add_row("failover (fail -> 2 regions on other GPUs)", f"{summary.failover_s:.1f} s")
-    if summary.recovery_s is not None:
-        table.add_row("recovery (recover -> preferred placement)", f"{summary.recovery_s:.1f} s")
+    timings = {
+        "failover (fail -> 2 regions on other GPUs)": summary.failover_s,
+        "recovery (recover -> preferred placement)": summary.recovery_s,
+        "scale-in (autoscale + shrink -> 1 region for 1 client)": summary.one_region_s,
+        "burst -> scaled-up decision": summary.scale_up_s,
+        "burst -> 3 regions serving": summary.scale_out_s,
+        "quiet -> scaled-down decision": summary.scale_in_s,
+        "quiet -> asleep": summary.sleep_s,
+        "wake (a request to the sleeping service -> its answer)": summary.wake_s,
+    }
+    for measure, seconds in timings.items():
+        if seconds is not None:
+            table.add_row(measure, f"{seconds:.1f} s")
+    regions = (f"{region} ({', '.join(gpus)})" for region, gpus in summary.burst_regions.items())
+    table.add_row("regions serving the burst", ", ".join(regions) or "-")
+    table.add_row("the wake's answer", "-" if summary.wake_status is None else f"HTTP {summary.wake_status}")
     table.add_row("endpoint unchanged by expand", "yes" if summary.endpoint_unchanged else "[red]no[/]")
     for failure in summary.failures[:5]:
         table.add_row("[red]failure[/]", failure)

@@ -1,4 +1,4 @@
-"""`gpuroam demo`: the five moves on this machine, by hand or scripted under load."""
+"""`gpuroam demo`: the five moves on this machine, by hand or scripted under load (then a burst, a quiet and a wake)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,11 @@ def demo(
         "examples/local-regions.yaml"
     ),
     scripted: Annotated[
-        bool, typer.Option(help="Play the five moves under a steady load, print a summary, and stop.")
+        bool,
+        typer.Option(
+            help="Play the five moves under a steady load, then follow demand: a burst scales out into 3 regions, "
+            "the quiet after scales in and sleeps, a request wakes it; print a summary, and stop."
+        ),
     ] = False,
     json_out: JsonOption = False,
 ) -> None:
@@ -60,7 +64,7 @@ def demo(
         from gpuroam.ui import dashboard_url
 
         if scripted:
-            failed = _play_scripted(client, parsed.name, json_out)
+            failed = _play_scripted(client, parsed.name, json_out, state_dir / "demo.log")
             raise typer.Exit(1 if failed else 0)
         out.print(service_table(service))
         out.print(
@@ -85,12 +89,15 @@ def demo(
         tear_down(plane, client, parsed.name)
 
 
-def _play_scripted(client: Any, name: str, json_out: bool) -> int:
-    """The five moves under load; returns how many requests failed (the goal is none)."""
+def _play_scripted(client: Any, name: str, json_out: bool, log: Path) -> int:
+    """The five moves and the demand phases under load; returns how many requests failed (the goal is none)."""
     from gpuroam.cli.console import scripted_summary
     from gpuroam.cli.scripted import play
 
-    summary = play(client, name, "asia-southeast1", "nvidia-l4", say=(lambda _: None) if json_out else out.print)
+    try:
+        summary = play(client, name, "asia-southeast1", "nvidia-l4", say=(lambda _: None) if json_out else out.print)
+    except TimeoutError as error:
+        die(f"the scripted demo {error}; a busy machine is the usual cause (the control plane's log: {log})")
     if json_out:
         out.print_json(data=summary.as_dict())
     else:

@@ -1,4 +1,4 @@
-"""Commands that ask the control plane: up, status, expand, fail, recover, down, events."""
+"""Commands that ask the control plane: up, status, expand, shrink, fail, recover, down, events."""
 
 from __future__ import annotations
 
@@ -118,12 +118,31 @@ def expand(
     json_out: JsonOption = False,
 ) -> None:
     """Add a region to a service's footprint; the endpoint stays the same."""
+    _footprint(server, state, "expand", name, region, json_out, f"{name} expands into {region}")
+
+
+@app.command()
+def shrink(
+    name: Annotated[str, typer.Argument(help="Service name.")],
+    region: Annotated[str, typer.Option(help="Region that `expand` added.")],
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Undo `expand`: the region is no longer kept and one region fewer serves (make before break); same endpoint."""
+    _footprint(server, state, "shrink", name, region, json_out, f"{name} no longer keeps {region}")
+
+
+def _footprint(
+    server: str | None, state: Path | None, action: str, name: str, region: str, json_out: bool, said: str
+) -> None:
+    """`expand` and `shrink`: one region more or fewer, behind the same endpoint."""
     client = client_for(server, state)
-    result = call(client.post, f"/services/{name}/expand", {"region": region})
+    result = call(client.post, f"/services/{name}/{action}", {"region": region})
     if json_out:
         out.print_json(data=result)
     else:
-        out.print(f"{name} expands into {region}; endpoint unchanged: {result['endpoint']}")
+        out.print(f"{said}; endpoint unchanged: {result['endpoint']}")
 
 
 @fail_app.command("region")

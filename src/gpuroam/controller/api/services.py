@@ -1,4 +1,4 @@
-"""Services: `up` (desired state in), `down`, `expand`, and what `status` shows of them and their replicas."""
+"""Services: `up` (desired state in), `down`, `expand`, `shrink`, and what `status` shows of them and their replicas."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ router = APIRouter()
 SHOWN_AFTER_END_S = 60.0  # a failed or drained replica stays in status this long, so people see what happened
 
 
-class ExpandRequest(BaseModel):
+class RegionRequest(BaseModel):
     region: str
 
 
@@ -141,7 +141,7 @@ def down(name: str, context: Context) -> DeletedOut:
 
 
 @router.post("/api/v1/services/{name}/expand")
-def expand(name: str, body: ExpandRequest, context: Context) -> ServiceOut:
+def expand(name: str, body: RegionRequest, context: Context) -> ServiceOut:
     """Pin one more region: placement keeps a replica there, behind the same endpoint."""
     spec = parse_spec(_existing(context, name).spec)
     offered = context.provider.regions()
@@ -157,6 +157,24 @@ def expand(name: str, body: ExpandRequest, context: Context) -> ServiceOut:
     record = context.store.pin_region(name, body.region, now)
     message = f"{name} expands into {body.region}"
     context.store.add_event(Event(ts=now, kind=EventKind.EXPANDED, message=message, service=name, region=body.region))
+    return service_view(context, record, now)
+
+
+@router.post("/api/v1/services/{name}/shrink")
+def shrink(name: str, body: RegionRequest, context: Context) -> ServiceOut:
+    """Undo `expand`: the region is no longer kept and the footprint is one region smaller, so placement
+    drains the worst region it no longer needs (this one, unless it ranks better), make before break."""
+    pinned = _existing(context, name).pinned_regions
+    if body.region not in pinned:
+        raise HTTPException(
+            422,
+            f"region {body.region!r} was not added by `gpuroam expand`, so there is nothing to shrink; "
+            f"regions added by expand: {', '.join(pinned) or 'none'}",
+        )
+    now = time.time()
+    record = context.store.unpin_region(name, body.region, now)
+    message = f"{name} shrinks: {body.region} is no longer kept"
+    context.store.add_event(Event(ts=now, kind=EventKind.SHRUNK, message=message, service=name, region=body.region))
     return service_view(context, record, now)
 
 

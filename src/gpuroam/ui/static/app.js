@@ -18,7 +18,7 @@ import { regionViews } from "./regions.js";
 import { Timeline } from "./timeline.js";
 
 const REFRESH_MS = 1000;
-const FLASH_KINDS = new Set(["failover", "chaos", "blocked", "stockout", "recovered", "failed", "expanded"]);
+const FLASH_KINDS = new Set(["failover", "chaos", "blocked", "stockout", "recovered", "failed", "expanded", "shrunk"]);
 
 const $ = (selector) => document.querySelector(selector);
 let tokenDialogDismissed = false; // closed with Escape: wait for the Token button rather than nag

@@ -1,5 +1,5 @@
 // The events timeline, newest first: up, placed, stockout, blocked, ready, failover, drained,
-// recovered, chaos, expanded... Events arrive one by one from the stream and are drawn once a frame.
+// recovered, chaos, expanded, shrunk... Events arrive one by one from the stream and are drawn once a frame.
 
 import { clock, h } from "./dom.js";
 
