@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 from fakes import FakeProvider
@@ -235,3 +236,6 @@ def test_a_drain_is_a_recovery_only_when_a_better_gpu_serves_instead() -> None:
     assert not _recovers(Drain("t4-eu", "surplus"), spec, during_failover), "a raced extra, not a recovery"
     assert _recovers(Drain("t4-us", "moved"), spec, [*during_failover, l4_us])
     assert not _recovers(Drain("l4-us", "surplus"), spec, [*during_failover, l4_us])
+    failover_t4 = replace(t4_eu, reason="failover")
+    assert _recovers(Drain("t4-eu", "surplus"), spec, [failover_t4, l4_us]), "failover capacity given back"
+    assert not _recovers(Drain("t4-eu", "surplus"), spec, [t4_eu, l4_us]), "a scale-in, not a recovery"

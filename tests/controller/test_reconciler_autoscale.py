@@ -12,9 +12,9 @@ from fakes import FakeProvider
 from test_reconciler import SITES, Clock, live, run
 
 from gpuroam.catalog import load_catalog
-from gpuroam.controller.reconciler import Reconciler
+from gpuroam.controller.reconciler import DRAIN_MAX_S, Reconciler
 from gpuroam.controller.scaling import demand_shares
-from gpuroam.controller.signals import ServiceSignals
+from gpuroam.controller.signals import ServiceSignals, signals_from_report
 from gpuroam.controller.store import Store
 from gpuroam.records import EventKind, ReplicaState
 from gpuroam.spec import load_spec, parse_spec, spec_to_dict
@@ -125,3 +125,78 @@ def test_a_request_that_arrives_before_the_first_pass_wakes_the_service_and_says
     run(reconciler, provider, clock, passes=3)
     assert store.get_scale(NAME).desired == 1 and ready(store)  # type: ignore[union-attr]
     assert EventKind.WOKE in kinds(store)
+
+
+def draining(store: Store) -> list[str]:
+    return [r.id for r in store.list_replicas(service=NAME, states=(ReplicaState.DRAINING,))]
+
+
+def busy_everywhere(store: Store, clock: Clock) -> ServiceSignals:
+    """One request in flight, and the gateway counting one at every ready replica (a long generation)."""
+    at = {r.id: 1 for r in live(store, ReplicaState.READY)}
+    return ServiceSignals(in_flight=1, last_request_at=clock.now, at_replicas=at)
+
+
+def test_a_replica_drained_by_a_scale_in_runs_until_the_gateway_says_its_requests_are_answered(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler, signals = world
+    store.put_service(NAME, scaled_spec(), clock.now)
+    signals.load(in_flight=5, at=clock.now)
+    run(reconciler, provider, clock, passes=12)
+    assert len(ready(store)) == 2
+    signals.by_service[NAME] = busy_everywhere(store, clock)  # one replica carries the load: scale in
+    run(reconciler, provider, clock, passes=60)
+    assert len(draining(store)) == 1 and len(ready(store)) == 1
+    slow = draining(store)[0]
+    assert slow in provider.running and slow not in provider.terminated, "it finishes what it holds"
+    signals.by_service[NAME] = ServiceSignals(in_flight=1, last_request_at=clock.now, at_replicas={slow: 0})
+    run(reconciler, provider, clock, passes=1)
+    assert slow in provider.terminated and store.get_scale(NAME).desired == 1  # type: ignore[union-attr]
+
+
+def test_a_drain_ends_after_its_bound_even_if_the_gateway_still_counts_a_request(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler, signals = world
+    store.put_service(NAME, scaled_spec(), clock.now)
+    signals.load(in_flight=5, at=clock.now)
+    run(reconciler, provider, clock, passes=12)
+    signals.by_service[NAME] = busy_everywhere(store, clock)
+    run(reconciler, provider, clock, passes=60)
+    stuck = draining(store)[0]
+    run(reconciler, provider, clock, passes=2, step=DRAIN_MAX_S / 2)
+    assert stuck not in provider.terminated, "held while the gateway counts a request at it"
+    run(reconciler, provider, clock, passes=1)
+    assert stuck in provider.terminated, "a request the gateway never saw answered does not hold a GPU for ever"
+
+
+def test_the_gateways_report_gives_the_requests_at_each_replica_draining_ones_included() -> None:
+    report = {
+        "services": [
+            {
+                "name": NAME,
+                "in_flight": 3,
+                "held": 0,
+                "backends": [{"replica": "a", "outstanding": 2}, {"replica": "b", "outstanding": 0}],
+                "retiring": {"c": 1},
+            },
+            {"name": "broken", "in_flight": "many"},
+        ]
+    }
+    seen = signals_from_report(report)
+    assert set(seen) == {NAME}, "a malformed entry is left out: unknown, not idle"
+    assert seen[NAME].at_replicas == {"a": 2, "b": 0, "c": 1}
+    assert seen[NAME].holds("a") and seen[NAME].holds("c") and not seen[NAME].holds("b")
+    assert not seen[NAME].holds("gone")
+
+
+def test_a_scale_out_soon_after_a_loss_is_no_failover(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler, signals = world
+    store.put_service(NAME, scaled_spec(), clock.now)
+    signals.load(in_flight=1, at=clock.now)
+    run(reconciler, provider, clock, passes=8)
+    provider.take_away(region="us-central1")  # the one replica is lost
+    run(reconciler, provider, clock, passes=4)
+    replacement = live(store, ReplicaState.READY)
+    assert [r.reason for r in replacement] == ["failover"], "the loss is replaced: a failover"
+    signals.load(in_flight=9, at=clock.now)  # then a burst
+    run(reconciler, provider, clock, passes=8)
+    added = [r for r in live(store) if r.id not in {x.id for x in replacement}]
+    assert added and all(r.reason != "failover" for r in added), "capacity the autoscaler asked for"

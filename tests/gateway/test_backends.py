@@ -71,3 +71,25 @@ def test_outstanding_never_goes_negative() -> None:
     backends = make()
     backends.finished("a")
     assert backends.loads()["a"].outstanding == 0
+
+
+def test_a_replica_taken_out_with_requests_at_it_is_counted_until_they_finish() -> None:
+    backends = make()
+    backends.started("a")
+    backends.started("a")
+    backends.replace_all([B])  # "a" drains: the control plane took it out of the feed
+    assert backends.retiring() == {"a": 2} and "a" not in backends.loads()
+    backends.finished("a")
+    assert backends.retiring() == {"a": 1}
+    backends.finished("a")
+    assert backends.retiring() == {}, "answered: nothing holds it any more"
+    backends.replace_all([B])
+    assert backends.retiring() == {}
+
+
+def test_a_retiring_replica_put_back_keeps_its_count() -> None:
+    backends = make()
+    backends.started("a")
+    backends.replace_all([B])
+    backends.replace_all([A, B])
+    assert backends.retiring() == {} and backends.loads()["a"].outstanding == 1

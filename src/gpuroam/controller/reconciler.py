@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
+from gpuroam.autoscale import Scale
 from gpuroam.catalog import Catalog
 from gpuroam.controller.scaling import demand_shares, scale_service
 from gpuroam.controller.signals import ServiceSignals, Signals
@@ -28,7 +29,8 @@ from gpuroam.spec import ServiceSpec, parse_spec
 log = logging.getLogger("gpuroam.controller")
 
 ACTIVE_STATES = (ReplicaState.PROVISIONING, ReplicaState.READY, ReplicaState.DRAINING)
-DRAIN_GRACE_S = 5.0  # a drained replica is left running this long so in-flight requests finish
+DRAIN_GRACE_S = 5.0  # a drained replica runs at least this long: the gateway takes it out of its set
+DRAIN_MAX_S = 600.0  # and longer while the gateway says requests are at it, up to the gateway's upstream timeout
 OBSERVE_GRACE_S = 15.0  # a just-launched replica may take this long to show up in observe()
 UNREADY_GRACE_S = 10.0  # a ready replica failing its readiness probe this long (hung, cut off) is replaced
 
@@ -82,7 +84,7 @@ class Reconciler:
     ) -> bool:
         """Sync, then tear down, or scale and place; True when capacity may have changed."""
         spec = self._spec(record)
-        changed = [self._sync(replica, observed.get(replica.id), spec, now) for replica in replicas]
+        changed = [self._sync(replica, observed.get(replica.id), spec, signals, now) for replica in replicas]
         if any(changed):
             replicas = self.store.list_replicas(service=record.name, states=ACTIVE_STATES)
             capacity = self._capacity()  # a failure just blocked a pair: never relaunch into it this pass
@@ -90,19 +92,19 @@ class Reconciler:
         if record.deleted:
             self._tear_down(record, replicas, now)
             return True
-        desired = self._scale(spec, replicas, signals, now)
-        if desired == 0:
+        scale = self._scale(spec, replicas, signals, now)
+        if scale.desired == 0:
             return self._sleep(replicas, now)
         shares = demand_shares(signals, self.catalog.regions)
         capacity = replace(capacity, traffic=shares) if shares else capacity
-        return self._place(record, spec, capacity, replicas, now, desired)
+        return self._place(record, spec, capacity, replicas, now, scale)
 
-    def _scale(self, spec: ServiceSpec, replicas: list[Replica], signals: ServiceSignals | None, now: float) -> int:
-        """How many replicas the service wants now (the autoscaler's state, kept in the store)."""
+    def _scale(self, spec: ServiceSpec, replicas: list[Replica], signals: ServiceSignals | None, now: float) -> Scale:
+        """What the service wants now (the autoscaler's state, kept in the store)."""
         scaled = scale_service(self.store, self.catalog, spec, replicas, signals, now)
         if scaled.event is not None:
             self._event(now, scaled.event, f"{spec.name}: {scaled.scale.reason}", None, service=spec.name)
-        return scaled.scale.desired
+        return scaled.scale
 
     def _sleep(self, replicas: list[Replica], now: float) -> bool:
         """Asleep: every live replica drains (each finishes what it holds); the service and its endpoint stay."""
@@ -127,10 +129,12 @@ class Reconciler:
                 self.provider.terminate(replica_id)
                 self._event(now, EventKind.ORPHAN, f"terminated {replica_id}: running but not wanted", seen)
 
-    def _sync(self, replica: Replica, seen: Observed | None, spec: ServiceSpec, now: float) -> bool:
+    def _sync(
+        self, replica: Replica, seen: Observed | None, spec: ServiceSpec, signals: ServiceSignals | None, now: float
+    ) -> bool:
         """Bring one stored replica up to date with what the provider sees; True if it changed."""
         if replica.state is ReplicaState.DRAINING:
-            if now - replica.updated_at < DRAIN_GRACE_S and seen is not None:
+            if seen is not None and _still_draining(replica, signals, now):
                 return False
             self._finish_drain(replica, now)
         elif replica.state is ReplicaState.PROVISIONING:
@@ -238,12 +242,14 @@ class Reconciler:
         capacity: CapacityView,
         replicas: list[Replica],
         now: float,
-        desired: int,
+        scale: Scale,
     ) -> bool:
-        """Plan and act for one service; True when it launched or drained anything."""
-        demand = Demand.from_spec(spec, record.pinned_regions, replicas=desired)
+        """Plan and act for one service; True when it launched or drained anything. Launches soon after
+        a loss replace it (a failover) unless the autoscaler changed the size since (a scale-out, a wake)."""
+        demand = Demand.from_spec(spec, record.pinned_regions, replicas=scale.desired)
         decided = plan(self.catalog, demand, capacity, replicas, now)
-        lost = record.last_loss_at is not None and now - record.last_loss_at < spec.placement.provision_timeout_s
+        loss = record.last_loss_at
+        lost = loss is not None and now - loss < spec.placement.provision_timeout_s and scale.changed_at <= loss
         for launch in decided.launches:
             self._launch(record, spec, launch, now, failover=lost)
         for drain in decided.drains:
@@ -339,13 +345,23 @@ class Reconciler:
         )
 
 
+def _still_draining(replica: Replica, signals: ServiceSignals | None, now: float) -> bool:
+    """A draining replica finishes what it holds: it stops once the grace is over and the gateway says
+    no request is at it (without the gateway's word, after the grace), or after DRAIN_MAX_S whatever."""
+    draining_s = now - replica.updated_at
+    if draining_s < DRAIN_GRACE_S:
+        return True
+    return signals is not None and signals.holds(replica.id) and draining_s < DRAIN_MAX_S
+
+
 def _recovers(drain: Drain, spec: ServiceSpec, replicas: list[Replica]) -> bool:
-    """A drain is a recovery when a ready replica on a more preferred GPU now serves instead;
-    a raced or surplus replica drained during a failover is not."""
+    """A drain is a recovery when a ready replica on a more preferred GPU now serves instead of a
+    replica moved back or launched for a failover; a raced or surplus replica drained during a
+    failover is not, nor is one a scale-in no longer needs."""
     rank = {gpu: i for i, gpu in enumerate(spec.resources.gpus)}
     drained = next((r for r in replicas if r.id == drain.replica_id), None)
-    if drained is None or drain.reason not in ("moved", "surplus"):
-        return False
+    if drained is None or not (drain.reason == "moved" or (drain.reason == "surplus" and drained.reason == "failover")):
+        return False  # a surplus replica that was not failover capacity is a scale-in, not a recovery
     worst = rank.get(drained.gpu, len(rank))
     return any(
         r.state is ReplicaState.READY and r.id != drained.id and rank.get(r.gpu, len(rank)) < worst for r in replicas

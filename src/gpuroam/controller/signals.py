@@ -43,6 +43,12 @@ class ServiceSignals:
     held: int = 0
     last_request_at: float | None = None
     demand: Mapping[str, float] = field(default_factory=dict)  # client region -> requests/s
+    at_replicas: Mapping[str, int] = field(default_factory=dict)  # replica -> requests in flight at it
+
+    def holds(self, replica: str) -> bool:
+        """Whether requests are in flight at `replica` (one the gateway still routes to, or one it took
+        out that has not answered everything yet)."""
+        return self.at_replicas.get(replica, 0) > 0
 
 
 Signals = Callable[[], Mapping[str, ServiceSignals] | None]  # None: the data plane did not answer
@@ -77,11 +83,14 @@ def signals_from_report(report: Mapping[str, Any]) -> dict[str, ServiceSignals]:
         try:
             last = entry.get("last_request_at")
             demand = {str(region): float(rps) for region, rps in (entry.get("demand") or {}).items()}
+            at_replicas = {str(b["replica"]): int(b["outstanding"]) for b in entry.get("backends") or []}
+            at_replicas |= {str(replica): int(n) for replica, n in (entry.get("retiring") or {}).items()}
             found[str(entry["name"])] = ServiceSignals(
                 in_flight=float(entry["in_flight"]),
                 held=int(entry["held"]),
                 last_request_at=None if last is None else float(last),
                 demand=demand,
+                at_replicas=at_replicas,
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             continue

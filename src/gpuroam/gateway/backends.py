@@ -43,6 +43,7 @@ class BackendSet:
         self._backends: dict[str, Backend] = {}
         self._list: list[Backend] = []
         self._loads: dict[str, Load] = {}
+        self._retiring: dict[str, Load] = {}  # taken out of the set with requests still at them
         self._health: dict[str, _Health] = {}
         self._usable = asyncio.Event()
 
@@ -50,7 +51,10 @@ class BackendSet:
         """The registered set as the control plane now says; known backends keep their state."""
         self._backends = {b.replica: b for b in backends}
         self._list = list(self._backends.values())
-        self._loads = {r: self._loads.get(r) or Load() for r in self._backends}
+        for replica, load in self._loads.items():
+            if replica not in self._backends and load.outstanding > 0:
+                self._retiring[replica] = load  # draining: its requests are counted until they finish
+        self._loads = {r: self._loads.get(r) or self._retiring.pop(r, None) or Load() for r in self._backends}
         self._health = {r: self._health.get(r) or _Health() for r in self._backends}
         self._signal(0.0)
 
@@ -72,9 +76,16 @@ class BackendSet:
             load.outstanding += 1
 
     def finished(self, replica: str) -> None:
-        load = self._loads.get(replica)
+        load = self._loads.get(replica) or self._retiring.get(replica)
         if load is not None and load.outstanding > 0:
             load.outstanding -= 1
+        if replica in self._retiring and not self._retiring[replica].outstanding:
+            del self._retiring[replica]
+
+    def retiring(self) -> dict[str, int]:
+        """Replicas no longer in the set that still have requests in flight (a draining replica
+        finishes what it holds): the control plane stops them only once these are answered."""
+        return {replica: load.outstanding for replica, load in self._retiring.items()}
 
     def eject(self, replica: str, now: float) -> float:
         """Passive ejection after a failed request; returns how long it is out."""

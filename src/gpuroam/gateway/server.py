@@ -172,6 +172,7 @@ class Gateway:
                     "backends": backends,
                     # what the autoscaler reads (gpuroam.autoscale.Load)
                     "in_flight": sum(loads[b.replica].outstanding for b in route.backends.backends()),
+                    "retiring": route.backends.retiring(),  # replica -> requests still at it, since it left
                     "held": route.demand.held,
                     "last_request_at": route.demand.last_request_at,
                     "demand": route.demand.by_region(time.time()),
