@@ -21,7 +21,6 @@ import argparse
 import json
 import platform
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import httpx
 import yaml
 
-from gpuroam.cli.scripted import event_time, wait_until
+from gpuroam.cli.scripted import SteadyLoad, event_time, wait_until
 from gpuroam.controller.client import ControlPlaneClient
 from gpuroam.providers.factories import local_provider
 from gpuroam.providers.local import free_port
@@ -38,44 +37,6 @@ from gpuroam.spec import load_spec, spec_to_dict
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NAME = "stable-diffusion"
-REQUEST = {"prompt": "a lighthouse at dusk", "steps": 4, "width": 64, "height": 64}
-
-
-class Clients:
-    """Closed-loop clients through the endpoint; the number running can change while they run."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.endpoint = endpoint
-        self.answers: list[tuple[float, int, str]] = []  # (time, status, replica)
-        self._wanted = 0
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-
-    def set(self, clients: int) -> None:
-        self._wanted = clients
-        while len(self._threads) < clients:
-            index = len(self._threads)
-            thread = threading.Thread(target=self._run, args=(index,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _run(self, index: int) -> None:
-        with httpx.Client(timeout=300, trust_env=False) as http:
-            while True:
-                if index >= self._wanted:
-                    time.sleep(0.05)
-                    continue
-                try:
-                    answer = http.post(f"{self.endpoint}/sdapi/v1/txt2img", json=REQUEST)
-                    status, replica = answer.status_code, answer.headers.get("x-gpuroam-replica", "")
-                except httpx.HTTPError as error:
-                    status, replica = 0, type(error).__name__
-                with self._lock:
-                    self.answers.append((time.monotonic(), status, replica))
-
-    def failed(self) -> int:
-        with self._lock:
-            return sum(1 for _, status, _ in self.answers if status != 200)
 
 
 def spec_file(directory: Path, args: argparse.Namespace) -> Path:
@@ -94,10 +55,11 @@ def spec_file(directory: Path, args: argparse.Namespace) -> Path:
     return path
 
 
-def timed_request(endpoint: str) -> tuple[float, int]:
+def timed(load: SteadyLoad) -> tuple[float, int | None]:
+    """One request through the endpoint: seconds to its answer and its status (None: no answer)."""
     began = time.monotonic()
-    answer = httpx.post(f"{endpoint}/sdapi/v1/txt2img", json=REQUEST, timeout=300, trust_env=False)
-    return time.monotonic() - began, answer.status_code
+    status = load.one()
+    return time.monotonic() - began, status
 
 
 def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
@@ -109,33 +71,31 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         client = ControlPlaneClient(plane.url, plane.token)
         endpoint = client.post("/services", spec_to_dict(load_spec(spec_file(directory, args))))["endpoint"]
         wait_until(lambda: _listening(endpoint), 30, "the endpoint")
-        figures["wake_s"], figures["wake_status"] = timed_request(endpoint)
-        clients = Clients(endpoint)
-        clients.set(1)
-        time.sleep(args.baseline_s)
-        before = {replica for _, status, replica in clients.answers if status == 200}
-        step_wall, step = time.time(), time.monotonic()
-        clients.set(args.clients)
-        wait_until(
-            lambda: event_time(client, "scaled-up", step_wall) is not None, args.timeout, "the scale-out decision"
-        )
-        figures["decision_s"] = event_time(client, "scaled-up", step_wall) - step_wall  # type: ignore[operator]
-        wait_until(
-            lambda: any(r not in before for _, s, r in clients.answers if s == 200), args.timeout, "a new replica"
-        )
-        figures["new_replica_serving_s"] = min(t for t, s, r in clients.answers if s == 200 and r not in before) - step
-        time.sleep(args.load_s)
-        figures["replicas_under_load"] = len({r for t, s, r in clients.answers if s == 200 and t > step})
-        stop_wall = time.time()
-        clients.set(0)
-        wait_until(lambda: event_time(client, "slept", stop_wall) is not None, args.timeout, "sleep")
-        scaled_down = event_time(client, "scaled-down", stop_wall)
-        figures["scale_in_s"] = None if scaled_down is None else scaled_down - stop_wall
-        figures["sleep_s"] = event_time(client, "slept", stop_wall) - stop_wall  # type: ignore[operator]
-        wait_until(lambda: not plane.provider.observe(), 60, "every replica process gone")  # drained, not just draining
-        figures["second_wake_s"], figures["second_wake_status"] = timed_request(endpoint)
-        figures["requests"] = len(clients.answers) + 2
-        figures["failed"] = clients.failed() + (figures["wake_status"] != 200) + (figures["second_wake_status"] != 200)
+        with SteadyLoad(endpoint, clients=0, steps=4) as load:
+            figures["wake_s"], figures["wake_status"] = timed(load)
+            load.clients(1)
+            time.sleep(args.baseline_s)
+            before = {s.replica for s in load.served}
+            step_wall, step = time.time(), time.monotonic()
+            load.clients(args.clients)
+            wait_until(
+                lambda: event_time(client, "scaled-up", step_wall) is not None, args.timeout, "the scale-out decision"
+            )
+            figures["decision_s"] = event_time(client, "scaled-up", step_wall) - step_wall  # type: ignore[operator]
+            wait_until(lambda: any(s.replica not in before for s in load.served), args.timeout, "a new replica")
+            figures["new_replica_serving_s"] = min(s.at for s in load.served if s.replica not in before) - step
+            time.sleep(args.load_s)
+            figures["replicas_under_load"] = len({s.replica for s in load.served if s.at > step})
+            stop_wall = time.time()
+            load.clients(0)
+            wait_until(lambda: event_time(client, "slept", stop_wall) is not None, args.timeout, "sleep")
+            scaled_down = event_time(client, "scaled-down", stop_wall)
+            figures["scale_in_s"] = None if scaled_down is None else scaled_down - stop_wall
+            figures["sleep_s"] = event_time(client, "slept", stop_wall) - stop_wall  # type: ignore[operator]
+            wait_until(lambda: not plane.provider.observe(), 60, "every replica process gone")  # drained, not draining
+            figures["second_wake_s"], figures["second_wake_status"] = timed(load)
+        figures["requests"] = load.ok + len(load.failures)
+        figures["failed"] = len(load.failures)
     finally:
         plane.stop()
         for seen in plane.provider.observe():

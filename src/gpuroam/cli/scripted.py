@@ -30,6 +30,7 @@ class Served:
     at: float
     region: str
     gpu: str
+    replica: str = ""
 
 
 class SteadyLoad:
@@ -95,7 +96,7 @@ class SteadyLoad:
         elif region is None or gpu is None:
             self.failures.append("a response without X-Gpuroam-Region/GPU")
         else:
-            self.served.append(Served(time.monotonic(), region, gpu))
+            self.served.append(Served(time.monotonic(), region, gpu, response.headers.get("x-gpuroam-replica", "")))
         return response.status_code
 
 
