@@ -283,3 +283,17 @@ def test_gpu_devices_pin_each_replica_to_a_free_cuda_device(tmp_path: Path, fake
         assert {w.replica_id: w.cuda_device for w in scan_workers(provider.marker)} == {"b": "5", "c": "3"}
     finally:
         clean_up(provider)
+
+
+def test_two_threads_reaping_the_same_exited_child_is_no_error(tmp_path: Path) -> None:
+    """The API's threads and the reconcile loop look at the workers at once; the second to see an exited
+    child finds it already reaped (a KeyError there was a 500 from GET /api/v1/regions)."""
+    provider = LocalProvider(SITES, tmp_path)
+
+    class ReapedMeanwhile:
+        def poll(self) -> int:
+            provider._children.pop(4242, None)  # the other thread got there between the look and the reap
+            return 0
+
+    provider._children[4242] = ReapedMeanwhile()  # type: ignore[assignment]
+    assert provider.regions() and provider._children == {}

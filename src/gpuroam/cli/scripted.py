@@ -22,7 +22,7 @@ import httpx
 from gpuroam.controller.client import ControlPlaneClient
 
 Say = Callable[[str], None]
-BURST_CLIENTS = 8  # with autoscaled()'s target, far more than one replica takes: the service wants its max, 3
+BURST_CLIENTS = 12  # with autoscaled()'s target, three replicas' work: the service wants its max, 3
 
 
 @dataclass
@@ -142,15 +142,16 @@ def event_time(client: ControlPlaneClient, kind: str, after: float, service: str
 
 def autoscaled(spec: dict[str, Any]) -> dict[str, Any]:
     """The demo's service made to follow demand: asleep when idle, up to one replica in each of 3 regions.
-    An L4 (speed 2.2) at 0.5 in flight per unit of speed: a second replica once about 2 requests wait. The
-    windows are seconds, not minutes, so that a burst, its scale-in and a sleep play out in about a minute.
+    An L4 (speed 2.2) at 2 in flight per unit of speed: one client's request always in flight is work for
+    one replica, the burst's 12 for three. The windows are seconds, not minutes, so that a burst, its
+    scale-in and a sleep play out in about a minute.
     No race: local capacity is certain, and a wake that starts three workers at once shares a small
     machine's cores three ways (wakes took 10-20 s so on 2 cores, 10-14 s without; the gateway holds 30 s)."""
     return spec | {
         "regions": spec["regions"] | {"min_regions": 1},
         "replicas": spec["replicas"] | {"min": 0, "max": 3, "per_region": 1},
         "placement": spec["placement"] | {"race": 1},
-        "autoscale": {"target_in_flight": 0.5, "scale_up_after_s": 2, "scale_down_after_s": 4, "sleep_after_s": 8},
+        "autoscale": {"target_in_flight": 2, "scale_up_after_s": 2, "scale_down_after_s": 4, "sleep_after_s": 8},
     }
 
 

@@ -93,15 +93,16 @@ def _capacity(config: SimConfig, kinds: list[str], out_dir: Path | None, json_ou
     except (PolicyError, ValueError) as error:
         die(str(error))
     document = done.to_json() | {"machine": f"{os.cpu_count()} CPUs"}
-    written: list[Path] = []
-    if out_dir is not None:
+
+    def draw(folder: Path) -> list[Path]:
         from gpuroam.sim.plots import AVAILABILITY, TIME_TO_CAPACITY, plot_availability, plot_time_to_capacity
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written.append(out_dir / "sim-results.json")
-        written[-1].write_text(json.dumps(document, indent=1) + "\n")
-        written.append(plot_time_to_capacity(done.results, out_dir / TIME_TO_CAPACITY))
-        written.append(plot_availability(done.tables, out_dir / AVAILABILITY))
+        return [
+            plot_time_to_capacity(done.results, folder / TIME_TO_CAPACITY),
+            plot_availability(done.tables, folder / AVAILABILITY),
+        ]
+
+    written = _write(out_dir, "sim-results.json", document, draw)
     if json_out:
         out.print_json(data=document | {"files": [str(p) for p in written]})
         return
@@ -134,6 +135,17 @@ def _print(done: Study, written: list[Path]) -> None:
         out.print(f"wrote {path}")
 
 
+def _write(
+    out_dir: Path | None, name: str, document: dict[str, object], draw: Callable[[Path], list[Path]]
+) -> list[Path]:
+    """With --out: the figures as JSON (`name`) and the plots `draw` makes there; the files written."""
+    if out_dir is None:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / name).write_text(json.dumps(document, indent=1) + "\n")
+    return [out_dir / name, *draw(out_dir)]
+
+
 @contextmanager
 def _progress(total: int) -> Iterator[Callable[[int], None]]:
     """A bar over `total` runs on a terminal; yields what to call with each number of runs done."""
@@ -162,14 +174,13 @@ def _traces(
     except (PolicyError, ValueError) as error:
         die(str(error))
     document = done.to_json() | {"machine": f"{os.cpu_count()} CPUs"}
-    written: list[Path] = []
-    if out_dir is not None:
+
+    def draw(folder: Path) -> list[Path]:
         from gpuroam.sim.plots import AUTOSCALE, plot_autoscale
 
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written.append(out_dir / "sim-autoscale.json")
-        written[-1].write_text(json.dumps(document, indent=1) + "\n")
-        written.append(plot_autoscale(done.tables, out_dir / AUTOSCALE))
+        return [plot_autoscale(done.tables, folder / AUTOSCALE)]
+
+    written = _write(out_dir, "sim-autoscale.json", document, draw)
     if json_out:
         out.print_json(data=document | {"files": [str(p) for p in written]})
         return

@@ -97,9 +97,11 @@ class LocalProvider:
             yield
 
     def _workers(self) -> list[Worker]:
+        """The workers running now; reaps exited children. The API's threads and the reconcile loop call
+        this at once, so two may reap the same child (a `del` there made GET /api/v1/regions a 500)."""
         for pid, child in list(self._children.items()):
             if child.poll() is not None:
-                del self._children[pid]
+                self._children.pop(pid, None)
         return scan_workers(self.marker)
 
     # -- the Provider interface -------------------------------------------------------------------
