@@ -19,7 +19,6 @@ the request rate over the last minute (SkyServe's), and when the last request ca
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -181,7 +180,3 @@ class _Serving:
     slack: Floats
     capacity: float  # images per second, all ready replicas
     replicas: int
-
-
-def wait_percentile(waits: list[float], q: float) -> float:
-    return float(np.percentile(waits, q)) if waits else math.nan

@@ -307,13 +307,12 @@ class Simulation:
     # --- figures ------------------------------------------------------------------------------
 
     def _result(self) -> RunResult:
-        result = self._capacity_result()
+        result = replace(self._capacity_result(), node_hours=self.node_s / 3600.0)
         load = self.load
         if load is None:
-            return replace(result, node_hours=self.node_s / 3600.0)
+            return result
         return replace(
             result,
-            node_hours=self.node_s / 3600.0,
             asked=load.asked,
             answered=load.served,
             in_bound=load.in_bound,

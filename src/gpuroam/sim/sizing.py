@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpuroam.autoscale import Load, Policy, Scale, decide, initial, mean_speed
 from gpuroam.sim.load import Signals
 from gpuroam.spec import ServiceSpec
 
-PASS_S = 5.0  # the reconciler's loop interval (gpuroam.sim.simulation.PASS_S)
+PASS_S = 5.0  # the reconciler's loop interval: a pass of the simulation, a decision of gpuroam's sizer
 
 
 class AutoscaleSizer:
@@ -50,7 +50,7 @@ class QpsSizer:
     downscale_delay_s: float = 1200.0
     decision_s: float = 20.0
     decision_at_zero_s: float = 5.0
-    desired: int = -1  # set from min_replicas
+    desired: int = field(init=False)  # starts at min_replicas
     up_count: int = 0
     down_count: int = 0
 
