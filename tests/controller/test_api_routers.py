@@ -46,6 +46,9 @@ def test_the_services_router_alone_shrinks_only_a_region_expand_added(store: Sto
     event = store.list_events()[-1]
     assert (event.kind.value, event.region) == ("shrunk", "us-central1")
     assert client.post("/api/v1/services/nope/shrink", json={"region": "us-central1"}).status_code == 404
+    for bad in ("", "x" * 100_000):
+        refused = client.post(f"{path}/shrink", json={"region": bad})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "region"]
 
 
 def test_the_gateway_feed_router_alone_lists_each_service_port(store: Store) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gpuroam.autoscale import Policy, Scale, initial
 from gpuroam.catalog import Catalog
@@ -23,7 +23,7 @@ SHOWN_AFTER_END_S = 60.0  # a failed or drained replica stays in status this lon
 
 
 class RegionRequest(BaseModel):
-    region: str
+    region: str = Field(min_length=1, max_length=63)  # a cloud region name; longer is no region (and not echoed)
 
 
 def replica_view(replica: Replica, now: float) -> ReplicaOut:
