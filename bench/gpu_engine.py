@@ -169,8 +169,12 @@ def profile_kernels(engine: Engine, args: argparse.Namespace, batch: int, top: i
         print(f"  {share:5.1f}%  {event.count:6d}x  {event.key[:110]}", flush=True)
 
 
-def acceleration(variant: str, buckets: tuple[int, ...]) -> Acceleration:
-    return Acceleration.off() if variant == "eager" else Acceleration(compile_mode=variant, buckets=buckets)
+def acceleration(variant: str, buckets: tuple[int, ...], size: int) -> Acceleration:
+    """`eager`, a compile mode, or a compile mode with `-static` (one compile per bucket, no dynamic batch)."""
+    if variant == "eager":
+        return Acceleration.off()
+    mode, _, static = variant.partition("-static")
+    return Acceleration(compile_mode=mode, buckets=buckets, warm_sizes=((size, size),), dynamic_batch=not static)
 
 
 def measure(variant: str, args: argparse.Namespace, reference: np.ndarray | None) -> dict:
@@ -178,9 +182,16 @@ def measure(variant: str, args: argparse.Namespace, reference: np.ndarray | None
     began = time.perf_counter()
     model = load_model(args.model, resolve_device("cuda"))
     loaded = time.perf_counter() - began
-    engine = Engine(model, acceleration(variant, buckets))
+    engine = Engine(model, acceleration(variant, buckets, args.size))
     warm = engine.warm_up()
-    row: dict = {"variant": variant, "load_s": round(loaded, 1), "warm_up_s": round(warm, 1)}
+    if engine.warmup is not None:  # the worker builds these in the background; here, before measuring
+        engine.warmup.build_all()
+    row: dict = {
+        "variant": variant,
+        "load_s": round(loaded, 1),
+        "warm_up_s": round(time.perf_counter() - began - loaded, 1),
+    }
+    row["probe_s"] = round(warm, 1)
     if variant != "eager":
         row |= no_compile_after_warm_up(engine, args)
     latencies = [timed(engine, tasks(1, args.size, args.steps)) for _ in range(args.repeats * 3)]

@@ -165,6 +165,9 @@ def test_spec_is_immutable_and_json_serialisable() -> None:
             id="readiness-path",
         ),
         pytest.param(edited(app__kind="comfyui"), ["app.kind:", "'sd-webui'"], id="app-kind"),
+        pytest.param(
+            edited(app__compile_cache="s3://bucket/x"), ["app.compile_cache:", "gs://BUCKET", "pvc:CLAIM"], id="cache"
+        ),
         pytest.param(edited(app__args=["--steps", 20]), ["app.args[1]:", "quote numbers"], id="args-number"),
         pytest.param(edited(app=["x"]), ["app: must be a mapping", "what runs"], id="section-list"),
         pytest.param(edited(regions__allow=[]), ["regions.allow: is empty", "['*']"], id="allow-empty"),

@@ -62,6 +62,12 @@ _GpuNames = Annotated[tuple[Annotated[str, AfterValidator(_gpu_name)], ...], Fie
 _RegionPatterns = Annotated[tuple[Annotated[str, AfterValidator(_region_pattern)], ...], Field(strict=False)]
 
 
+# gs://bucket[/path] (bucket names: 3-63 of a-z 0-9 - _ .) or pvc:claim (a DNS-1123 subdomain).
+COMPILE_CACHE_SOURCE = re.compile(
+    r"gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/[A-Za-z0-9._/-]{1,512})?|pvc:[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?"
+)
+
+
 class _Section(BaseModel):
     # Frozen: a stored spec is a value. Forbid: a typo is an error, not an ignored key. Strict: YAML
     # gives real types, so "3" or `true` where a number belongs is a mistake (lists still fill tuples).
@@ -79,6 +85,20 @@ class AppSpec(_Section):
     readiness_path: str = Field(default="/internal/ping", description="an HTTP path answering 200 once ready")
     args: _Strings = Field(default=(), description='a list of strings, extra app arguments (quote numbers: "20")')
     model: str = Field(default="tiny", min_length=1, description="tiny, sd15-random or a checkpoint path")
+    compile_cache: str | None = Field(
+        default=None,
+        description="where a cluster's replicas share compiled kernels: gs://BUCKET[/PATH] (GKE: Cloud Storage "
+        "FUSE) or pvc:CLAIM (a ReadWriteMany PersistentVolumeClaim); unset, each pod compiles into a volume of its own",
+    )
+
+    @field_validator("compile_cache")
+    @classmethod
+    def _cache_source(cls, source: str | None) -> str | None:
+        if source is None or COMPILE_CACHE_SOURCE.fullmatch(source):
+            return source
+        raise ValueError(
+            f"{source!r} is no compile cache location; write gs://BUCKET or gs://BUCKET/PATH (GKE), or pvc:CLAIM"
+        )
 
     @field_validator("readiness_path")
     @classmethod

@@ -93,3 +93,22 @@ def test_a_retiring_replica_put_back_keeps_its_count() -> None:
     backends.replace_all([B])
     backends.replace_all([A, B])
     assert backends.retiring() == {} and backends.loads()["a"].outstanding == 1
+
+
+def test_a_warming_replica_gets_its_share_and_its_full_share_once_warm() -> None:
+    """A replica compiling its fast path says how fast it is meanwhile; routing weights it by that."""
+    from gpuroam.gateway.health import MIN_WARMTH, warmth
+    from gpuroam.gateway.routing import choose
+
+    assert warmth([(b"x-gpuroam-warmth", b"0.4")]) == 0.4
+    assert warmth([]) == 1.0, "a worker that says nothing (an A1111 image) is at full speed"
+    assert warmth([(b"x-gpuroam-warmth", b"7")]) == 1.0
+    for nonsense in (b"-1", b"nan", b"inf", b"fast"):
+        assert warmth([(b"x-gpuroam-warmth", nonsense)]) == MIN_WARMTH
+    backends = make()
+    backends.probed("a", ok=True, now=0, warmth=0.25)
+    loads = backends.loads()
+    loads["b"].outstanding = 2  # b: 3 per unit of speed with the next; a (warming): 1 / 0.25 = 4
+    assert choose(backends.backends(), loads, now=0).replica == "b"
+    backends.probed("a", ok=True, now=1, warmth=1.0)
+    assert choose(backends.backends(), loads, now=1).replica == "a"

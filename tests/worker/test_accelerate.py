@@ -3,7 +3,8 @@
 On the GPU the modules compile with Inductor and CUDA graphs; here they are traced by Dynamo
 whole (fullgraph, backend "eager": a graph break or a wrong trace fails the test) with
 channels-last memory, fused attention projections and bucket padding, and must give the eager
-engine's images within rounding. bench/gpu_engine.py checks Inductor's images on the GPU.
+engine's images within rounding. tests/worker/test_warmup.py compiles with Inductor in the
+background; bench/gpu_engine.py checks Inductor's images on the GPU.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch._dynamo.utils import counters
 from gpuroam.worker.accelerate import Acceleration, acceleration_for, to_uint8_images, use_compile_cache
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.engine import Engine
+from gpuroam.worker.graphs import graphed
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import load_model
 from gpuroam.worker.samplers import sampler_names
@@ -53,18 +55,31 @@ def eager() -> Engine:
     return Engine(load_model("tiny", torch.device("cpu")), Acceleration.off())
 
 
+def built(acceleration: Acceleration) -> Engine:
+    """An engine whose planned graphs are all built (here, not on a compile thread)."""
+    engine = Engine(load_model("tiny", torch.device("cpu")), acceleration)
+    engine.warm_up()
+    assert engine.warmup is not None
+    engine.warmup.build_all()
+    assert engine.warmup.pending == 0 and all(not graph.failed for graph in engine.graphs)
+    return engine
+
+
 @pytest.fixture(scope="module")
 def fast() -> Engine:
-    traced = Acceleration(compile_mode="default", backend="eager", buckets=(1, 2, 4), warm_sizes=())
-    return Engine(load_model("tiny", torch.device("cpu")), traced)
+    return built(Acceleration(compile_mode="default", backend="eager", buckets=(1, 2, 4), warm_sizes=((128, 128),)))
 
 
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M"])  # float32 and int64 timesteps
 def test_the_fast_path_gives_the_eager_images(eager: Engine, fast: Engine, sampler: str) -> None:
     key = BatchKey("txt2img", 128, 128, 6, sampler, "automatic", 7.0)
     reference = as_array(eager.run(tasks(SPECS, key)).images)
+    unet = graphed(fast.model.pipeline.unet)
+    assert unet is not None
+    compiled_before = unet.calls["compiled"]
     result = fast.run(tasks(SPECS, key))  # 3 images run padded to the bucket of 4
     assert len(result.images) == 3
+    assert unet.calls["compiled"] - compiled_before == 6, "every step ran the compiled graph"
     diff = np.abs(as_array(result.images) - reference)
     assert diff.mean() <= MAX_MEAN_DIFF and diff.max() <= MAX_PIXEL_DIFF, (diff.mean(), diff.max())
 
@@ -88,17 +103,15 @@ def test_the_modules_were_rebuilt_for_speed(fast: Engine) -> None:
     unet = fast.model.pipeline.unet
     assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert any("to_qkv" in name for name, _ in unet.named_modules()), "fused query/key/value projections"
-    assert "forward" in vars(unet), "the UNet's forward is replaced by the compiled one"
+    assert graphed(unet) is not None, "the UNet's forward runs its compiled graphs"
 
 
-def test_no_request_compiles_again_after_the_warm_up() -> None:
+def test_every_kind_of_request_runs_the_graphs_built_for_its_shape() -> None:
     """Samplers hand the UNet float32, int64 or float64 timesteps, img2img hands it channels-last
     latents, clip skip changes the text encoder's call, one image at CFG 1 is a UNet batch of one.
-    After the warm-up none may trace a new graph: on a GPU that is minutes of compiling in front of
-    a client."""
-    traced = Acceleration(compile_mode="default", backend="eager", buckets=(1, 2), warm_sizes=((64, 64),))
-    engine = Engine(load_model("tiny", torch.device("cpu")), traced)
-    engine.warm_up()
+    Once a size's graphs are built, none of these may trace a new graph or miss the built one: a
+    trace on a GPU is minutes of compiling, and a miss is the eager speed."""
+    engine = built(Acceleration(compile_mode="default", backend="eager", buckets=(1, 2), warm_sizes=((64, 64),)))
     graphs = counters["stats"]["unique_graphs"]
     keys = [BatchKey("txt2img", 64, 64, 3, name, "automatic", 7.0) for name in sampler_names()]
     keys += [
@@ -112,8 +125,10 @@ def test_no_request_compiles_again_after_the_warm_up() -> None:
     for key, images in [(key, 2) for key in keys] + [(BatchKey("txt2img", 64, 64, 3, "LCM", "automatic", 1.0), 1)]:
         job = Job(id="x", key=key, image_count=images)
         init_image = init if key.mode == "img2img" else None
+        eager_calls = {graph.name: graph.calls["eager"] for graph in engine.graphs}
         engine.run([ImageTask(job, i, "a", "", i, 0, 0.0, init_image) for i in range(images)])
         assert counters["stats"]["unique_graphs"] == graphs, f"{key}, {images} image(s), compiled a new graph"
+        assert {graph.name: graph.calls["eager"] for graph in engine.graphs} == eager_calls, f"{key}: ran eagerly"
 
 
 @given(size=st.integers(1, 100))
@@ -141,6 +156,8 @@ def test_worker_flags_choose_the_fast_path() -> None:
     assert not acceleration_for(WorkerConfig(compile="none"), cuda).compiles
     chosen = acceleration_for(WorkerConfig(compile="max-autotune", buckets=(1, 8)), cpu)
     assert chosen.compile_mode == "max-autotune" and chosen.buckets == (1, 8)
+    assert acceleration_for(WorkerConfig(max_batch=8), cuda).buckets == (1, 2, 4, 8), "none the batcher never forms"
+    assert not acceleration_for(WorkerConfig(dynamic_batch=False), cuda).dynamic_batch
     with pytest.raises(ValueError, match="buckets"):
         Acceleration(buckets=(4, 2))
 

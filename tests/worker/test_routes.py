@@ -35,6 +35,30 @@ def test_internal_routes_alone_report_a_worker_still_loading() -> None:
     assert "gpuroam_worker_model_loaded 0.0" in client.get("/metrics").text
 
 
+def test_a_warming_worker_is_ready_and_says_how_fast_it_is_meanwhile() -> None:
+    """Serving eagerly while its graphs compile: ping is 200 with its warmth, for the gateway to weigh it by."""
+    from gpuroam.worker.warmup import EAGER_SPEED_SHARE, GraphShape, Warmup
+
+    app, state = bare_app(WorkerConfig())
+    internal.add_routes(app.router)
+    state.service = SimpleNamespace(
+        model=SimpleNamespace(title="m", device="cpu"), batcher=SimpleNamespace(queued_images=0)
+    )  # type: ignore[assignment]
+    warmup = Warmup()
+    never_built = SimpleNamespace(runners={}, failed={}, built=lambda key: False)
+    warmup.plan(GraphShape(512, 512, 1), [(never_built, ("sig",), lambda: ((), {}))], first=True)  # type: ignore[list-item]
+    state.watch_warmup(warmup)
+    client = TestClient(app)
+    ping = client.get("/internal/ping")
+    assert ping.status_code == 200 and float(ping.headers["x-gpuroam-warmth"]) == EAGER_SPEED_SHARE
+    info = client.get("/gpuroam/worker").json()
+    assert info["warmth"] == EAGER_SPEED_SHARE and info["graphs_pending"] == 1 and info["graphs_built"] == 0
+    metrics = client.get("/metrics").text
+    assert "gpuroam_worker_graphs_pending 1.0" in metrics and f"gpuroam_worker_warmth {EAGER_SPEED_SHARE}" in metrics
+    never_built.runners[("sig",)] = print
+    assert client.get("/internal/ping").headers["x-gpuroam-warmth"] == "1.0"
+
+
 def test_internal_ping_names_the_load_error() -> None:
     app, state = bare_app(WorkerConfig())
     internal.add_routes(app.router)

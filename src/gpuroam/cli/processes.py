@@ -16,6 +16,7 @@ from gpuroam.cli.net import network_for_serve
 
 if TYPE_CHECKING:
     from gpuroam.providers.factories import ProviderChoice
+    from gpuroam.worker.config import WorkerConfig
 
 
 @app.command()
@@ -47,11 +48,34 @@ def worker(
         ),
     ] = "auto",
     buckets: Annotated[
-        str | None, typer.Option(help="Batch sizes compiled and warmed at start, e.g. 1,2,4,8,16,32.")
+        str | None,
+        typer.Option(help="Batch sizes compiled (in the background, while serving), e.g. 1,2,4,8,16,32."),
     ] = None,
     compile_cache: Annotated[
-        Path | None, typer.Option(help="Compiled kernels kept here across restarts (~/.cache/gpuroam/inductor).")
+        Path | None,
+        typer.Option(
+            help="Compiled kernels and the compiled artefact, kept across restarts and shared by replicas "
+            "(~/.cache/gpuroam/inductor, or $GPUROAM_COMPILE_CACHE)."
+        ),
     ] = None,
+    compile_sizes: Annotated[
+        str | None,
+        typer.Option(
+            help="Image sizes compiled after start, most requested first, e.g. 512x512,512x768 (default: A1111's "
+            "common sizes and their hires-fix targets; other sizes are compiled once asked for twice)."
+        ),
+    ] = None,
+    dynamic_batch: Annotated[
+        bool, typer.Option(help="One compile per image size for all its batch sizes (--static-batch: one per bucket).")
+    ] = True,
+    build_cache: Annotated[
+        bool,
+        typer.Option(
+            "--build-cache",
+            help="Compile every graph of the common sizes now, write the compiled artefact into --compile-cache "
+            "and exit: run once per GPU type, and replicas of that type start without compiling.",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve Stable Diffusion with the A1111 Web UI API and page."""
@@ -74,6 +98,10 @@ def worker(
         sizes = tuple(int(size) for size in buckets.split(",")) if buckets else ()
     except ValueError:
         raise typer.BadParameter("give batch sizes separated by commas, e.g. 1,2,4,8", param_hint="--buckets") from None
+    try:
+        image_sizes = WorkerConfig.parse_sizes(compile_sizes)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--compile-sizes") from error
     configure_logging(log_level)
     config = WorkerConfig(
         model=model,
@@ -88,7 +116,12 @@ def worker(
         compile=compile,
         buckets=sizes,
         compile_cache=str(compile_cache) if compile_cache else None,
+        compile_sizes=image_sizes,
+        dynamic_batch=dynamic_batch,
     )
+    if build_cache:
+        _build_cache(config)
+        return
     console.print(
         f"[bold]gpuroam worker[/] model [cyan]{model}[/] on [cyan]{device}[/]: "
         f"http://{host}:{port}/ (API /sdapi/v1, ready when /internal/ping answers 200)"
@@ -96,6 +129,22 @@ def worker(
     uvicorn.run(
         create_app(config), host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
+
+
+def _build_cache(config: WorkerConfig) -> None:
+    """`gpuroam worker --build-cache`: build the artefact here and now, saying how far it got."""
+    import time
+
+    from gpuroam.worker.prebuild import build_cache
+
+    started = time.monotonic()
+    path = build_cache(config, lambda line: console.print(f"[dim]{time.monotonic() - started:6.1f} s[/] {line}"))
+    if path is None:
+        die(
+            "nothing was compiled, so no artefact was written: the fast path is off "
+            "(--compile none, or a CPU without --compile default)"
+        )
+    console.print(f"[green]compiled artefact[/] {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command()

@@ -104,8 +104,9 @@ class BackendSet:
         if health is not None:
             health.ejections = 0
 
-    def probed(self, replica: str, ok: bool, now: float) -> bool:
-        """An active check's result, with thresholds so one blip does not flip a backend.
+    def probed(self, replica: str, ok: bool, now: float, warmth: float = 1.0) -> bool:
+        """An active check's result, with thresholds so one blip does not flip a backend; a passing
+        check states the backend's warmth (its share of full speed while it compiles).
 
         True when this result marked the backend down."""
         load, health = self._loads.get(replica), self._health.get(replica)
@@ -113,6 +114,7 @@ class BackendSet:
             return False
         went_down = False
         if ok:
+            load.warmth = warmth
             health.probe_failures, health.probe_successes = 0, health.probe_successes + 1
             if health.probe_successes >= self.policy.healthy_after:
                 load.healthy, load.ejected_until = True, 0.0

@@ -30,6 +30,7 @@ class Load:
     outstanding: int = 0
     healthy: bool = True  # the active check passes
     ejected_until: float = 0.0  # passive ejection after a connect error, 5xx or timeout
+    warmth: float = 1.0  # share of its full speed, below 1 while the replica compiles its fast path
 
     def usable(self, now: float) -> bool:
         return self.healthy and now >= self.ejected_until
@@ -60,8 +61,8 @@ def affinity_holds(
 
 
 def load_score(backend: Backend, load: Load) -> float:
-    """Outstanding work per unit of speed, counting the request being placed."""
-    return (load.outstanding + 1) / backend.speed
+    """Outstanding work per unit of speed (its GPU's, times its warmth), counting the request being placed."""
+    return (load.outstanding + 1) / (backend.speed * load.warmth)
 
 
 def choose(

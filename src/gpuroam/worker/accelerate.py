@@ -5,15 +5,20 @@ GPUs are the scarce part, so the worker's default on CUDA is:
 - channels-last memory for the UNet and VAE (cuDNN's fast convolution layout);
 - fused query/key/value projections (one matrix product instead of three);
 - cuDNN autotuning of convolution algorithms;
-- `torch.compile` (Inductor) of the UNet, the VAE decoder and the text encoder, with CUDA graphs
-  (`reduce-overhead`), which removes the per-kernel launch cost that dominates small batches;
-- a few fixed batch sizes (buckets), each compiled and its CUDA graph recorded once, at start,
-  instead of in front of a client: the batcher runs the largest bucket the queue fills, and the
-  engine pads any other batch up to a bucket (padding rows are dropped).
+- `torch.compile` (Inductor) of the UNet, the VAE decoder and the text encoder, each compiled graph
+  captured into a CUDA graph (`reduce-overhead`), which removes the per-kernel launch cost that
+  dominates small batches;
+- a few fixed batch sizes (buckets) at the common image sizes, each compiled once, in the
+  background (worker/warmup.py): the worker serves eagerly from the moment its model is loaded,
+  and each batch shape switches to its graph once that is built (worker/graphs.py). The batcher
+  runs the largest bucket the queue fills, and the engine pads a batch up to a bucket whose graphs
+  are built (padding rows are dropped).
 
-Compiled kernels are cached on disk (`cache_dir`), so a restarted worker skips most of the compile.
-None of this changes what is computed beyond kernel-level rounding: `tests/worker/test_accelerate.py`
-checks the images against the eager path on the CPU, and bench/gpu_engine.py on the GPU.
+Compiled kernels are cached on disk (`cache_dir`), and packed into an artefact that starts a worker
+on another machine of the same GPU type (worker/artefact.py). None of this changes what is computed
+beyond kernel-level rounding: `tests/worker/test_accelerate.py` checks the images against the eager
+path on the CPU, every graph is checked against its eager module before use, and bench/gpu_engine.py
+checks the images on the GPU.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,11 +38,22 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from gpuroam.worker.config import WorkerConfig
+from gpuroam.worker.graphs import GraphedForward, configure_compiler
 
 log = logging.getLogger("gpuroam.worker.accelerate")
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# Inductor's mode for each: CUDA graphs are captured by worker/graphs.py, not by Inductor (see there).
+INDUCTOR_MODES = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+# A1111's common sizes, most requested first, then the hires-fix targets (2x) of the first three.
+SD_SIZES = ((512, 512), (512, 768), (768, 512), (768, 768), (640, 640), (1024, 1024), (1024, 1536), (1536, 1024))
+SDXL_SIZES = ((1024, 1024), (832, 1216), (1216, 832), (896, 1152), (1152, 896), (768, 1344), (1344, 768))
+# Buckets compiled at a size hold at most this many pixels (32 images of 512x512): a hires-fix target
+# gets the batches that fit the memory the common size's largest batch takes.
+PIXEL_BUDGET = 32 * 512 * 512
 
 
 def default_cache_dir() -> Path:
@@ -52,7 +69,8 @@ class Acceleration:
     compile_mode: str = "reduce-overhead"  # one of COMPILE_MODES; "none" keeps eager modules
     backend: str = "inductor"  # "eager" traces with Dynamo but runs eager kernels (the CPU tests use it)
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
-    warm_sizes: tuple[tuple[int, int], ...] = ((512, 512),)
+    warm_sizes: tuple[tuple[int, int], ...] | None = None  # compiled after start; None: the model's common sizes
+    dynamic_batch: bool = True  # one compile per size serves all its buckets (each still gets its CUDA graph)
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     def __post_init__(self) -> None:
@@ -68,6 +86,16 @@ class Acceleration:
     @property
     def compiles(self) -> bool:
         return self.compile_mode != "none"
+
+    def sizes_for(self, sdxl: bool) -> tuple[tuple[int, int], ...]:
+        if self.warm_sizes is not None:
+            return self.warm_sizes
+        return SDXL_SIZES if sdxl else SD_SIZES
+
+    def buckets_at(self, width: int, height: int) -> tuple[int, ...]:
+        """The buckets compiled at a size, in build order: one image, the largest batch, then the rest."""
+        fitting = [b for b in self.buckets if b == 1 or b * width * height <= PIXEL_BUDGET] or [self.buckets[0]]
+        return (fitting[0], *sorted(fitting[1:], reverse=True))
 
     def bucket(self, size: int) -> int:
         """The batch size `size` images run at: the smallest bucket that holds them (or `size` above all)."""
@@ -99,13 +127,20 @@ def acceleration_for(config: WorkerConfig, device: torch.device) -> Acceleration
         chosen = Acceleration(compile_mode=config.compile)
     if chosen.compiles and config.buckets:
         chosen = replace(chosen, buckets=config.buckets)
+    if chosen.compiles:  # a bucket above the largest batch the batcher forms would never run
+        chosen = replace(chosen, buckets=tuple(b for b in chosen.buckets if b <= config.max_batch) or (1,))
+    if not config.dynamic_batch:
+        chosen = replace(chosen, dynamic_batch=False)
+    if config.compile_sizes is not None:
+        chosen = replace(chosen, warm_sizes=config.compile_sizes)
     if config.compile_cache:
         chosen = replace(chosen, cache_dir=Path(config.compile_cache))
     return chosen
 
 
-def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> None:
-    """Rebuild `pipeline`'s modules in place for speed; call before any pipeline is derived from it."""
+def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> list[GraphedForward]:
+    """Rebuild `pipeline`'s modules in place for speed; call before any pipeline is derived from it.
+    Returns the compiled modules' forwards, whose graphs the compile thread builds (none yet)."""
     if acceleration.compiles:
         use_compile_cache(acceleration.cache_dir)
     if pipeline.device.type == "cuda":
@@ -118,28 +153,40 @@ def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> None:
         unet.to(memory_format=torch.channels_last)
         vae.to(memory_format=torch.channels_last)
     if not acceleration.compiles:
-        return
-    # Dynamo's default: the first shape compiles static, the second makes the batch dimension dynamic, so
-    # two compiles serve every bucket (CUDA graphs are recorded per bucket). dynamic=True, which makes
-    # every dimension symbolic, took over 5 minutes for the UNet alone on an H200 (bench/RESULTS.md).
+        return []
     options = CompileOptions(backend=acceleration.backend)
     if acceleration.backend == "inductor":
-        options["mode"] = acceleration.compile_mode
+        options["mode"] = INDUCTOR_MODES.get(acceleration.compile_mode, acceleration.compile_mode)
+    capture = pipeline.device.type == "cuda" and acceleration.compile_mode in CUDA_GRAPH_MODES
+    device_lock = threading.Lock()
+    pool = torch.cuda.graph_pool_handle() if capture else None
+
+    def graphs(name: str, forward: Callable[..., Any], fullgraph: bool) -> GraphedForward:
+        compiled = torch.compile(forward, fullgraph=fullgraph, **options)
+        return GraphedForward(name, forward, compiled, capture, acceleration.dynamic_batch, device_lock, pool)
+
     # In place: the pipeline keeps its own module classes, and derived pipelines share them.
-    unet.forward = _steady_inputs(torch.compile(unet.forward, fullgraph=True, **options))
-    vae.decoder.compile(fullgraph=True, **options)
-    pipeline.text_encoder.compile(**options)  # transformers' text model may break the graph: that is allowed
+    unet_graphs = graphs("unet", unet.forward, fullgraph=True)
+    unet.forward = _steady_inputs(unet_graphs)
+    decoder_graphs = graphs("vae decoder", vae.decoder.forward, fullgraph=True)
+    vae.decoder.forward = decoder_graphs
+    # transformers' text model may break the graph: that is allowed
+    text_graphs = graphs("text encoder", pipeline.text_encoder.forward, fullgraph=False)
+    pipeline.text_encoder.forward = text_graphs
     log.info(
         "fast path on",
         extra={
             "compile": acceleration.compile_mode,
+            "cuda_graphs": capture,
             "buckets": list(acceleration.buckets),
+            "dynamic_batch": acceleration.dynamic_batch,
             "cache": str(acceleration.cache_dir),
         },
     )
+    return [unet_graphs, decoder_graphs, text_graphs]
 
 
-def _steady_inputs(compiled: Callable[..., Any]) -> Callable[..., Any]:
+def _steady_inputs(compiled: GraphedForward) -> Callable[..., Any]:
     """The compiled UNet, always called with a float32 timestep, a contiguous sample and at least two rows.
 
     A compiled module is traced again for each new input dtype, memory layout or batch of one, and
@@ -161,6 +208,7 @@ def _steady_inputs(compiled: Callable[..., Any]) -> Callable[..., Any]:
             return tuple(output[:1] for output in doubled)
         return type(doubled)(sample=doubled.sample[:1])
 
+    forward.graphs = compiled  # type: ignore[attr-defined]  # found by graphs.graphed()
     return forward
 
 
@@ -183,12 +231,7 @@ def use_compile_cache(cache_dir: Path) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir.resolve())
     os.environ["TRITON_CACHE_DIR"] = str((cache_dir / "triton").resolve())
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    inductor_config.autotune_local_cache = True
-    inductor_config.conv_1x1_as_mm = True  # SD's many 1x1 convolutions run as matrix products
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # one graph per bucket
+    configure_compiler()
 
 
 def to_uint8_images(images: torch.Tensor) -> list[torch.Tensor]:

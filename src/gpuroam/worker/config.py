@@ -18,8 +18,27 @@ class WorkerConfig:
     max_body_bytes: int = 64 * 1024 * 1024
     api_auth: tuple[tuple[str, str], ...] = ()
     compile: str = "auto"  # the fast path (worker/accelerate.py): auto, none, or a torch.compile mode
-    buckets: tuple[int, ...] = ()  # batch sizes compiled and warmed at start; () keeps the default
-    compile_cache: str | None = None  # where compiled kernels are kept across restarts
+    buckets: tuple[int, ...] = ()  # batch sizes compiled in the background; () keeps the default
+    compile_cache: str | None = None  # where compiled kernels and the compiled artefact are kept
+    compile_sizes: tuple[tuple[int, int], ...] | None = None  # sizes compiled after start; None: the model's common
+    dynamic_batch: bool = True  # one compile per image size for all its buckets (worker/accelerate.py)
+
+    @staticmethod
+    def parse_sizes(value: str | None) -> tuple[tuple[int, int], ...] | None:
+        """--compile-sizes: "512x512,512x768" (width x height, multiples of 8), or "" for none."""
+        if value is None:
+            return None
+        sizes = []
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            width, sep, height = item.lower().partition("x")
+            if not sep or not width.isdigit() or not height.isdigit():
+                raise ValueError(
+                    f"--compile-sizes expects WIDTHxHEIGHT[,WIDTHxHEIGHT...], e.g. 512x512,512x768; got {item!r}"
+                )
+            if int(width) % 8 or int(height) % 8 or not 64 <= int(width) <= 2048 or not 64 <= int(height) <= 2048:
+                raise ValueError(f"--compile-sizes: {item} must be multiples of 8 from 64 to 2048")
+            sizes.append((int(width), int(height)))
+        return tuple(sizes)
 
     @staticmethod
     def parse_api_auth(value: str | None) -> tuple[tuple[str, str], ...]:

@@ -8,10 +8,10 @@ others go on, and every row is decoded at the end (A1111 returns the partial ima
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,14 +23,19 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from PIL import Image
 
 from gpuroam.worker.accelerate import Acceleration, accelerate, default_acceleration, to_uint8_images
+from gpuroam.worker.graphs import GraphedForward, Inputs, Signature, resized, resized_signature
 from gpuroam.worker.images import resize_for_generation
 from gpuroam.worker.invariance import make_batch_invariant, use_batch_invariant_cpu_kernels
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.noise import overlapped_noise_copies
 from gpuroam.worker.samplers import make_scheduler, resolve
+from gpuroam.worker.warmup import GraphShape, Need, Warmup
 
 log = logging.getLogger("gpuroam.worker.engine")
+
+# A compiled module's call seen during a batch: the module, the call's signature, a copy of its inputs.
+Recorded = tuple[GraphedForward, Signature, Inputs]
 
 OUT_OF_MEMORY = (torch.OutOfMemoryError, MemoryError)
 
@@ -67,48 +72,84 @@ class Engine:
             for component in model.pipeline.components.values():
                 if isinstance(component, torch.nn.Module):
                     make_batch_invariant(component)
-        accelerate(model.pipeline, self.acceleration)
+        self.graphs = accelerate(model.pipeline, self.acceleration)
+        self.warmup = Warmup() if self.graphs else None
+        # Held while a batch runs: a CUDA graph is captured only between batches (worker/graphs.py).
+        self._device_lock = self.graphs[0].device_lock if self.graphs else contextlib.nullcontext()
         self._txt2img = AutoPipelineForText2Image.from_pipe(model.pipeline)  # type: ignore[no-untyped-call]  # unannotated in diffusers
         self._img2img = AutoPipelineForImage2Image.from_pipe(model.pipeline)  # type: ignore[no-untyped-call]  # unannotated in diffusers
         self._base_scheduler_config = dict(model.pipeline.scheduler.config)
         for pipeline in (self._txt2img, self._img2img):
             pipeline.set_progress_bar_config(disable=True)
 
-    def warm_up(self) -> float:
-        """Generate before the worker says it is ready, so no client waits for a compile: with the
-        fast path every bucket at every warm size, with and without clip skip (kernels compiled or
-        read from the cache, CUDA graphs recorded), else one small image. Other samplers and img2img
-        reuse these graphs (see accelerate._steady_inputs). Returns the seconds it took."""
+    def warm_up(self, extra_sizes: Iterable[tuple[int, int]] = ()) -> float:
+        """Before the worker says it is ready: generate once, eagerly, so a broken model never serves. With
+        the fast path, that is one image of one step at each common size (and `extra_sizes`, those of a
+        compiled artefact), with and without clip skip, recording how each compiled module is called, and
+        the graphs of every bucket at those sizes are planned for the compile thread, which builds them
+        while the worker serves. Returns the seconds it took (about a second per size on a GPU)."""
         started = time.perf_counter()
-        warm = self.acceleration.warm_sizes
-        sizes = [(w, h, b) for w, h in warm for b in self.acceleration.buckets] if warm else [(64, 64, 1)]
-        # Clip skip asks the text encoder for its hidden states, which it runs as graphs of their own.
-        clip_skips = (1, 2) if self.acceleration.compiles else (1,)
-        for (width, height, batch), clip_skip in itertools.product(sizes, clip_skips):
-            key = BatchKey("txt2img", width, height, 2, "Euler", "automatic", 7.0, clip_skip=clip_skip)
-            job = Job(id="warm-up", key=key, image_count=batch)
-            tasks = [ImageTask(job, i, "", "", i, 0, 0.0, None) for i in range(batch)]
-            seconds = self.run(tasks).seconds
-            log.info(
-                "warmed up",
-                extra={
-                    "width": width,
-                    "height": height,
-                    "batch": batch,
-                    "clip_skip": clip_skip,
-                    "seconds": round(seconds, 2),
-                },
-            )
+        if self.warmup is None:
+            self.run([_probe_task(64, 64, 1)])
+            return time.perf_counter() - started
+        sizes = dict.fromkeys([*self.acceleration.sizes_for(self.model.is_sdxl), *extra_sizes])
+        for index, (width, height) in enumerate(sizes):
+            for clip_skip in (1, 2):  # clip skip asks the text encoder for its hidden states: graphs of their own
+                tasks = [_probe_task(width, height, clip_skip)]
+                self._plan(tasks, self._recorded(tasks), first=index == 0 and clip_skip == 1)
+        log.info("graphs planned", extra={"sizes": len(sizes), "graphs": self.warmup.pending})
         return time.perf_counter() - started
 
     def run(self, tasks: list[ImageTask], on_step: Callable[[int, int], None] | None = None) -> BatchResult:
-        """Generate one image per task; a batch is padded to its bucket (copies of the last task) and
-        the copies' images are dropped."""
+        """Generate one image per task. A batch whose bucket has its graphs built is padded to that bucket
+        (copies of the last task, whose images are dropped); any other runs as it is, eagerly, and a
+        size asked for again is recorded on the way and planned for the compile thread."""
         key = tasks[0].key
         assert all(task.key == key for task in tasks), "a batch shares one key"
         started = time.perf_counter()
         wanted = len(tasks)
-        tasks = tasks + [tasks[-1]] * (self.acceleration.bucket(wanted) - wanted)
+        if self.warmup is None:
+            images = self._generate(tasks + [tasks[-1]] * (self.acceleration.bucket(wanted) - wanted), wanted, on_step)
+            return BatchResult(images=images, seconds=time.perf_counter() - started)
+        shape = GraphShape(key.width, key.height, self.acceleration.bucket(wanted), key.clip_skip)
+        if self.warmup.ready(shape):
+            images = self._generate(tasks + [tasks[-1]] * (shape.batch - wanted), wanted, on_step)
+        elif self.warmup.requested(shape.group):
+            self.warmup.learned(shape.group)
+            recorded: list[Recorded] = []
+            images = self._generate(tasks, wanted, on_step, record=recorded)
+            self._plan(tasks, recorded, first=False)
+            log.info("new size planned", extra={"width": key.width, "height": key.height, "clip_skip": key.clip_skip})
+        else:
+            images = self._generate(tasks, wanted, on_step)
+        return BatchResult(images=images, seconds=time.perf_counter() - started)
+
+    def _recorded(self, tasks: list[ImageTask]) -> list[Recorded]:
+        recorded: list[Recorded] = []
+        self._generate(tasks, len(tasks), None, record=recorded)
+        return recorded
+
+    def _plan(self, tasks: list[ImageTask], recorded: list[Recorded], first: bool) -> None:
+        """Plan the graphs of every bucket at the tasks' size from the calls recorded for these tasks."""
+        assert self.warmup is not None
+        key, images = tasks[0].key, len(tasks)
+        for batch in self.acceleration.buckets_at(key.width, key.height):
+            needs: list[Need] = [
+                (graph, resized_signature(example, images, batch), _resizer(example, images, batch))
+                for graph, _, example in recorded
+            ]
+            self.warmup.plan(GraphShape(key.width, key.height, batch, key.clip_skip), needs, first=first)
+
+    def _generate(
+        self,
+        tasks: list[ImageTask],
+        wanted: int,
+        on_step: Callable[[int, int], None] | None,
+        record: list[Recorded] | None = None,
+    ) -> list[Image.Image]:
+        """Run the pipeline over `tasks` and keep the first `wanted` images; with `record`, append each
+        compiled module's new calls to it."""
+        key = tasks[0].key
         pipeline = self._txt2img if key.mode == "txt2img" else self._img2img
         sampler, schedule = resolve(key.sampler, key.schedule)
         pipeline.scheduler = make_scheduler(sampler, schedule, self._base_scheduler_config)
@@ -135,13 +176,18 @@ class Engine:
                 "strength": img2img_strength(key.steps, key.denoising_strength),
             }
         try:
-            with torch.inference_mode(), overlapped_noise_copies(pipeline, pipeline.scheduler):
+            with contextlib.ExitStack() as stack:
+                stack.enter_context(self._device_lock)
+                seen = [(graph, stack.enter_context(graph.recording())) for graph in self.graphs if record is not None]
+                stack.enter_context(torch.inference_mode())
+                stack.enter_context(overlapped_noise_copies(pipeline, pipeline.scheduler))
                 pixels = to_uint8_images(pipeline(**kwargs).images[:wanted].float())
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()  # give the cached blocks back before the smaller retries
             raise
-        images = [Image.fromarray(row.numpy()) for row in pixels]
-        return BatchResult(images=images, seconds=time.perf_counter() - started)
+        if record is not None:
+            record.extend((graph, call, example) for graph, calls in seen for call, example in calls.items())
+        return [Image.fromarray(row.numpy()) for row in pixels]
 
     def _initial_noise(self, tasks: list[ImageTask], generators: list[torch.Generator]) -> torch.Tensor:
         """Per-image noise from the image's own generator, blended with its subseed's if asked."""
@@ -175,6 +221,17 @@ class Engine:
             return {"latents": latents}
 
         return callback
+
+
+def _probe_task(width: int, height: int, clip_skip: int) -> ImageTask:
+    """One image of one step: the cheapest batch that makes every module call a batch of its size makes."""
+    key = BatchKey("txt2img", width, height, 1, "Euler", "automatic", 7.0, clip_skip=clip_skip)
+    return ImageTask(Job(id="warm-up", key=key, image_count=1), 0, "", "", 0, 0, 0.0, None)
+
+
+def _resizer(example: Inputs, images: int, batch: int) -> Callable[[], Inputs]:
+    """The example for a batch of `batch`, made when the compile thread builds it (not held meanwhile)."""
+    return lambda: resized(example, images, batch)
 
 
 def _init_image(task: ImageTask) -> Image.Image:

@@ -1,7 +1,8 @@
 """The app's lifetime: the model loads in the background, then a batcher runs until shutdown.
 
 Loading after the server listens lets an orchestrator see the process is up; /internal/ping
-answers 200 only once `state.service` is set.
+answers 200 only once `state.service` is set, which is as soon as the model has made one image:
+the fast path's graphs are compiled afterwards, while the worker serves (worker/warmup.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gpuroam.worker.batcher import Batcher, device_thread
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.engine import Engine
 from gpuroam.worker.models import LoadedModel, load_model, resolve_device
+from gpuroam.worker.prebuild import use_artefact
 from gpuroam.worker.service import GenerationService
 from gpuroam.worker.state import WorkerState
 
@@ -37,6 +39,8 @@ def model_lifespan(
         batcher = await loading if loading.done() else None
         if not loading.done():
             loading.cancel()
+        if state.warmup is not None:
+            state.warmup.stop()
         if batcher is not None:
             await batcher.stop()
 
@@ -65,6 +69,9 @@ async def start_service(state: WorkerState, model: LoadedModel | None) -> Batche
     batcher.start()
     state.service = GenerationService(config, engine.model, batcher)
     state.metrics.model_loaded.set(1)
+    if engine.warmup is not None:
+        state.watch_warmup(engine.warmup)
+        engine.warmup.start()
     log.info(
         "model ready",
         extra={
@@ -87,5 +94,6 @@ async def _warmed_engine(
         model = await asyncio.to_thread(load_model, config.model, resolve_device(config.device))
     loop = asyncio.get_running_loop()
     engine = await loop.run_in_executor(gpu_thread, Engine, model, acceleration_for(config, model.device))
-    warm_up_s = await loop.run_in_executor(gpu_thread, engine.warm_up)
+    sizes = await asyncio.to_thread(use_artefact, engine)
+    warm_up_s = await loop.run_in_executor(gpu_thread, engine.warm_up, sizes)
     return engine, warm_up_s

@@ -30,6 +30,11 @@ class WorkerMetrics:
         self.images = Counter("gpuroam_worker_images", "Images generated", registry=r)
         self.batch_failures = Counter("gpuroam_worker_batch_failures", "Device batches that failed", registry=r)
         self.model_loaded = Gauge("gpuroam_worker_model_loaded", "1 once the model is loaded", registry=r)
+        self.graphs_built = Gauge("gpuroam_worker_graphs_built", "Compiled graphs in use", registry=r)
+        self.graphs_pending = Gauge("gpuroam_worker_graphs_pending", "Compiled graphs still to build", registry=r)
+        self.warmth = Gauge(
+            "gpuroam_worker_warmth", "Current speed as a share of full speed, while graphs compile", registry=r
+        )
 
     def observe_batch(self, images: int, seconds: float) -> None:
         self.batch_images.observe(images)

@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Request
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.metrics import WorkerMetrics
 from gpuroam.worker.service import GenerationService
+from gpuroam.worker.warmup import Warmup
 
 LOADING_RETRY_AFTER_S = 5
 
@@ -26,6 +27,18 @@ class WorkerState:
         self.metrics = WorkerMetrics()
         self.service: GenerationService | None = None
         self.load_error: str | None = None
+        self.warmup: Warmup | None = None  # the fast path's compile thread, while and after it builds
+
+    def watch_warmup(self, warmup: Warmup) -> None:
+        self.warmup = warmup
+        self.metrics.graphs_built.set_function(lambda: warmup.built)
+        self.metrics.graphs_pending.set_function(lambda: warmup.pending)
+        self.metrics.warmth.set_function(warmup.warmth)
+
+    @property
+    def warmth(self) -> float:
+        """Current speed as a share of full speed (1 without a fast path, or once its first size is built)."""
+        return 1.0 if self.warmup is None else self.warmup.warmth()
 
     @property
     def unavailable_reason(self) -> str:

@@ -167,6 +167,26 @@ def test_the_worker_keeps_its_compiled_kernels_across_container_restarts() -> No
     assert [v["name"] for v in a1111["spec"]["template"]["spec"]["volumes"]] == ["dshm"]
 
 
+def test_a_shared_compile_cache_is_mounted_for_every_pod_of_the_service() -> None:
+    """gs:// through GKE's Cloud Storage FUSE driver (and its sidecar's annotation), pvc: as a claim: the
+    first replica of a GPU type writes the compiled artefact and the others start from it."""
+    worker = "ghcr.io/gpuroam/worker:0.1.0"
+    bucket = k8s.deployment(
+        make_spec(image=worker, compile_cache="gs://my-cache/sd15/h100"), "us-central1", "nvidia-l4"
+    )
+    template = bucket["spec"]["template"]
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    assert volumes["compile-cache"]["csi"] == {
+        "driver": "gcsfuse.csi.storage.gke.io",
+        "volumeAttributes": {"bucketName": "my-cache", "mountOptions": "implicit-dirs,only-dir=sd15/h100"},
+    }
+    assert template["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"
+    claim = k8s.deployment(make_spec(image=worker, compile_cache="pvc:sd-compiled"), "us-central1", "nvidia-l4")
+    volumes = {v["name"]: v for v in claim["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["compile-cache"]["persistentVolumeClaim"] == {"claimName": "sd-compiled"}
+    assert "gke-gcsfuse/volumes" not in claim["spec"]["template"]["metadata"]["annotations"]
+
+
 def test_worker_image_runs_the_worker_command() -> None:
     spec = make_spec(
         image="europe-docker.pkg.dev/p/r/gpuroam/worker@sha256:abc",

@@ -32,11 +32,13 @@ DEFAULT_NAMESPACE = "gpuroam"
 SERVICE_PORT = 80  # what a Service and the load balancer in front of it expose; the pods listen on app.port
 PORT_NAME = "http"
 SHM_SIZE = "1Gi"  # /dev/shm in RAM: PyTorch shares tensors through it; Docker's default 64 MiB is too small
-# The worker's compiled kernels (torch.compile, 150-250 MB for SD 1.5) on a volume of the pod: a
-# restarted container finds them, and starts in about 80 s instead of 6-7 minutes on an H200
-# (bench/RESULTS.md, issue 8). A new pod compiles afresh.
+# The worker's compiled kernels and compiled artefact (worker/artefact.py). By default on a volume of the
+# pod, which a restarted container finds; with `app.compile_cache` on a volume every pod shares (a
+# Cloud Storage bucket through GKE's FUSE driver, or a ReadWriteMany claim), so the first replica of a
+# GPU type writes the artefact and every later one, in any region, starts from it.
 COMPILE_CACHE_DIR = "/var/cache/gpuroam"
 COMPILE_CACHE_SIZE = "2Gi"
+GCS_FUSE_DRIVER = "gcsfuse.csi.storage.gke.io"
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,23 @@ def node_selector(spec: ServiceSpec, gpu: str) -> dict[str, str]:
     return selector
 
 
+def compile_cache_volume(source: str | None) -> Manifest:
+    """The pod's `compile-cache` volume: the spec's shared location, or a volume of the pod's own.
+
+    gs:// needs GKE's Cloud Storage FUSE driver (on by default in Autopilot) and the pods' service
+    account allowed to read and write the bucket (roles/storage.objectUser through Workload Identity)."""
+    if source is None:
+        return {"name": "compile-cache", "emptyDir": {"sizeLimit": COMPILE_CACHE_SIZE}}
+    if source.startswith("pvc:"):
+        return {"name": "compile-cache", "persistentVolumeClaim": {"claimName": source.removeprefix("pvc:")}}
+    bucket, _, folder = source.removeprefix("gs://").partition("/")
+    options = "implicit-dirs" + (f",only-dir={folder.strip('/')}" if folder.strip("/") else "")
+    return {
+        "name": "compile-cache",
+        "csi": {"driver": GCS_FUSE_DRIVER, "volumeAttributes": {"bucketName": bucket, "mountOptions": options}},
+    }
+
+
 def deployment(
     spec: ServiceSpec, region: str, gpu: str, namespace: str = DEFAULT_NAMESPACE, *, replica: str | None = None
 ) -> Manifest:
@@ -187,7 +206,9 @@ def deployment(
     if is_worker_image(spec.app.image):
         container["env"].append({"name": "GPUROAM_COMPILE_CACHE", "value": f"{COMPILE_CACHE_DIR}/inductor"})
         container["volumeMounts"].append({"name": "compile-cache", "mountPath": COMPILE_CACHE_DIR})
-        volumes.append({"name": "compile-cache", "emptyDir": {"sizeLimit": COMPILE_CACHE_SIZE}})
+        volumes.append(compile_cache_volume(spec.app.compile_cache))
+        if spec.app.compile_cache and spec.app.compile_cache.startswith("gs://"):
+            notes = {**notes, "gke-gcsfuse/volumes": "true"}  # GKE injects the FUSE sidecar for it
     pod_spec: Manifest = {
         "nodeSelector": node_selector(spec, gpu),
         "containers": [container],

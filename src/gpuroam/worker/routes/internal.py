@@ -21,13 +21,20 @@ class WorkerInfo(TypedDict):
     ready: bool
     max_batch: int
     queued_images: int
+    warmth: float  # current speed as a share of full speed: below 1 while the fast path compiles
+    graphs_built: int
+    graphs_pending: int
 
 
-# 200 once the model is ready; 503 with Retry-After while it loads or after it failed to.
+WARMTH_HEADER = "X-Gpuroam-Warmth"
+
+
+# 200 once the model is ready (serving eagerly while graphs compile: the warmth header says how fast it
+# is meanwhile, and the gateway gives it that share); 503 with Retry-After while it loads or after it failed to.
 async def ping(state: SharedState) -> JSONResponse:
     if state.service is None:
         return JSONResponse({"detail": state.unavailable_reason}, status_code=503, headers=state.retry_headers)
-    return JSONResponse({})
+    return JSONResponse({}, headers={WARMTH_HEADER: str(state.warmth)})
 
 
 async def metrics(state: SharedState) -> Response:
@@ -46,6 +53,9 @@ async def worker_info(state: SharedState) -> WorkerInfo:
         ready=service is not None,
         max_batch=config.max_batch,
         queued_images=service.batcher.queued_images if service else 0,
+        warmth=state.warmth,
+        graphs_built=state.warmup.built if state.warmup else 0,
+        graphs_pending=state.warmup.pending if state.warmup else 0,
     )
 
 

@@ -1,0 +1,232 @@
+"""Compiled graphs that never stand between a request and its image.
+
+A compiled module's `forward` becomes a `GraphedForward`. A call whose inputs (shapes, dtypes,
+strides, flags: its `Signature`) have a built graph runs that graph; any other call runs the eager
+module at once. Graphs are built by the compile thread (worker/warmup.py) from example inputs the
+engine recorded while it probed or served a shape, so a compile never happens on the device thread.
+
+On CUDA a built graph is the compiled kernels captured once into a CUDA graph (static input
+buffers, replayed per call, outputs copied out), which removes the per-kernel launch cost. The
+capture is ours, not Inductor's `reduce-overhead`: Inductor keeps its CUDA graphs per thread, and
+here one thread compiles while another serves. Every graph is checked against the eager module on
+its example before it is used; one that differs beyond rounding is dropped and the eager path stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_map
+
+log = logging.getLogger("gpuroam.worker.graphs")
+
+Signature = tuple[Hashable, ...]
+Inputs = tuple[tuple[Any, ...], dict[str, Any]]
+Runner = Callable[..., Any]
+
+# Largest relative difference (L2 norm of the difference over the eager output's) a compiled graph
+# may show on its example: kernel-level rounding is 1e-3 and below in half precision, 1e-5 in float32.
+TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 4e-2, torch.float32: 1e-3}
+
+
+def configure_compiler() -> None:
+    """The compiler settings every compile of the worker uses; on the thread that compiles, since
+    PyTorch keeps them per thread (a compile thread started with the defaults: other graphs, other
+    cache keys, and a compiled artefact another worker could not use)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    inductor_config.autotune_local_cache = True
+    inductor_config.conv_1x1_as_mm = True  # SD's many 1x1 convolutions run as matrix products
+    # Each size is compiled for its own shape (a graph dynamic in width and height is slower, and Dynamo's
+    # automatic switch to one recompiled for minutes in front of a client); the batch is dynamic only where
+    # `GraphedForward.dynamic_batch` marks it so. One graph per size and bucket: room for many sizes.
+    torch._dynamo.config.automatic_dynamic_shapes = False
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
+    torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 2048)
+
+
+class GraphMismatch(RuntimeError):
+    """A compiled graph computed something other than the eager module: it is never used."""
+
+
+def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Signature:
+    """What a compiled graph is specialised on: the call's structure, every tensor's shape, strides,
+    dtype and device, and every other argument's value."""
+    leaves, spec = tree_flatten((args, kwargs))
+    return (str(spec), *(_leaf_key(leaf) for leaf in leaves))
+
+
+def resized_signature(example: Inputs, images_from: int, images_to: int) -> Signature:
+    """`signature(*resized(example, ...))`, worked out on the meta device: no memory is taken."""
+    leaves, spec = tree_flatten(example)
+    devices = iter([str(leaf.device) for leaf in leaves if isinstance(leaf, torch.Tensor)])
+    meta = tree_map(
+        lambda leaf: (
+            torch.empty_strided(leaf.shape, leaf.stride(), dtype=leaf.dtype, device="meta")
+            if isinstance(leaf, torch.Tensor)
+            else leaf
+        ),
+        example,
+    )
+    leaves, spec = tree_flatten(resized(meta, images_from, images_to))
+    return (
+        str(spec),
+        *(_leaf_key(leaf, next(devices)) if isinstance(leaf, torch.Tensor) else _leaf_key(leaf) for leaf in leaves),
+    )
+
+
+def _leaf_key(leaf: Any, device: str | None = None) -> Hashable:
+    if isinstance(leaf, torch.Tensor):
+        return ("tensor", tuple(leaf.shape), tuple(leaf.stride()), leaf.dtype, device or str(leaf.device))
+    if leaf is None or isinstance(leaf, bool | int | float | str):
+        return leaf
+    return ("object", type(leaf).__qualname__, repr(leaf))
+
+
+def copy_inputs(inputs: Inputs) -> Inputs:
+    """The inputs with every tensor copied (same strides), so an example outlives the call it came from."""
+    copied: Inputs = tree_map(lambda leaf: _same_layout_clone(leaf) if isinstance(leaf, torch.Tensor) else leaf, inputs)
+    return copied
+
+
+def resized(inputs: Inputs, images_from: int, images_to: int) -> Inputs:
+    """The inputs of a call for `images_from` images, made for `images_to`: each batch-first tensor
+    (its first dimension a multiple of `images_from`) repeats one image's rows `images_to` times."""
+
+    def resize(leaf: Any) -> Any:
+        if not isinstance(leaf, torch.Tensor) or leaf.dim() == 0 or leaf.shape[0] % images_from:
+            return leaf
+        one_image = leaf[: leaf.shape[0] // images_from]
+        return torch.cat([one_image] * images_to)
+
+    made: Inputs = tree_map(resize, inputs)
+    return made
+
+
+def _same_layout_clone(tensor: torch.Tensor) -> torch.Tensor:
+    copy = torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device=tensor.device)
+    return copy.copy_(tensor)
+
+
+def check_close(compiled: Any, eager: Any, what: str) -> None:
+    """Raise GraphMismatch unless every tensor of `compiled` is `eager`'s within rounding."""
+    got, _ = tree_flatten(compiled)
+    want, _ = tree_flatten(eager)
+    if len(got) != len(want):
+        raise GraphMismatch(f"{what}: the compiled graph returned {len(got)} values, the eager module {len(want)}")
+    for index, (a, b) in enumerate(zip(got, want)):
+        if not isinstance(b, torch.Tensor):
+            continue
+        if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+            raise GraphMismatch(f"{what}: output {index} has shape {getattr(a, 'shape', None)}, eager {tuple(b.shape)}")
+        error = float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
+        if not error <= TOLERANCE.get(b.dtype, 1e-3):  # NaN fails too
+            raise GraphMismatch(f"{what}: output {index} differs from the eager module by {error:.2e} (relative)")
+
+
+class CapturedGraph:
+    """A compiled call captured into a CUDA graph: inputs are copied into its static buffers, the
+    graph is replayed, and the outputs are copied out (the next replay overwrites the buffers)."""
+
+    def __init__(self, compiled: Runner, example: Inputs, pool: Any, device_lock: threading.Lock) -> None:
+        args, kwargs = copy_inputs(example)
+        self._static_inputs = [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.Tensor)]
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]  # unannotated in torch
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # lazy initialisation and autotuning happen outside the capture
+            for _ in range(2):
+                compiled(*args, **kwargs)
+        torch.cuda.current_stream().wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        # The device thread holds `device_lock` while it runs a batch: no kernel of its runs mid-capture.
+        with device_lock, torch.cuda.graph(self._graph, pool=pool, capture_error_mode="thread_local"):
+            self._static_output = compiled(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        live = [leaf for leaf in tree_flatten((args, kwargs))[0] if isinstance(leaf, torch.Tensor)]
+        for static, value in zip(self._static_inputs, live, strict=True):
+            static.copy_(value)
+        self._graph.replay()
+        return tree_map(lambda leaf: leaf.clone() if isinstance(leaf, torch.Tensor) else leaf, self._static_output)
+
+
+@dataclass
+class GraphedForward:
+    """A module's forward that runs a built graph for the inputs it was built for, else the eager module.
+
+    `eager` and `compiled` take the same arguments; `compiled` is called only by the compile thread
+    (`build`), so a signature without a graph can never trigger a compile where it is called."""
+
+    name: str
+    eager: Runner
+    compiled: Runner
+    capture: bool  # CUDA: capture each compiled graph into a CUDA graph
+    dynamic_batch: bool = False  # compile the batch dimension as dynamic: one compile serves every bucket
+    device_lock: threading.Lock = field(default_factory=threading.Lock)
+    pool: Any = None  # the CUDA graph memory pool the engine's graphs share (they never run at once)
+    runners: dict[Signature, Runner] = field(default_factory=dict)
+    failed: dict[Signature, str] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=lambda: {"compiled": 0, "eager": 0})
+    _recording: dict[Signature, Inputs] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        key = signature(args, kwargs)
+        runner = self.runners.get(key)
+        if self._recording is not None and key not in self._recording:
+            self._recording[key] = copy_inputs((args, kwargs))
+        if runner is not None:
+            self.calls["compiled"] += 1
+            return runner(*args, **kwargs)
+        self.calls["eager"] += 1
+        return self.eager(*args, **kwargs)
+
+    @contextmanager
+    def recording(self) -> Iterator[dict[Signature, Inputs]]:
+        """Within the block, keep a copy of the inputs of each new signature the module is called with."""
+        seen: dict[Signature, Inputs] = {}
+        self._recording = seen
+        try:
+            yield seen
+        finally:
+            self._recording = None
+
+    def built(self, key: Signature) -> bool:
+        return key in self.runners or key in self.failed
+
+    def build(self, key: Signature, example: Inputs) -> None:
+        """Compile (or load from the compile cache) the graph for `key`, check it against the eager module
+        and put it to use; on the compile thread. A graph that differs is kept out, with the reason."""
+        args, kwargs = example
+        configure_compiler()
+        if self.dynamic_batch:
+            for leaf in tree_flatten(example)[0]:
+                if isinstance(leaf, torch.Tensor) and leaf.dim() and leaf.shape[0] > 1:
+                    torch._dynamo.maybe_mark_dynamic(leaf, 0)
+        try:
+            with torch.inference_mode():
+                output = self.compiled(*args, **kwargs)
+                check_close(output, self.eager(*args, **kwargs), self.name)
+                runner = (
+                    CapturedGraph(self.compiled, example, self.pool, self.device_lock)
+                    if self.capture
+                    else self.compiled
+                )
+        except GraphMismatch as error:
+            self.failed[key] = str(error)
+            log.error("compiled graph dropped: it differs from the eager module", extra={"reason": str(error)})
+            return
+        self.runners[key] = runner
+
+
+def graphed(module: torch.nn.Module) -> GraphedForward | None:
+    """The module's GraphedForward, if its forward was replaced by one."""
+    forward = vars(module).get("forward")
+    target = getattr(forward, "graphs", forward)
+    return target if isinstance(target, GraphedForward) else None

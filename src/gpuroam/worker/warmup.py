@@ -1,0 +1,217 @@
+"""The compile thread: the engine's graphs built in the background, the most useful first.
+
+A replica serves as soon as its model is on the device, eagerly; this thread compiles a graph for
+each planned batch shape and puts it to use as soon as it is checked. The plan starts with the
+common sizes (the first one's batch sizes first: one image, then the largest batch, then the rest),
+and grows with the sizes clients ask for more than once; among those, the most requested go first.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from gpuroam.worker.graphs import GraphedForward, Inputs, Signature
+
+log = logging.getLogger("gpuroam.worker.warmup")
+
+# Eager speed as a share of compiled speed, for a replica that is still compiling: 0.23 for one
+# image and 0.69 at batch 32 on an H200 (bench/RESULTS.md, issue 8).
+EAGER_SPEED_SHARE = 0.4
+WORTH_COMPILING = 2  # requests at a size not in the plan before its graphs are built
+MAX_LEARNED_SIZES = 16  # sizes added to the plan from requests; each holds its graphs' memory
+
+
+@dataclass(frozen=True)
+class GraphShape:
+    """One batch the engine runs: `batch` images of `width` x `height` at a clip skip."""
+
+    width: int
+    height: int
+    batch: int
+    clip_skip: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    @property
+    def group(self) -> tuple[int, int, int]:
+        """The shapes that differ only in batch: one recorded batch plans them all."""
+        return self.width, self.height, self.clip_skip
+
+
+# A graph to build: the module, the signature, and how to make example inputs for it (when it is built).
+Need = tuple[GraphedForward, Signature, Callable[[], Inputs]]
+
+
+@dataclass
+class _Planned:
+    shape: GraphShape
+    needs: list[Need]
+    order: int
+    first: bool  # a shape of the first common size: it decides when the replica is at full speed
+
+
+class Warmup:
+    """The plan of graphs and the thread that builds them; `ready` and `plan` are called from the
+    device thread, everything else from the compile thread."""
+
+    def __init__(self, on_done: Callable[[list[tuple[int, int]]], None] | None = None) -> None:
+        self._planned: dict[GraphShape, _Planned] = {}
+        self._requests: Counter[tuple[int, int, int]] = Counter()  # batches run, by shape group
+        self._learned: set[tuple[int, int, int]] = set()
+        self._order = itertools.count()
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.on_done = on_done  # called with the planned sizes each time every planned graph is built
+        self.gate = threading.Event()  # cleared, the thread waits before its next build (tests hold it)
+        self.gate.set()
+        self.built_s = 0.0
+
+    def plan(self, shape: GraphShape, needs: Iterable[Need], first: bool = False) -> None:
+        """Add `shape` (each module call it makes, with example inputs) to the plan."""
+        with self._changed:
+            if shape not in self._planned:
+                self._planned[shape] = _Planned(shape, list(needs), next(self._order), first)
+                self._changed.notify_all()
+
+    def planned_sizes(self) -> list[tuple[int, int]]:
+        return list(dict.fromkeys(shape.size for shape in self._planned))
+
+    def requested(self, group: tuple[int, int, int]) -> bool:
+        """Count a batch of a shape group; True when the group is not planned and is now worth learning."""
+        with self._changed:
+            self._requests[group] += 1
+            planned = any(shape.group == group for shape in self._planned)
+            return (
+                not planned
+                and group not in self._learned
+                and self._requests[group] >= WORTH_COMPILING
+                and len(self._learned) < MAX_LEARNED_SIZES
+            )
+
+    def learned(self, group: tuple[int, int, int]) -> None:
+        self._learned.add(group)
+
+    def ready(self, shape: GraphShape) -> bool:
+        """Every call of a batch of this shape runs a built graph."""
+        planned = self._planned.get(shape)
+        return planned is not None and all(key in graph.runners for graph, key, _ in planned.needs)
+
+    @property
+    def pending(self) -> int:
+        """Graphs still to build (each signature once)."""
+        return len({(id(graph), key) for graph, key, _ in self._missing()})
+
+    def warmth(self) -> float:
+        """Current speed as a share of full speed: full once the first common size's shapes are built."""
+        first = [planned.shape for planned in self._planned.values() if planned.first]
+        if not first:
+            return 1.0
+        done = sum(self.ready(shape) for shape in first) / len(first)
+        return round(EAGER_SPEED_SHARE + (1 - EAGER_SPEED_SHARE) * done, 3)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="gpuroam-compile", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Build nothing more; a compile under way cannot be cut short, and ends with the process."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self.gate.set()
+
+    @property
+    def built(self) -> int:
+        """Graphs built and in use."""
+        return len(
+            {
+                (id(graph), key)
+                for planned in self._planned.values()
+                for graph, key, _ in planned.needs
+                if key in graph.runners
+            }
+        )
+
+    def build_all(self, progress: Callable[[Need, float, int], None] | None = None) -> None:
+        """Build every planned graph here and now (`gpuroam worker --build-cache`)."""
+        while (need := self._next()) is not None:
+            seconds = self._build(need)
+            if progress is not None:
+                progress(need, seconds, self.pending)
+
+    def _run(self) -> None:
+        reported = False  # "all graphs built" is said once each time the plan runs dry
+        while True:
+            self.gate.wait()
+            with self._changed:
+                if self._stopping:
+                    return
+                need = self._next()
+                if need is None and (reported or not self._planned):
+                    self._changed.wait()
+                    continue
+            if need is None:
+                reported = True
+                self._finished()
+            else:
+                reported = False
+                self._build(need)
+
+    def _finished(self) -> None:
+        log.info("all graphs built", extra={"sizes": len(self.planned_sizes()), "seconds": round(self.built_s, 1)})
+        if self.on_done is not None:
+            self.on_done(self.planned_sizes())
+
+    def _build(self, need: Need) -> float:
+        graph, key, make_example = need
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():  # as the engine runs: inference tensors, which Dynamo guards on
+                example = make_example()
+            graph.build(key, example)
+        except Exception as error:  # noqa: BLE001 - a graph that cannot be built leaves the eager path in place
+            graph.failed[key] = f"{type(error).__name__}: {error}"
+            log.error("graph not built; the eager module serves it", extra={"graph": graph.name, "error": repr(error)})
+        seconds = time.perf_counter() - started
+        self.built_s += seconds
+        shape = self._shape_of(need)
+        log.info(
+            "graph built",
+            extra={
+                "graph": graph.name,
+                "shape": None if shape is None else f"{shape.width}x{shape.height}x{shape.batch}",
+                "seconds": round(seconds, 2),
+                "pending": self.pending,
+            },
+        )
+        return seconds
+
+    def _shape_of(self, need: Need) -> GraphShape | None:
+        graph, key, _ = need
+        for planned in self._planned.values():
+            if any(g is graph and k == key for g, k, _ in planned.needs):
+                return planned.shape
+        return None
+
+    def _missing(self) -> list[Need]:
+        """Needs not yet built, most useful first: the first size, then the most requested, then plan order."""
+        ordered = sorted(
+            self._planned.values(),
+            key=lambda p: (not p.first, -self._requests[p.shape.group], p.order),
+        )
+        return [need for planned in ordered for need in planned.needs if not need[0].built(need[1])]
+
+    def _next(self) -> Need | None:
+        missing = self._missing()
+        return missing[0] if missing else None

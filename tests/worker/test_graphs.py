@@ -1,0 +1,116 @@
+"""Graphs by signature: a call runs its built graph or the eager module, never a compile."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpuroam.worker.graphs import (
+    GraphedForward,
+    GraphMismatch,
+    check_close,
+    copy_inputs,
+    resized,
+    resized_signature,
+    signature,
+)
+
+
+def eager(sample: torch.Tensor, scale: float, *, context: torch.Tensor | None = None) -> tuple[torch.Tensor]:
+    return (sample * scale + (0 if context is None else context.mean()),)
+
+
+class Counting:
+    """A stand-in compiler output: runs `function` and keeps each call's arguments."""
+
+    def __init__(self, function: Callable[..., Any]) -> None:
+        self.function = function
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls.append(args)
+        return self.function(*args, **kwargs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 3),
+    images=st.integers(1, 3),
+    to=st.integers(1, 5),
+    channels_last=st.booleans(),
+    side=st.integers(1, 6),
+)
+def test_a_resized_signature_is_the_signature_of_the_resized_inputs(
+    rows: int, images: int, to: int, channels_last: bool, side: int
+) -> None:
+    sample = torch.randn(rows * images, 4, side, side + 1)
+    if channels_last:
+        sample = sample.contiguous(memory_format=torch.channels_last)
+    inputs = ((sample, torch.tensor(3.0)), {"context": torch.randn(rows * images, 7), "flag": True, "none": None})
+    made = resized(inputs, images, to)
+    assert made[0][0].shape[0] == rows * to and made[1]["context"].shape[0] == rows * to
+    assert made[0][1].dim() == 0, "a tensor with no batch dimension is kept"
+    assert resized_signature(inputs, images, to) == signature(*made)
+
+
+def test_a_signature_tells_apart_what_a_compiled_graph_is_specialised_on() -> None:
+    x = torch.randn(2, 4, 8, 8)
+    base = signature((x,), {"flag": True})
+    assert signature((x.clone(),), {"flag": True}) == base, "values do not matter"
+    assert signature((x[:1],), {"flag": True}) != base
+    assert signature((x.half(),), {"flag": True}) != base
+    assert signature((x.contiguous(memory_format=torch.channels_last),), {"flag": True}) != base
+    assert signature((x,), {"flag": False}) != base
+    assert signature((x,), {}) != base
+    copied = copy_inputs(((x.contiguous(memory_format=torch.channels_last),), {}))
+    assert copied[0][0].is_contiguous(memory_format=torch.channels_last), "a copy keeps its strides"
+
+
+def test_a_call_runs_eagerly_until_its_graph_is_built_then_the_graph() -> None:
+    compiled = Counting(eager)
+    forward = GraphedForward("toy", eager, compiled, capture=False)
+    x = torch.randn(2, 3)
+    with forward.recording() as seen:
+        (first,) = forward(x, 2.0)
+    assert compiled.calls == [], "a call without a built graph never reaches the compiler"
+    assert forward.calls == {"compiled": 0, "eager": 1}
+    ((key, example),) = seen.items()
+    forward.build(key, example)
+    assert len(compiled.calls) == 1, "built on the example"
+    (second,) = forward(x, 2.0)
+    assert forward.calls == {"compiled": 1, "eager": 1} and torch.equal(first, second)
+    forward(x[:1], 2.0)
+    assert forward.calls["eager"] == 2, "another shape runs eagerly"
+
+
+def test_a_graph_that_computes_something_else_is_never_used() -> None:
+    def wrong(sample: torch.Tensor, scale: float) -> tuple[torch.Tensor]:
+        return (sample * scale + 0.1,)
+
+    forward = GraphedForward("toy", eager, wrong, capture=False)
+    inputs = copy_inputs(((torch.randn(4, 4), 1.0), {}))
+    key = signature(*inputs)
+    forward.build(key, inputs)
+    assert key not in forward.runners and "differs" in forward.failed[key]
+    assert forward.built(key), "and it is not tried again"
+    forward(*inputs[0])
+    assert forward.calls == {"compiled": 0, "eager": 1}
+
+
+def test_outputs_are_close_within_rounding_only() -> None:
+    a = torch.randn(64, 64)
+    check_close((a + 1e-6,), (a,), "fp32")
+    check_close((a.half() + 1e-3,), (a.half(),), "fp16")
+    with pytest.raises(GraphMismatch, match="differs"):
+        check_close((a * 1.01,), (a,), "fp32")
+    with pytest.raises(GraphMismatch, match="differs"):
+        check_close((torch.full_like(a, float("nan")),), (a,), "nan")
+    with pytest.raises(GraphMismatch, match="shape"):
+        check_close((a[:1],), (a,), "shape")
+    with pytest.raises(GraphMismatch, match="values"):
+        check_close((a, a), (a,), "count")

@@ -1,0 +1,207 @@
+"""Serve first, compile in the background: the plan, its order, and a real Inductor compile on the CPU.
+
+The engine tests compile with Inductor (`--compile default`) while the compile thread is held, so a
+request that waited for a compile, or compiled on its own thread, would show: Dynamo's compile hook
+names the thread of every compile, and the eager engine's images are the reference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.callback import callback_handler
+
+from gpuroam.worker.accelerate import Acceleration
+from gpuroam.worker.engine import Engine
+from gpuroam.worker.graphs import GraphedForward, copy_inputs, signature
+from gpuroam.worker.jobs import BatchKey, ImageTask, Job
+from gpuroam.worker.models import load_model
+from gpuroam.worker.prebuild import use_artefact
+from gpuroam.worker.warmup import EAGER_SPEED_SHARE, WORTH_COMPILING, GraphShape, Need, Warmup
+
+MAX_PIXEL_DIFF = 2  # kernel-level rounding, as tests/worker/test_accelerate.py allows
+
+
+def toy_need(forward: GraphedForward, rows: int) -> Need:
+    inputs = copy_inputs(((torch.randn(rows, 3),), {}))
+    return forward, signature(*inputs), lambda: inputs
+
+
+def toy_forward(name: str, built: list[str]) -> GraphedForward:
+    def compiled(x: torch.Tensor) -> torch.Tensor:
+        built.append(f"{name}:{x.shape[0]}")
+        return x * 2
+
+    return GraphedForward(name, lambda x: x * 2, compiled, capture=False)
+
+
+def test_the_first_size_is_built_first_then_the_most_requested_then_in_plan_order() -> None:
+    built: list[str] = []
+    unet = toy_forward("unet", built)
+    warmup = Warmup()
+    warmup.plan(GraphShape(512, 768, 1), [toy_need(unet, 2)])
+    warmup.plan(GraphShape(640, 640, 1), [toy_need(unet, 3)])
+    warmup.plan(GraphShape(512, 512, 1), [toy_need(unet, 4)], first=True)
+    warmup.plan(GraphShape(512, 512, 8), [toy_need(unet, 5)], first=True)
+    for _ in range(3):
+        warmup.requested((640, 640, 1))
+    assert warmup.pending == 4 and warmup.warmth() == EAGER_SPEED_SHARE
+    warmup.build_all()
+    assert built == ["unet:4", "unet:5", "unet:3", "unet:2"]
+    assert warmup.pending == 0 and warmup.built == 4 and warmup.warmth() == 1.0
+    assert all(warmup.ready(shape) for shape in (GraphShape(512, 768, 1), GraphShape(512, 512, 8)))
+    assert not warmup.ready(GraphShape(512, 512, 2)), "a shape never planned has no graphs"
+
+
+def test_a_size_is_learned_once_it_is_asked_for_again() -> None:
+    warmup = Warmup()
+    warmup.plan(GraphShape(512, 512, 1), [])
+    assert not any(warmup.requested((512, 512, 1)) for _ in range(5)), "a planned size is not learned again"
+    answers = [warmup.requested((832, 1216, 1)) for _ in range(WORTH_COMPILING)]
+    assert answers == [False] * (WORTH_COMPILING - 1) + [True]
+    warmup.learned((832, 1216, 1))
+    assert not warmup.requested((832, 1216, 1))
+
+
+def test_the_compile_thread_builds_in_the_background_and_says_when_all_is_built() -> None:
+    built: list[str] = []
+    done = threading.Event()
+    sizes: list[list[tuple[int, int]]] = []
+    warmup = Warmup(on_done=lambda planned: (sizes.append(planned), done.set()))
+    warmup.gate.clear()
+    warmup.start()
+    warmup.plan(GraphShape(64, 64, 1), [toy_need(toy_forward("unet", built), 2)], first=True)
+    assert not done.wait(0.2) and built == [], "a held thread builds nothing"
+    warmup.gate.set()
+    assert done.wait(30)
+    assert built == ["unet:2"] and sizes == [[(64, 64)]]
+    warmup.stop()
+
+
+def a_task(width: int, height: int, seed: int, clip_skip: int = 1) -> ImageTask:
+    key = BatchKey("txt2img", width, height, 3, "Euler a", "automatic", 7.0, clip_skip=clip_skip)
+    return ImageTask(Job(id=f"j{seed}", key=key, image_count=1), 0, "a red boat", "", seed, 0, 0.0, None)
+
+
+def pixels(engine: Engine, tasks: list[ImageTask]) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.int16) for image in engine.run(tasks).images])
+
+
+@pytest.fixture
+def compiling_threads() -> Iterator[list[str]]:
+    """The name of the thread each Dynamo compile starts on."""
+    names: list[str] = []
+
+    def started(*_: object) -> None:
+        names.append(threading.current_thread().name)
+
+    callback_handler.register_start_callback(started)
+    try:
+        yield names
+    finally:
+        callback_handler.remove_start_callback(started)
+
+
+def test_no_request_waits_for_a_compile_and_the_compiled_images_are_the_eager_ones(
+    tmp_path: Path, compiling_threads: list[str]
+) -> None:
+    """With Inductor, the way a GPU worker runs: requests are served eagerly (a new size too) while the
+    compile thread is held; let go, it compiles, the graphs take over with the same images, and the
+    compiled artefact is written for the next worker."""
+    cache = tmp_path / "cache"
+    inductor = Acceleration(
+        compile_mode="default", buckets=(1,), warm_sizes=((64, 64),), dynamic_batch=False, cache_dir=cache
+    )
+    engine = Engine(load_model("tiny", torch.device("cpu")), inductor)
+    assert engine.warmup is not None
+    assert use_artefact(engine) == (), "an empty cache has no artefact"
+    engine.warm_up()
+    engine.warmup.gate.clear()
+    engine.warmup.start()
+    sizes = ((64, 64), (96, 64), (96, 64), (96, 64))  # a new size, asked for again
+    try:
+        eager = [pixels(engine, [a_task(width, height, seed)]) for seed, (width, height) in enumerate(sizes)]
+        assert compiling_threads == [], "nothing compiled on the request path"
+        assert engine.warmup.pending > 0 and any(shape.size == (96, 64) for shape in engine.warmup._planned)
+        engine.warmup.gate.set()
+        finished = threading.Event()
+        engine.warmup.on_done = _chain(engine.warmup.on_done, finished)
+        assert finished.wait(1200), "the compile thread finished its plan"
+        unet = engine.graphs[0]
+        before = dict(unet.calls)
+        for seed, (width, height) in enumerate(sizes[:2]):
+            assert np.abs(pixels(engine, [a_task(width, height, seed)]) - eager[seed]).max() <= MAX_PIXEL_DIFF
+        assert unet.calls["compiled"] - before["compiled"] == 6 and unet.calls["eager"] == before["eager"]
+        assert compiling_threads and set(compiling_threads) == {"gpuroam-compile"}
+    finally:
+        engine.warmup.stop()
+    (manifest,) = cache.glob("compiled-*.json")
+    assert json.loads(manifest.read_text())["sizes"] == [[64, 64], [96, 64]]
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache), "Inductor's graphs go to the compile cache"
+
+    # A fresh process on a fresh cache directory holding the artefact alone: every compile is a cache read.
+    # It runs with this process's oneDNN setting, which an eager CPU engine of an earlier test may have
+    # turned off (worker/invariance.py) and which Inductor's own cache keys include.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    for path in cache.glob("compiled-*"):
+        shutil.copy(path, fresh / path.name)
+    onednn = str(int(torch.backends.mkldnn.enabled))
+    command = [sys.executable, "-c", FRESH_WORKER, str(fresh), onednn]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["sizes"] == [[64, 64], [96, 64]]
+    assert loaded["hits"] > 0 and loaded["misses"] == 0, loaded
+    assert loaded["compiled_calls"] > 0 and loaded["failed"] == 0
+
+
+def _chain(first: object, event: threading.Event) -> Callable[[list[tuple[int, int]]], None]:
+    """The on_done callback `first`, then `event` set."""
+
+    def done(sizes: list[tuple[int, int]]) -> None:
+        if callable(first):
+            first(sizes)
+        event.set()
+
+    return done
+
+
+FRESH_WORKER = """
+import json, sys
+from pathlib import Path
+import torch
+from torch._dynamo.utils import counters
+from gpuroam.worker.accelerate import Acceleration
+from gpuroam.worker.engine import Engine
+from gpuroam.worker.jobs import BatchKey, ImageTask, Job
+from gpuroam.worker.models import load_model
+from gpuroam.worker.prebuild import use_artefact
+
+cache = Path(sys.argv[1])
+torch.backends.mkldnn.enabled = sys.argv[2] == "1"
+inductor = Acceleration(compile_mode="default", buckets=(1,), warm_sizes=((64, 64),), dynamic_batch=False, cache_dir=cache)
+engine = Engine(load_model("tiny", torch.device("cpu")), inductor)
+sizes = use_artefact(engine)
+engine.warm_up(sizes)
+engine.warmup.build_all()
+key = BatchKey("txt2img", 96, 64, 2, "Euler a", "automatic", 7.0)
+engine.run([ImageTask(Job(id="x", key=key, image_count=1), 0, "a", "", 1, 0, 0.0, None)])
+print(json.dumps({
+    "sizes": [list(size) for size in sizes],
+    "hits": counters["inductor"]["fxgraph_cache_hit"],
+    "misses": counters["inductor"]["fxgraph_cache_miss"],
+    "compiled_calls": engine.graphs[0].calls["compiled"],
+    "failed": sum(len(graph.failed) for graph in engine.graphs),
+}))
+"""
