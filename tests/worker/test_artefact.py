@@ -1,0 +1,86 @@
+"""The compiled artefact's key: an artefact built for anything else is refused, saying what differs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from gpuroam.cli import app
+from gpuroam.worker.artefact import ArtefactKey, artefact_key, load_artefact, model_architecture
+from gpuroam.worker.models import LoadedModel, load_model
+
+
+@pytest.fixture(scope="module")
+def key(tiny_model: LoadedModel) -> ArtefactKey:
+    return artefact_key(tiny_model, "reduce-overhead", (1, 16, 32), dynamic_batch=True)
+
+
+def write(directory: Path, key: ArtefactKey, data: bytes = b"not an artefact", sha256: str | None = None) -> None:
+    manifest = {"key": asdict(key), "sizes": [[512, 512]], "sha256": sha256 or hashlib.sha256(data).hexdigest()}
+    (directory / f"compiled-{key.digest}.json").write_text(json.dumps(manifest))
+    (directory / f"compiled-{key.digest}.bin").write_bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("device", "cuda sm_80"),
+        ("torch", "2.9.0+cu128"),
+        ("model", "0" * 64),
+        ("buckets", (1, 8)),
+        ("compile_mode", "default"),
+    ],
+)
+def test_an_artefact_built_for_something_else_is_refused_saying_what_differs(
+    tmp_path: Path, key: ArtefactKey, field: str, value: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path, replace(key, **{field: value}))
+    with caplog.at_level(logging.WARNING, logger="gpuroam.worker.artefact"):
+        assert load_artefact(tmp_path, key) is None
+    (record,) = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert record.differs == {field: [value, getattr(key, field)]}
+
+
+def test_a_damaged_or_unreadable_artefact_is_refused_and_the_worker_carries_on(
+    tmp_path: Path, key: ArtefactKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    write(tmp_path, key, sha256="0" * 64)
+    (tmp_path / "compiled-garbage.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="gpuroam.worker.artefact"):
+        assert load_artefact(tmp_path, key) is None
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "unreadable" in messages and "refused" in messages
+    assert "sha256" in " ".join(repr(getattr(r, "error", "")) for r in caplog.records)
+
+
+def test_the_model_key_is_its_architecture_not_its_weights(tiny_model: LoadedModel) -> None:
+    other_weights = load_model("tiny", torch.device("cpu"))
+    with torch.no_grad():
+        next(other_weights.pipeline.unet.parameters()).add_(1.0)
+    assert model_architecture(other_weights) == model_architecture(tiny_model)
+    assert model_architecture(load_model("sd15-random", torch.device("cpu"))) != model_architecture(tiny_model)
+
+
+def test_build_cache_writes_an_artefact_with_the_sizes_it_compiled(tmp_path: Path) -> None:
+    """`gpuroam worker --build-cache`, with Inductor on the CPU at one small size and batch."""
+    command = ["worker", "--build-cache", "--device", "cpu", "--compile", "default", "--compile-sizes", "64x64"]
+    result = CliRunner().invoke(app, [*command, "--buckets", "1", "--compile-cache", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "graphs to build" in result.output and "compiled artefact" in result.output
+    (manifest,) = tmp_path.glob("compiled-*.json")
+    written = json.loads(manifest.read_text())
+    assert written["sizes"] == [[64, 64]] and written["key"]["compile_mode"] == "default"
+    assert manifest.with_suffix(".bin").stat().st_size == written["bytes"] > 0
+
+
+def test_build_cache_without_a_fast_path_says_why_nothing_was_written(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["worker", "--build-cache", "--device", "cpu", "--compile-cache", str(tmp_path)])
+    assert result.exit_code == 1 and "fast path is off" in result.output
+    assert not list(tmp_path.iterdir())
