@@ -19,6 +19,46 @@ if TYPE_CHECKING:
     from gpuroam.worker.config import WorkerConfig
 
 
+# The fast path's options (worker/accelerate.py, worker/warmup.py, worker/artefact.py).
+CompileOption = Annotated[
+    str,
+    typer.Option(
+        help="The fast path: auto (on for CUDA), none (eager), or a torch.compile mode "
+        "(reduce-overhead, default, max-autotune, max-autotune-no-cudagraphs). max-autotune had not "
+        "compiled one batch size after 9.5 minutes on an H200 (bench/RESULTS.md): use it only with a kept "
+        "--compile-cache."
+    ),
+]
+BucketsOption = Annotated[
+    str | None, typer.Option(help="Batch sizes compiled (in the background, while serving), e.g. 1,2,4,8,16,32.")
+]
+CompileCacheOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Compiled kernels and the compiled artefact, kept across restarts and shared by replicas "
+        "(~/.cache/gpuroam/inductor, or $GPUROAM_COMPILE_CACHE)."
+    ),
+]
+CompileSizesOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Image sizes compiled after start, most requested first, e.g. 512x512,512x768 (default: A1111's "
+        "common sizes and their hires-fix targets; other sizes are compiled once asked for twice)."
+    ),
+]
+DynamicBatchOption = Annotated[
+    bool, typer.Option(help="One compile per image size for all its batch sizes (--static-batch: one per bucket).")
+]
+BuildCacheOption = Annotated[
+    bool,
+    typer.Option(
+        "--build-cache",
+        help="Compile every graph of the common sizes now, write the compiled artefact into --compile-cache "
+        "and exit: run once per GPU type, and replicas of that type start without compiling.",
+    ),
+]
+
+
 @app.command()
 def worker(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
@@ -38,44 +78,12 @@ def worker(
     api_auth: Annotated[
         str | None, typer.Option(help="user:password[,user2:password2] for HTTP basic auth on the API.")
     ] = None,
-    compile: Annotated[
-        str,
-        typer.Option(
-            help="The fast path: auto (on for CUDA), none (eager), or a torch.compile mode "
-            "(reduce-overhead, default, max-autotune, max-autotune-no-cudagraphs). max-autotune had not "
-            "compiled one batch size after 9.5 minutes on an H200 (bench/RESULTS.md): use it only with a kept "
-            "--compile-cache."
-        ),
-    ] = "auto",
-    buckets: Annotated[
-        str | None,
-        typer.Option(help="Batch sizes compiled (in the background, while serving), e.g. 1,2,4,8,16,32."),
-    ] = None,
-    compile_cache: Annotated[
-        Path | None,
-        typer.Option(
-            help="Compiled kernels and the compiled artefact, kept across restarts and shared by replicas "
-            "(~/.cache/gpuroam/inductor, or $GPUROAM_COMPILE_CACHE)."
-        ),
-    ] = None,
-    compile_sizes: Annotated[
-        str | None,
-        typer.Option(
-            help="Image sizes compiled after start, most requested first, e.g. 512x512,512x768 (default: A1111's "
-            "common sizes and their hires-fix targets; other sizes are compiled once asked for twice)."
-        ),
-    ] = None,
-    dynamic_batch: Annotated[
-        bool, typer.Option(help="One compile per image size for all its batch sizes (--static-batch: one per bucket).")
-    ] = True,
-    build_cache: Annotated[
-        bool,
-        typer.Option(
-            "--build-cache",
-            help="Compile every graph of the common sizes now, write the compiled artefact into --compile-cache "
-            "and exit: run once per GPU type, and replicas of that type start without compiling.",
-        ),
-    ] = False,
+    compile: CompileOption = "auto",
+    buckets: BucketsOption = None,
+    compile_cache: CompileCacheOption = None,
+    compile_sizes: CompileSizesOption = None,
+    dynamic_batch: DynamicBatchOption = True,
+    build_cache: BuildCacheOption = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve Stable Diffusion with the A1111 Web UI API and page."""
