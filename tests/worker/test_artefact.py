@@ -5,6 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
+import subprocess
+import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -68,16 +72,70 @@ def test_the_model_key_is_its_architecture_not_its_weights(tiny_model: LoadedMod
     assert model_architecture(load_model("sd15-random", torch.device("cpu"))) != model_architecture(tiny_model)
 
 
-def test_build_cache_writes_an_artefact_with_the_sizes_it_compiled(tmp_path: Path) -> None:
-    """`gpuroam worker --build-cache`, with Inductor on the CPU at one small size and batch."""
-    command = ["worker", "--build-cache", "--device", "cpu", "--compile", "default", "--compile-sizes", "64x64"]
-    result = CliRunner().invoke(app, [*command, "--buckets", "1", "--compile-cache", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    assert "graphs to build" in result.output and "compiled artefact" in result.output
-    (manifest,) = tmp_path.glob("compiled-*.json")
+def test_an_artefact_built_by_one_process_turns_another_process_compiles_into_cache_reads(tmp_path: Path) -> None:
+    """`gpuroam worker --build-cache` with Inductor on the CPU at one small size and batch, in a process of
+    its own; then a fresh process on a fresh cache directory holding only the artefact (and a TMPDIR of
+    its own, so nothing is found in /tmp) builds the same graphs: every compile is a cache read."""
+    built, fresh = tmp_path / "built", tmp_path / "fresh"
+    command = [sys.executable, "-m", "gpuroam", "worker", "--build-cache", "--device", "cpu", "--compile", "default"]
+    command += ["--compile-sizes", "64x64", "--buckets", "1", "--compile-cache", str(built)]
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=1200, env=fresh_env(tmp_path / "tmp1")
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    said = result.stdout + result.stderr  # the CLI's console writes to stderr
+    assert "graphs to build" in said and "compiled artefact" in said
+    (manifest,) = built.glob("compiled-*.json")
     written = json.loads(manifest.read_text())
     assert written["sizes"] == [[64, 64]] and written["key"]["compile_mode"] == "default"
     assert manifest.with_suffix(".bin").stat().st_size == written["bytes"] > 0
+
+    fresh.mkdir()
+    for path in built.glob("compiled-*"):
+        shutil.copy(path, fresh / path.name)
+    command = [sys.executable, "-c", FRESH_WORKER, str(fresh)]
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=1200, env=fresh_env(tmp_path / "tmp2")
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["sizes"] == [[64, 64]]
+    assert loaded["hits"] > 0 and loaded["misses"] == 0, loaded
+    assert loaded["compiled_calls"] > 0 and loaded["failed"] == 0
+
+
+def fresh_env(tmp: Path) -> dict[str, str]:
+    tmp.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    return env | {"TMPDIR": str(tmp)}
+
+
+FRESH_WORKER = """
+import json, sys
+from pathlib import Path
+import torch
+from torch._dynamo.utils import counters
+from gpuroam.worker.accelerate import Acceleration
+from gpuroam.worker.engine import Engine
+from gpuroam.worker.jobs import BatchKey, ImageTask, Job
+from gpuroam.worker.models import load_model
+from gpuroam.worker.prebuild import use_artefact
+
+inductor = Acceleration(compile_mode="default", buckets=(1,), warm_sizes=(), cache_dir=Path(sys.argv[1]))
+engine = Engine(load_model("tiny", torch.device("cpu")), inductor)
+sizes = use_artefact(engine)
+engine.warm_up(sizes)
+engine.warmup.build_all()
+key = BatchKey("txt2img", 64, 64, 2, "Euler a", "automatic", 7.0)
+engine.run([ImageTask(Job(id="x", key=key, image_count=1), 0, "a", "", 1, 0, 0.0, None)])
+print(json.dumps({
+    "sizes": [list(size) for size in sizes],
+    "hits": counters["inductor"]["fxgraph_cache_hit"],
+    "misses": counters["inductor"]["fxgraph_cache_miss"],
+    "compiled_calls": engine.graphs[0].calls["compiled"],
+    "failed": sum(len(graph.failed) for graph in engine.graphs),
+}))
+"""
 
 
 def test_build_cache_without_a_fast_path_says_why_nothing_was_written(tmp_path: Path) -> None:

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -117,7 +114,7 @@ def test_no_request_waits_for_a_compile_and_the_compiled_images_are_the_eager_on
 ) -> None:
     """With Inductor, the way a GPU worker runs: requests are served eagerly (a new size too) while the
     compile thread is held; let go, it compiles, the graphs take over with the same images, and the
-    compiled artefact is written for the next worker."""
+    compiled artefact is written for the next worker (which test_artefact.py starts from it)."""
     cache = tmp_path / "cache"
     inductor = Acceleration(
         compile_mode="default", buckets=(1,), warm_sizes=((64, 64),), dynamic_batch=False, cache_dir=cache
@@ -149,22 +146,6 @@ def test_no_request_waits_for_a_compile_and_the_compiled_images_are_the_eager_on
     assert json.loads(manifest.read_text())["sizes"] == [[64, 64], [96, 64]]
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache), "Inductor's graphs go to the compile cache"
 
-    # A fresh process on a fresh cache directory holding the artefact alone: every compile is a cache read.
-    # It runs with this process's oneDNN setting, which an eager CPU engine of an earlier test may have
-    # turned off (worker/invariance.py) and which Inductor's own cache keys include.
-    fresh = tmp_path / "fresh"
-    fresh.mkdir()
-    for path in cache.glob("compiled-*"):
-        shutil.copy(path, fresh / path.name)
-    onednn = str(int(torch.backends.mkldnn.enabled))
-    command = [sys.executable, "-c", FRESH_WORKER, str(fresh), onednn]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=1200, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert loaded["sizes"] == [[64, 64], [96, 64]]
-    assert loaded["hits"] > 0 and loaded["misses"] == 0, loaded
-    assert loaded["compiled_calls"] > 0 and loaded["failed"] == 0
-
 
 def _chain(first: object, event: threading.Event) -> Callable[[list[tuple[int, int]]], None]:
     """The on_done callback `first`, then `event` set."""
@@ -175,33 +156,3 @@ def _chain(first: object, event: threading.Event) -> Callable[[list[tuple[int, i
         event.set()
 
     return done
-
-
-FRESH_WORKER = """
-import json, sys
-from pathlib import Path
-import torch
-from torch._dynamo.utils import counters
-from gpuroam.worker.accelerate import Acceleration
-from gpuroam.worker.engine import Engine
-from gpuroam.worker.jobs import BatchKey, ImageTask, Job
-from gpuroam.worker.models import load_model
-from gpuroam.worker.prebuild import use_artefact
-
-cache = Path(sys.argv[1])
-torch.backends.mkldnn.enabled = sys.argv[2] == "1"
-inductor = Acceleration(compile_mode="default", buckets=(1,), warm_sizes=((64, 64),), dynamic_batch=False, cache_dir=cache)
-engine = Engine(load_model("tiny", torch.device("cpu")), inductor)
-sizes = use_artefact(engine)
-engine.warm_up(sizes)
-engine.warmup.build_all()
-key = BatchKey("txt2img", 96, 64, 2, "Euler a", "automatic", 7.0)
-engine.run([ImageTask(Job(id="x", key=key, image_count=1), 0, "a", "", 1, 0, 0.0, None)])
-print(json.dumps({
-    "sizes": [list(size) for size in sizes],
-    "hits": counters["inductor"]["fxgraph_cache_hit"],
-    "misses": counters["inductor"]["fxgraph_cache_miss"],
-    "compiled_calls": engine.graphs[0].calls["compiled"],
-    "failed": sum(len(graph.failed) for graph in engine.graphs),
-}))
-"""
