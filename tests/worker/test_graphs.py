@@ -114,3 +114,17 @@ def test_outputs_are_close_within_rounding_only() -> None:
         check_close((a[:1],), (a,), "shape")
     with pytest.raises(GraphMismatch, match="values"):
         check_close((a, a), (a,), "count")
+
+
+def test_while_a_compile_runs_a_compiled_call_through_dynamo_runs_eagerly_instead_of_waiting() -> None:
+    """Dynamo makes a frame it has no code for wait for its one compile lock: a request behind a compile
+    of minutes. A graph that is not a captured CUDA graph is used only when no compile is running."""
+    compiled = Counting(eager)
+    forward = GraphedForward("toy", eager, compiled, capture=False)
+    inputs = copy_inputs(((torch.randn(2, 3), 2.0), {}))
+    forward.build(signature(*inputs), inputs)
+    with forward.compile_lock:  # what the compile thread holds while Dynamo compiles another graph
+        forward(*inputs[0])
+    assert forward.calls == {"compiled": 0, "eager": 1}
+    forward(*inputs[0])
+    assert forward.calls == {"compiled": 1, "eager": 1}

@@ -158,12 +158,13 @@ def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> list[
     if acceleration.backend == "inductor":
         options["mode"] = INDUCTOR_MODES.get(acceleration.compile_mode, acceleration.compile_mode)
     capture = pipeline.device.type == "cuda" and acceleration.compile_mode in CUDA_GRAPH_MODES
-    device_lock = threading.Lock()
+    device_lock, compile_lock = threading.Lock(), threading.Lock()
     pool = torch.cuda.graph_pool_handle() if capture else None
 
     def graphs(name: str, forward: Callable[..., Any], fullgraph: bool) -> GraphedForward:
         compiled = torch.compile(forward, fullgraph=fullgraph, **options)
-        return GraphedForward(name, forward, compiled, capture, acceleration.dynamic_batch, device_lock, pool)
+        dynamic = acceleration.dynamic_batch
+        return GraphedForward(name, forward, compiled, capture, dynamic, device_lock, compile_lock, pool)
 
     # In place: the pipeline keeps its own module classes, and derived pipelines share them.
     unet_graphs = graphs("unet", unet.forward, fullgraph=True)

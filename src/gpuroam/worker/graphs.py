@@ -170,6 +170,11 @@ class GraphedForward:
     capture: bool  # CUDA: capture each compiled graph into a CUDA graph
     dynamic_batch: bool = False  # compile the batch dimension as dynamic: one compile serves every bucket
     device_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held while Dynamo compiles. A compiled call that is not a captured CUDA graph runs through Dynamo,
+    # which makes any frame it has no code for wait for Dynamo's one compile lock: measured on the CPU, a
+    # request waited out a whole compile. Such a call runs only if it can take this lock at once, and
+    # runs eagerly otherwise.
+    compile_lock: threading.Lock = field(default_factory=threading.Lock)
     pool: Any = None  # the CUDA graph memory pool the engine's graphs share (they never run at once)
     runners: dict[Signature, Runner] = field(default_factory=dict)
     failed: dict[Signature, str] = field(default_factory=dict)
@@ -181,9 +186,15 @@ class GraphedForward:
         runner = self.runners.get(key)
         if self._recording is not None and key not in self._recording:
             self._recording[key] = copy_inputs((args, kwargs))
-        if runner is not None:
+        if runner is not None and self.capture:
             self.calls["compiled"] += 1
             return runner(*args, **kwargs)
+        if runner is not None and self.compile_lock.acquire(blocking=False):
+            try:
+                self.calls["compiled"] += 1
+                return runner(*args, **kwargs)
+            finally:
+                self.compile_lock.release()
         self.calls["eager"] += 1
         return self.eager(*args, **kwargs)
 
@@ -211,7 +222,8 @@ class GraphedForward:
                     torch._dynamo.maybe_mark_dynamic(leaf, 0)
         try:
             with torch.inference_mode():
-                output = self.compiled(*args, **kwargs)
+                with self.compile_lock:
+                    output = self.compiled(*args, **kwargs)
                 check_close(output, self.eager(*args, **kwargs), self.name)
                 runner = (
                     CapturedGraph(self.compiled, example, self.pool, self.device_lock)
