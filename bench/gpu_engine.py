@@ -170,11 +170,11 @@ def profile_kernels(engine: Engine, args: argparse.Namespace, batch: int, top: i
 
 
 def acceleration(variant: str, buckets: tuple[int, ...], size: int) -> Acceleration:
-    """`eager`, a compile mode, or a compile mode with `-static` (one compile per bucket, no dynamic batch)."""
+    """`eager`, a compile mode, or a compile mode with `-dynamic` (one compile for all buckets of the size)."""
     if variant == "eager":
         return Acceleration.off()
-    mode, _, static = variant.partition("-static")
-    return Acceleration(compile_mode=mode, buckets=buckets, warm_sizes=((size, size),), dynamic_batch=not static)
+    mode, _, dynamic = variant.partition("-dynamic")
+    return Acceleration(compile_mode=mode, buckets=buckets, warm_sizes=((size, size),), dynamic_batch=bool(dynamic))
 
 
 def measure(variant: str, args: argparse.Namespace, reference: np.ndarray | None) -> dict:

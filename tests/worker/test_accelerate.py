@@ -157,7 +157,8 @@ def test_worker_flags_choose_the_fast_path() -> None:
     chosen = acceleration_for(WorkerConfig(compile="max-autotune", buckets=(1, 8)), cpu)
     assert chosen.compile_mode == "max-autotune" and chosen.buckets == (1, 8)
     assert acceleration_for(WorkerConfig(max_batch=8), cuda).buckets == (1, 2, 4, 8), "none the batcher never forms"
-    assert not acceleration_for(WorkerConfig(dynamic_batch=False), cuda).dynamic_batch
+    assert not acceleration_for(WorkerConfig(), cuda).dynamic_batch
+    assert acceleration_for(WorkerConfig(dynamic_batch=True), cuda).dynamic_batch
     with pytest.raises(ValueError, match="buckets"):
         Acceleration(buckets=(4, 2))
 

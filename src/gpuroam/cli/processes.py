@@ -47,7 +47,11 @@ CompileSizesOption = Annotated[
     ),
 ]
 DynamicBatchOption = Annotated[
-    bool, typer.Option(help="One compile per image size for all its batch sizes (--static-batch: one per bucket).")
+    bool,
+    typer.Option(
+        help="One compile per image size for all its batch sizes, instead of one per batch size (fewer "
+        "compiles; on the CPU 4.4x slower per image, bench/RESULTS.md)."
+    ),
 ]
 BuildCacheOption = Annotated[
     bool,
@@ -82,7 +86,7 @@ def worker(
     buckets: BucketsOption = None,
     compile_cache: CompileCacheOption = None,
     compile_sizes: CompileSizesOption = None,
-    dynamic_batch: DynamicBatchOption = True,
+    dynamic_batch: DynamicBatchOption = False,
     build_cache: BuildCacheOption = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:

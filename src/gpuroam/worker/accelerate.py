@@ -70,7 +70,9 @@ class Acceleration:
     backend: str = "inductor"  # "eager" traces with Dynamo but runs eager kernels (the CPU tests use it)
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     warm_sizes: tuple[tuple[int, int], ...] | None = None  # compiled after start; None: the model's common sizes
-    dynamic_batch: bool = True  # one compile per size serves all its buckets (each still gets its CUDA graph)
+    # One compile per size for all its buckets (each still gets its CUDA graph). Off: on the CPU the
+    # dynamic-batch kernels took 4.4x as long per image (bench/RESULTS.md, issue 23).
+    dynamic_batch: bool = False
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     def __post_init__(self) -> None:
@@ -129,8 +131,7 @@ def acceleration_for(config: WorkerConfig, device: torch.device) -> Acceleration
         chosen = replace(chosen, buckets=config.buckets)
     if chosen.compiles:  # a bucket above the largest batch the batcher forms would never run
         chosen = replace(chosen, buckets=tuple(b for b in chosen.buckets if b <= config.max_batch) or (1,))
-    if not config.dynamic_batch:
-        chosen = replace(chosen, dynamic_batch=False)
+    chosen = replace(chosen, dynamic_batch=config.dynamic_batch)
     if config.compile_sizes is not None:
         chosen = replace(chosen, warm_sizes=config.compile_sizes)
     if config.compile_cache:

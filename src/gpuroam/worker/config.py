@@ -21,7 +21,7 @@ class WorkerConfig:
     buckets: tuple[int, ...] = ()  # batch sizes compiled in the background; () keeps the default
     compile_cache: str | None = None  # where compiled kernels and the compiled artefact are kept
     compile_sizes: tuple[tuple[int, int], ...] | None = None  # sizes compiled after start; None: the model's common
-    dynamic_batch: bool = True  # one compile per image size for all its buckets (worker/accelerate.py)
+    dynamic_batch: bool = False  # one compile per image size for all its buckets (worker/accelerate.py)
 
     @staticmethod
     def parse_sizes(value: str | None) -> tuple[tuple[int, int], ...] | None:
