@@ -210,7 +210,6 @@ def _steady_inputs(compiled: GraphedForward) -> Callable[..., Any]:
             return tuple(output[:1] for output in doubled)
         return type(doubled)(sample=doubled.sample[:1])
 
-    forward.graphs = compiled  # type: ignore[attr-defined]  # found by graphs.graphed()
     return forward
 
 

@@ -65,8 +65,7 @@ def signature(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Signature:
 
 def resized_signature(example: Inputs, images_from: int, images_to: int) -> Signature:
     """`signature(*resized(example, ...))`, worked out on the meta device: no memory is taken."""
-    leaves, spec = tree_flatten(example)
-    devices = iter([str(leaf.device) for leaf in leaves if isinstance(leaf, torch.Tensor)])
+    devices = iter([str(leaf.device) for leaf in tree_flatten(example)[0] if isinstance(leaf, torch.Tensor)])
     meta = tree_map(
         lambda leaf: (
             torch.empty_strided(leaf.shape, leaf.stride(), dtype=leaf.dtype, device="meta")
@@ -235,10 +234,3 @@ class GraphedForward:
             log.error("compiled graph dropped: it differs from the eager module", extra={"reason": str(error)})
             return
         self.runners[key] = runner
-
-
-def graphed(module: torch.nn.Module) -> GraphedForward | None:
-    """The module's GraphedForward, if its forward was replaced by one."""
-    forward = vars(module).get("forward")
-    target = getattr(forward, "graphs", forward)
-    return target if isinstance(target, GraphedForward) else None
