@@ -52,6 +52,7 @@ class Start:
     one_image_s: float = float("nan")
     all_built_s: float | None = None
     windows: list[tuple[float, float, float]] = field(default_factory=list)  # (s from spawn, img/s, warmth)
+    module_calls: dict[str, float] = field(default_factory=dict)  # gpuroam_worker_module_calls at the end
     log_tail: str = ""
 
 
@@ -108,6 +109,7 @@ async def measure(variant: str, command: list[str], env: dict[str, str], args: a
                 start.new_size_s = statistics.median(
                     [await generate(client, url, *args.new_size, args.steps, i) for i in range(3)]
                 )
+            start.module_calls = await module_calls(client, url)
     finally:
         process.terminate()
         try:
@@ -165,6 +167,16 @@ async def throughput(client: httpx.AsyncClient, url: str, args: argparse.Namespa
     began = time.monotonic()
     await asyncio.gather(*(loop(i) for i in range(args.clients)))
     return done / (min(time.monotonic(), deadline) - began)
+
+
+async def module_calls(client: httpx.AsyncClient, url: str) -> dict[str, float]:
+    """Each accelerated module's calls by path (compiled or eager), from the worker's /metrics."""
+    text = (await client.get(f"{url}/metrics", timeout=10)).text
+    return {
+        line.split("{", 1)[1].split("}", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("gpuroam_worker_module_calls_total{")
+    }
 
 
 def worker_command(args: argparse.Namespace, src: Path, cache: Path, compile_mode: str) -> list[str]:

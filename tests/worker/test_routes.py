@@ -59,6 +59,18 @@ def test_a_warming_worker_is_ready_and_says_how_fast_it_is_meanwhile() -> None:
     assert client.get("/internal/ping").headers["x-gpuroam-warmth"] == "1.0"
 
 
+def test_metrics_count_each_modules_calls_by_path() -> None:
+    """Built graphs that go unused (a replica at eager speed for no visible reason) show on /metrics."""
+    app, state = bare_app(WorkerConfig())
+    internal.add_routes(app.router)
+    unet = SimpleNamespace(name="unet", calls={"compiled": 3, "eager": 1})
+    state.watch_graphs([unet])  # type: ignore[list-item]
+    unet.calls["compiled"] += 1
+    metrics = TestClient(app).get("/metrics").text
+    assert 'gpuroam_worker_module_calls_total{module="unet",path="compiled"} 4.0' in metrics
+    assert 'gpuroam_worker_module_calls_total{module="unet",path="eager"} 1.0' in metrics
+
+
 def test_internal_ping_names_the_load_error() -> None:
     app, state = bare_app(WorkerConfig())
     internal.add_routes(app.router)

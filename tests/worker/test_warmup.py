@@ -82,7 +82,22 @@ def test_the_compile_thread_builds_in_the_background_and_says_when_all_is_built(
     warmup.gate.set()
     assert done.wait(30)
     assert built == ["unet:2"] and sizes == [[(64, 64)]]
+    assert not compile_thread_alive(), "the thread ends when the plan runs dry: no idle OpenMP pool is kept"
+    done.clear()
+    warmup.plan(GraphShape(96, 64, 1), [toy_need(toy_forward("unet", built), 3)])
+    assert done.wait(30), "a size planned later starts a thread again"
+    assert built == ["unet:2", "unet:3"] and sizes[-1] == [(64, 64), (96, 64)]
     warmup.stop()
+    warmup.plan(GraphShape(128, 64, 1), [toy_need(toy_forward("unet", built), 4)])
+    assert not compile_thread_alive() and len(built) == 2, "a stopped warm-up starts nothing"
+
+
+def compile_thread_alive() -> bool:
+    for _ in range(100):
+        if not any(thread.name == "gpuroam-compile" for thread in threading.enumerate()):
+            return False
+        threading.Event().wait(0.05)
+    return True
 
 
 def a_task(width: int, height: int, seed: int, clip_skip: int = 1) -> ImageTask:

@@ -71,6 +71,7 @@ async def start_service(state: WorkerState, model: LoadedModel | None) -> Batche
     state.metrics.model_loaded.set(1)
     if engine.warmup is not None:
         state.watch_warmup(engine.warmup)
+        state.watch_graphs(engine.graphs)
         engine.warmup.start()
     log.info(
         "model ready",
@@ -88,11 +89,12 @@ async def start_service(state: WorkerState, model: LoadedModel | None) -> Batche
 async def _warmed_engine(
     config: WorkerConfig, model: LoadedModel | None, gpu_thread: ThreadPoolExecutor
 ) -> tuple[Engine, float]:
-    """The engine and its warm-up seconds; built and warmed on the device thread, which is the one that
-    runs it later (CUDA graphs belong to the thread that recorded them)."""
-    if model is None:
-        model = await asyncio.to_thread(load_model, config.model, resolve_device(config.device))
+    """The engine and its warm-up seconds; loaded, built and warmed on the device thread, which is the one
+    that runs it later (CUDA graphs belong to the thread that recorded them, and on the CPU each thread
+    that has run torch's kernels keeps a pool of OpenMP threads that slows the device thread's)."""
     loop = asyncio.get_running_loop()
+    if model is None:
+        model = await loop.run_in_executor(gpu_thread, load_model, config.model, resolve_device(config.device))
     engine = await loop.run_in_executor(gpu_thread, Engine, model, acceleration_for(config, model.device))
     sizes = await asyncio.to_thread(use_artefact, engine)
     warm_up_s = await loop.run_in_executor(gpu_thread, engine.warm_up, sizes)

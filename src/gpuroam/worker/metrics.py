@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+ModuleCalls = Callable[[], Mapping[str, Mapping[str, int]]]  # module -> {"compiled": n, "eager": n}
 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -36,6 +42,11 @@ class WorkerMetrics:
             "gpuroam_worker_warmth", "Current speed as a share of full speed, while graphs compile", registry=r
         )
 
+    def watch_module_calls(self, calls: ModuleCalls) -> None:
+        """Count each accelerated module's calls by path: a replica whose graphs are built but whose calls
+        stay eager is slow for a reason the warmth alone does not show."""
+        self.registry.register(_ModuleCallsCollector(calls))
+
     def observe_batch(self, images: int, seconds: float) -> None:
         self.batch_images.observe(images)
         self.generation_seconds.observe(seconds)
@@ -43,3 +54,19 @@ class WorkerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ModuleCallsCollector(Collector):
+    def __init__(self, calls: ModuleCalls) -> None:
+        self._calls = calls
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "gpuroam_worker_module_calls",
+            "Calls of each accelerated module, by path: a built graph (compiled) or the eager module",
+            labels=["module", "path"],
+        )
+        for module, paths in self._calls().items():
+            for path, count in paths.items():
+                family.add_metric([module, path], count)
+        yield family

@@ -7,11 +7,13 @@ each router serves any FastAPI app that carries a state, a bare one in a test in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
 from gpuroam.worker.config import WorkerConfig
+from gpuroam.worker.graphs import GraphedForward
 from gpuroam.worker.metrics import WorkerMetrics
 from gpuroam.worker.service import GenerationService
 from gpuroam.worker.warmup import Warmup
@@ -34,6 +36,9 @@ class WorkerState:
         self.metrics.graphs_built.set_function(lambda: warmup.built)
         self.metrics.graphs_pending.set_function(lambda: warmup.pending)
         self.metrics.warmth.set_function(warmup.warmth)
+
+    def watch_graphs(self, graphs: Sequence[GraphedForward]) -> None:
+        self.metrics.watch_module_calls(lambda: {graph.name: dict(graph.calls) for graph in graphs})
 
     @property
     def warmth(self) -> float:

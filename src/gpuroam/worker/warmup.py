@@ -69,9 +69,10 @@ class Warmup:
         self._requests: Counter[tuple[int, int, int]] = Counter()  # batches run, by shape group
         self._learned: set[tuple[int, int, int]] = set()
         self._order = itertools.count()
-        self._changed = threading.Condition()
+        self._lock = threading.Lock()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the compile thread, while it has graphs to build
+        self._started = False
         self.on_done = on_done  # called with the planned sizes each time every planned graph is built
         self.gate = threading.Event()  # cleared, the thread waits before its next build (tests hold it)
         self.gate.set()
@@ -79,17 +80,17 @@ class Warmup:
 
     def plan(self, shape: GraphShape, needs: Iterable[Need], first: bool = False) -> None:
         """Add `shape` (each module call it makes, with example inputs) to the plan."""
-        with self._changed:
+        with self._lock:
             if shape not in self._planned:
                 self._planned[shape] = _Planned(shape, list(needs), next(self._order), first)
-                self._changed.notify_all()
+                self._spawn()
 
     def planned_sizes(self) -> list[tuple[int, int]]:
         return list(dict.fromkeys(shape.size for shape in self._planned))
 
     def requested(self, group: tuple[int, int, int]) -> bool:
         """Count a batch of a shape group; True when the group is not planned and is now worth learning."""
-        with self._changed:
+        with self._lock:
             self._requests[group] += 1
             planned = any(shape.group == group for shape in self._planned)
             return (
@@ -121,14 +122,23 @@ class Warmup:
         return round(EAGER_SPEED_SHARE + (1 - EAGER_SPEED_SHARE) * done, 3)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="gpuroam-compile", daemon=True)
-        self._thread.start()
+        """Build the plan in the background, now and whenever a size is planned later."""
+        with self._lock:
+            self._started = True
+            self._spawn()
+
+    def _spawn(self) -> None:
+        """A compile thread, unless one runs; called with `_lock` held. The thread ends when the plan
+        runs dry: a thread that has run torch's CPU kernels keeps an OpenMP pool while it lives, and two
+        live pools on a CPU with few cores made every kernel of the device thread 3x slower (bench/RESULTS.md)."""
+        if self._started and not self._stopping and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="gpuroam-compile", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
         """Build nothing more; a compile under way cannot be cut short, and ends with the process."""
-        with self._changed:
+        with self._lock:
             self._stopping = True
-            self._changed.notify_all()
         self.gate.set()
 
     @property
@@ -151,22 +161,16 @@ class Warmup:
                 progress(need, seconds, self.pending)
 
     def _run(self) -> None:
-        reported = False  # "all graphs built" is said once each time the plan runs dry
         while True:
             self.gate.wait()
-            with self._changed:
-                if self._stopping:
-                    return
-                need = self._next()
-                if need is None and (reported or not self._planned):
-                    self._changed.wait()
-                    continue
-            if need is None:
-                reported = True
-                self._finished()
-            else:
-                reported = False
-                self._build(need)
+            with self._lock:
+                need = None if self._stopping else self._next()
+                if need is None:
+                    self._thread = None
+                    break
+            self._build(need)
+        if not self._stopping and self._planned:
+            self._finished()
 
     def _finished(self) -> None:
         log.info("all graphs built", extra={"sizes": len(self.planned_sizes()), "seconds": round(self.built_s, 1)})
