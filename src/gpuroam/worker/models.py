@@ -9,6 +9,9 @@ as the released model, for GPU benchmarks where weights cannot be downloaded.
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -25,6 +28,8 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from gpuroam.worker.checkpoints import CONFIGS_DIR, load_checkpoint
 from gpuroam.worker.tokenizer import clip_tokenizer
+
+log = logging.getLogger("gpuroam.worker.models")
 
 BUILTIN_MODELS = ("tiny", "sd15-random")
 
@@ -181,7 +186,7 @@ def weights_sha256(pipeline: DiffusionPipeline) -> str:
             continue
         for key, tensor in sorted(component.state_dict().items()):
             digest.update(f"{component_name}.{key}".encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(memoryview(tensor.detach().cpu().contiguous().view(torch.uint8).numpy()))
     return digest.hexdigest()
 
 
@@ -195,8 +200,14 @@ def file_sha256(path: Path) -> str:
 
 
 def load_model(model: str, device: torch.device, dtype: torch.dtype | None = None) -> LoadedModel:
-    """`model` is a built-in name (tiny, sd15-random) or a path to a checkpoint."""
+    """`model` is a built-in name (tiny, sd15-random) or a path to a checkpoint.
+
+    A checkpoint's weights are read once: with `accelerate` installed, diffusers builds each module
+    without weights and puts the file's tensors (memory-mapped, already in `dtype` when the file is)
+    in place, so the only copy is the one to the device; the file's hash (A1111's model hash) is
+    computed meanwhile on another thread. bench/model_load.py measures it."""
     dtype = dtype or default_dtype(device)
+    started = time.perf_counter()
     pipeline: DiffusionPipeline
     if model in BUILTIN_MODELS:
         pipeline = build_random_pipeline(model)
@@ -204,11 +215,25 @@ def load_model(model: str, device: torch.device, dtype: torch.dtype | None = Non
         name, filename = model, f"builtin:{model}"
     else:
         path = Path(model).expanduser()
-        pipeline = load_checkpoint(path, dtype)
-        sha256 = file_sha256(path) if path.is_file() else weights_sha256(pipeline)
+        with ThreadPoolExecutor(1, thread_name_prefix="gpuroam-hash") as hasher:
+            file_hash = hasher.submit(file_sha256, path) if path.is_file() else None
+            pipeline = load_checkpoint(path, dtype)
+            sha256 = file_hash.result() if file_hash is not None else weights_sha256(pipeline)
         name, filename = path.stem if path.is_file() else path.name, str(path)
+    read_s = time.perf_counter() - started
     _bridge_transformers_5(pipeline)
     if device.type != "cpu" or dtype != torch.float32:
         pipeline = pipeline.to(device=device, dtype=dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     pipeline.set_progress_bar_config(disable=True)  # type: ignore[no-untyped-call]  # unannotated in diffusers
+    log.info(
+        "model loaded",
+        extra={
+            "model": model,
+            "device": str(device),
+            "read_s": round(read_s, 2),
+            "to_device_s": round(time.perf_counter() - started - read_s, 2),
+        },
+    )
     return LoadedModel(pipeline=pipeline, name=name, filename=filename, sha256=sha256, device=device, dtype=dtype)
