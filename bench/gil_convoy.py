@@ -102,9 +102,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(1)  # one core's kernels: the wait being measured is the GIL's, not OpenMP's
-    rows = [
-        measure(device, args.ops, args.width, args.repeats, float(ms) / 1e3) for ms in args.intervals_ms.split(",")
-    ]
+    rows = [measure(device, args.ops, args.width, args.repeats, float(ms) / 1e3) for ms in args.intervals_ms.split(",")]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     print(f"{args.ops} ops per forward on {name}, Python {platform.python_version()}, torch {torch.__version__}")
     print("| switch interval | forward alone | beside a busy Python thread | slowdown | busy thread's share |")

@@ -78,12 +78,12 @@ def test_a_call_runs_eagerly_until_its_graph_is_built_then_the_graph() -> None:
     with forward.recording() as seen:
         (first,) = forward(x, 2.0)
     assert compiled.calls == [], "a call without a built graph never reaches the compiler"
-    assert forward.calls == {"compiled": 0, "eager": 1}
+    assert forward.calls == {"compiled": 0, "eager graph": 0, "eager": 1}
     ((key, example),) = seen.items()
     forward.build(key, example)
     assert len(compiled.calls) == 1, "built on the example"
     (second,) = forward(x, 2.0)
-    assert forward.calls == {"compiled": 1, "eager": 1} and torch.equal(first, second)
+    assert forward.calls == {"compiled": 1, "eager graph": 0, "eager": 1} and torch.equal(first, second)
     forward(x[:1], 2.0)
     assert forward.calls["eager"] == 2, "another shape runs eagerly"
 
@@ -99,7 +99,7 @@ def test_a_graph_that_computes_something_else_is_never_used() -> None:
     assert key not in forward.runners and "differs" in forward.failed[key]
     assert forward.built(key), "and it is not tried again"
     forward(*inputs[0])
-    assert forward.calls == {"compiled": 0, "eager": 1}
+    assert forward.calls == {"compiled": 0, "eager graph": 0, "eager": 1}
 
 
 def test_outputs_are_close_within_rounding_only() -> None:
@@ -125,6 +125,6 @@ def test_while_a_compile_runs_a_compiled_call_through_dynamo_runs_eagerly_instea
     forward.build(signature(*inputs), inputs)
     with forward.compile_lock:  # what the compile thread holds while Dynamo compiles another graph
         forward(*inputs[0])
-    assert forward.calls == {"compiled": 0, "eager": 1}
+    assert forward.calls == {"compiled": 0, "eager graph": 0, "eager": 1}
     forward(*inputs[0])
-    assert forward.calls == {"compiled": 1, "eager": 1}
+    assert forward.calls == {"compiled": 1, "eager graph": 0, "eager": 1}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,11 +21,18 @@ from torch._dynamo.callback import callback_handler
 
 from gpuroam.worker.accelerate import Acceleration
 from gpuroam.worker.engine import Engine
-from gpuroam.worker.graphs import GraphedForward, copy_inputs, signature
+from gpuroam.worker.graphs import GraphedForward, Inputs, Runner, copy_inputs, signature
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import load_model
 from gpuroam.worker.prebuild import use_artefact
-from gpuroam.worker.warmup import EAGER_SPEED_SHARE, WORTH_COMPILING, GraphShape, Need, Warmup
+from gpuroam.worker.warmup import (
+    COMPILING_SWITCH_INTERVAL,
+    EAGER_SPEED_SHARE,
+    WORTH_COMPILING,
+    GraphShape,
+    Need,
+    Warmup,
+)
 
 MAX_PIXEL_DIFF = 2  # kernel-level rounding, as tests/worker/test_accelerate.py allows
 
@@ -90,6 +98,86 @@ def test_the_compile_thread_builds_in_the_background_and_says_when_all_is_built(
     warmup.stop()
     warmup.plan(GraphShape(128, 64, 1), [toy_need(toy_forward("unet", built), 4)])
     assert not compile_thread_alive() and len(built) == 2, "a stopped warm-up starts nothing"
+
+
+def test_the_gil_switch_interval_is_short_only_while_the_compile_thread_runs() -> None:
+    """Each op of the device thread's eager forward waits up to one interval for the GIL while the
+    compile thread runs Python (bench/gil_convoy.py)."""
+    default = sys.getswitchinterval()
+    done = threading.Event()
+    warmup = Warmup(on_done=lambda _: done.set())
+    warmup.gate.clear()
+    warmup.plan(GraphShape(64, 64, 1), [toy_need(toy_forward("unet", []), 2)], first=True)
+    assert sys.getswitchinterval() == default, "nothing compiles before the warm-up starts"
+    warmup.start()
+    assert sys.getswitchinterval() == pytest.approx(COMPILING_SWITCH_INTERVAL) and COMPILING_SWITCH_INTERVAL < default
+    warmup.gate.set()
+    assert done.wait(30)
+    assert sys.getswitchinterval() == default
+
+
+def cuda_like_forward(name: str, events: list[str], capturable: bool = True) -> GraphedForward:
+    """A forward that captures as on CUDA, with a stand-in capture: replaying it calls what was captured."""
+
+    def compiled(x: torch.Tensor) -> torch.Tensor:
+        events.append(f"compile {name}:{x.shape[0]}")
+        return x * 2
+
+    def eager(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    def capturer(runner: Runner, example: Inputs, pool: object, lock: threading.Lock) -> Runner:
+        what = "compiled" if runner is compiled else "eager"
+        if what == "eager" and not capturable:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        events.append(f"capture {what} {name}:{example[0][0].shape[0]}")
+        return runner
+
+    return GraphedForward(name, eager, compiled, capture=True, capturer=capturer)
+
+
+def test_on_cuda_every_planned_signature_is_captured_eagerly_before_the_first_compile() -> None:
+    events: list[str] = []
+    unet, decoder = cuda_like_forward("unet", events), cuda_like_forward("decoder", events)
+    warmup = Warmup()
+    first, second = GraphShape(512, 512, 1), GraphShape(512, 768, 1)
+    warmup.plan(first, [toy_need(unet, 2), toy_need(decoder, 2)], first=True)
+    warmup.plan(second, [toy_need(unet, 3)])
+    states: list[tuple[bool, bool, float]] = []
+    warmup.build_all(lambda *_: states.append((warmup.ready(second), warmup.compiled(second), warmup.warmth())))
+    captures = ["capture eager unet:2", "capture eager decoder:2", "capture eager unet:3"]
+    assert events[:3] == captures, "every eager capture comes before the first compile"
+    assert events[3:5] == ["compile unet:2", "capture compiled unet:2"], "then the compiles, the first size first"
+    assert states[2] == (True, False, EAGER_SPEED_SHARE), "captured eagerly: served by graphs, not yet at full speed"
+    assert states[-1] == (True, True, 1.0) and unet.eager_graphs == {} and decoder.eager_graphs == {}
+
+    x = torch.randn(3, 3)
+    calls = dict(unet.calls)
+    unet(x)
+    assert unet.calls["compiled"] == calls["compiled"] + 1, "the compiled graph replaced the eager one"
+
+
+def test_an_eager_graph_serves_its_signature_until_the_compiled_one_replaces_it() -> None:
+    events: list[str] = []
+    unet = cuda_like_forward("unet", events)
+    need = toy_need(unet, 2)
+    x = need[2]()[0][0]
+    unet.capture_eager(need[1], need[2]())
+    before = dict(unet.calls)
+    assert torch.equal(unet(x), x * 2)
+    assert unet.calls["eager graph"] == before["eager graph"] + 1 and unet.calls["eager"] == before["eager"]
+
+
+def test_a_module_that_cannot_be_captured_keeps_the_plain_eager_path_and_is_still_compiled() -> None:
+    events: list[str] = []
+    unet = cuda_like_forward("unet", events, capturable=False)
+    warmup = Warmup()
+    shape = GraphShape(512, 512, 1)
+    warmup.plan(shape, [toy_need(unet, 2)], first=True)
+    warmup.build_all()
+    assert list(unet.eager_failed.values()) == ["RuntimeError: operation not permitted when stream is capturing"]
+    assert events == ["compile unet:2", "capture compiled unet:2"]
+    assert warmup.compiled(shape) and warmup.pending == 0
 
 
 def compile_thread_alive() -> bool:

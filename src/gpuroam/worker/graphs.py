@@ -10,6 +10,11 @@ buffers, replayed per call, outputs copied out), which removes the per-kernel la
 capture is ours, not Inductor's `reduce-overhead`: Inductor keeps its CUDA graphs per thread, and
 here one thread compiles while another serves. Every graph is checked against the eager module on
 its example before it is used; one that differs beyond rounding is dropped and the eager path stays.
+
+Also on CUDA, before anything is compiled, the eager module itself is captured for each planned
+signature (milliseconds each): its replay is one call where the eager module makes a thousand, each
+of which must take the GIL back from the compile thread (bench/gil_convoy.py), and it saves the
+launch cost until the compiled graph replaces it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ log = logging.getLogger("gpuroam.worker.graphs")
 Signature = tuple[Hashable, ...]
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 Runner = Callable[..., Any]
+Capturer = Callable[[Runner, Inputs, Any, threading.Lock], Runner]  # CapturedGraph, or a test's stand-in
 
 # Largest relative difference (L2 norm of the difference over the eager output's) a compiled graph
 # may show on its example: kernel-level rounding is 1e-3 and below in half precision, 1e-5 in float32.
@@ -175,9 +181,12 @@ class GraphedForward:
     # runs eagerly otherwise.
     compile_lock: threading.Lock = field(default_factory=threading.Lock)
     pool: Any = None  # the CUDA graph memory pool the engine's graphs share (they never run at once)
-    runners: dict[Signature, Runner] = field(default_factory=dict)
+    capturer: Capturer = CapturedGraph
+    runners: dict[Signature, Runner] = field(default_factory=dict)  # compiled graphs
     failed: dict[Signature, str] = field(default_factory=dict)
-    calls: dict[str, int] = field(default_factory=lambda: {"compiled": 0, "eager": 0})
+    eager_graphs: dict[Signature, Runner] = field(default_factory=dict)  # CUDA: the eager module, captured
+    eager_failed: dict[Signature, str] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=lambda: {"compiled": 0, "eager graph": 0, "eager": 0})
     _recording: dict[Signature, Inputs] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -194,6 +203,10 @@ class GraphedForward:
                 return runner(*args, **kwargs)
             finally:
                 self.compile_lock.release()
+        eager_graph = self.eager_graphs.get(key)
+        if eager_graph is not None:
+            self.calls["eager graph"] += 1
+            return eager_graph(*args, **kwargs)
         self.calls["eager"] += 1
         return self.eager(*args, **kwargs)
 
@@ -210,6 +223,27 @@ class GraphedForward:
     def built(self, key: Signature) -> bool:
         return key in self.runners or key in self.failed
 
+    def has_graph(self, key: Signature) -> bool:
+        """A call with this signature replays a graph (compiled, or the eager module captured)."""
+        return key in self.runners or key in self.eager_graphs
+
+    def wants_eager_capture(self, key: Signature) -> bool:
+        return self.capture and not self.built(key) and key not in self.eager_graphs and key not in self.eager_failed
+
+    def capture_eager(self, key: Signature, example: Inputs) -> None:
+        """Capture the eager module for `key` into a CUDA graph until the compiled one is built; on the
+        compile thread. A module that cannot be captured (a host sync, say) keeps the plain eager path."""
+        args, kwargs = example
+        try:
+            with torch.inference_mode():
+                graph = self.capturer(self.eager, example, self.pool, self.device_lock)
+                check_close(graph(*args, **kwargs), self.eager(*args, **kwargs), self.name)
+        except Exception as error:  # noqa: BLE001 - the plain eager path stays
+            self.eager_failed[key] = f"{type(error).__name__}: {error}"
+            log.warning("eager module not captured", extra={"graph": self.name, "reason": self.eager_failed[key]})
+            return
+        self.eager_graphs[key] = graph
+
     def build(self, key: Signature, example: Inputs) -> None:
         """Compile (or load from the compile cache) the graph for `key`, check it against the eager module
         and put it to use; on the compile thread. A graph that differs is kept out, with the reason."""
@@ -225,7 +259,7 @@ class GraphedForward:
                     output = self.compiled(*args, **kwargs)
                 check_close(output, self.eager(*args, **kwargs), self.name)
                 runner = (
-                    CapturedGraph(self.compiled, example, self.pool, self.device_lock)
+                    self.capturer(self.compiled, example, self.pool, self.device_lock)
                     if self.capture
                     else self.compiled
                 )
@@ -234,3 +268,4 @@ class GraphedForward:
             log.error("compiled graph dropped: it differs from the eager module", extra={"reason": str(error)})
             return
         self.runners[key] = runner
+        self.eager_graphs.pop(key, None)  # a call under way keeps its own reference

@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-ModuleCalls = Callable[[], Mapping[str, Mapping[str, int]]]  # module -> {"compiled": n, "eager": n}
+ModuleCalls = Callable[[], Mapping[str, Mapping[str, int]]]  # module -> {"compiled": n, "eager graph": n, "eager": n}
 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)

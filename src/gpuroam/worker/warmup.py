@@ -4,12 +4,19 @@ A replica serves as soon as its model is on the device, eagerly; this thread com
 each planned batch shape and puts it to use as soon as it is checked. The plan starts with the
 common sizes (the first one's batch sizes first: one image, then the largest batch, then the rest),
 and grows with the sizes clients ask for more than once; among those, the most requested go first.
+On CUDA every planned signature first gets the eager module captured (graphs.py), all of them before
+the first compile.
+
+While the thread runs, the GIL's switch interval is short: the compile is pure Python for minutes,
+and each op of an eager forward on the device thread waits up to one interval to take the GIL back
+(at the default 5 ms, an eager forward of 400 small ops took 170x as long; bench/gil_convoy.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import sys
 import threading
 import time
 from collections import Counter
@@ -27,6 +34,7 @@ log = logging.getLogger("gpuroam.worker.warmup")
 EAGER_SPEED_SHARE = 0.4
 WORTH_COMPILING = 2  # requests at a size not in the plan before its graphs are built
 MAX_LEARNED_SIZES = 16  # sizes added to the plan from requests; each holds its graphs' memory
+COMPILING_SWITCH_INTERVAL = 1e-4  # seconds; 5.3x-9.9x slower ops at 0.05-0.2 ms against 170x at 5 ms
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,7 @@ class Warmup:
         self._lock = threading.Lock()
         self._stopping = False
         self._thread: threading.Thread | None = None  # the compile thread, while it has graphs to build
+        self._switch_interval = sys.getswitchinterval()  # the process's own, put back when the thread ends
         self._started = False
         self.on_done = on_done  # called with the planned sizes each time every planned graph is built
         self.gate = threading.Event()  # cleared, the thread waits before its next build (tests hold it)
@@ -104,7 +113,12 @@ class Warmup:
         self._learned.add(group)
 
     def ready(self, shape: GraphShape) -> bool:
-        """Every call of a batch of this shape runs a built graph."""
+        """Every call of a batch of this shape replays a graph (compiled, or the eager module captured)."""
+        planned = self._planned.get(shape)
+        return planned is not None and all(graph.has_graph(key) for graph, key, _ in planned.needs)
+
+    def compiled(self, shape: GraphShape) -> bool:
+        """Every call of a batch of this shape runs a compiled graph."""
         planned = self._planned.get(shape)
         return planned is not None and all(key in graph.runners for graph, key, _ in planned.needs)
 
@@ -118,7 +132,7 @@ class Warmup:
         first = [planned.shape for planned in self._planned.values() if planned.first]
         if not first:
             return 1.0
-        done = sum(self.ready(shape) for shape in first) / len(first)
+        done = sum(self.compiled(shape) for shape in first) / len(first)
         return round(EAGER_SPEED_SHARE + (1 - EAGER_SPEED_SHARE) * done, 3)
 
     def start(self) -> None:
@@ -132,6 +146,8 @@ class Warmup:
         runs dry: a thread that has run torch's CPU kernels keeps an OpenMP pool while it lives, and two
         live pools on a CPU with few cores made every kernel of the device thread 3x slower (bench/RESULTS.md)."""
         if self._started and not self._stopping and self._thread is None:
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(COMPILING_SWITCH_INTERVAL)
             self._thread = threading.Thread(target=self._run, name="gpuroam-compile", daemon=True)
             self._thread.start()
 
@@ -167,6 +183,7 @@ class Warmup:
                 need = None if self._stopping else self._next()
                 if need is None:
                     self._thread = None
+                    sys.setswitchinterval(self._switch_interval)
                     break
             self._build(need)
         if not self._stopping and self._planned:
@@ -180,10 +197,14 @@ class Warmup:
     def _build(self, need: Need) -> float:
         graph, key, make_example = need
         started = time.perf_counter()
+        stage = "eager capture" if graph.wants_eager_capture(key) else "compile"
         try:
             with torch.inference_mode():  # as the engine runs: inference tensors, which Dynamo guards on
                 example = make_example()
-            graph.build(key, example)
+            if stage == "eager capture":
+                graph.capture_eager(key, example)
+            else:
+                graph.build(key, example)
         except Exception as error:  # noqa: BLE001 - a graph that cannot be built leaves the eager path in place
             graph.failed[key] = f"{type(error).__name__}: {error}"
             log.error("graph not built; the eager module serves it", extra={"graph": graph.name, "error": repr(error)})
@@ -194,6 +215,7 @@ class Warmup:
             "graph built",
             extra={
                 "graph": graph.name,
+                "stage": stage,
                 "shape": None if shape is None else f"{shape.width}x{shape.height}x{shape.batch}",
                 "seconds": round(seconds, 2),
                 "pending": self.pending,
@@ -217,5 +239,8 @@ class Warmup:
         return [need for planned in ordered for need in planned.needs if not need[0].built(need[1])]
 
     def _next(self) -> Need | None:
+        """The next graph to capture eagerly (all of them first: milliseconds each) or else to compile."""
         missing = self._missing()
-        return missing[0] if missing else None
+        uncaptured = [need for need in missing if need[0].wants_eager_capture(need[1])]
+        first = uncaptured or missing
+        return first[0] if first else None
