@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from gpuroam.spec import (
     AppSpec,
+    LimitsSpec,
     PlacementSpec,
     RegionsSpec,
     ReplicasSpec,
@@ -94,6 +95,15 @@ def test_defaults_fill_a_minimal_spec() -> None:
         block_max_s=3600,
         move_back_after_s=120,
     )
+
+
+def test_limits_default_to_what_usual_a1111_use_needs_and_become_worker_flags() -> None:
+    limits = parse_spec(MINIMAL).limits
+    assert limits == LimitsSpec(max_megapixel_steps=1000.0, max_prompt_chars=10_000)
+    assert 512 * 512 / 1e6 * 50 * 64 < limits.max_megapixel_steps, "64 images of 512x512 at 50 steps fit"
+    assert 2048 * 2048 / 1e6 * 150 * 64 > limits.max_megapixel_steps, "an hour of a GPU does not"
+    tight = parse_spec(edited(limits={"max_megapixel_steps": 50, "max_prompt_chars": 500})).limits
+    assert tight.worker_args() == ("--max-megapixel-steps", "50", "--max-prompt-chars", "500")
 
 
 def test_an_empty_section_means_its_defaults() -> None:

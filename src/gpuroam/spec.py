@@ -213,6 +213,30 @@ class AutoscaleSpec(_Section):
     )
 
 
+class LimitsSpec(_Section):
+    """What one request may ask of the service's GPUs. The replicas refuse more with a 422 that names the
+    limit, before anything queues: one caller's request cannot hold a GPU for hours."""
+
+    max_megapixel_steps: float = Field(
+        default=1000.0,
+        gt=0,
+        description="a number > 0: width x height x steps x images per request, in millions (64 images of "
+        "512x512 at 50 steps: 839)",
+    )
+    max_prompt_chars: int = Field(
+        default=10_000, ge=1, description="an integer >= 1: characters of prompt, negative prompt and styles together"
+    )
+
+    def worker_args(self) -> tuple[str, ...]:
+        """The `gpuroam worker` flags that enforce these limits."""
+        return (
+            "--max-megapixel-steps",
+            f"{self.max_megapixel_steps:g}",
+            "--max-prompt-chars",
+            str(self.max_prompt_chars),
+        )
+
+
 class ServiceSpec(_Section):
     """One service as the user wrote it; the controller stores it and placement reads it."""
 
@@ -225,6 +249,7 @@ class ServiceSpec(_Section):
     autoscale: AutoscaleSpec | None = Field(
         default=None, description="a mapping (may be empty: the defaults): follow demand between min and max"
     )
+    limits: LimitsSpec = Field(default_factory=LimitsSpec, description="a mapping: what one request may ask")
 
     @model_validator(mode="before")
     @classmethod

@@ -158,3 +158,44 @@ def test_with_compiled_sizes_a_batch_is_the_largest_size_the_queue_fills() -> No
 
     asyncio.run(play())
     assert ran == [16, 2, 1], "19 images run as 16 + 2 + 1, never padded to 32"
+
+
+def test_a_sixth_callers_image_waits_at_most_one_batch_behind_five_callers_64_images_each() -> None:
+    from gpuroam.worker.batcher import Batcher
+    from gpuroam.worker.engine import BatchResult
+    from gpuroam.worker.jobs import BatchKey, ImageTask, Job
+    from gpuroam.worker.metrics import WorkerMetrics
+
+    ran: list[list[str]] = []
+    running = threading.Event()
+    proceed = threading.Event()
+
+    def run_batch(tasks: list[ImageTask], on_step: object) -> BatchResult:
+        ran.append([task.job.owner for task in tasks])
+        running.set()
+        proceed.wait(10)
+        return BatchResult(images=[None] * len(tasks), seconds=0.0)  # type: ignore[list-item]
+
+    async def play() -> None:
+        batcher = Batcher(run_batch, WorkerMetrics(), 8, 0.0, 1000)
+        heavy_key = BatchKey("txt2img", 64, 64, 20, "Euler", "automatic", 7.0)
+        loop = asyncio.get_running_loop()
+
+        def job(owner: str, images: int, key: BatchKey) -> list[ImageTask]:
+            one = Job(f"{owner}-job", key, images, owner=owner)
+            return [ImageTask(one, i, "", "", i, 0, 0.0, None, loop.create_future()) for i in range(images)]
+
+        heavy = [job(owner, 64, heavy_key) for owner in "abcde"]
+        for tasks in heavy:
+            batcher.submit(tasks)
+        batcher.start()
+        await asyncio.to_thread(running.wait, 10)  # the first heavy batch is on the device
+        small = job("f", 1, BatchKey("txt2img", 64, 64, 4, "Euler", "automatic", 7.0))
+        batcher.submit(small)
+        proceed.set()
+        assert small[0].result is not None
+        await asyncio.wait_for(small[0].result, 10)
+        await batcher.stop()
+
+    asyncio.run(play())
+    assert ran[1] == ["f"], f"batches run before the sixth caller's image: {ran[:2]}"

@@ -79,6 +79,13 @@ def worker(
         float, typer.Option(min=0, max=1000, help="How long an idle device waits to fill a batch.")
     ] = 5.0,
     max_queue: Annotated[int, typer.Option(min=1, help="Most images queued before new requests get 503.")] = 256,
+    max_megapixel_steps: Annotated[
+        float,
+        typer.Option(min=1, help="Most width x height x steps x images (in millions) one request may ask for."),
+    ] = 1000.0,
+    max_prompt_chars: Annotated[
+        int, typer.Option(min=1, help="Most characters of prompt, negative prompt and styles in one request.")
+    ] = 10_000,
     api_auth: Annotated[
         str | None, typer.Option(help="user:password[,user2:password2] for HTTP basic auth on the API.")
     ] = None,
@@ -124,6 +131,8 @@ def worker(
         max_batch=max_batch,
         batch_wait_ms=batch_wait_ms,
         max_queued_images=max_queue,
+        max_megapixel_steps=max_megapixel_steps,
+        max_prompt_chars=max_prompt_chars,
         api_auth=auth,
         compile=compile,
         buckets=sizes,

@@ -1,15 +1,17 @@
 """Cross-request batching: requests that arrive together and share a shape run as one batch.
 
 The original Web UI runs one job at a time under a lock. Here, image tasks queue; the device
-loop takes the oldest task plus every queued task with the same `BatchKey`, up to max_batch
-images, waiting a few milliseconds to fill the batch when the device was idle. While a batch
-runs on the device thread, new requests queue up and form the next batch.
+loop takes the oldest task of the caller served longest ago plus queued tasks with the same
+`BatchKey`, callers in turn, up to max_batch images (`take_batch`), waiting a few milliseconds to
+fill the batch when the device was idle. While a batch runs on the device thread, new requests
+queue up and form the next batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +67,8 @@ class Batcher:
         self._sizes = sorted(size for size in sizes if size <= max_batch)  # compiled batch sizes, if any
         self._loop_task: asyncio.Task[None] | None = None
         self.running: list[Job] = []
+        self._served: dict[str, int] = {}  # owner -> when it last had images on the device (owners with a queue)
+        self._turns = itertools.count()
         self._batch_seconds = 1.0  # moving average, for Retry-After
 
     def start(self) -> None:
@@ -98,16 +102,26 @@ class Batcher:
             if not self._queue:
                 self._arrived.clear()
                 continue
-            if len(take_batch(self._queue, self.max_batch)) < self.max_batch:
+            if len(take_batch(self._queue, self.max_batch, self._served)) < self.max_batch:
                 await asyncio.sleep(self._max_wait_s)  # let requests that arrive together join
-            batch = take_batch(self._queue, self.max_batch)
+            batch = take_batch(self._queue, self.max_batch, self._served)
             if not batch:
                 continue
             batch = batch[: self._fitting(len(batch))]
             taken = set(map(id, batch))
             self._queue = [task for task in self._queue if id(task) not in taken]
+            self._mark_served(batch)
             self._metrics.queue_depth.set(self.queued_images)
             await self._run(loop, batch)
+
+    def _mark_served(self, batch: list[ImageTask]) -> None:
+        """The batch's owners go to the back of the turn, its head's owner last; owners with nothing
+        queued are forgotten (they come back as newcomers, first in line)."""
+        head = batch[0].job.owner
+        for owner in [*dict.fromkeys(task.job.owner for task in batch if task.job.owner != head), head]:
+            self._served[owner] = next(self._turns)
+        queued = {task.job.owner for task in self._queue}
+        self._served = {owner: turn for owner, turn in self._served.items() if owner in queued}
 
     def _fitting(self, count: int) -> int:
         """With compiled sizes, run the largest that `count` images fill (the rest go next) rather than

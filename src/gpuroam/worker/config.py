@@ -16,6 +16,10 @@ class WorkerConfig:
     batch_wait_ms: float = 5.0
     max_queued_images: int = 256
     max_body_bytes: int = 64 * 1024 * 1024
+    # What one request may ask of the GPU (spec `limits:`): width x height x steps x images, in megapixel-steps
+    # (64 images of 512x512 at 50 steps: 839; 8 of 1024x1024 at 50: 419), and its prompts' length.
+    max_megapixel_steps: float = 1000.0
+    max_prompt_chars: int = 10_000
     api_auth: tuple[tuple[str, str], ...] = ()
     compile: str = "auto"  # the fast path (worker/accelerate.py): auto, none, or a torch.compile mode
     buckets: tuple[int, ...] = ()  # batch sizes compiled in the background; () keeps the default

@@ -1,5 +1,6 @@
 """How the worker's own exceptions become HTTP answers: 422 for a request it cannot serve as asked, 503 with
-Retry-After for a full queue, 500 with the device's reason for a failed batch."""
+Retry-After for a full queue, 500 with the device's reason for a failed batch, 499 (nginx's "client closed
+request", for the access log: nobody reads it) when the client hung up first."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ from fastapi.responses import JSONResponse
 from gpuroam.api_errors import install_validation_handler
 from gpuroam.worker.batcher import BatchFailed, QueueFull
 from gpuroam.worker.service import RequestError
+
+
+class ClientGone(Exception):
+    """The client hung up before its answer was ready; its job was interrupted."""
+
+
+async def client_gone(_: Request, error: ClientGone) -> JSONResponse:
+    return JSONResponse({"detail": "the client closed the connection; its job was interrupted"}, status_code=499)
 
 
 async def request_error(_: Request, error: RequestError) -> JSONResponse:
@@ -32,3 +41,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.exception_handler(RequestError)(request_error)
     app.exception_handler(QueueFull)(queue_full)
     app.exception_handler(BatchFailed)(batch_failed)
+    app.exception_handler(ClientGone)(client_gone)

@@ -2,14 +2,18 @@
 
 A job asks for batch_size x n_iter images. Each image is its own task with its own prompt and
 seed, so tasks from different jobs that share a `BatchKey` can run in one device batch, and an
-image never depends on which batch it ran in.
+image never depends on which batch it ran in. Each job belongs to a caller (its `owner`: the
+identity the gateway passed, or "" for a client of the worker's own port), and the device is shared
+between callers in turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,6 +44,7 @@ class Job:
     key: BatchKey
     image_count: int
     batch_size: int = 1
+    owner: str = ""  # who asked: progress, interrupt and skip through the gateway reach only one's own jobs
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     images_done: int = 0
@@ -97,12 +102,23 @@ class ImageTask:
         return self.job.key
 
 
-def take_batch(queue: list[ImageTask], max_batch: int) -> list[ImageTask]:
-    """The oldest task and the queued tasks that share its key, in arrival order, up to max_batch.
+def take_batch(queue: list[ImageTask], max_batch: int, last_served: Mapping[str, int] | None = None) -> list[ImageTask]:
+    """The next device batch: fair between owners, first in first out within one.
 
-    FIFO by head: a task with a rare key is never starved, since it becomes the head in turn.
+    The owner served longest ago (never, for a newcomer) goes first: its oldest task is the head, and
+    the head's key is the batch's. The batch then takes tasks of that key from each owner in turn,
+    oldest first, up to max_batch. So one caller's 64-image jobs delay another's image by at most the
+    batch on the device: the newcomer heads the next batch, or joins it when it shares the key. With
+    one owner (the worker's own port) this is plain FIFO by head.
     """
     if not queue:
         return []
-    key = queue[0].key
-    return [task for task in queue if task.key == key][:max_batch]
+    served = last_served or {}
+    by_owner: dict[str, list[ImageTask]] = {}
+    for task in queue:
+        by_owner.setdefault(task.job.owner, []).append(task)
+    owners = sorted(by_owner, key=lambda owner: served.get(owner, -1))  # stable: ties keep arrival order
+    key = by_owner[owners[0]][0].key
+    same_key = [[task for task in by_owner[owner] if task.key == key] for owner in owners]
+    turns = itertools.chain.from_iterable(itertools.zip_longest(*same_key))
+    return [task for task in turns if task is not None][:max_batch]

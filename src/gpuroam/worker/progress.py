@@ -29,18 +29,26 @@ class Progress(TypedDict):
     textinfo: None
 
 
-def target_jobs(service: GenerationService | None, job_id: str | None) -> list[Job]:
-    """A named job, or (as A1111's global interrupt) every job on the device now."""
+def target_jobs(service: GenerationService | None, job_id: str | None, owner: str | None = None) -> list[Job]:
+    """A named job, or (as A1111's global interrupt) every job on the device now. For a caller through
+    the gateway (`owner`), only its own: the named job if it is the caller's, else the caller's jobs on
+    the device, else its oldest waiting one."""
     if service is None:
         return []
     if job_id:
-        return [service.jobs[job_id]] if job_id in service.jobs else []
-    return list(service.batcher.running)
+        job = service.jobs.get(job_id)
+        return [job] if job is not None and (owner is None or job.owner == owner) else []
+    if owner is None:
+        return list(service.batcher.running)
+    running = [job for job in service.batcher.running if job.owner == owner]
+    waiting = [job for job in service.jobs.values() if job.owner == owner]
+    return running or waiting[:1]
 
 
-def progress_of(service: GenerationService | None, job_id: str | None) -> Progress:
-    """A1111's progress of one job: the named one, else the one on the device (or next in line)."""
-    job = _watched_job(service, job_id)
+def progress_of(service: GenerationService | None, job_id: str | None, owner: str | None = None) -> Progress:
+    """A1111's progress of one job: the named one, else the one on the device (or next in line); for a
+    caller through the gateway only its own, so no caller ever sees another's job id or state."""
+    job = _watched_job(service, job_id, owner)
     state = ProgressState(
         skipped=bool(job and job.skipped),
         interrupted=bool(job and job.interrupted),
@@ -60,10 +68,10 @@ def progress_of(service: GenerationService | None, job_id: str | None) -> Progre
     )
 
 
-def _watched_job(service: GenerationService | None, job_id: str | None) -> Job | None:
+def _watched_job(service: GenerationService | None, job_id: str | None, owner: str | None) -> Job | None:
     if service is None:
         return None
-    if job_id:
-        return service.jobs.get(job_id)
+    if job_id or owner is not None:
+        return next(iter(target_jobs(service, job_id, owner)), None)
     jobs = list(service.jobs.values())
     return (service.batcher.running or jobs)[0] if jobs else None

@@ -62,14 +62,45 @@ class GenerationService:
         self.batcher = batcher
         self.options = Options()
         self.jobs: dict[str, Job] = {}
+        self.max_clip_skip = max_clip_skip(model)
 
-    def update_options(self, values: Mapping[str, object]) -> None:
+    def checked_options(self, values: Mapping[str, object]) -> dict[str, object]:
+        """The options of `values` this worker honours, checked against the loaded model (a 422 names
+        the first that is wrong); what a caller's generations may be given as `override_settings`."""
+        checked: dict[str, object] = {}
         if "sd_model_checkpoint" in values:
             self._check_model_name(values["sd_model_checkpoint"], "sd_model_checkpoint")
+            checked["sd_model_checkpoint"] = values["sd_model_checkpoint"]
         if "CLIP_stop_at_last_layers" in values:
-            self.options.clip_stop_at_last_layers = _int_option(values, "CLIP_stop_at_last_layers", 1, 12)
+            checked["CLIP_stop_at_last_layers"] = self._clip_skip(values, "CLIP_stop_at_last_layers")
         if "eta_ddim" in values:
-            self.options.eta_ddim = _float_option(values, "eta_ddim", 0.0, 1.0)
+            checked["eta_ddim"] = _float_option(values, "eta_ddim", 0.0, 1.0)
+        return checked
+
+    def update_options(self, values: Mapping[str, object]) -> None:
+        """Set this worker's own options (A1111's single-user behaviour, for its own port)."""
+        checked = self.checked_options(values)
+        if "CLIP_stop_at_last_layers" in checked:
+            self.options.clip_stop_at_last_layers = int(str(checked["CLIP_stop_at_last_layers"]))
+        if "eta_ddim" in checked:
+            self.options.eta_ddim = float(str(checked["eta_ddim"]))
+
+    def _clip_skip(self, values: Mapping[str, object], field_name: str) -> int:
+        """CLIP skip n uses the text encoder's n-th layer from the end: at most as many as it has."""
+        value = values["CLIP_stop_at_last_layers"]
+        high = self.max_clip_skip
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 1 <= value <= high
+            or int(value) != value
+        ):
+            raise RequestError(
+                field_name,
+                f"CLIP_stop_at_last_layers must be an integer from 1 to {high} (the loaded model's text encoder "
+                f"has {high} layers); got {value!r}",
+            )
+        return int(value)
 
     def _check_model_name(self, value: object, field_name: str) -> None:
         names = {self.model.title, self.model.name, self.model.filename, self.model.short_hash}
@@ -91,7 +122,7 @@ class GenerationService:
             self._check_model_name(overrides["sd_model_checkpoint"], "override_settings.sd_model_checkpoint")
         clip_skip = self.options.clip_stop_at_last_layers
         if "CLIP_stop_at_last_layers" in overrides:
-            clip_skip = _int_option(overrides, "CLIP_stop_at_last_layers", 1, 12)
+            clip_skip = self._clip_skip(overrides, "override_settings.CLIP_stop_at_last_layers")
         eta = request.eta
         if eta is None and sampler.name == "DDIM":
             eta = _float_option(overrides, "eta_ddim", 0.0, 1.0) if "eta_ddim" in overrides else self.options.eta_ddim
@@ -109,7 +140,28 @@ class GenerationService:
             clip_skip=clip_skip,
         )
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
+    def check_limits(self, request: GenerationRequest) -> None:
+        """Refuse what one request may not ask of a shared GPU, before it queues (spec `limits:`)."""
+        text = len(request.prompt) + len(request.negative_prompt) + sum(map(len, request.styles or []))
+        if text > self.config.max_prompt_chars:
+            raise RequestError(
+                "prompt",
+                f"the prompts are {text:,} characters long (prompt, negative prompt and styles together); this "
+                f"service takes at most {self.config.max_prompt_chars:,} (limits.max_prompt_chars in the service spec)",
+            )
+        cost = megapixel_steps(request)
+        if cost > self.config.max_megapixel_steps:
+            raise RequestError(
+                "steps",
+                f"{request.width}x{request.height} x {request.steps} steps x {request.image_count} images is "
+                f"{cost:,.0f} megapixel-steps; this service takes at most {self.config.max_megapixel_steps:,.0f} per "
+                "request (limits.max_megapixel_steps in the service spec): ask for fewer images, steps or pixels, "
+                "or send several requests",
+            )
+
+    async def generate(self, request: GenerationRequest, owner: str = "") -> GenerationResult:
+        """The request's images; its job belongs to `owner` (the caller the gateway named, "" on the worker's port)."""
+        self.check_limits(request)
         key = self.batch_key(request)
         init_images = await self._init_images(request, key)
         seed = random.randrange(MAX_SEED) if request.seed == -1 else request.seed
@@ -117,7 +169,10 @@ class GenerationService:
         count = request.image_count
         all_seeds = [seed + (i if request.subseed_strength == 0 else 0) for i in range(count)]
         all_subseeds = [subseed + i for i in range(count)]
-        job = Job(id=request.force_task_id or Job.new_id(), key=key, image_count=count, batch_size=request.batch_size)
+        job_id = request.force_task_id or Job.new_id()
+        if job_id in self.jobs:  # another caller's job id would let it see this job's progress
+            job_id = Job.new_id()
+        job = Job(id=job_id, key=key, image_count=count, batch_size=request.batch_size, owner=owner)
         loop = asyncio.get_running_loop()
         tasks = [
             ImageTask(
@@ -240,11 +295,15 @@ def _parameters(request: GenerationRequest) -> dict[str, Any]:
     return parameters
 
 
-def _int_option(values: Mapping[str, object], name: str, low: int, high: int) -> int:
-    value = values[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high or int(value) != value:
-        raise RequestError(name, f"{name} must be an integer from {low} to {high}; got {value!r}")
-    return int(value)
+def megapixel_steps(request: GenerationRequest) -> float:
+    """What a request costs the GPU: its pixels times its steps times its images, in millions."""
+    return request.width * request.height / 1e6 * request.steps * request.image_count
+
+
+def max_clip_skip(model: LoadedModel) -> int:
+    """The largest CLIP skip the model's text encoders take: their fewest layers."""
+    encoders = [getattr(model.pipeline, name, None) for name in ("text_encoder", "text_encoder_2")]
+    return min(int(encoder.config.num_hidden_layers) for encoder in encoders if encoder is not None)
 
 
 def _float_option(values: Mapping[str, object], name: str, low: float, high: float) -> float:

@@ -114,6 +114,7 @@ def container_command(spec: ServiceSpec, region: str, gpu: str, replica: str | N
     if is_worker_image(app.image):
         args = ["--host", "0.0.0.0", "--port", str(app.port), "--model", app.model, "--device", "cuda"]
         args += ["--region", region, "--gpu", gpu, "--replica", "$(POD_NAME)" if replica is None else replica]
+        args += spec.limits.worker_args()
         return {"command": ["gpuroam", "worker"], "args": args + extra}
     return {"args": ["--listen", "--api", "--port", str(app.port), *extra]}
 

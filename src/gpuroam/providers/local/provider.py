@@ -145,7 +145,8 @@ class LocalProvider:
             if self.network is not None:  # NetworkError (a ProviderError) when the region has no namespace
                 host, prefix = self.network.address(region), self.network.exec_prefix(region)
             port = free_port()
-            args = ["--model", spec.app.model, "--region", region, "--gpu", gpu, *spec.app.args]
+            args = ["--model", spec.app.model, "--region", region, "--gpu", gpu, *spec.limits.worker_args()]
+            args += spec.app.args
             pid = self._spawn(replica.id, port, args, env, host, prefix)
             return self._handle(pid, port, replica.id, host)
 

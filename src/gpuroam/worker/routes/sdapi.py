@@ -4,15 +4,24 @@ Routes that only report (progress, interrupt, skip, GET options) answer before t
 as A1111's do while it starts; the others need the ready service and answer 503 with Retry-After
 until then. Where an endpoint returns a TypedDict, `response_model` keeps the published schema the
 open object it has always been.
+
+Through the gateway every request carries the caller's identity (X-Gpuroam-Identity, set by the
+gateway, never by a client): each job belongs to its caller, progress, interrupt and skip reach only
+the caller's own jobs, and POST options only checks the values (the gateway keeps them per caller
+and sends them with each of its generations as `override_settings`). On the worker's own port there
+is no identity, and A1111's single-user behaviour holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, params
 
+from gpuroam.worker.errors import ClientGone
 from gpuroam.worker.progress import Progress, progress_of, target_jobs
 from gpuroam.worker.responses import A1111Options, GenerationResult
 from gpuroam.worker.samplers import SAMPLERS, SCHEDULES
@@ -20,8 +29,16 @@ from gpuroam.worker.schemas import GenerationResponse, Img2ImgRequest, OptionsUp
 from gpuroam.worker.state import ReadyService, SharedState
 
 JOB_HEADER = "x-gpuroam-job"
+IDENTITY_HEADER = "x-gpuroam-identity"
 
 GenerationRequest = TypeVar("GenerationRequest", Txt2ImgRequest, Img2ImgRequest)
+T = TypeVar("T")
+
+
+def caller(http: Request) -> str | None:
+    """Who asks, as the gateway says; None on the worker's own port (one user, as A1111)."""
+    value = http.headers.get(IDENTITY_HEADER)
+    return value[:128] if value else None
 
 
 def _with_job_header(request: GenerationRequest, http: Request) -> GenerationRequest:
@@ -38,29 +55,53 @@ def _job_id(http: Request, id_task: str | None) -> str | None:
 
 
 async def txt2img(request: Txt2ImgRequest, http: Request, service: ReadyService) -> GenerationResult:
-    return await service.generate(_with_job_header(request, http))
+    return await _unless_client_leaves(http, service.generate(_with_job_header(request, http), caller(http) or ""))
 
 
 async def img2img(request: Img2ImgRequest, http: Request, service: ReadyService) -> GenerationResult:
-    return await service.generate(_with_job_header(request, http))
+    return await _unless_client_leaves(http, service.generate(_with_job_header(request, http), caller(http) or ""))
+
+
+async def _unless_client_leaves(http: Request, work: Coroutine[Any, Any, T]) -> T:
+    """`work`, cancelled when the client hangs up first (the gateway hangs up too when its client left or
+    it gave up with a 504): the job is interrupted and the device goes to the next within a step."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(http))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientGone
+    return task.result()
+
+
+async def _disconnected(http: Request) -> None:
+    """Returns once the client has hung up (the body was read: what comes next is the disconnect)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def progress(
     request: Request, state: SharedState, skip_current_image: bool = False, id_task: str | None = None
 ) -> Progress:
-    return progress_of(state.service, _job_id(request, id_task))
+    return progress_of(state.service, _job_id(request, id_task), caller(request))
 
 
 async def interrupt(request: Request, state: SharedState, id_task: str | None = None) -> dict[str, Any]:
     service = state.service
     if service is not None:
-        for job in target_jobs(service, _job_id(request, id_task)):
+        for job in target_jobs(service, _job_id(request, id_task), caller(request)):
             service.batcher.interrupt(job)
     return {}
 
 
 async def skip(request: Request, state: SharedState, id_task: str | None = None) -> dict[str, Any]:
-    for job in target_jobs(state.service, _job_id(request, id_task)):
+    for job in target_jobs(state.service, _job_id(request, id_task), caller(request)):
         job.skipped = True
     return {}
 
@@ -70,8 +111,13 @@ async def get_options(state: SharedState) -> A1111Options | dict[str, object]:
     return service.options.as_a1111(service.model) if service else {}
 
 
-async def set_options(update: OptionsUpdate, service: ReadyService) -> None:
+async def set_options(update: OptionsUpdate, http: Request, service: ReadyService) -> dict[str, object] | None:
+    """On the worker's own port, set its options; for a caller through the gateway, check them and answer
+    the checked values, which the gateway keeps for that caller (a bad value is a 422 either way)."""
+    if caller(http) is not None:
+        return service.checked_options(update.model_dump())
     service.update_options(update.model_dump())
+    return None
 
 
 async def sd_models(service: ReadyService) -> list[dict[str, Any]]:
