@@ -10,6 +10,7 @@ in a process of its own, so the data plane outlives this one.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from gpuroam.gateway.supervisor import GatewayProcess
 from gpuroam.providers.base import Provider
 from gpuroam.providers.factories import ProviderChoice
 from gpuroam.spec import ServiceSpec, parse_spec
-from gpuroam.statedir import load_or_create_token, write_server_info
+from gpuroam.statedir import ensure_state_dir, load_or_create_token, write_server_info
 
 log = logging.getLogger("gpuroam.serve")
 
@@ -51,7 +52,8 @@ class ControlPlane:
     `gpuroam serve` runs one in the foreground; `gpuroam demo` and tests run one in process."""
 
     def __init__(self, options: ServeOptions, provider: ProviderChoice) -> None:
-        options.state_dir.mkdir(parents=True, exist_ok=True)
+        os.umask(0o077)  # what serve writes (the store and its WAL, logs) is its owner's only
+        ensure_state_dir(options.state_dir)
         self.state_dir = options.state_dir
         self.store = Store.open(options.store_url) if options.store_url else Store.for_state_dir(options.state_dir)
         self.catalog = load_catalog(options.catalog_file)
@@ -61,7 +63,7 @@ class ControlPlane:
         # A gateway on this machine only where it can reach the replicas (the provider says); it is also
         # where the autoscaler learns the load.
         gateway_port = options.gateway_port if provider.local_gateway else None
-        address = GatewayAddress(options.host, gateway_port) if gateway_port is not None else None
+        address = GatewayAddress(options.host, gateway_port, self.token) if gateway_port is not None else None
         signals = gateway_signals(self.store, address) if address is not None else None
         reconciler = Reconciler(self.store, self.provider, self.catalog, signals=signals)
         self.loop = ReconcileLoop(reconciler, options.interval_s)

@@ -18,6 +18,16 @@ SERVER_FILE = "server.json"
 TOKEN_FILE = "token"
 
 
+def ensure_state_dir(state_dir: Path) -> None:
+    """Create the state dir readable by its owner only (0700), and make what is in it so (0600): it holds
+    the API token, the store and the logs, which name every replica's address."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    state_dir.chmod(0o700)
+    for path in state_dir.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o600)
+
+
 def token_path(state_dir: Path) -> Path:
     return state_dir / TOKEN_FILE
 
@@ -40,7 +50,9 @@ class ServerInfo:
 
 def write_server_info(state_dir: Path, url: str) -> None:
     """Announce the server's URL (and this process's pid) to client commands."""
-    (state_dir / SERVER_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    path = state_dir / SERVER_FILE
+    path.write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    path.chmod(0o600)
 
 
 def load_or_create_token(state_dir: Path) -> str:

@@ -129,7 +129,7 @@ def test_requests_wait_at_the_gateway_while_no_replica_is_live(plane: ControlPla
         wait_for(lambda: len(load.since(mark)) >= 10, 90, "traffic on the replacements")
     assert load.failures == [], f"requests failed while no replica was live: {load.failures[:5]}"
     assert {s.gpu for s in load.since(mark)} <= {"nvidia-tesla-t4", "nvidia-tesla-a100"}
-    metrics = httpx.get(f"{endpoint}/metrics").text
+    metrics = httpx.get(f"{endpoint}/metrics", headers={"Authorization": f"Bearer {plane.token}"}).text
     held = [line for line in metrics.splitlines() if line.startswith("gpuroam_gateway_hold_seconds_count")]
     assert held and float(held[0].split()[-1]) > 0, "some requests were held at the gateway"
 
@@ -228,3 +228,11 @@ def _settled(client: ControlPlaneClient, provider: LocalProvider, replicas_wante
     wanted = {r["id"] for r in replicas if r["state"] in ("ready", "provisioning")}
     agree = wanted == {o.replica_id for o in provider.observe()}
     return agree and len(wanted) == replicas_wanted and all(r["state"] != "provisioning" for r in replicas)
+
+
+def test_the_state_dir_is_its_owners_only(plane: ControlPlane) -> None:
+    """It holds the API token, the store and the logs, which name every replica's address."""
+    assert plane.state_dir.stat().st_mode & 0o777 == 0o700
+    files = [path for path in plane.state_dir.iterdir() if path.is_file()]
+    assert {"token", "server.json"} <= {path.name for path in files}
+    assert {path.name: path.stat().st_mode & 0o777 for path in files} == {path.name: 0o600 for path in files}

@@ -28,9 +28,16 @@ def start_gateway(loops: LoopThread) -> Iterator[Callable[..., Running]]:
         config: ProxyConfig = ProxyConfig(hold_s=2.0, retries=3, upstream_timeout_s=10.0),
         limits: Limits = Limits(),
         probe_interval_s: float = 0.2,
+        internal_token: str | None = None,
     ) -> Running:
         gateway = Gateway(
-            "127.0.0.1", config, limits, FAST_HEALTH, catalog=load_catalog(), probe_interval_s=probe_interval_s
+            "127.0.0.1",
+            config,
+            limits,
+            FAST_HEALTH,
+            catalog=load_catalog(),
+            probe_interval_s=probe_interval_s,
+            internal_token=internal_token,
         )
         loops.run(gateway.start())
         started.append(gateway)

@@ -129,6 +129,10 @@ class _RequestCounter:
         self.reference = reference
         self.parser = httptools.HttpRequestParser(self)
 
+    def on_headers_complete(self) -> None:
+        if self.parser.get_http_version() not in ("1.0", "1.1"):  # the gateway answers 505 and closes, as here
+            raise httptools.HttpParserError("HTTP version not supported")
+
     def on_message_complete(self) -> None:
         self.reference.complete += 1
         self.reference.methods.append(self.parser.get_method())

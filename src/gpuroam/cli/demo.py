@@ -39,14 +39,14 @@ def demo(
     from gpuroam.providers.factories import local_provider
     from gpuroam.serve import ControlPlane, ServeOptions
     from gpuroam.spec import SpecError, load_spec, spec_to_dict
-    from gpuroam.statedir import DEFAULT_STATE_DIR
+    from gpuroam.statedir import DEFAULT_STATE_DIR, ensure_state_dir
 
     state_dir = state or DEFAULT_STATE_DIR
     try:
         parsed = load_spec(spec)
     except SpecError as error:
         die(str(error))
-    state_dir.mkdir(parents=True, exist_ok=True)
+    ensure_state_dir(state_dir)
     configure_logging("info", path=state_dir / "demo.log")
     try:
         plane = ControlPlane(

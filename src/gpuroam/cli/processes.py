@@ -62,6 +62,29 @@ BuildCacheOption = Annotated[
     ),
 ]
 
+# What one request may ask of the GPU (spec `limits:`, worker/service.py).
+MaxMegapixelStepsOption = Annotated[
+    float, typer.Option(min=1, help="Most width x height x steps x images (in millions) one request may ask for.")
+]
+MaxPromptCharsOption = Annotated[
+    int, typer.Option(min=1, help="Most characters of prompt, negative prompt and styles in one request.")
+]
+
+# Who a caller is and what it may do at the endpoint (gateway/identity.py, gateway/callers.py).
+MaxInFlightOption = Annotated[
+    int, typer.Option(min=0, help="Most generation requests one caller may have in flight (0: no limit); more get 429.")
+]
+TrustedProxyOption = Annotated[
+    list[str] | None,
+    typer.Option(help="A proxy (address or CIDR) whose X-Forwarded-For names the client. Repeat for more."),
+]
+GatewayTokenOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Control-plane token (default: the state dir's); also what /gpuroam/health and /metrics ask for."
+    ),
+]
+
 
 @app.command()
 def worker(
@@ -79,13 +102,8 @@ def worker(
         float, typer.Option(min=0, max=1000, help="How long an idle device waits to fill a batch.")
     ] = 5.0,
     max_queue: Annotated[int, typer.Option(min=1, help="Most images queued before new requests get 503.")] = 256,
-    max_megapixel_steps: Annotated[
-        float,
-        typer.Option(min=1, help="Most width x height x steps x images (in millions) one request may ask for."),
-    ] = 1000.0,
-    max_prompt_chars: Annotated[
-        int, typer.Option(min=1, help="Most characters of prompt, negative prompt and styles in one request.")
-    ] = 10_000,
+    max_megapixel_steps: MaxMegapixelStepsOption = 1000.0,
+    max_prompt_chars: MaxPromptCharsOption = 10_000,
     api_auth: Annotated[
         str | None, typer.Option(help="user:password[,user2:password2] for HTTP basic auth on the API.")
     ] = None,
@@ -104,13 +122,12 @@ def worker(
 
     from gpuroam.logs import configure_logging
     from gpuroam.worker import WorkerConfig, create_app
+    from gpuroam.worker.accelerate import COMPILE_MODES
 
     try:
         auth = WorkerConfig.parse_api_auth(api_auth)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--api-auth") from error
-    from gpuroam.worker.accelerate import COMPILE_MODES
-
     if compile != "auto" and compile not in COMPILE_MODES:
         raise typer.BadParameter(f"use auto or one of {', '.join(COMPILE_MODES)}", param_hint="--compile")
     try:
@@ -178,7 +195,7 @@ def gateway(
     controller: Annotated[
         str | None, typer.Option(help="Follow this control plane's ready replicas instead of --backend.")
     ] = None,
-    token_file: Annotated[Path | None, typer.Option(help="Control-plane token (default: the state dir's).")] = None,
+    token_file: GatewayTokenOption = None,
     state: StateOption = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     region: Annotated[str | None, typer.Option(help="This gateway's region, for clients that send none.")] = None,
@@ -186,11 +203,17 @@ def gateway(
     retries: Annotated[int, typer.Option(min=0, max=10, help="Other replicas tried before the first byte.")] = 3,
     upstream_timeout: Annotated[float, typer.Option(min=1, help="Seconds a replica may take to answer.")] = 600.0,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body accepted.")] = 50.0,
+    max_in_flight_per_caller: MaxInFlightOption = 64,
+    trusted_proxy: TrustedProxyOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """The global endpoint: proxy to healthy replicas, retry, hold while none is live."""
+    """The global endpoint: proxy to healthy replicas, retry, hold while none is live.
+
+    Its /gpuroam/health report and /metrics answer only the control-plane token (--token-file), or
+    callers on this machine when the gateway has no token."""
     from gpuroam.catalog import load_catalog
     from gpuroam.gateway import Gateway, Limits, ProxyConfig, ServiceBackends, parse_backend, run_gateway
+    from gpuroam.gateway.identity import TrustedProxies
     from gpuroam.logs import configure_logging
 
     configure_logging(log_level)
@@ -199,6 +222,11 @@ def gateway(
         die("give either --backend URL (repeatable) or --controller URL, not both or neither")
     static: list[ServiceBackends] = []
     follow: tuple[str, str] | None = None
+    try:
+        proxies = TrustedProxies.parse(trusted_proxy or [])
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--trusted-proxy") from error
+    internal_token = _operator_token(token_file) if backend else None
     if backend:
         try:
             backends = tuple(parse_backend(text, catalog) for text in backend)
@@ -213,8 +241,16 @@ def gateway(
         if not token.is_file():
             die(f"no control-plane token at {token}; pass --token-file or --state")
         follow = (controller, token.read_text().strip())
+        internal_token = follow[1]
         console.print(f"[bold]gpuroam gateway[/] following {controller}")
-    config = ProxyConfig(hold_s=hold, retries=retries, upstream_timeout_s=upstream_timeout, region=region)
+    config = ProxyConfig(
+        hold_s=hold,
+        retries=retries,
+        upstream_timeout_s=upstream_timeout,
+        region=region,
+        trusted_proxies=proxies,
+        max_in_flight_per_caller=max_in_flight_per_caller,
+    )
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024))
     ready = None
     if controller and state is not None:  # started by `serve`: say when this gateway can take over
@@ -222,9 +258,20 @@ def gateway(
 
         ready = functools.partial(mark_ready, state, os.getpid())
     try:
-        run_gateway(Gateway(host, config, limits, catalog=catalog), static, follow, ready)
+        run_gateway(
+            Gateway(host, config, limits, catalog=catalog, internal_token=internal_token), static, follow, ready
+        )
     except OSError as error:
         die(f"the gateway could not listen on {host}:{port}: {error.strerror or error}; pick another --port")
+
+
+def _operator_token(token_file: Path | None) -> str | None:
+    """A standalone gateway's token for its /gpuroam/health and /metrics; without one, only this machine reads them."""
+    if token_file is None:
+        return None
+    if not token_file.is_file():
+        die(f"no token file at {token_file}; write one (any secret string) or leave --token-file out")
+    return token_file.read_text().strip()
 
 
 @app.command("restart-gateway")

@@ -25,6 +25,7 @@ class GatewayAddress:
 
     host: str
     base_port: int
+    token: str | None = None  # the control-plane token: the gateway gives its report only with it
 
     def endpoint(self, port: int) -> str:
         return f"http://{self.host}:{port}"
@@ -60,7 +61,8 @@ def read_report(store: Store, gateway: GatewayAddress) -> tuple[dict[str, Any] |
     if not ports:
         return None, "no service has a gateway port yet"
     problems = []
-    with httpx.Client(timeout=REPORT_TIMEOUT_S, trust_env=False) as http:  # loopback: never via a proxy
+    headers = {"Authorization": f"Bearer {gateway.token}"} if gateway.token else {}
+    with httpx.Client(timeout=REPORT_TIMEOUT_S, trust_env=False, headers=headers) as http:  # loopback: no proxy
         for port in ports[:2]:  # two tries at most: a gateway that is down costs two timeouts, not one per service
             url = f"http://{gateway.local_host()}:{port}/gpuroam/health"
             try:

@@ -3,7 +3,7 @@
 An A1111 replica only knows its own jobs, so `GET /sdapi/v1/progress` answered by another
 replica reports nothing. The gateway remembers where each generation went, by the job's id
 when the client names one (`force_task_id` in the body, `id_task` in the query, or the
-X-Gpuroam-Job header) and else by the client's cookie or address. Generation requests are
+X-Gpuroam-Job header) and else by the client's cookie or identity. Generation requests are
 placed by load; the cookie only makes a client's other requests prefer the replica that
 served it last, while that replica is not saturated.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
 
 from gpuroam.gateway.wire import Request
 
@@ -47,27 +48,28 @@ class Affinity:
         self._jobs = _Bounded(limit)
         self._clients = _Bounded(limit)
 
-    def preference(self, request: Request) -> Preference | None:
+    def preference(self, request: Request, caller: str) -> Preference | None:
         path = request.path
         cookie = cookie_replica(request)
         if path in JOB_PATHS:
             job = job_id(request)
-            replica = (job and self._jobs.get(job)) or cookie or self._clients.get(request.client_ip)
+            replica = (job and self._jobs.get(job)) or cookie or self._clients.get(caller)
             return Preference(replica, strict=True) if replica else None
         return Preference(cookie, strict=False) if cookie else None
 
-    def placed(self, request: Request, replica: str) -> None:
+    def placed(self, request: Request, replica: str, caller: str) -> None:
         """A generation went to `replica`: its progress and interrupt must follow it there."""
         if request.path not in GENERATION_PATHS:
             return
         job = job_id(request)
         if job:
             self._jobs.put(job, replica)
-        self._clients.put(request.client_ip, replica)
+        self._clients.put(caller, replica)
 
 
 def job_id(request: Request) -> str | None:
-    value = request.header(JOB_HEADER) or request.query_param(b"id_task")
+    """The job a request names; `?id_task=` percent-decoded, as A1111's ids ("task(...)") reach us encoded."""
+    value = request.header(JOB_HEADER) or unquote_to_bytes(request.query_param(b"id_task") or b"")
     if value:
         return value.decode("latin-1")
     if request.path in GENERATION_PATHS and b'"force_task_id"' in request.body:

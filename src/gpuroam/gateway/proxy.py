@@ -6,6 +6,10 @@ another region, within a retry budget. While no replica is usable (a GPU type or
 just lost and replacements are starting) requests wait here, up to `hold_s`, rather than fail.
 Once the first byte went to the client nothing is retried: a backend dying mid-response cuts
 the client's connection, which is the only honest way to say the body is incomplete.
+
+Every request carries its caller's identity to the replica (identity.py), which keeps each caller to
+its own jobs; a caller's options are kept here (callers.py), and a caller has at most
+`max_in_flight_per_caller` generation requests in flight.
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import asyncio
 import html
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpuroam.gateway.affinity import GENERATION_PATHS, Affinity, Preference, cookie_replica, set_cookie
 from gpuroam.gateway.backends import BackendSet, HealthPolicy
+from gpuroam.gateway.callers import OPTIONS_PATH, CallerOptions, InFlight
 from gpuroam.gateway.demand import ServiceDemand
 from gpuroam.gateway.downstream import ClientConnection
+from gpuroam.gateway.identity import IDENTITY_HEADER, Caller, TrustedProxies, identify
 from gpuroam.gateway.metrics import GatewayMetrics
 from gpuroam.gateway.routing import Backend, Policy, affinity_holds, choose
 from gpuroam.gateway.upstream import Pool, ResponseHead, UpstreamConnection, UpstreamError
@@ -44,6 +50,8 @@ class ProxyConfig:
     upstream_timeout_s: float = 600.0  # a CPU replica may take minutes for a large batch
     region: str | None = None  # the gateway's own region, for clients that do not send X-Client-Region
     retry_after_s: int = 5
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)  # whose X-Forwarded-For names the client
+    max_in_flight_per_caller: int = 64  # generation requests; 0: no limit
 
 
 def retryable(request: Request) -> bool:
@@ -74,6 +82,8 @@ class Route:
         self.pools: dict[str, Pool] = {}
         self.affinity = Affinity()
         self.demand = ServiceDemand()
+        self.options = CallerOptions()
+        self.in_flight = InFlight(config.max_in_flight_per_caller)
         self._stamps: dict[str, bytes] = {}
         self._turn = 0  # breaks ties between equally loaded replicas round-robin
         self._in_flight: dict[UpstreamConnection, str] = {}  # -> the replica it talks to
@@ -122,9 +132,25 @@ class Route:
         )
 
     async def forward(self, client: ClientConnection, request: Request) -> None:
+        caller = identify(request, self.config.trusted_proxies)
+        if request.path not in GENERATION_PATHS:  # progress polls and the like are cheap: never counted
+            await self._forward(client, request, caller)
+            return
+        if not self.in_flight.enter(caller.id):
+            self.metrics.error(self.service, "caller_in_flight_limit")
+            client.write(self._too_many(request))
+            return
+        try:
+            await self._forward(client, request, caller)
+        finally:
+            self.in_flight.leave(caller.id)
+
+    async def _forward(self, client: ClientConnection, request: Request, caller: Caller) -> None:
         started = self.loop.time()
-        head = upstream_head(request)
-        preference = self.affinity.preference(request)
+        if request.path in GENERATION_PATHS:
+            request.body = self.options.with_overrides(caller.id, request.body)
+        head = upstream_head(request, caller.header, frozenset({IDENTITY_HEADER}))
+        preference = self.affinity.preference(request, caller.id)
         client_region = _header_str(request, b"x-client-region") or self.config.region
         self.demand.arrived(client_region or "unknown", time.time())
         tried: set[str] = set()
@@ -143,7 +169,8 @@ class Route:
                     return
                 continue
             attempts += 1
-            failure = await self._attempt(backend, client, request, head, started, last=attempts > self.config.retries)
+            last = attempts > self.config.retries
+            failure = await self._attempt(backend, client, request, caller, head, started, last)
             if not failure:
                 return
             self.metrics.retry(self.service, failure.split(":", 1)[0])
@@ -168,14 +195,21 @@ class Route:
             self.metrics.held(self.service, self.loop.time() - began)
 
     async def _attempt(
-        self, backend: Backend, client: ClientConnection, request: Request, head: bytes, started: float, last: bool
+        self,
+        backend: Backend,
+        client: ClientConnection,
+        request: Request,
+        caller: Caller,
+        head: bytes,
+        started: float,
+        last: bool,
     ) -> str:
         """Try one replica. Returns "" once the request is answered, else why it may go elsewhere."""
         replica = backend.replica
         pool, stamp = self.pools[replica], self._stamps[replica]  # the replica may be drained mid-request
         conn = pool.take_idle()
         self.backends.started(replica)
-        self.affinity.placed(request, replica)
+        self.affinity.placed(request, replica, caller.id)
         try:
             while True:
                 reused = conn is not None
@@ -214,7 +248,9 @@ class Route:
                 self._eject(backend)
             else:
                 self.backends.succeeded(replica)
-            await self._relay(backend, pool, stamp, client, request, conn, response, started)
+            await self._relay(
+                backend, pool, stamp + caller.set_cookie, client, request, caller, conn, response, started
+            )
             conn = None
             return ""
         except asyncio.CancelledError:
@@ -233,6 +269,7 @@ class Route:
         stamp: bytes,
         client: ClientConnection,
         request: Request,
+        caller: Caller,
         conn: UpstreamConnection,
         response: ResponseHead,
         started: float,
@@ -240,11 +277,14 @@ class Route:
         """Send the head, then stream the body as it arrives; the connection goes back to the pool.
 
         A response that arrived whole with its head (the usual small JSON answer) goes out in one
-        write, which is one system call instead of two."""
+        write, which is one system call instead of two. An options answer is read whole: the
+        caller's options are kept from it (POST) or shown in it (GET)."""
         self._in_flight[conn] = backend.replica
         try:
             bodiless = request.method == b"HEAD" or response.status in (204, 304) or response.status < 200
             whole = conn.finished()
+            if request.path == OPTIONS_PATH and response.status == 200 and not bodiless:
+                whole = self._caller_options(request, caller, whole if whole is not None else await _whole(conn))
             extra = stamp if cookie_replica(request) == backend.replica else stamp + set_cookie(backend.replica)
             if whole is not None:
                 length = response.content_length if bodiless and response.content_length is not None else len(whole)
@@ -296,6 +336,21 @@ class Route:
         if chunked:
             client.write(LAST_CHUNK)
 
+    def _caller_options(self, request: Request, caller: Caller, answer: bytes) -> bytes:
+        if request.method == b"POST":
+            self.options.checked(caller.id, answer)
+            return answer
+        return self.options.shown(caller.id, answer)
+
+    def _too_many(self, request: Request) -> bytes:
+        limit = self.config.max_in_flight_per_caller
+        detail = (
+            f"this caller already has {limit} generation requests in flight at {self.service}; at most {limit} per "
+            "caller (the gateway's --max-in-flight-per-caller): wait for an answer before sending more"
+        )
+        retry_after = b"retry-after: %d\r\n" % self.config.retry_after_s
+        return json_response(429, {"error": detail}, request.keep_alive, retry_after)
+
     def expire(self, now: float) -> None:
         """Fail exchanges past their deadline (checked about once a second, not per request)."""
         for conn in [c for c in self._in_flight if c.deadline < now]:
@@ -335,6 +390,12 @@ WAITING_PAGE = b"""<!doctype html>
 <body style="font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto; line-height: 1.5">
 <h1>Finding a GPU</h1><p>%(detail)s</p><p>This page reloads by itself.</p></body></html>
 """
+
+
+async def _whole(conn: UpstreamConnection) -> bytes:
+    parts: list[bytes] = []
+    await conn.stream_to(parts.append)
+    return b"".join(parts)
 
 
 def html_escape(text: str) -> bytes:

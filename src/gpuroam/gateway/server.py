@@ -3,12 +3,20 @@
 What it serves comes from `apply` (the control-plane feed, or `--backend` flags): services
 appear, change and go, and the listeners follow. Everything runs on one event loop (uvloop
 when installed); nothing here blocks it.
+
+The service ports face the internet, so the gateway's own pages there are the operator's only:
+/gpuroam/health gives its report (backends' URLs, regions, load) and /metrics its metrics only to a
+caller with the control-plane token (`Authorization: Bearer TOKEN`), or, for a gateway that has
+none (`--backend` without `--token-file`), to callers on this machine. Anyone else gets a bare
+liveness answer from /gpuroam/health and a 401 from /metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -28,6 +36,10 @@ log = logging.getLogger("gpuroam.gateway")
 HEALTH_PATH = b"/gpuroam/health"
 METRICS_PATH = b"/metrics"
 FAR_KM = 20_000.0  # an unknown region is as far as anywhere on Earth
+OPERATOR_ONLY = (
+    "the gateway's metrics are for its operator: send the control-plane token as Authorization: Bearer TOKEN"
+)
+BEARER_CHALLENGE = b'www-authenticate: Bearer realm="gpuroam gateway"\r\n'
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,10 @@ class Gateway:
         policy: Policy = Policy(),
         catalog: Catalog | None = None,
         probe_interval_s: float = 1.0,
+        internal_token: str | None = None,
     ) -> None:
         self.host = host
+        self.internal_token = internal_token
         self.config = config
         self.limits = limits
         self.health = health
@@ -187,12 +201,23 @@ class Gateway:
             client.write(json_response(400, {"error": detail}, keep_alive=False))
             client.close()
         elif path == HEALTH_PATH and request.method == b"GET":
-            client.write(json_response(200, self.health_report(), request.keep_alive))
+            report = self.health_report() if self._operator(request) else {"status": "ok"}
+            client.write(json_response(200, report, request.keep_alive))
         elif path == METRICS_PATH and request.method == b"GET":
+            if not self._operator(request):
+                client.write(json_response(401, {"error": OPERATOR_ONLY}, request.keep_alive, BEARER_CHALLENGE))
+                return
             body = self.metrics.render()
             client.write(text_response(200, body, b"text/plain; version=0.0.4", request.keep_alive))
         else:
             await route.forward(client, request)
+
+    def _operator(self, request: Request) -> bool:
+        """The control-plane token, or (for a gateway without one) a caller on this machine."""
+        if self.internal_token is None:
+            return _loopback(request.client_ip)
+        credentials = request.header(b"authorization") or b""
+        return hmac.compare_digest(credentials, b"Bearer " + self.internal_token.encode())
 
     async def _housekeeping(self) -> None:
         loop = asyncio.get_running_loop()
@@ -228,3 +253,10 @@ class Gateway:
             loads = route.backends.loads()
             for backend in route.backends.backends():
                 yield name, backend.region, loads[backend.replica].usable(now)
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False

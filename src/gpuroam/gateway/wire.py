@@ -30,9 +30,13 @@ HOP_BY_HOP = frozenset(
 REASONS = {
     200: b"OK",
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     408: b"Request Timeout",
     413: b"Content Too Large",
+    422: b"Unprocessable Content",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
@@ -86,12 +90,14 @@ class Request:
         return None
 
 
-def upstream_head(request: Request) -> bytes:
-    """The request line and headers sent to a backend; the same bytes for every attempt."""
+def upstream_head(request: Request, ours: bytes = b"", replaced: frozenset[bytes] = frozenset()) -> bytes:
+    """The request line and headers sent to a backend; the same bytes for every attempt. `ours` (whole
+    header lines) go instead of any the client sent under a name in `replaced`."""
     lines = [request.method, b" ", request.target, b" HTTP/1.1\r\n"]
     for name, value in request.headers:
-        if name not in HOP_BY_HOP and name != b"x-forwarded-for":
+        if name not in HOP_BY_HOP and name != b"x-forwarded-for" and name not in replaced:
             lines += [name, b": ", value, b"\r\n"]
+    lines.append(ours)
     forwarded = request.header(b"x-forwarded-for")
     client = request.client_ip.encode()
     lines += [b"x-forwarded-for: ", forwarded + b", " + client if forwarded else client, b"\r\n"]

@@ -1,0 +1,152 @@
+"""The endpoint on the internet: through the real gateway and two real workers (tiny model), one caller
+cannot stop, watch or reconfigure another's work, and the gateway's insides are its operator's.
+
+Clients that keep cookies (an httpx.Client) get a session each; clients that keep none are their address.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gpuroam.gateway import Backend, ProxyConfig
+
+SLOW = {"steps": 150, "width": 256, "height": 256, "sampler_name": "Euler a", "seed": 1}
+QUICK = {"steps": 2, "width": 64, "height": 64, "seed": 2}
+
+
+@pytest.fixture
+def endpoint(live_worker, start_gateway) -> Iterator[Callable[..., str]]:  # type: ignore[no-untyped-def]
+    """`endpoint(config=..., internal_token=...)`: the URL of a gateway in front of two live workers."""
+    with contextlib.ExitStack() as stack:
+
+        def start(**gateway_options: Any) -> str:
+            urls = [stack.enter_context(live_worker(max_batch=8, replica=f"w{i}")) for i in range(2)]
+            backends = [
+                Backend(replica=f"w{i}", url=url, region="us-central1", gpu="cpu") for i, url in enumerate(urls)
+            ]
+            gateway_options.setdefault("config", ProxyConfig(hold_s=5.0, retries=1, upstream_timeout_s=120.0))
+            return str(start_gateway(backends, **gateway_options).url)
+
+        yield start
+
+
+@contextlib.contextmanager
+def session(url: str) -> Iterator[httpx.Client]:
+    """A client that keeps cookies, with its session cookie already issued."""
+    with httpx.Client(base_url=url, timeout=120) as client:
+        client.get("/sdapi/v1/progress")
+        assert "gpuroam_session" in client.cookies, "the gateway issues a session cookie"
+        yield client
+
+
+@contextlib.contextmanager
+def generating(client: httpx.Client, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(r=client.post("/sdapi/v1/txt2img", json=body)))
+    thread.start()
+    wait_until(lambda: client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] > 0)
+    try:
+        yield result
+    finally:
+        thread.join(timeout=120)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_two_clients_with_cookies_cannot_interrupt_skip_or_watch_each_other(endpoint) -> None:  # type: ignore[no-untyped-def]
+    url = endpoint()
+    with session(url) as alice, session(url) as bob, httpx.Client(base_url=url) as anonymous:
+        alice_id = "session:" + hashlib.sha256(alice.cookies["gpuroam_session"].encode()).hexdigest()[:24]
+        with generating(alice, {**SLOW, "force_task_id": "task(alice)"}) as result:
+            claims = {"x-gpuroam-identity": alice_id}  # what a client sends as its identity is dropped
+            named = {"id_task": "task(alice)"}  # to the replica that has the job
+            assert anonymous.get("/sdapi/v1/progress", params=named, headers=claims).json()["state"]["job"] == ""
+            assert anonymous.post("/sdapi/v1/interrupt", params=named, headers=claims).status_code == 200
+            for intruder in (bob, anonymous):
+                assert intruder.get("/sdapi/v1/progress").json()["state"]["job"] == ""
+                named = intruder.get("/sdapi/v1/progress", params={"id_task": "task(alice)"}).json()
+                assert named["state"]["job"] == "" and named["progress"] == 0.0
+                for action in ("interrupt", "skip"):
+                    intruder.post(f"/sdapi/v1/{action}")
+                    intruder.post(f"/sdapi/v1/{action}", params={"id_task": "task(alice)"})
+            mine = alice.get("/sdapi/v1/progress").json()
+            assert mine["state"]["job"] == "task(alice)"
+            assert not mine["state"]["interrupted"] and not mine["state"]["skipped"]
+            alice.post("/sdapi/v1/interrupt")
+        assert result["r"].status_code == 200 and '"interrupted": true' in result["r"].json()["info"]
+
+
+def test_options_are_kept_per_caller_and_follow_it(endpoint) -> None:  # type: ignore[no-untyped-def]
+    url = endpoint()
+    with session(url) as alice, session(url) as bob:
+        assert alice.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}).status_code == 200
+        assert alice.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+        assert bob.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1, "bob's options are his own"
+        for _ in range(2):  # two replicas: the option goes with alice to either
+            info = json.loads(alice.post("/sdapi/v1/txt2img", json=QUICK).json()["info"])
+            assert info["clip_skip"] == 2
+        assert json.loads(bob.post("/sdapi/v1/txt2img", json=QUICK).json()["info"])["clip_skip"] == 1
+        own = {**QUICK, "override_settings": {"CLIP_stop_at_last_layers": 1}}
+        assert json.loads(alice.post("/sdapi/v1/txt2img", json=own).json()["info"])["clip_skip"] == 1, (
+            "the request wins"
+        )
+
+
+def test_an_invalid_option_is_a_422_and_every_later_generation_succeeds(endpoint) -> None:  # type: ignore[no-untyped-def]
+    url = endpoint()
+    with httpx.Client(base_url=url, timeout=120) as mallory, session(url) as alice:
+        for _ in range(4):  # each replica in turn, as the issue's attacker did with the replica cookie
+            refused = mallory.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 12})
+            assert refused.status_code == 422 and "text encoder has 2 layers" in refused.text
+        for client in (mallory, alice, mallory, alice):
+            assert client.post("/sdapi/v1/txt2img", json=QUICK).status_code == 200
+
+
+def test_a_caller_gets_429_past_its_requests_in_flight_and_others_are_served(endpoint) -> None:  # type: ignore[no-untyped-def]
+    url = endpoint(config=ProxyConfig(hold_s=5.0, retries=1, upstream_timeout_s=120.0, max_in_flight_per_caller=1))
+    with session(url) as alice, session(url) as bob, generating(alice, SLOW):
+        refused = alice.post("/sdapi/v1/txt2img", json=QUICK)
+        assert refused.status_code == 429 and "retry-after" in refused.headers
+        assert "max-in-flight-per-caller" in refused.json()["error"]
+        assert bob.post("/sdapi/v1/txt2img", json=QUICK).status_code == 200
+        assert alice.get("/sdapi/v1/progress").status_code == 200, "progress polls are never counted"
+        alice.post("/sdapi/v1/interrupt")
+
+
+def test_a_client_that_hangs_up_frees_the_worker(endpoint) -> None:  # type: ignore[no-untyped-def]
+    url = endpoint()
+    with httpx.Client(base_url=url, timeout=60) as watcher:
+        named = {"id_task": "task(gone)"}
+        with httpx.Client(base_url=url, timeout=2) as client, contextlib.suppress(httpx.TimeoutException):
+            client.post("/sdapi/v1/txt2img", json={**SLOW, "force_task_id": "task(gone)"})  # gives up, hangs up
+        assert watcher.get("/sdapi/v1/progress", params=named).json()["state"]["sampling_step"] > 0, "it had begun"
+        left = time.monotonic()
+        wait_until(lambda: watcher.get("/sdapi/v1/progress", params=named).json()["state"]["job"] == "")
+        assert time.monotonic() - left < 5, "the job ended within a few steps of its client leaving"
+        assert watcher.post("/sdapi/v1/txt2img", json=QUICK).status_code == 200
+
+
+def test_the_gateways_insides_need_the_operators_token(endpoint) -> None:  # type: ignore[no-untyped-def]
+    url = endpoint(internal_token="s3cret")
+    assert httpx.get(f"{url}/gpuroam/health").json() == {"status": "ok"}, "liveness says nothing of backends"
+    refused = httpx.get(f"{url}/metrics")
+    assert refused.status_code == 401 and "Bearer" in refused.headers["www-authenticate"]
+    assert httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    operator = {"Authorization": "Bearer s3cret"}
+    report = httpx.get(f"{url}/gpuroam/health", headers=operator).json()
+    assert {b["replica"] for b in report["services"][0]["backends"]} == {"w0", "w1"}
+    assert "gpuroam_gateway" in httpx.get(f"{url}/metrics", headers=operator).text
