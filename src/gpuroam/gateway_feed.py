@@ -31,6 +31,9 @@ class FeedService(BaseModel):
     name: str
     port: int = Field(ge=0, le=65535)
     backends: list[FeedBackend] = Field(default_factory=list)
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, description="SHA-256 of each key -> its name; none: the endpoint is open"
+    )
 
 
 class GatewayFeed(BaseModel):

@@ -113,3 +113,13 @@ class Event:
     gpu: str | None = None
     replica: str | None = None
     id: int | None = None
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key a service's endpoint accepts: only its SHA-256 is kept (the key is shown once, when made)."""
+
+    service: str
+    name: str
+    sha256: str
+    created_at: float

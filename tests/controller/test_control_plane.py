@@ -6,6 +6,7 @@ on, recover back to the preferred GPU make-before-break, and a controller SIGKIL
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -236,3 +237,33 @@ def test_the_state_dir_is_its_owners_only(plane: ControlPlane) -> None:
     files = [path for path in plane.state_dir.iterdir() if path.is_file()]
     assert {"token", "server.json"} <= {path.name for path in files}
     assert {path.name: path.stat().st_mode & 0o777 for path in files} == {path.name: 0o600 for path in files}
+
+
+def test_keys_made_and_revoked_with_the_cli_take_effect_at_the_endpoint_within_seconds(
+    plane: ControlPlane, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from gpuroam.cli import app
+    from gpuroam.spec import load_spec, spec_to_dict
+
+    client = ControlPlaneClient(plane.url, plane.token)
+    client.post("/services", spec_to_dict(load_spec(fast_spec(tmp_path))))
+    wait_for(lambda: bool(ready(client)), 120, "a ready replica")
+    endpoint = client.get("/services/stable-diffusion")["endpoint"]
+    body = {"steps": 2, "width": 64, "height": 64}
+    assert httpx.post(f"{endpoint}/sdapi/v1/txt2img", json=body, timeout=60).status_code == 200, "open before any key"
+    cli = ["--server", plane.url, "--state", str(plane.state_dir)]
+    made = CliRunner().invoke(app, ["keys", "add", "stable-diffusion", "--name", "ci", *cli, "--json"])
+    assert made.exit_code == 0, made.output
+    key = json.loads(made.stdout)["key"]
+    wait_for(lambda: httpx.get(f"{endpoint}/sdapi/v1/progress").status_code == 401, 5, "the endpoint asks for a key")
+    with_key = {"Authorization": f"Bearer {key}"}
+    assert httpx.post(f"{endpoint}/sdapi/v1/txt2img", json=body, headers=with_key, timeout=60).status_code == 200
+    assert CliRunner().invoke(app, ["keys", "add", "stable-diffusion", "--name", "spare", *cli]).exit_code == 0
+    listed = CliRunner().invoke(app, ["keys", "list", "stable-diffusion", *cli])
+    assert "ci" in listed.stdout and "spare" in listed.stdout and key not in listed.stdout
+    assert CliRunner().invoke(app, ["keys", "revoke", "stable-diffusion", "ci", *cli]).exit_code == 0
+    revoked = time.monotonic()
+    wait_for(lambda: httpx.get(f"{endpoint}/sdapi/v1/progress", headers=with_key).status_code == 401, 5, "refused")
+    assert time.monotonic() - revoked < 2, "a revoked key is refused within seconds"

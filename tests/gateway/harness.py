@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,8 +192,8 @@ class Running:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
 
-    def set_backends(self, backends: Sequence[Backend]) -> None:
-        self.loops.run(self.gateway.apply([ServiceBackends("svc", self.port, tuple(backends))]))
+    def set_backends(self, backends: Sequence[Backend], api_keys: Mapping[str, str] | None = None) -> None:
+        self.loops.run(self.gateway.apply([ServiceBackends("svc", self.port, tuple(backends), api_keys or {})]))
 
     def report(self) -> dict:
         async def read() -> dict:

@@ -150,3 +150,42 @@ def test_the_gateways_insides_need_the_operators_token(endpoint) -> None:  # typ
     report = httpx.get(f"{url}/gpuroam/health", headers=operator).json()
     assert {b["replica"] for b in report["services"][0]["backends"]} == {"w0", "w1"}
     assert "gpuroam_gateway" in httpx.get(f"{url}/metrics", headers=operator).text
+
+
+def keys(*names: str) -> dict[str, str]:
+    """Keys named `names` as the control plane sends them: SHA-256 of the key -> name (the key is `secret-NAME`)."""
+    return {hashlib.sha256(f"secret-{name}".encode()).hexdigest(): name for name in names}
+
+
+def bearer(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer secret-{name}"}
+
+
+def test_with_keys_a_request_needs_one_and_two_keys_cannot_touch_each_others_jobs(live_worker, start_gateway) -> None:  # type: ignore[no-untyped-def]
+    with live_worker(max_batch=8, replica="w0") as worker:
+        config = ProxyConfig(hold_s=5.0, retries=1, upstream_timeout_s=120.0)
+        gw = start_gateway([Backend(replica="w0", url=worker, region="us-central1", gpu="cpu")], config=config)
+        gw.set_backends([Backend(replica="w0", url=worker, region="us-central1", gpu="cpu")], keys("alice", "bob"))
+        refused = httpx.post(f"{gw.url}/sdapi/v1/txt2img", json=QUICK, timeout=60)
+        assert refused.status_code == 401 and "Basic" in refused.headers["www-authenticate"], "a browser asks for it"
+        assert "gpuroam keys add svc" in refused.json()["error"]
+        assert httpx.get(f"{gw.url}/", headers=bearer("mallory")).status_code == 401, "a key it does not know"
+        basic = httpx.post(f"{gw.url}/sdapi/v1/txt2img", json=QUICK, auth=("anyone", "secret-bob"), timeout=60)
+        assert basic.status_code == 200, "A1111's basic-auth form: the key is the password"
+        with (
+            httpx.Client(base_url=gw.url, headers=bearer("alice"), timeout=120) as alice,
+            generating(alice, {**SLOW, "steps": 100, "force_task_id": "task(alice)"}) as result,
+        ):
+            named = {"id_task": "task(alice)"}
+            assert (
+                httpx.get(f"{gw.url}/sdapi/v1/progress", params=named, headers=bearer("bob")).json()["state"]["job"]
+                == ""
+            )
+            httpx.post(f"{gw.url}/sdapi/v1/interrupt", params=named, headers=bearer("bob"))
+            httpx.post(f"{gw.url}/sdapi/v1/interrupt", headers=bearer("bob"))
+            state = alice.get("/sdapi/v1/progress", params=named).json()["state"]
+            assert state["job"] == "task(alice)" and not state["interrupted"], "still running, untouched"
+            gw.set_backends([Backend(replica="w0", url=worker, region="us-central1", gpu="cpu")], keys("bob"))
+            assert alice.get("/sdapi/v1/progress").status_code == 401, "a revoked key is refused at once"
+            httpx.post(f"{gw.url}/sdapi/v1/interrupt", params=named, headers=bearer("bob"))
+        assert result["r"].status_code == 200, "a generation under way when its key was revoked still finishes"

@@ -2,7 +2,7 @@
 in the order `gpuroam --help` lists them."""
 
 # isort: skip_file
-from gpuroam.cli import processes, render, services, demo, net, sim  # noqa: F401
+from gpuroam.cli import processes, render, services, keys, demo, net, sim  # noqa: F401
 from gpuroam.cli.app import app
 
 __all__ = ["app"]

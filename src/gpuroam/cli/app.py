@@ -18,8 +18,13 @@ net_app = typer.Typer(
     help="Local regions as network namespaces: WAN delay by distance, partitions (Linux, root).",
     no_args_is_help=True,
 )
+keys_app = typer.Typer(
+    help="A service's API keys: once it has one, its endpoint serves only requests that bring a key.",
+    no_args_is_help=True,
+)
 app.add_typer(fail_app, name="fail")
 app.add_typer(net_app, name="net")
+app.add_typer(keys_app, name="keys")
 
 
 def _print_version(value: bool) -> None:

@@ -47,6 +47,11 @@ def up(
         from gpuroam.cli.console import service_table
 
         out.print(service_table(result))
+        if not call(client.get, f"/services/{parsed.name}/keys"):
+            console.print(
+                f"[yellow]warning:[/] {parsed.name}'s endpoint is open to anyone who finds its URL: "
+                f"`gpuroam keys add {parsed.name}` makes it ask for a key"
+            )
 
 
 def wait_listening(endpoint: str, timeout: float) -> None:

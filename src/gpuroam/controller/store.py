@@ -14,7 +14,6 @@ does if it raises.
 from __future__ import annotations
 
 import json
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -22,21 +21,20 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, inspect
+from sqlalchemy import inspect
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL, Connection, Engine, Row, create_engine, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.engine import URL, Connection, Engine, Row
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.schema import Column, MetaData, Table
 from sqlalchemy.sql import delete, func, or_, select, update
 from sqlalchemy.types import JSON, BigInteger, Boolean, Double, Integer, String, Text
 
 from gpuroam.autoscale import Scale
-from gpuroam.records import Block, Event, EventKind, Replica, ReplicaState, ServiceRecord
+from gpuroam.controller.database import READ_ONLY, StoreError, cannot_open, engine_for, parse_url
+from gpuroam.records import ApiKey, Block, Event, EventKind, Replica, ReplicaState, ServiceRecord
 
 __all__ = ["Operations", "Store", "StoreError", "Transaction"]
 
-SUPPORTED = "sqlite:///PATH/state.db or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
-_READ_ONLY = "gpuroam_read_only"  # execution option: a SQLite read takes no write lock
 _EVENTS_LOCK = 0x67707572  # PostgreSQL advisory lock key ("gpur") serialising event inserts
 _MUTABLE = frozenset(
     {"state", "ready_at", "url", "reason", "handle", "unready_since"}
@@ -88,6 +86,15 @@ blocks = Table(
     Column("reason", Text, nullable=False),
 )
 
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("service", String, primary_key=True),
+    Column("name", String, primary_key=True),
+    Column("sha256", String, nullable=False, unique=True),
+    Column("created_at", Double, nullable=False),
+)
+
 events = Table(
     "events",
     metadata,
@@ -101,10 +108,6 @@ events = Table(
     Column("gpu", String),
     Column("replica", String),
 )
-
-
-class StoreError(RuntimeError):
-    """A store that cannot be used, said with its URL (password masked) and how to fix it."""
 
 
 class Operations(ABC):
@@ -181,6 +184,7 @@ class Operations(ABC):
             if live:
                 raise ValueError(f"service {name!r} still has {live} live replica(s); drain them first")
             conn.execute(delete(services).where(services.c.name == name))
+            conn.execute(delete(api_keys).where(api_keys.c.service == name))  # a new service of that name starts open
 
     def pin_region(self, name: str, region: str, now: float) -> ServiceRecord:
         """`expand`: the service must keep a replica in `region`; bumps generation if new."""
@@ -302,6 +306,26 @@ class Operations(ABC):
         with self._write() as conn:
             conn.execute(delete(blocks).where(blocks.c.region == region, blocks.c.gpu == gpu))
 
+    # --- API keys ------------------------------------------------------------------------------
+
+    def add_api_key(self, key: ApiKey) -> bool:
+        """Keep a service's key (its hash); False when the service already has a key of that name."""
+        with self._write() as conn:
+            return self._insert_new(conn, api_keys, asdict(key))
+
+    def list_api_keys(self, service: str | None = None) -> list[ApiKey]:
+        query = select(api_keys).order_by(api_keys.c.service, api_keys.c.created_at)
+        if service is not None:
+            query = query.where(api_keys.c.service == service)
+        with self._read() as conn:
+            return [ApiKey(**row._asdict()) for row in conn.execute(query)]
+
+    def revoke_api_key(self, service: str, name: str) -> bool:
+        """Forget a key; False when there was none of that name."""
+        with self._write() as conn:
+            gone = conn.execute(delete(api_keys).where(api_keys.c.service == service, api_keys.c.name == name))
+            return bool(gone.rowcount)
+
     # --- events --------------------------------------------------------------------------------
 
     def add_event(self, event: Event) -> Event:
@@ -357,15 +381,15 @@ class Store(Operations):
     def open(cls, url: str | URL) -> Store:
         """Connect to sqlite:///PATH (parent directory created) or postgresql+psycopg://...,
         creating the tables if missing; StoreError says what is wrong and how to fix it."""
-        parsed = _parse(url)
+        parsed = parse_url(url)
         shown = parsed.render_as_string(hide_password=True)
-        engine = _sqlite_engine(parsed, shown) if parsed.get_backend_name() == "sqlite" else _postgresql_engine(parsed)
+        engine = engine_for(parsed, shown)
         try:
             metadata.create_all(engine)
             _add_missing_columns(engine)
         except SQLAlchemyError as error:
             engine.dispose()
-            raise StoreError(_cannot_open(parsed, shown, error)) from error
+            raise StoreError(cannot_open(parsed, shown, error)) from error
         return cls(engine)
 
     @classmethod
@@ -385,7 +409,7 @@ class Store(Operations):
     @contextmanager
     def _read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn:
-            yield conn.execution_options(**{_READ_ONLY: True})
+            yield conn.execution_options(**{READ_ONLY: True})
 
     def _write(self) -> AbstractContextManager[Connection]:
         return self.engine.begin()
@@ -418,75 +442,3 @@ def _service(row: Row[Any]) -> ServiceRecord:
 
 def _replica(row: Row[Any]) -> Replica:
     return Replica(**{**row._asdict(), "state": ReplicaState(row.state)})
-
-
-def _mask(url: str) -> str:
-    """Hide user and password of a URL too malformed for SQLAlchemy to parse (and so to mask)."""
-    return re.sub(r"^([^/@]*//)?.*@", r"\1***@", url)
-
-
-def _parse(url: str | URL) -> URL:
-    """The URL, with plain postgresql:// and postgres:// meaning the psycopg 3 driver we ship."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise StoreError(f"cannot parse the store URL {_mask(str(url))!r}; write it as {SUPPORTED}") from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg"):
-        shown = parsed.render_as_string(hide_password=True)
-        raise StoreError(f"unsupported store URL scheme {parsed.drivername!r} in {shown!r}; use {SUPPORTED}")
-    return parsed
-
-
-def _sqlite_engine(url: URL, shown: str) -> Engine:
-    if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
-        raise StoreError(
-            f"the store URL {shown!r} names no file, and an in-memory store loses everything on restart; "
-            "use sqlite:///PATH/state.db (four slashes for an absolute path)"
-        )
-    path = Path(url.database).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise StoreError(f"cannot create the directory of the SQLite store {shown!r}: {error}") from error
-    engine = create_engine(url.set(database=str(path)))
-    event.listen(engine, "connect", _sqlite_connect)
-    event.listen(engine, "begin", _sqlite_begin)
-    return engine
-
-
-def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
-    """WAL: readers never block the writer. synchronous=NORMAL in WAL mode loses nothing
-    committed when the process dies (only an OS crash may drop the last commits). sqlite3's own
-    BEGIN handling is off so that _sqlite_begin decides how each transaction starts."""
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=5000", "foreign_keys=ON"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    """Writes take the write lock up front (BEGIN IMMEDIATE), so a read-then-write transaction
-    waits its turn (busy_timeout) instead of failing with "database is locked" when it upgrades."""
-    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
-
-
-def _postgresql_engine(url: URL) -> Engine:
-    """Pre-ping so a restarted server costs a reconnect, not an error; fail in 10 s, not minutes."""
-    connect_args = {} if "connect_timeout" in url.query else {"connect_timeout": 10}
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-
-
-def _cannot_open(url: URL, shown: str, error: SQLAlchemyError) -> str:
-    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-    if url.password:
-        reason = reason.replace(str(url.password), "***")
-    if url.get_backend_name() == "sqlite":
-        return f"cannot open the SQLite store {shown!r}: {reason}; check that the path is a writable file"
-    return (
-        f"cannot use PostgreSQL at {shown!r}: {reason}. Check that the server is running and reachable "
-        "from here, that the user and password are right, and that the database exists "
-        "(createdb NAME); or leave --store out to use SQLite in the state directory"
-    )

@@ -44,6 +44,7 @@ def services_from_api(payload: object) -> list[ServiceBackends]:
             name=service.name,
             port=service.port,
             backends=tuple(Backend(b.replica, b.url, b.region, b.gpu, b.speed) for b in service.backends),
+            api_keys=service.api_keys,
         )
         for service in feed.services
     ]

@@ -1,6 +1,7 @@
 """Who a caller is, decided by the gateway alone and passed to the replica with each request.
 
-A client that keeps cookies gets a session of its own (`gpuroam_session`, a random token the gateway
+A service with API keys takes only callers that bring one (`Authorization: Bearer KEY`, or A1111's
+basic auth with the key as the password), and the key's name is the caller. Otherwise a client that keeps cookies gets a session of its own (`gpuroam_session`, a random token the gateway
 issues), so two such clients are told apart even behind one address. A client that keeps none is
 its address, as an A1111 Web UI has one user per machine: existing A1111 clients work unchanged.
 The address is the connecting one; X-Forwarded-For counts only when the connection comes from a
@@ -9,11 +10,13 @@ proxy the operator named as trusted. Whatever a client sends as X-Gpuroam-Identi
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gpuroam.gateway.wire import Request
@@ -58,12 +61,36 @@ class TrustedProxies:
         return any(ip in network for network in self.networks)
 
 
-def identify(request: Request, proxies: TrustedProxies = TrustedProxies(), secure: bool = False) -> Caller:
-    """The caller of `request`: its session if it sent one, else its address (and a session to keep)."""
+def identify(
+    request: Request,
+    proxies: TrustedProxies = TrustedProxies(),
+    keys: Mapping[str, str] | None = None,
+    secure: bool = False,
+) -> Caller | None:
+    """The caller of `request`: with `keys` (SHA-256 -> name), the key it brings, or None when it brings
+    none of them; else its session if it sent one, else its address (and a session to keep)."""
+    if keys:
+        key = presented_key(request)
+        name = keys.get(hashlib.sha256(key).hexdigest()) if key else None
+        return Caller("key:" + name) if name else None
     token = session_token(request)
     if token is not None:
         return Caller("session:" + hashlib.sha256(token).hexdigest()[:24])
     return Caller("address:" + client_address(request, proxies), new_session_cookie(secure))
+
+
+def presented_key(request: Request) -> bytes | None:
+    """The key in `Authorization: Bearer KEY`, or the password of basic auth (A1111 clients' form)."""
+    scheme, _, value = (request.header(b"authorization") or b"").strip().partition(b" ")
+    if scheme.lower() == b"bearer":
+        return value.strip() or None
+    if scheme.lower() == b"basic":
+        try:
+            user_password = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        return user_password.partition(b":")[2] or None
+    return None
 
 
 def session_token(request: Request) -> bytes | None:

@@ -40,6 +40,7 @@ from gpuroam.gateway.wire import (
 )
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+KEYED_HEADERS = frozenset({IDENTITY_HEADER, b"authorization"})
 Distance = Callable[[str, str], float]
 
 
@@ -84,6 +85,7 @@ class Route:
         self.demand = ServiceDemand()
         self.options = CallerOptions()
         self.in_flight = InFlight(config.max_in_flight_per_caller)
+        self.api_keys: dict[str, str] = {}  # SHA-256 -> name; none: the endpoint is open
         self._stamps: dict[str, bytes] = {}
         self._turn = 0  # breaks ties between equally loaded replicas round-robin
         self._in_flight: dict[UpstreamConnection, str] = {}  # -> the replica it talks to
@@ -132,7 +134,11 @@ class Route:
         )
 
     async def forward(self, client: ClientConnection, request: Request) -> None:
-        caller = identify(request, self.config.trusted_proxies)
+        caller = identify(request, self.config.trusted_proxies, self.api_keys)
+        if caller is None:
+            self.metrics.error(self.service, "no_api_key")
+            client.write(self._key_wanted(request))
+            return
         if request.path not in GENERATION_PATHS:  # progress polls and the like are cheap: never counted
             await self._forward(client, request, caller)
             return
@@ -149,7 +155,8 @@ class Route:
         started = self.loop.time()
         if request.path in GENERATION_PATHS:
             request.body = self.options.with_overrides(caller.id, request.body)
-        head = upstream_head(request, caller.header, frozenset({IDENTITY_HEADER}))
+        replaced = KEYED_HEADERS if self.api_keys else frozenset({IDENTITY_HEADER})  # the key stays here
+        head = upstream_head(request, caller.header, replaced)
         preference = self.affinity.preference(request, caller.id)
         client_region = _header_str(request, b"x-client-region") or self.config.region
         self.demand.arrived(client_region or "unknown", time.time())
@@ -341,6 +348,15 @@ class Route:
             self.options.checked(caller.id, answer)
             return answer
         return self.options.shown(caller.id, answer)
+
+    def _key_wanted(self, request: Request) -> bytes:
+        """401 with a basic-auth challenge, so a browser asks for the key (any user name, the key as password)."""
+        detail = (
+            f"{self.service} needs an API key: send Authorization: Bearer KEY (or basic auth with the key as the "
+            f"password); its owner makes one with `gpuroam keys add {self.service}`"
+        )
+        challenge = b'www-authenticate: Basic realm="%s", charset="UTF-8"\r\n' % self.service.encode()
+        return json_response(401, {"error": detail}, request.keep_alive, challenge)
 
     def _too_many(self, request: Request) -> bytes:
         limit = self.config.max_in_flight_per_caller

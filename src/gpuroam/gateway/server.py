@@ -19,7 +19,7 @@ import hmac
 import ipaddress
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gpuroam.catalog import Catalog
@@ -44,11 +44,12 @@ BEARER_CHALLENGE = b'www-authenticate: Bearer realm="gpuroam gateway"\r\n'
 
 @dataclass(frozen=True)
 class ServiceBackends:
-    """What one listener serves: a service, its port, and its ready replicas."""
+    """What one listener serves: a service, its port, its ready replicas, and its API keys (SHA-256 -> name)."""
 
     name: str
     port: int
     backends: tuple[Backend, ...] = field(default_factory=tuple)
+    api_keys: Mapping[str, str] = field(default_factory=dict)
 
 
 class Gateway:
@@ -98,6 +99,7 @@ class Gateway:
                 continue
             before = {b.replica for b in self.routes[name].backends.backends()}
             self.routes[name].update(service.backends)
+            self.routes[name].api_keys = dict(service.api_keys)
             if before != {b.replica for b in service.backends}:
                 log.info(
                     "backends changed",

@@ -11,11 +11,19 @@ from fastapi import Depends, FastAPI
 
 from gpuroam import __version__
 from gpuroam.api_errors import install_validation_handler
-from gpuroam.controller.api import chaos, events, gateway, metrics, regions, services
+from gpuroam.controller.api import chaos, events, gateway, keys, metrics, regions, services
 from gpuroam.controller.api.context import ApiContext, authorised
 from gpuroam.ui import mount_dashboard
 
-ROUTERS = (services.router, events.router, regions.router, chaos.router, gateway.router, metrics.router)
+ROUTERS = (
+    services.router,
+    keys.router,
+    events.router,
+    regions.router,
+    chaos.router,
+    gateway.router,
+    metrics.router,
+)
 
 
 def create_api(context: ApiContext) -> FastAPI:

@@ -17,11 +17,14 @@ router = APIRouter()
 
 @router.get("/api/v1/gateway")
 def gateway_feed(context: Context) -> GatewayFeed:
-    """What the gateway serves: per service its port and ready replicas."""
+    """What the gateway serves: per service its port, ready replicas and API keys (hashes)."""
     ready: dict[str, list[Replica]] = {}
     for replica in context.store.list_replicas(states=[ReplicaState.READY]):  # one read for every service
         if replica.url:
             ready.setdefault(replica.service, []).append(replica)
+    keys: dict[str, dict[str, str]] = {}
+    for key in context.store.list_api_keys():
+        keys.setdefault(key.service, {})[key.sha256] = key.name
     services = []
     for record in context.store.list_services():
         if record.gateway_port is None:
@@ -36,7 +39,11 @@ def gateway_feed(context: Context) -> GatewayFeed:
             )
             for r in ready.get(record.name, [])
         ]
-        services.append(FeedService(name=record.name, port=record.gateway_port, backends=backends))
+        services.append(
+            FeedService(
+                name=record.name, port=record.gateway_port, backends=backends, api_keys=keys.get(record.name, {})
+            )
+        )
     return GatewayFeed(services=services)
 
 

@@ -91,7 +91,7 @@ def cost_per_hour(catalog: Catalog, gpus_per_replica: int, replicas: Sequence[Re
     return sum(catalog.price(r.region, r.gpu) * gpus_per_replica for r in live)
 
 
-def _existing(context: ApiContext, name: str) -> ServiceRecord:
+def existing_service(context: ApiContext, name: str) -> ServiceRecord:
     record = context.store.get_service(name) if storable(name) else None
     if record is None:
         raise HTTPException(404, f"no service {name!r}; `gpuroam status` lists them")
@@ -113,7 +113,7 @@ def services(context: Context) -> list[ServiceOut]:
 
 @router.get("/api/v1/services/{name}")
 def service(name: str, context: Context) -> ServiceOut:
-    return service_view(context, _existing(context, name), time.time())
+    return service_view(context, existing_service(context, name), time.time())
 
 
 @router.post("/api/v1/services", status_code=201, responses={422: {"description": "the spec is not valid"}})
@@ -135,7 +135,7 @@ def up(body: dict[str, Any], context: Context) -> ServiceOut:
 
 @router.delete("/api/v1/services/{name}")
 def down(name: str, context: Context) -> DeletedOut:
-    _existing(context, name)
+    existing_service(context, name)
     context.store.mark_deleted(name, time.time())
     return DeletedOut(name=name, deleted=True)
 
@@ -143,7 +143,7 @@ def down(name: str, context: Context) -> DeletedOut:
 @router.post("/api/v1/services/{name}/expand")
 def expand(name: str, body: RegionRequest, context: Context) -> ServiceOut:
     """Pin one more region: placement keeps a replica there, behind the same endpoint."""
-    spec = parse_spec(_existing(context, name).spec)
+    spec = parse_spec(existing_service(context, name).spec)
     offered = context.provider.regions()
     if body.region not in offered:
         raise HTTPException(
@@ -164,7 +164,7 @@ def expand(name: str, body: RegionRequest, context: Context) -> ServiceOut:
 def shrink(name: str, body: RegionRequest, context: Context) -> ServiceOut:
     """Undo `expand`: the region is no longer kept and the footprint is one region smaller, so placement
     drains the worst region it no longer needs (this one, unless it ranks better), make before break."""
-    pinned = _existing(context, name).pinned_regions
+    pinned = existing_service(context, name).pinned_regions
     if body.region not in pinned:
         raise HTTPException(
             422,
