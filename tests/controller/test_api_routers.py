@@ -55,7 +55,8 @@ def test_the_gateway_feed_router_alone_lists_each_service_port(store: Store) -> 
     client = bare(gateway, store)
     store.put_service("sd", {"name": "sd"}, 1.0)
     store.assign_gateway_port("sd", 9200)
-    assert client.get("/api/v1/gateway").json() == {"services": [{"name": "sd", "port": 9200, "backends": []}]}
+    fed = {"name": "sd", "port": 9200, "backends": [], "api_keys": {}}  # no keys: an open endpoint
+    assert client.get("/api/v1/gateway").json() == {"services": [fed]}
 
 
 def test_the_chaos_router_alone_says_when_the_provider_has_no_chaos_controls(store: Store) -> None:
