@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from gpuroam.spec import (
     AppSpec,
+    EndpointSpec,
     LimitsSpec,
     PlacementSpec,
     RegionsSpec,
@@ -104,6 +105,14 @@ def test_limits_default_to_what_usual_a1111_use_needs_and_become_worker_flags() 
     assert 2048 * 2048 / 1e6 * 150 * 64 > limits.max_megapixel_steps, "an hour of a GPU does not"
     tight = parse_spec(edited(limits={"max_megapixel_steps": 50, "max_prompt_chars": 500})).limits
     assert tight.worker_args() == ("--max-megapixel-steps", "50", "--max-prompt-chars", "500")
+
+
+def test_the_endpoint_section_limits_each_caller_only_when_asked() -> None:
+    assert parse_spec(MINIMAL).endpoint == EndpointSpec(requests_per_minute=None, images_per_day=None, max_in_flight=64)
+    endpoint = parse_spec(edited(endpoint={"requests_per_minute": 30, "images_per_day": 500})).endpoint
+    assert (endpoint.requests_per_minute, endpoint.images_per_day) == (30, 500)
+    with pytest.raises(SpecError, match="endpoint.requests_per_minute"):
+        parse_spec(edited(endpoint={"requests_per_minute": 0}))
 
 
 def test_an_empty_section_means_its_defaults() -> None:

@@ -25,6 +25,14 @@ class FeedBackend(BaseModel):
         return url.rstrip("/")
 
 
+class FeedLimits(BaseModel):
+    """What each caller of a service may do (the spec's `endpoint:`); None: no limit."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    images_per_day: int | None = Field(default=None, ge=1)
+    max_in_flight: int | None = Field(default=None, ge=1, description="None: the gateway's --max-in-flight-per-caller")
+
+
 class FeedService(BaseModel):
     """A service, the gateway port that is its endpoint, and its ready replicas."""
 
@@ -34,6 +42,7 @@ class FeedService(BaseModel):
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="SHA-256 of each key -> its name; none: the endpoint is open"
     )
+    limits: FeedLimits = Field(default_factory=FeedLimits)
 
 
 class GatewayFeed(BaseModel):

@@ -237,6 +237,20 @@ class LimitsSpec(_Section):
         )
 
 
+class EndpointSpec(_Section):
+    """What each caller of the endpoint may do (a caller: its API key, else its session, else its address)."""
+
+    requests_per_minute: int | None = Field(
+        default=None, ge=1, description="an integer >= 1: generation requests per caller per minute (unset: no limit)"
+    )
+    images_per_day: int | None = Field(
+        default=None, ge=1, description="an integer >= 1: images per caller per UTC day (unset: no limit)"
+    )
+    max_in_flight: int = Field(
+        default=64, ge=1, description="an integer >= 1: generation requests one caller may have in flight at once"
+    )
+
+
 class ServiceSpec(_Section):
     """One service as the user wrote it; the controller stores it and placement reads it."""
 
@@ -250,6 +264,7 @@ class ServiceSpec(_Section):
         default=None, description="a mapping (may be empty: the defaults): follow demand between min and max"
     )
     limits: LimitsSpec = Field(default_factory=LimitsSpec, description="a mapping: what one request may ask")
+    endpoint: EndpointSpec = Field(default_factory=EndpointSpec, description="a mapping: what each caller may do")
 
     @model_validator(mode="before")
     @classmethod

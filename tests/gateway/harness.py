@@ -12,6 +12,7 @@ from typing import Any
 import httptools
 
 from gpuroam.gateway import Backend, Gateway, ServiceBackends
+from gpuroam.gateway.callers import CallerLimits
 
 
 @dataclass
@@ -192,8 +193,11 @@ class Running:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
 
-    def set_backends(self, backends: Sequence[Backend], api_keys: Mapping[str, str] | None = None) -> None:
-        self.loops.run(self.gateway.apply([ServiceBackends("svc", self.port, tuple(backends), api_keys or {})]))
+    def set_backends(
+        self, backends: Sequence[Backend], api_keys: Mapping[str, str] | None = None, limits: CallerLimits | None = None
+    ) -> None:
+        service = ServiceBackends("svc", self.port, tuple(backends), api_keys or {}, limits or CallerLimits())
+        self.loops.run(self.gateway.apply([service]))
 
     def report(self) -> dict:
         async def read() -> dict:

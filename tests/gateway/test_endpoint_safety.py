@@ -121,7 +121,7 @@ def test_a_caller_gets_429_past_its_requests_in_flight_and_others_are_served(end
     with session(url) as alice, session(url) as bob, generating(alice, SLOW):
         refused = alice.post("/sdapi/v1/txt2img", json=QUICK)
         assert refused.status_code == 429 and "retry-after" in refused.headers
-        assert "max-in-flight-per-caller" in refused.json()["error"]
+        assert "endpoint.max_in_flight" in refused.json()["error"]
         assert bob.post("/sdapi/v1/txt2img", json=QUICK).status_code == 200
         assert alice.get("/sdapi/v1/progress").status_code == 200, "progress polls are never counted"
         alice.post("/sdapi/v1/interrupt")

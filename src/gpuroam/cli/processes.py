@@ -72,7 +72,12 @@ MaxPromptCharsOption = Annotated[
 
 # Who a caller is and what it may do at the endpoint (gateway/identity.py, gateway/callers.py).
 MaxInFlightOption = Annotated[
-    int, typer.Option(min=0, help="Most generation requests one caller may have in flight (0: no limit); more get 429.")
+    int,
+    typer.Option(
+        min=0,
+        help="Most generation requests one caller may have in flight (0: no limit), unless the service's spec "
+        "says (endpoint.max_in_flight); more get 429.",
+    ),
 ]
 TrustedProxyOption = Annotated[
     list[str] | None,

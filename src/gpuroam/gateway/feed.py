@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from gpuroam.catalog import Catalog
+from gpuroam.gateway.callers import CallerLimits
 from gpuroam.gateway.routing import Backend
 from gpuroam.gateway.server import ServiceBackends
 from gpuroam.gateway_feed import GatewayFeed
@@ -45,6 +46,7 @@ def services_from_api(payload: object) -> list[ServiceBackends]:
             port=service.port,
             backends=tuple(Backend(b.replica, b.url, b.region, b.gpu, b.speed) for b in service.backends),
             api_keys=service.api_keys,
+            limits=CallerLimits(**service.limits.model_dump()),
         )
         for service in feed.services
     ]

@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 
 from gpuroam.gateway.affinity import GENERATION_PATHS, Affinity, Preference, cookie_replica, set_cookie
 from gpuroam.gateway.backends import BackendSet, HealthPolicy
-from gpuroam.gateway.callers import OPTIONS_PATH, CallerOptions, InFlight
+from gpuroam.gateway.callers import (
+    OPTIONS_PATH,
+    CallerLimits,
+    CallerOptions,
+    InFlight,
+    Rates,
+    Refusal,
+    requested_images,
+)
 from gpuroam.gateway.demand import ServiceDemand
 from gpuroam.gateway.downstream import ClientConnection
 from gpuroam.gateway.identity import IDENTITY_HEADER, Caller, TrustedProxies, identify
@@ -84,8 +92,10 @@ class Route:
         self.affinity = Affinity()
         self.demand = ServiceDemand()
         self.options = CallerOptions()
-        self.in_flight = InFlight(config.max_in_flight_per_caller)
+        self.in_flight = InFlight()
+        self.rates = Rates()
         self.api_keys: dict[str, str] = {}  # SHA-256 -> name; none: the endpoint is open
+        self.limits = CallerLimits()  # what each caller may do (the spec's endpoint:)
         self._stamps: dict[str, bytes] = {}
         self._turn = 0  # breaks ties between equally loaded replicas round-robin
         self._in_flight: dict[UpstreamConnection, str] = {}  # -> the replica it talks to
@@ -142,11 +152,17 @@ class Route:
         if request.path not in GENERATION_PATHS:  # progress polls and the like are cheap: never counted
             await self._forward(client, request, caller)
             return
-        if not self.in_flight.enter(caller.id):
+        limit = self.limits.max_in_flight or self.config.max_in_flight_per_caller
+        if not self.in_flight.enter(caller.id, limit):
             self.metrics.error(self.service, "caller_in_flight_limit")
-            client.write(self._too_many(request))
+            client.write(self._too_many(request, limit))
             return
         try:
+            refusal = self.rates.admit(caller.id, requested_images(request.body), self.limits, time.time())
+            if refusal is not None:
+                self.metrics.error(self.service, "caller_rate_limit")
+                client.write(self._over_rate(request, refusal))
+                return
             await self._forward(client, request, caller)
         finally:
             self.in_flight.leave(caller.id)
@@ -358,13 +374,19 @@ class Route:
         challenge = b'www-authenticate: Basic realm="%s", charset="UTF-8"\r\n' % self.service.encode()
         return json_response(401, {"error": detail}, request.keep_alive, challenge)
 
-    def _too_many(self, request: Request) -> bytes:
-        limit = self.config.max_in_flight_per_caller
+    def _too_many(self, request: Request, limit: int) -> bytes:
         detail = (
             f"this caller already has {limit} generation requests in flight at {self.service}; at most {limit} per "
-            "caller (the gateway's --max-in-flight-per-caller): wait for an answer before sending more"
+            "caller (endpoint.max_in_flight in the service spec): wait for an answer before sending more"
         )
         retry_after = b"retry-after: %d\r\n" % self.config.retry_after_s
+        return json_response(429, {"error": detail}, request.keep_alive, retry_after)
+
+    def _over_rate(self, request: Request, refusal: Refusal) -> bytes:
+        detail = (
+            f"{refusal.reason} at {self.service} (endpoint: in the service spec); retry in {refusal.retry_after_s} s"
+        )
+        retry_after = b"retry-after: %d\r\n" % refusal.retry_after_s
         return json_response(429, {"error": detail}, request.keep_alive, retry_after)
 
     def expire(self, now: float) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from gpuroam.catalog import Catalog
 from gpuroam.gateway.backends import HealthPolicy
+from gpuroam.gateway.callers import CallerLimits
 from gpuroam.gateway.downstream import ClientConnection
 from gpuroam.gateway.health import run_checks
 from gpuroam.gateway.metrics import GatewayMetrics
@@ -50,6 +51,7 @@ class ServiceBackends:
     port: int
     backends: tuple[Backend, ...] = field(default_factory=tuple)
     api_keys: Mapping[str, str] = field(default_factory=dict)
+    limits: CallerLimits = field(default_factory=CallerLimits)
 
 
 class Gateway:
@@ -100,6 +102,7 @@ class Gateway:
             before = {b.replica for b in self.routes[name].backends.backends()}
             self.routes[name].update(service.backends)
             self.routes[name].api_keys = dict(service.api_keys)
+            self.routes[name].limits = service.limits
             if before != {b.replica for b in service.backends}:
                 log.info(
                     "backends changed",

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from gpuroam.controller.api.context import Context
 from gpuroam.controller.signals import GatewayAddress, read_report
 from gpuroam.controller.store import Store
-from gpuroam.gateway_feed import FeedBackend, FeedService, GatewayFeed
+from gpuroam.gateway_feed import FeedBackend, FeedLimits, FeedService, GatewayFeed
 from gpuroam.records import Replica, ReplicaState
 
 router = APIRouter()
@@ -17,7 +17,7 @@ router = APIRouter()
 
 @router.get("/api/v1/gateway")
 def gateway_feed(context: Context) -> GatewayFeed:
-    """What the gateway serves: per service its port, ready replicas and API keys (hashes)."""
+    """What the gateway serves: per service its port, ready replicas, API keys (hashes) and per-caller limits."""
     ready: dict[str, list[Replica]] = {}
     for replica in context.store.list_replicas(states=[ReplicaState.READY]):  # one read for every service
         if replica.url:
@@ -41,7 +41,11 @@ def gateway_feed(context: Context) -> GatewayFeed:
         ]
         services.append(
             FeedService(
-                name=record.name, port=record.gateway_port, backends=backends, api_keys=keys.get(record.name, {})
+                name=record.name,
+                port=record.gateway_port,
+                backends=backends,
+                api_keys=keys.get(record.name, {}),
+                limits=FeedLimits.model_validate(record.spec.get("endpoint") or {}),
             )
         )
     return GatewayFeed(services=services)
