@@ -189,3 +189,23 @@ def test_with_keys_a_request_needs_one_and_two_keys_cannot_touch_each_others_job
             assert alice.get("/sdapi/v1/progress").status_code == 401, "a revoked key is refused at once"
             httpx.post(f"{gw.url}/sdapi/v1/interrupt", params=named, headers=bearer("bob"))
         assert result["r"].status_code == 200, "a generation under way when its key was revoked still finishes"
+
+
+def test_an_a1111_client_with_a_key_works_through_the_gateway_and_keeps_its_own_options(
+    live_worker, start_gateway
+) -> None:  # type: ignore[no-untyped-def]
+    import webuiapi
+
+    with live_worker(max_batch=8, replica="w0") as worker:
+        config = ProxyConfig(hold_s=5.0, retries=1, upstream_timeout_s=120.0)
+        gw = start_gateway([Backend(replica="w0", url=worker, region="us-central1", gpu="cpu")], config=config)
+        gw.set_backends([Backend(replica="w0", url=worker, region="us-central1", gpu="cpu")], keys("ci", "other"))
+        api = webuiapi.WebUIApi(host="127.0.0.1", port=gw.port, steps=2, username="ci", password="secret-ci")
+        result = api.txt2img(prompt="a lighthouse", seed=7, width=64, height=64, batch_size=2)
+        assert len(result.images) == 2 and result.info["all_seeds"] == [7, 8]
+        api.set_options({"CLIP_stop_at_last_layers": 2})
+        assert api.get_options()["CLIP_stop_at_last_layers"] == 2
+        assert api.txt2img(prompt="x", width=64, height=64).info["clip_skip"] == 2, "its options follow it"
+        other = webuiapi.WebUIApi(host="127.0.0.1", port=gw.port, steps=2, username="x", password="secret-other")
+        assert other.get_options()["CLIP_stop_at_last_layers"] == 1, "another key's options are its own"
+        assert api.get_progress()["state"]["job"] == ""
