@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from gpuroam.gateway import Backend, ProxyConfig
+from live_jobs import generating, wait_until
 
 SLOW = {"steps": 150, "width": 256, "height": 256, "sampler_name": "Euler a", "seed": 1}
 QUICK = {"steps": 2, "width": 64, "height": 64, "seed": 2}
@@ -46,25 +46,6 @@ def session(url: str) -> Iterator[httpx.Client]:
         client.get("/sdapi/v1/progress")
         assert "gpuroam_session" in client.cookies, "the gateway issues a session cookie"
         yield client
-
-
-@contextlib.contextmanager
-def generating(client: httpx.Client, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(r=client.post("/sdapi/v1/txt2img", json=body)))
-    thread.start()
-    wait_until(lambda: client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] > 0)
-    try:
-        yield result
-    finally:
-        thread.join(timeout=120)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_two_clients_with_cookies_cannot_interrupt_skip_or_watch_each_other(endpoint) -> None:  # type: ignore[no-untyped-def]

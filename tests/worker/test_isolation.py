@@ -8,13 +8,11 @@ tests/worker/test_batching.py covers.
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import httpx
+
+from live_jobs import generating, wait_until
 
 SLOW = {"steps": 150, "width": 256, "height": 256, "sampler_name": "Euler a", "seed": 1}
 
@@ -23,32 +21,13 @@ def as_caller(name: str) -> dict[str, str]:
     return {"x-gpuroam-identity": name}
 
 
-@contextmanager
-def generating(url: str, body: dict[str, Any], headers: dict[str, str]) -> Iterator[dict[str, Any]]:
-    """A generation in a thread, begun on the device when the block starts; its response in ["r"] after."""
-    result: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: result.update(r=httpx.post(f"{url}/sdapi/v1/txt2img", json=body, headers=headers, timeout=120))
-    )
-    thread.start()
-    wait_until(lambda: httpx.get(f"{url}/sdapi/v1/progress", headers=headers).json()["state"]["sampling_step"] > 0)
-    try:
-        yield result
-    finally:
-        thread.join(timeout=120)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_a_caller_cannot_interrupt_skip_or_watch_another_callers_job(live_worker) -> None:  # type: ignore[no-untyped-def]
     with live_worker(max_batch=8) as url:
         body = {**SLOW, "force_task_id": "task(alice)"}
-        with generating(url, body, as_caller("alice")) as result:
+        with (
+            httpx.Client(base_url=url, headers=as_caller("alice"), timeout=120) as alice,
+            generating(alice, body) as result,
+        ):
             bob = as_caller("bob")
             seen = httpx.get(f"{url}/sdapi/v1/progress", headers=bob).json()
             assert seen["state"]["job"] == "" and seen["progress"] == 0.0, "bob sees no job of alice's"

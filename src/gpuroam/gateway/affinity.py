@@ -82,14 +82,8 @@ def job_id(request: Request) -> str | None:
 
 
 def cookie_replica(request: Request) -> str | None:
-    header = request.header(b"cookie")
-    if not header or COOKIE not in header:
-        return None
-    for part in header.split(b";"):
-        name, _, value = part.strip().partition(b"=")
-        if name == COOKIE and value:
-            return value.decode("latin-1")
-    return None
+    value = request.cookie(COOKIE)
+    return value.decode("latin-1") if value else None
 
 
 def set_cookie(replica: str) -> bytes:

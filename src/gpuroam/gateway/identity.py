@@ -94,14 +94,8 @@ def presented_key(request: Request) -> bytes | None:
 
 
 def session_token(request: Request) -> bytes | None:
-    header = request.header(b"cookie")
-    if not header or SESSION_COOKIE not in header:
-        return None
-    for part in header.split(b";"):
-        name, _, value = part.strip().partition(b"=")
-        if name == SESSION_COOKIE and _TOKEN.fullmatch(value):
-            return value
-    return None
+    value = request.cookie(SESSION_COOKIE)
+    return value if value is not None and _TOKEN.fullmatch(value) else None
 
 
 def new_session_cookie(secure: bool) -> bytes:

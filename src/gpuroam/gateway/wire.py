@@ -81,6 +81,17 @@ class Request:
                 return value
         return None
 
+    def cookie(self, name: bytes) -> bytes | None:
+        """The value of cookie `name`, if the request sent one (and it is not empty)."""
+        header = self.header(b"cookie")
+        if not header or name not in header:
+            return None
+        for part in header.split(b";"):
+            key, _, value = part.strip().partition(b"=")
+            if key == name and value:
+                return value
+        return None
+
     def query_param(self, name: bytes) -> bytes | None:
         _, _, query = self.target.partition(b"?")
         prefix = name + b"="

@@ -1,0 +1,31 @@
+"""A generation kept running in the background while a test acts on it, through a worker or the gateway."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+
+@contextlib.contextmanager
+def generating(client: httpx.Client, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """POST txt2img in a thread; the block starts once it is on the device; its response in ["r"] after."""
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(r=client.post("/sdapi/v1/txt2img", json=body)))
+    thread.start()
+    wait_until(lambda: client.get("/sdapi/v1/progress").json()["state"]["sampling_step"] > 0)
+    try:
+        yield result
+    finally:
+        thread.join(timeout=120)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
