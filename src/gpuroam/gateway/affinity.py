@@ -11,10 +11,10 @@ served it last, while that replica is not saturated.
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from gpuroam.gateway.bounded import Bounded
 from gpuroam.gateway.wire import Request
 
 COOKIE = b"gpuroam_replica"
@@ -29,24 +29,10 @@ class Preference:
     strict: bool  # the request concerns a job on that replica: go there even when it is busy
 
 
-class _Bounded(OrderedDict[str, str]):
-    """A mapping that forgets its oldest entries past `limit` (memory stays bounded)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def put(self, key: str, value: str) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        if len(self) > self.limit:
-            self.popitem(last=False)
-
-
 class Affinity:
     def __init__(self, limit: int = 100_000) -> None:
-        self._jobs = _Bounded(limit)
-        self._clients = _Bounded(limit)
+        self._jobs = Bounded[str](limit)
+        self._clients = Bounded[str](limit)
 
     def preference(self, request: Request, caller: str) -> Preference | None:
         path = request.path

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+
+from gpuroam.gateway.bounded import Bounded
 
 OPTIONS_PATH = b"/sdapi/v1/options"
 
@@ -22,8 +23,7 @@ class CallerOptions:
     """Each caller's checked options; the callers seen longest ago are forgotten past `limit`."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        self.limit = limit
-        self._options: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._options: Bounded[dict[str, Any]] = Bounded(limit)
 
     def get(self, caller: str) -> dict[str, Any]:
         return self._options.get(caller, {})
@@ -35,10 +35,7 @@ class CallerOptions:
         except ValueError:
             return
         if isinstance(values, dict) and values:
-            self._options[caller] = {**self.get(caller), **values}
-            self._options.move_to_end(caller)
-            if len(self._options) > self.limit:
-                self._options.popitem(last=False)
+            self._options.put(caller, {**self.get(caller), **values})
 
     def with_overrides(self, caller: str, body: bytes) -> bytes:
         """A generation body with the caller's options as `override_settings` under the request's own."""
@@ -109,9 +106,8 @@ class Rates:
     seen longest ago are forgotten past `limit` (a forgotten caller starts afresh)."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        self.limit = limit
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller -> (tokens, at)
-        self._images: OrderedDict[str, tuple[int, int]] = OrderedDict()  # caller -> (day, images)
+        self._buckets: Bounded[tuple[float, float]] = Bounded(limit)  # caller -> (tokens, at)
+        self._images: Bounded[tuple[int, int]] = Bounded(limit)  # caller -> (day, images)
 
     def admit(self, caller: str, images: int, limits: CallerLimits, now: float) -> Refusal | None:
         """Count a generation of `images` images at `now` (Unix seconds), or say why it may not go."""
@@ -134,17 +130,10 @@ class Rates:
                     f"{images} more images would pass this caller's {limits.images_per_day} a day ({left} left today)"
                 )
                 return Refusal(reason, math.ceil((day + 1) * 86_400 - now))
-            _remember(self._images, caller, (day, made + images), self.limit)
+            self._images.put(caller, (day, made + images))
         if tokens is not None:
-            _remember(self._buckets, caller, (tokens - 1.0, now), self.limit)
+            self._buckets.put(caller, (tokens - 1.0, now))
         return None
-
-
-def _remember(entries: OrderedDict[str, Any], caller: str, value: Any, limit: int) -> None:
-    entries[caller] = value
-    entries.move_to_end(caller)
-    if len(entries) > limit:
-        entries.popitem(last=False)
 
 
 def requested_images(body: bytes) -> int:

@@ -158,7 +158,9 @@ class Route:
             client.write(self._too_many(request, limit))
             return
         try:
-            refusal = self.rates.admit(caller.id, requested_images(request.body), self.limits, time.time())
+            # Parsing an img2img body (megabytes of base64) only when images are counted at all.
+            images = requested_images(request.body) if self.limits.images_per_day is not None else 1
+            refusal = self.rates.admit(caller.id, images, self.limits, time.time())
             if refusal is not None:
                 self.metrics.error(self.service, "caller_rate_limit")
                 client.write(self._over_rate(request, refusal))
