@@ -34,9 +34,9 @@ def test_proxies_requests_and_stamps_where_they_were_served(loops: LoopThread, s
 
 
 def test_a_refused_connection_is_retried_on_a_replica_in_another_region(loops: LoopThread, start_gateway) -> None:
-    dead = FakeReplica(loops, name="dead").start()
-    dead.kill()
     alive = FakeReplica(loops, name="alive").start()
+    dead = FakeReplica(loops, name="dead").start()
+    dead.kill()  # after alive holds its port, so alive cannot be given the dead one's port
     gw = start_gateway([backend(dead, region="us-central1"), backend(alive, region="europe-west4")])
     with httpx.Client(headers={"X-Client-Region": "us-central1"}) as client:  # nearest first: the dead one
         for _ in range(6):
