@@ -33,6 +33,13 @@ class FeedLimits(BaseModel):
     max_in_flight: int | None = Field(default=None, ge=1, description="None: the gateway's --max-in-flight-per-caller")
 
 
+class FeedTls(BaseModel):
+    """HTTPS on the service's port: PEM files on the gateway's machine."""
+
+    certificate: str
+    key: str
+
+
 class FeedService(BaseModel):
     """A service, the gateway port that is its endpoint, and its ready replicas."""
 
@@ -42,7 +49,11 @@ class FeedService(BaseModel):
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="SHA-256 of each key -> its name; none: the endpoint is open"
     )
+    key_required: bool = Field(
+        default=False, description="the endpoint asks for a key even with none listed (its keys' source is empty)"
+    )
     limits: FeedLimits = Field(default_factory=FeedLimits)
+    tls: FeedTls | None = Field(default=None, description="none: plain HTTP")
 
 
 class GatewayFeed(BaseModel):

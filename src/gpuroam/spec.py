@@ -237,6 +237,30 @@ class LimitsSpec(_Section):
         )
 
 
+SECRET_PREFIX = "secret:"
+
+
+class TlsSpec(_Section):
+    """HTTPS on the endpoint: PEM files the gateway reads (relative paths: to the spec's folder). On GKE, where
+    Google's load balancer is the endpoint, `gcp_certificate` names a Compute Engine SSL certificate instead."""
+
+    certificate: str | None = Field(default=None, min_length=1, description="a PEM certificate (chain) file")
+    key: str | None = Field(default=None, min_length=1, description="the PEM private key file of that certificate")
+    gcp_certificate: str | None = Field(
+        default=None,
+        pattern=r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="a Compute Engine SSL certificate's name (`gcloud compute ssl-certificates create`), for GKE",
+    )
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSpec:
+        if (self.certificate is None) != (self.key is None):
+            raise ValueError("give both 'certificate' and 'key' (PEM files), or neither")
+        if self.certificate is None and self.gcp_certificate is None:
+            raise ValueError("give 'certificate' and 'key' (PEM files), or 'gcp_certificate' on GKE")
+        return self
+
+
 class EndpointSpec(_Section):
     """What each caller of the endpoint may do (a caller: its API key, else its session, else its address)."""
 
@@ -249,6 +273,25 @@ class EndpointSpec(_Section):
     max_in_flight: int = Field(
         default=64, ge=1, description="an integer >= 1: generation requests one caller may have in flight at once"
     )
+    api_keys: str | None = Field(
+        default=None,
+        min_length=1,
+        description="a keys file (one 'NAME: KEY' per line; relative to the spec's folder) or 'secret:NAME' (a "
+        "Kubernetes Secret, one key per entry): the endpoint then serves only callers with one of those keys",
+    )
+    tls: TlsSpec | None = Field(
+        default=None, description="a mapping: 'certificate' and 'key' (PEM files) for HTTPS on the endpoint"
+    )
+
+    def key_secret(self) -> str | None:
+        """The Secret's name when the keys come from one (`secret:NAME`), else None."""
+        if self.api_keys is not None and self.api_keys.startswith(SECRET_PREFIX):
+            return self.api_keys.removeprefix(SECRET_PREFIX)
+        return None
+
+    def key_file(self) -> str | None:
+        """The keys file's path when the keys come from a file, else None."""
+        return self.api_keys if self.api_keys is not None and self.key_secret() is None else None
 
 
 class ServiceSpec(_Section):
@@ -455,7 +498,22 @@ def load_spec(path: str | Path) -> ServiceSpec:
         raise SpecError(source, [f"invalid YAML: {problem}; check numbers, dates and !!tags"]) from None
     if data is None:
         raise SpecError(source, ["the file is empty; start from examples/stable-diffusion.yaml"])
-    return parse_spec(data, source)
+    return _files_from(parse_spec(data, source), Path(path).resolve().parent)
+
+
+def _files_from(spec: ServiceSpec, folder: Path) -> ServiceSpec:
+    """The files a spec names (keys, certificates), made absolute from the spec's own folder: whoever reads
+    them later (the control plane, the gateway) runs in another working directory."""
+
+    def absolute(name: str | None) -> str | None:
+        return None if name is None else str(folder / Path(name).expanduser())
+
+    endpoint = spec.endpoint
+    tls = endpoint.tls
+    if tls is not None:
+        tls = tls.model_copy(update={"certificate": absolute(tls.certificate), "key": absolute(tls.key)})
+    keys = absolute(endpoint.key_file()) or endpoint.api_keys
+    return spec.model_copy(update={"endpoint": endpoint.model_copy(update={"api_keys": keys, "tls": tls})})
 
 
 def spec_to_dict(spec: ServiceSpec) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 from fakes import FakeProvider
 from fastapi import FastAPI
@@ -56,3 +58,43 @@ def test_a_key_is_shown_once_kept_as_a_hash_listed_by_name_and_revoked(store: St
     assert client.delete("/api/v1/services/stable-diffusion/keys/ci?open_endpoint=true").status_code == 200
     (fed,) = client.get("/api/v1/gateway").json()["services"]
     assert fed["api_keys"] == {}, "no key: an open endpoint, as asked"
+
+
+def test_keys_from_the_specs_file_are_fed_listed_and_revoked_in_the_file(store: Store, tmp_path: Path) -> None:
+    client = api(store)
+    keys_file = tmp_path / "keys.txt"
+    spec = spec_to_dict(load_spec("examples/stable-diffusion.yaml"))
+    spec["endpoint"] = {"api_keys": str(keys_file)}
+    missing = client.post("/api/v1/services", json=spec)
+    assert missing.status_code == 422 and "not found" in missing.json()["detail"], "a typo shows at up"
+    keys_file.write_text("# nothing yet\n")
+    assert "holds no key" in client.post("/api/v1/services", json=spec).json()["detail"]
+    keys_file.write_text(f"alice: {'a' * 20}\n")
+    assert client.post("/api/v1/services", json=spec).status_code == 201
+    made = client.post("/api/v1/services/stable-diffusion/keys", json={"name": "ci"}).json()
+    assert client.post("/api/v1/services/stable-diffusion/keys", json={"name": "alice"}).status_code == 409
+    listed = client.get("/api/v1/services/stable-diffusion/keys").json()
+    assert [(k["name"], k["source"]) for k in listed] == [("ci", "gpuroam keys"), ("alice", str(keys_file))]
+    (fed,) = client.get("/api/v1/gateway").json()["services"]
+    assert fed["key_required"] is True
+    assert fed["api_keys"] == {
+        hashlib.sha256(made["key"].encode()).hexdigest(): "ci",
+        hashlib.sha256(b"a" * 20).hexdigest(): "alice",
+    }
+    refused = client.delete("/api/v1/services/stable-diffusion/keys/alice")
+    assert refused.status_code == 409 and str(keys_file) in refused.json()["detail"]
+    assert client.delete("/api/v1/services/stable-diffusion/keys/ci").status_code == 200, "the file still keys it"
+    keys_file.write_text("")  # every key removed from the file: the endpoint refuses everyone, never opens
+    os.utime(keys_file, ns=(1, 1))
+    (fed,) = client.get("/api/v1/gateway").json()["services"]
+    assert fed["key_required"] is True and fed["api_keys"] == {}
+
+
+def test_a_tls_pair_that_does_not_load_is_refused_at_up(store: Store, tmp_path: Path) -> None:
+    client = api(store)
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("not a key")
+    spec = spec_to_dict(load_spec("examples/stable-diffusion.yaml"))
+    spec["endpoint"] = {"tls": {"certificate": str(tmp_path / "cert.pem"), "key": str(tmp_path / "key.pem")}}
+    refused = client.post("/api/v1/services", json=spec)
+    assert refused.status_code == 422 and "must be PEM" in refused.json()["detail"]

@@ -56,7 +56,15 @@ def test_the_gateway_feed_router_alone_lists_each_service_port(store: Store) -> 
     store.put_service("sd", {"name": "sd"}, 1.0)
     store.assign_gateway_port("sd", 9200)
     no_limits = {"requests_per_minute": None, "images_per_day": None, "max_in_flight": None}
-    fed = {"name": "sd", "port": 9200, "backends": [], "api_keys": {}, "limits": no_limits}  # open, unlimited
+    fed = {
+        "name": "sd",
+        "port": 9200,
+        "backends": [],
+        "api_keys": {},
+        "key_required": False,
+        "limits": no_limits,
+        "tls": None,
+    }  # open, unlimited, plain HTTP
     assert client.get("/api/v1/gateway").json() == {"services": [fed]}
 
 

@@ -196,7 +196,9 @@ class Running:
     def set_backends(
         self, backends: Sequence[Backend], api_keys: Mapping[str, str] | None = None, limits: CallerLimits | None = None
     ) -> None:
-        service = ServiceBackends("svc", self.port, tuple(backends), api_keys or {}, limits or CallerLimits())
+        service = ServiceBackends(
+            "svc", self.port, tuple(backends), api_keys=api_keys or {}, limits=limits or CallerLimits()
+        )
         self.loops.run(self.gateway.apply([service]))
 
     def report(self) -> dict:

@@ -46,9 +46,11 @@ def list_keys(
     if not keys:
         console.print(f"{service} has no keys: its endpoint is open to anyone (`gpuroam keys add {service}`)")
         return
-    table = Table("name", "created", title=f"API keys of {service}")
+    table = Table("name", "created", "source", title=f"API keys of {service}")
     for key in keys:
-        table.add_row(key["name"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(key["created_at"])))
+        made = key.get("created_at")
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(made)) if made is not None else "-"
+        table.add_row(key["name"], created, key.get("source", ""))
     out.print(table)
 
 

@@ -210,6 +210,10 @@ def gateway(
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body accepted.")] = 50.0,
     max_in_flight_per_caller: MaxInFlightOption = 64,
     trusted_proxy: TrustedProxyOption = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="HTTPS with --backend: the PEM certificate (chain) file; with --tls-key.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="HTTPS with --backend: the certificate's PEM key file.")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """The global endpoint: proxy to healthy replicas, retry, hold while none is live.
@@ -237,10 +241,15 @@ def gateway(
             backends = tuple(parse_backend(text, catalog) for text in backend)
         except ValueError as error:
             raise typer.BadParameter(str(error), param_hint="--backend") from error
-        static = [ServiceBackends("default", port, backends)]
-        console.print(f"[bold]gpuroam gateway[/] on http://{host}:{port} in front of {len(backends)} replicas")
+        tls = _tls_files(tls_cert, tls_key)
+        static = [ServiceBackends("default", port, backends, tls=tls)]
+        scheme = "https" if tls else "http"
+        console.print(f"[bold]gpuroam gateway[/] on {scheme}://{host}:{port} in front of {len(backends)} replicas")
     elif controller:
         from gpuroam.statedir import DEFAULT_STATE_DIR, token_path
+
+        if tls_cert or tls_key:
+            die("with --controller, HTTPS is each service's: set endpoint.tls in its spec, not --tls-cert")
 
         token = token_file or token_path(state or DEFAULT_STATE_DIR)
         if not token.is_file():
@@ -389,3 +398,18 @@ def _provider_choice(
     if not regions.is_file():
         raise ValueError(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
     return local_provider(regions, state_dir, network_for_serve(network, regions, state_dir))
+
+
+def _tls_files(certificate: Path | None, key: Path | None) -> tuple[str, str] | None:
+    """The gateway's HTTPS files, checked now: a bad pair is an error here, not a port that never opens."""
+    if certificate is None and key is None:
+        return None
+    if certificate is None or key is None:
+        die("give both --tls-cert and --tls-key (PEM files), or neither")
+    from gpuroam.tls import TlsError, server_context
+
+    try:
+        server_context(str(certificate), str(key))
+    except TlsError as error:
+        die(str(error))
+    return str(certificate.resolve()), str(key.resolve())

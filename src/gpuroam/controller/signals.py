@@ -27,8 +27,8 @@ class GatewayAddress:
     base_port: int
     token: str | None = None  # the control-plane token: the gateway gives its report only with it
 
-    def endpoint(self, port: int) -> str:
-        return f"http://{self.host}:{port}"
+    def endpoint(self, port: int, tls: bool = False) -> str:
+        return f"{'https' if tls else 'http'}://{self.host}:{port}"
 
     def local_host(self) -> str:
         """The host to reach it from this machine (a wildcard bind is reached on loopback)."""
@@ -57,14 +57,16 @@ Signals = Callable[[], Mapping[str, ServiceSignals] | None]  # None: the data pl
 
 def read_report(store: Store, gateway: GatewayAddress) -> tuple[dict[str, Any] | None, str]:
     """The gateway's report, from a service's port (every port gives the same report); else None and why."""
-    ports = [s.gateway_port for s in store.list_services() if s.gateway_port is not None]
+    # Plain ports first: an HTTPS port's certificate names the public host, not this loopback address.
+    ports = sorted((serves_tls(s.spec), s.gateway_port) for s in store.list_services() if s.gateway_port is not None)
     if not ports:
         return None, "no service has a gateway port yet"
     problems = []
     headers = {"Authorization": f"Bearer {gateway.token}"} if gateway.token else {}
-    with httpx.Client(timeout=REPORT_TIMEOUT_S, trust_env=False, headers=headers) as http:  # loopback: no proxy
-        for port in ports[:2]:  # two tries at most: a gateway that is down costs two timeouts, not one per service
-            url = f"http://{gateway.local_host()}:{port}/gpuroam/health"
+    # Loopback: no proxy, and the certificate (issued for the public name) is not checked; the gateway is ours.
+    with httpx.Client(timeout=REPORT_TIMEOUT_S, trust_env=False, headers=headers, verify=False) as http:
+        for tls, port in ports[:2]:  # two tries at most: a gateway that is down costs two timeouts, not one each
+            url = f"{'https' if tls else 'http'}://{gateway.local_host()}:{port}/gpuroam/health"
             try:
                 response = http.get(url)
                 response.raise_for_status()
@@ -76,6 +78,11 @@ def read_report(store: Store, gateway: GatewayAddress) -> tuple[dict[str, Any] |
                 return {"source": url, **report}, ""
             problems.append(f"{url}: not a JSON object")
     return None, "the gateway does not answer: " + "; ".join(problems)
+
+
+def serves_tls(spec: Mapping[str, Any]) -> bool:
+    """Whether a stored spec's endpoint is HTTPS at the gateway (certificate files given)."""
+    return bool(((spec.get("endpoint") or {}).get("tls") or {}).get("certificate"))
 
 
 def signals_from_report(report: Mapping[str, Any]) -> dict[str, ServiceSignals]:

@@ -46,7 +46,9 @@ def services_from_api(payload: object) -> list[ServiceBackends]:
             port=service.port,
             backends=tuple(Backend(b.replica, b.url, b.region, b.gpu, b.speed) for b in service.backends),
             api_keys=service.api_keys,
+            key_required=service.key_required,
             limits=CallerLimits(**service.limits.model_dump()),
+            tls=(service.tls.certificate, service.tls.key) if service.tls else None,
         )
         for service in feed.services
     ]

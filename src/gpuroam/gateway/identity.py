@@ -67,9 +67,9 @@ def identify(
     keys: Mapping[str, str] | None = None,
     secure: bool = False,
 ) -> Caller | None:
-    """The caller of `request`: with `keys` (SHA-256 -> name), the key it brings, or None when it brings
-    none of them; else its session if it sent one, else its address (and a session to keep)."""
-    if keys:
+    """The caller of `request`: with `keys` (SHA-256 -> name; empty: none valid yet), the key it brings, or
+    None when it brings none of them; else its session if it sent one, else its address (and a session)."""
+    if keys is not None:
         key = presented_key(request)
         name = keys.get(hashlib.sha256(key).hexdigest()) if key else None
         return Caller("key:" + name) if name else None

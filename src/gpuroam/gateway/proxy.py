@@ -80,8 +80,10 @@ class Route:
         health: HealthPolicy = HealthPolicy(),
         policy: Policy = Policy(),
         distance_km: Distance | None = None,
+        secure: bool = False,
     ) -> None:
         self.service = service
+        self.secure = secure  # served over HTTPS: the cookies it sets are Secure
         self.loop = loop
         self.metrics = metrics
         self.config = config
@@ -94,7 +96,7 @@ class Route:
         self.options = CallerOptions()
         self.in_flight = InFlight()
         self.rates = Rates()
-        self.api_keys: dict[str, str] = {}  # SHA-256 -> name; none: the endpoint is open
+        self.api_keys: dict[str, str] | None = None  # SHA-256 -> name; None: the endpoint is open
         self.limits = CallerLimits()  # what each caller may do (the spec's endpoint:)
         self._stamps: dict[str, bytes] = {}
         self._turn = 0  # breaks ties between equally loaded replicas round-robin
@@ -144,7 +146,7 @@ class Route:
         )
 
     async def forward(self, client: ClientConnection, request: Request) -> None:
-        caller = identify(request, self.config.trusted_proxies, self.api_keys)
+        caller = identify(request, self.config.trusted_proxies, self.api_keys, self.secure)
         if caller is None:
             self.metrics.error(self.service, "no_api_key")
             client.write(self._key_wanted(request))
@@ -173,7 +175,7 @@ class Route:
         started = self.loop.time()
         if request.path in GENERATION_PATHS:
             request.body = self.options.with_overrides(caller.id, request.body)
-        replaced = KEYED_HEADERS if self.api_keys else frozenset({IDENTITY_HEADER})  # the key stays here
+        replaced = KEYED_HEADERS if self.api_keys is not None else frozenset({IDENTITY_HEADER})  # the key stays here
         head = upstream_head(request, caller.header, replaced)
         preference = self.affinity.preference(request, caller.id)
         client_region = _header_str(request, b"x-client-region") or self.config.region

@@ -31,6 +31,7 @@ from gpuroam.gateway.metrics import GatewayMetrics
 from gpuroam.gateway.proxy import ProxyConfig, Route
 from gpuroam.gateway.routing import Backend, Policy
 from gpuroam.gateway.wire import Limits, Request, json_response, text_response
+from gpuroam.tls import ServerTls, TlsError
 
 log = logging.getLogger("gpuroam.gateway")
 
@@ -52,6 +53,13 @@ class ServiceBackends:
     backends: tuple[Backend, ...] = field(default_factory=tuple)
     api_keys: Mapping[str, str] = field(default_factory=dict)
     limits: CallerLimits = field(default_factory=CallerLimits)
+    key_required: bool = False  # ask for a key even while none is listed (the service's source of keys is empty)
+    tls: tuple[str, str] | None = None  # HTTPS: (certificate, key) PEM files
+
+    @property
+    def keys(self) -> dict[str, str] | None:
+        """The keys a caller must bring one of; None: the endpoint is open."""
+        return dict(self.api_keys) if self.api_keys or self.key_required else None
 
 
 class Gateway:
@@ -78,6 +86,7 @@ class Gateway:
         self.metrics.watch_backends(self._backend_snapshot)
         self.routes: dict[str, Route] = {}
         self._ports: dict[str, int] = {}
+        self._tls: dict[str, ServerTls | None] = {}
         self._servers: dict[str, asyncio.Server] = {}
         self._clients: set[ClientConnection] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -94,14 +103,17 @@ class Gateway:
         """Make the listeners and backend sets match `services` (idempotent). A port that cannot
         be bound is logged and tried again on the next call, or raises OSError when `strict`."""
         wanted = {s.name: s for s in services}
-        for name in [n for n in self.routes if n not in wanted or wanted[n].port != self._ports[n]]:
+        moved = [n for n in self.routes if n not in wanted or (wanted[n].port, wanted[n].tls) != self._listening(n)]
+        for name in moved:
             await self._close_route(name)
         for name, service in wanted.items():
             if name not in self.routes and not await self._open_route(service, strict):
                 continue
+            if (tls := self._tls.get(name)) is not None:
+                tls.refresh()  # a certificate renewed in place
             before = {b.replica for b in self.routes[name].backends.backends()}
             self.routes[name].update(service.backends)
-            self.routes[name].api_keys = dict(service.api_keys)
+            self.routes[name].api_keys = service.keys
             self.routes[name].limits = service.limits
             if before != {b.replica for b in service.backends}:
                 log.info(
@@ -109,9 +121,23 @@ class Gateway:
                     extra={"service": name, "backends": [f"{b.replica}@{b.region}/{b.gpu}" for b in service.backends]},
                 )
 
+    def _listening(self, name: str) -> tuple[int, tuple[str, str] | None]:
+        tls = self._tls.get(name)
+        return self._ports[name], tls.files if tls else None
+
     async def _open_route(self, service: ServiceBackends, strict: bool) -> bool:
         loop = asyncio.get_running_loop()
-        route = Route(service.name, loop, self.metrics, self.config, self.health, self.policy, self._distance_km)
+        try:
+            tls = ServerTls(*service.tls) if service.tls else None
+        except TlsError as error:
+            if self._bind_errors.get(service.name) != service.port:
+                log.error("cannot serve HTTPS: retrying", extra={"service": service.name, "error": str(error)})
+            self._bind_errors[service.name] = service.port
+            return False
+        secure = tls is not None
+        route = Route(
+            service.name, loop, self.metrics, self.config, self.health, self.policy, self._distance_km, secure=secure
+        )
         handler = functools.partial(self._handle, route)
         try:
             self._servers[service.name] = await loop.create_server(
@@ -121,6 +147,8 @@ class Gateway:
                 reuse_address=True,
                 reuse_port=True,  # a new gateway binds beside this one before it hands over (see `drain`)
                 backlog=2048,
+                ssl=tls.context if tls else None,
+                ssl_handshake_timeout=self.limits.header_timeout_s if tls else None,
             )
         except OSError as error:
             if self._bind_errors.get(service.name) != service.port:
@@ -133,8 +161,9 @@ class Gateway:
                 raise
             return False
         self._bind_errors.pop(service.name, None)
-        self.routes[service.name], self._ports[service.name] = route, service.port
-        log.info("listening", extra={"service": service.name, "url": f"http://{self.host}:{service.port}"})
+        self.routes[service.name], self._ports[service.name], self._tls[service.name] = route, service.port, tls
+        scheme = "https" if secure else "http"
+        log.info("listening", extra={"service": service.name, "url": f"{scheme}://{self.host}:{service.port}"})
         return True
 
     async def drain(self, grace_s: float) -> None:
@@ -241,6 +270,7 @@ class Gateway:
         server.close()
         self.routes.pop(name).close()
         self._ports.pop(name)
+        self._tls.pop(name, None)
         log.info("stopped listening", extra={"service": name})
 
     @functools.lru_cache(maxsize=4096)  # noqa: B019 - the gateway lives as long as the process

@@ -9,6 +9,7 @@ from gpuroam.providers.base import (
     Provider,
     ProviderError,
     Regions,
+    SecretSource,
     SpecLookup,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "Provider",
     "ProviderError",
     "Regions",
+    "SecretSource",
     "SpecLookup",
 ]

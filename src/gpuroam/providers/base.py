@@ -110,3 +110,13 @@ class ChaosControls(Protocol):
     def recover(self, region: str | None = None, gpu: str | None = None) -> list[tuple[str, str]]:
         """Give back what was taken in `region` and/or of `gpu` (all when both are None): the pairs restored."""
         ...
+
+
+@runtime_checkable
+class SecretSource(Protocol):
+    """Secrets the provider's platform keeps (Kubernetes Secrets): where a spec's `endpoint.api_keys: secret:NAME`
+    is read from."""
+
+    def read_secret(self, name: str) -> dict[str, str]:
+        """The Secret's entries, decoded (entry name -> value). ProviderError when it cannot be read."""
+        ...

@@ -7,12 +7,13 @@ mounted alone on a bare app in a test.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
 from gpuroam.catalog import Catalog
+from gpuroam.controller.key_sources import KeySources
 from gpuroam.controller.signals import GatewayAddress
 from gpuroam.controller.store import Store
 from gpuroam.providers.base import Provider
@@ -25,6 +26,7 @@ class ApiContext:
     catalog: Catalog
     token: str
     gateway: GatewayAddress | None = None  # None: no local gateway (the provider's endpoint, or none)
+    key_sources: KeySources = field(default_factory=KeySources)  # the keys specs name (endpoint.api_keys)
 
 
 def api_context(request: Request) -> ApiContext:

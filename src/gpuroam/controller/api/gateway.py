@@ -9,15 +9,17 @@ from fastapi import APIRouter
 from gpuroam.controller.api.context import Context
 from gpuroam.controller.signals import GatewayAddress, read_report
 from gpuroam.controller.store import Store
-from gpuroam.gateway_feed import FeedBackend, FeedLimits, FeedService, GatewayFeed
+from gpuroam.gateway_feed import FeedBackend, FeedLimits, FeedService, FeedTls, GatewayFeed
 from gpuroam.records import Replica, ReplicaState
+from gpuroam.spec import EndpointSpec
 
 router = APIRouter()
 
 
 @router.get("/api/v1/gateway")
 def gateway_feed(context: Context) -> GatewayFeed:
-    """What the gateway serves: per service its port, ready replicas, API keys (hashes) and per-caller limits."""
+    """What the gateway serves: per service its port, ready replicas, API keys (hashes: the store's and its spec's
+    source's), per-caller limits and TLS files."""
     ready: dict[str, list[Replica]] = {}
     for replica in context.store.list_replicas(states=[ReplicaState.READY]):  # one read for every service
         if replica.url:
@@ -39,13 +41,18 @@ def gateway_feed(context: Context) -> GatewayFeed:
             )
             for r in ready.get(record.name, [])
         ]
+        endpoint = EndpointSpec.model_validate(record.spec.get("endpoint") or {})
+        sourced = context.key_sources.keys(endpoint, context.provider)
+        tls = endpoint.tls
         services.append(
             FeedService(
                 name=record.name,
                 port=record.gateway_port,
                 backends=backends,
-                api_keys=keys.get(record.name, {}),
-                limits=FeedLimits.model_validate(record.spec.get("endpoint") or {}),
+                api_keys={**keys.get(record.name, {}), **(sourced.hashes if sourced else {})},
+                key_required=sourced is not None,
+                limits=FeedLimits.model_validate(record.spec.get("endpoint") or {}),  # what the stored spec says
+                tls=FeedTls(certificate=tls.certificate, key=tls.key) if tls and tls.certificate and tls.key else None,
             )
         )
     return GatewayFeed(services=services)

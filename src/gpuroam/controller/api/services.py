@@ -13,9 +13,12 @@ from gpuroam.autoscale import Policy, Scale, initial
 from gpuroam.catalog import Catalog
 from gpuroam.controller.api.context import ApiContext, Context, check_filter, storable
 from gpuroam.controller.api.models import DeletedOut, ReplicaOut, ServiceOut, StatusOut
+from gpuroam.controller.key_sources import KeySourceError
+from gpuroam.controller.signals import serves_tls
 from gpuroam.controller.store import Store
 from gpuroam.records import Event, EventKind, Replica, ReplicaState, ServiceRecord
-from gpuroam.spec import SpecError, parse_spec, spec_to_dict
+from gpuroam.spec import ServiceSpec, SpecError, parse_spec, spec_to_dict
+from gpuroam.tls import TlsError, server_context
 
 router = APIRouter()
 
@@ -48,7 +51,7 @@ def service_view(context: ApiContext, record: ServiceRecord, now: float) -> Serv
     ]
     ready = [r for r in replicas if r.state is ReplicaState.READY]
     if context.gateway is not None and record.gateway_port is not None:
-        endpoint: str | None = context.gateway.endpoint(record.gateway_port)
+        endpoint: str | None = context.gateway.endpoint(record.gateway_port, serves_tls(record.spec))
     else:
         endpoint = context.provider.endpoint(record.name) or (ready[0].url if ready else None)
     scale = scale_of(context.store, record, now)
@@ -91,6 +94,19 @@ def cost_per_hour(catalog: Catalog, gpus_per_replica: int, replicas: Sequence[Re
     return sum(catalog.price(r.region, r.gpu) * gpus_per_replica for r in live)
 
 
+def check_endpoint_files(spec: ServiceSpec, context: ApiContext) -> None:
+    """The keys and certificate the spec names can be read now (422 if not): a typo shows at `up`, not as a
+    service that refuses everyone."""
+    tls = spec.endpoint.tls
+    try:
+        if spec.endpoint.api_keys is not None:
+            context.key_sources.check(spec.endpoint, context.provider)
+        if tls is not None and tls.certificate is not None and tls.key is not None:
+            server_context(tls.certificate, tls.key)
+    except (KeySourceError, TlsError) as error:
+        raise HTTPException(422, f"endpoint of {spec.name}: {error}") from None
+
+
 def existing_service(context: ApiContext, name: str) -> ServiceRecord:
     record = context.store.get_service(name) if storable(name) else None
     if record is None:
@@ -123,6 +139,7 @@ def up(body: dict[str, Any], context: Context) -> ServiceOut:
         spec = parse_spec(body, source="request body")
     except SpecError as error:
         raise HTTPException(422, str(error)) from error
+    check_endpoint_files(spec, context)
     store, now = context.store, time.time()
     record = store.put_service(spec.name, spec_to_dict(spec), now)
     if context.gateway is not None:

@@ -45,7 +45,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client import ApiClient
+from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 from gpuroam.catalog import Catalog, load_catalog
@@ -59,7 +59,7 @@ from gpuroam.providers.gke.manifests import (
     config_cluster_manifests,
     workload_cluster_manifests,
 )
-from gpuroam.providers.kubernetes.api import API_FAILURES, brief
+from gpuroam.providers.kubernetes.api import API_FAILURES, brief, read_secret
 from gpuroam.providers.kubernetes.manifests import DEFAULT_NAMESPACE, Manifest
 from gpuroam.providers.kubernetes.provider import KubernetesProvider
 from gpuroam.records import Replica
@@ -339,6 +339,24 @@ class GkeProvider:
             replicas.terminate(replica_id)
         with self._lock:
             self._replicas.pop(replica_id, None)
+
+    def read_secret(self, name: str) -> dict[str, str]:
+        """A Secret of the provider's namespace in the config cluster (where the endpoint's objects live)."""
+        with self._lock:
+            api = self._regions[self.config_region].api
+        if api is None:
+            raise ProviderError(f"the config cluster ({self.config_region}) is not ready yet; Secret {name} waits")
+        try:
+            found = read_secret(CoreV1Api(api), name, self.namespace, self.timeout)
+        except API_FAILURES as error:
+            raise ProviderError(f"cannot read Secret {name} from the config cluster: {brief(error)}") from None
+        if found is None:
+            raise ProviderError(
+                f"no Secret {name} in namespace {self.namespace} of the config cluster ({self.config_region}); "
+                f"create it, one entry per key: kubectl -n {self.namespace} create secret generic {name} "
+                "--from-literal=alice=KEY"
+            )
+        return found
 
     def endpoint(self, service: str) -> str | None:
         with self._lock:

@@ -3,10 +3,13 @@ how a failure reads in one line, and a raw response's JSON."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import Any
 
 import urllib3
+from kubernetes.client import CoreV1Api
 from kubernetes.client.exceptions import ApiException
 
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -42,3 +45,21 @@ def response_json(response: Any) -> dict[str, Any]:
         return body
     finally:
         response.release_conn()
+
+
+def read_secret(core: CoreV1Api, name: str, namespace: str, timeout_s: float) -> dict[str, str] | None:
+    """A Secret's entries, decoded from base64 (entry name -> text); None when there is no such Secret.
+    An entry that is not UTF-8 text is skipped: keys and names are text."""
+    try:
+        response = core.read_namespaced_secret(name, namespace, _preload_content=False, _request_timeout=timeout_s)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    entries: dict[str, str] = {}
+    for entry, encoded in (response_json(response).get("data") or {}).items():
+        try:
+            entries[entry] = base64.b64decode(encoded, validate=True).decode()
+        except (binascii.Error, ValueError):
+            continue
+    return entries

@@ -47,6 +47,7 @@ from gpuroam.providers.kubernetes.api import (
     APPLY_PATCH,
     FIELD_MANAGER,
     brief,
+    read_secret,
     response_json,
     unreachable,
 )
@@ -138,6 +139,24 @@ class KubernetesProvider:
         return cls(clusters, **options)
 
     # -- the Provider interface -------------------------------------------------------------------
+
+    def read_secret(self, name: str) -> dict[str, str]:
+        """A Secret of the provider's namespace, from the first cluster (in region order) that has it."""
+        failures = []
+        for region, cluster in sorted(self._clusters.items()):
+            try:
+                found = read_secret(cluster.core, name, self.namespace, self.timeout)
+            except API_FAILURES as error:
+                failures.append(f"{region}: {brief(error)}")
+                continue
+            if found is not None:
+                return found
+        if failures:
+            raise ProviderError(f"cannot read Secret {name} ({'; '.join(failures)})")
+        raise ProviderError(
+            f"no Secret {name} in namespace {self.namespace} of any cluster; create it, one entry per key: "
+            f"kubectl -n {self.namespace} create secret generic {name} --from-literal=alice=KEY"
+        )
 
     def regions(self) -> Regions:
         """Each mapped region with the GPU types the inventory (else the catalog) says it offers."""
