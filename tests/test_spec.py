@@ -115,6 +115,35 @@ def test_the_endpoint_section_limits_each_caller_only_when_asked() -> None:
         parse_spec(edited(endpoint={"requests_per_minute": 0}))
 
 
+def test_keys_and_certificate_files_are_found_from_the_specs_folder(tmp_path: Path) -> None:
+    (tmp_path / "sd.yaml").write_text(
+        yaml.safe_dump(
+            {**MINIMAL, "endpoint": {"api_keys": "keys.txt", "tls": {"certificate": "c.pem", "key": "k.pem"}}}
+        )
+    )
+    endpoint = load_spec(tmp_path / "sd.yaml").endpoint
+    assert endpoint.key_file() == str(tmp_path / "keys.txt") and endpoint.key_secret() is None
+    assert endpoint.tls is not None and (endpoint.tls.certificate, endpoint.tls.key) == (
+        str(tmp_path / "c.pem"),
+        str(tmp_path / "k.pem"),
+    )
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({**MINIMAL, "endpoint": {"api_keys": "secret:sd-keys"}}))
+    assert load_spec(tmp_path / "s.yaml").endpoint.key_secret() == "sd-keys", "a Secret's name is left as it is"
+
+
+@pytest.mark.parametrize(
+    ("tls", "says"),
+    [
+        ({"certificate": "c.pem"}, "give both 'certificate' and 'key'"),
+        ({}, "or 'gcp_certificate' on GKE"),
+        ({"gcp_certificate": "Not_A_Name"}, "endpoint.tls.gcp_certificate"),
+    ],
+)
+def test_a_half_given_tls_section_says_what_is_missing(tls: dict[str, str], says: str) -> None:
+    with pytest.raises(SpecError, match=says):
+        parse_spec(edited(endpoint={"tls": tls}))
+
+
 def test_an_empty_section_means_its_defaults() -> None:
     assert parse_spec(edited(regions=None, placement=None)) == parse_spec(MINIMAL)
 

@@ -48,7 +48,9 @@ from gpuroam.gateway.wire import (
 )
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
-KEYED_HEADERS = frozenset({IDENTITY_HEADER, b"authorization"})
+KEYED_HEADERS = frozenset({IDENTITY_HEADER, b"authorization"})  # a keyed endpoint's credentials stop here
+OPEN_HEADERS = frozenset({IDENTITY_HEADER})
+PROTO_HEADERS = frozenset({b"x-forwarded-proto"})  # the scheme the client used is the gateway's to say
 Distance = Callable[[str, str], float]
 
 
@@ -84,6 +86,7 @@ class Route:
     ) -> None:
         self.service = service
         self.secure = secure  # served over HTTPS: the cookies it sets are Secure
+        self._proto = b"x-forwarded-proto: https\r\n" if secure else b"x-forwarded-proto: http\r\n"
         self.loop = loop
         self.metrics = metrics
         self.config = config
@@ -175,8 +178,8 @@ class Route:
         started = self.loop.time()
         if request.path in GENERATION_PATHS:
             request.body = self.options.with_overrides(caller.id, request.body)
-        replaced = KEYED_HEADERS if self.api_keys is not None else frozenset({IDENTITY_HEADER})  # the key stays here
-        head = upstream_head(request, caller.header, replaced)
+        replaced = (KEYED_HEADERS if self.api_keys is not None else OPEN_HEADERS) | PROTO_HEADERS  # the key stays here
+        head = upstream_head(request, caller.header + self._proto, replaced)
         preference = self.affinity.preference(request, caller.id)
         client_region = _header_str(request, b"x-client-region") or self.config.region
         self.demand.arrived(client_region or "unknown", time.time())

@@ -104,6 +104,12 @@ _LISTENER = _object(
     hostname={"type": "string"},
     port=_PORT,
     protocol={"type": "string"},
+    tls=_object(
+        [],
+        mode={"enum": ["Terminate", "Passthrough"]},
+        certificateRefs={"type": "array"},
+        options={"type": "object", "additionalProperties": {"type": "string"}, "maxProperties": 16},
+    ),
     allowedRoutes=_object(
         [],
         namespaces=_object([], **{"from": {"enum": ["All", "Same", "Selector"]}}),

@@ -152,3 +152,27 @@ def test_cluster_and_membership_names_are_valid_for_every_catalog_region() -> No
         assert len(name) <= 40 and name[0].isalpha() and name[-1].isalnum()
     long = "northamerica-northeast1-and-then-some-more"
     assert len(gke.cluster_name(long)) <= 40 and gke.cluster_name(long) != gke.cluster_name(long + "x")
+
+
+@pytest.mark.parametrize("endpoint", gke.ENDPOINTS)
+def test_a_pre_shared_certificate_makes_the_load_balancer_terminate_https(endpoint: gke.Endpoint) -> None:
+    spec = parse_spec(
+        {
+            "name": "stable-diffusion",
+            "resources": {"gpus": ["nvidia-l4"]},
+            "endpoint": {"tls": {"gcp_certificate": "sd-example-com"}},
+        }
+    )
+    objects = by_kind(gke.config_cluster_manifests(spec, REGIONS, endpoint))
+    for doc in objects.values():
+        validate(doc)
+    if endpoint == "ingress":
+        notes = objects["MultiClusterIngress"]["metadata"]["annotations"]
+        assert notes["networking.gke.io/pre-shared-certs"] == "sd-example-com"
+    else:
+        (listener,) = objects["Gateway"]["spec"]["listeners"]
+        assert (listener["protocol"], listener["port"]) == ("HTTPS", 443), "HTTPS alone: keys never cross in clear"
+        assert listener["tls"] == {
+            "mode": "Terminate",
+            "options": {"networking.gke.io/pre-shared-certs": "sd-example-com"},
+        }

@@ -24,7 +24,7 @@ from google.cloud import container_v1, gkehub_v1
 from gpuroam.catalog import load_catalog
 from gpuroam.controller.reconciler import Reconciler
 from gpuroam.controller.store import Store
-from gpuroam.providers.base import CapacityError
+from gpuroam.providers.base import CapacityError, ProviderError
 from gpuroam.providers.gke.clusters import ClusterUnavailable, Fleet
 from gpuroam.providers.gke.credentials import BearerToken
 from gpuroam.providers.gke.provider import GkeProvider
@@ -426,3 +426,14 @@ def test_fake_api_reconciler_places_replicas_once_their_clusters_are_created(gcp
     assert sorted(mcs_regions(gcp)) == ["europe-west4", "us-central1"]
     provider.close()
     store.close()
+
+
+def test_fake_api_a_secret_is_read_from_the_config_cluster(gcp: Gcp, provider: GkeProvider) -> None:
+    with pytest.raises(ProviderError, match="not ready yet"):
+        provider.read_secret("sd-keys")
+    provider.ensure_clusters(["us-central1"], timeout_s=10)
+    provider.launch(replica("us-central1"), SPEC)
+    with pytest.raises(ProviderError, match="no Secret sd-keys in namespace gpuroam of the config cluster"):
+        provider.read_secret("sd-keys")
+    gcp.kube.add_secret("us-central1", "sd-keys", {"alice": "alice-key-0123456789abcdef"})
+    assert provider.read_secret("sd-keys") == {"alice": "alice-key-0123456789abcdef"}

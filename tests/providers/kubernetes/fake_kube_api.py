@@ -12,6 +12,7 @@ FailedScaleUp "GCE out of resources" event and stay pending, `lose_pods` deletes
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import secrets
@@ -35,6 +36,7 @@ _GROUPS = {
     "pods": "api/v1",
     "services": "api/v1",
     "events": "api/v1",
+    "secrets": "api/v1",
     "deployments": "apis/apps/v1",
 }
 _KINDS = {"namespaces": "Namespace", "deployments": "Deployment", "services": "Service"}
@@ -173,6 +175,13 @@ class FakeKubernetes:
                     "containerStatuses": [{"name": "app", "ready": False, "state": {"waiting": waiting}}],
                 }
 
+    def add_secret(self, region: str, name: str, entries: dict[str, str], ns: str = "gpuroam") -> None:
+        """A Secret as `kubectl create secret generic` makes it: each entry base64-encoded."""
+        data = {key: base64.b64encode(value.encode()).decode() for key, value in entries.items()}
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns}, "data": data}
+        with self.lock:
+            self._store(self.clusters[region], "secrets", secret)
+
     def _selected(self, region: str | None) -> list[FakeCluster]:
         return [c for name, c in self.clusters.items() if region in (None, name)]
 
@@ -306,6 +315,11 @@ class FakeKubernetes:
                 "metadata": {"resourceVersion": str(self._version)},
                 "items": sorted(items, key=lambda o: o["metadata"]["name"]),
             }
+        if method == "GET" and name is not None:
+            found = cluster.objects.get((res, ns, name))
+            if found is None:
+                return 404, _status(404, f'{res} "{name}" not found', reason="NotFound")
+            return 200, found
         if method == "DELETE" and name is None and res == "deployments":
             gone = [o for o in cluster.items(res, ns) if matches_labels(o, query.get("labelSelector", ""))]
             for obj in gone:

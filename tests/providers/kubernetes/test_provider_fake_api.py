@@ -263,3 +263,13 @@ def test_fake_api_from_kubeconfig_maps_contexts_to_regions(fake, tmp_path: Path)
     assert set(provider.regions()) == {"us-central1", "europe-west4"}
     provider.launch(replica("europe-west4"), SPEC)
     assert len(fake.calls("europe-west4")) == 3 and not fake.calls("us-central1")
+
+
+def test_fake_api_a_secret_is_read_from_the_first_cluster_that_has_it(fake, provider) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ProviderError, match="kubectl -n gpuroam create secret generic sd-keys"):
+        provider.read_secret("sd-keys")
+    fake.add_secret("europe-west4", "sd-keys", {"alice": "alice-key-0123456789abcdef"})
+    assert provider.read_secret("sd-keys") == {"alice": "alice-key-0123456789abcdef"}
+    fake.clusters["europe-west4"].down = True  # its API answers 503: not "no such Secret"
+    with pytest.raises(ProviderError, match="cannot read Secret sd-keys"):
+        provider.read_secret("sd-keys")

@@ -36,6 +36,7 @@ GATEWAY_CLASS = "gke-l7-global-external-managed-mc"  # global external Applicati
 MCS_API = "networking.gke.io/v1"  # MultiClusterService, MultiClusterIngress, HealthCheckPolicy, GCPBackendPolicy
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 MCS_GROUP = "net.gke.io"  # ServiceExport / ServiceImport
+PRE_SHARED_CERTS = "networking.gke.io/pre-shared-certs"  # names Compute Engine SSL certificates (MCI, Gateway)
 CLUSTER_NAME_MAX = 40  # GKE's limit on a cluster's name
 
 # The load balancer's health check, as gke.md gives it: HTTP on the readiness path every 5 s,
@@ -117,13 +118,20 @@ def multi_cluster_service(spec: ServiceSpec, regions: list[str], ns: str = DEFAU
     }
 
 
+def gcp_certificate(spec: ServiceSpec) -> str | None:
+    """The Compute Engine SSL certificate the load balancer terminates HTTPS with (`endpoint.tls.gcp_certificate`)."""
+    return spec.endpoint.tls.gcp_certificate if spec.endpoint.tls else None
+
+
 def multi_cluster_ingress(spec: ServiceSpec, ns: str = DEFAULT_NAMESPACE) -> Manifest:
-    """The global HTTP load balancer: every request to the MultiClusterService."""
+    """The global load balancer: every request to the MultiClusterService; HTTPS too with a pre-shared certificate."""
     backend = {"serviceName": dns_label(spec.name), "servicePort": SERVICE_PORT}
+    certificate = gcp_certificate(spec)
+    notes = {PRE_SHARED_CERTS: certificate} if certificate else {}
     return {
         "apiVersion": MCS_API,
         "kind": "MultiClusterIngress",
-        "metadata": _metadata(spec, ns),
+        "metadata": _metadata(spec, ns, **notes),
         "spec": {"template": {"spec": {"backend": backend}}},
     }
 
@@ -142,8 +150,13 @@ def _service_import_ref(spec: ServiceSpec) -> Manifest:
 
 
 def gateway(spec: ServiceSpec, ns: str = DEFAULT_NAMESPACE) -> Manifest:
-    """The global external Application Load Balancer, listening for HTTP on port 80."""
-    listener = {"name": PORT_NAME, "protocol": "HTTP", "port": 80, "allowedRoutes": {"kinds": [{"kind": "HTTPRoute"}]}}
+    """The global external Application Load Balancer: HTTP on port 80, or with `endpoint.tls.gcp_certificate`
+    HTTPS alone on 443 (keys must not cross the internet in clear), terminated with that certificate."""
+    routes = {"kinds": [{"kind": "HTTPRoute"}]}
+    listener: Manifest = {"name": PORT_NAME, "protocol": "HTTP", "port": 80, "allowedRoutes": routes}
+    if certificate := gcp_certificate(spec):
+        tls = {"mode": "Terminate", "options": {PRE_SHARED_CERTS: certificate}}
+        listener = {"name": "https", "protocol": "HTTPS", "port": 443, "tls": tls, "allowedRoutes": routes}
     return {
         "apiVersion": GATEWAY_API,
         "kind": "Gateway",

@@ -27,11 +27,14 @@ How it works, and the choices made:
   (level-triggered: a failed apply, say before the fleet feature has installed the CRDs, is retried). With the Gateway endpoint each serving cluster also gets
   the region-wide Service and its ServiceExport. The objects stay when a service has no replicas left,
   so its address is kept for when they return; nothing here deletes them.
-- endpoint(service) is `http://<IP>` from the MultiClusterIngress `status.VIP` or the Gateway's
+- endpoint(service) is `http://<IP>` (`https://` with `endpoint.tls.gcp_certificate`) from the MultiClusterIngress `status.VIP` or the Gateway's
   `status.addresses[0].value`, None until the load balancer has one (about 10 minutes); read at most
   every `endpoint_poll_s`, and kept once found.
 - A replica's URL is the kubernetes provider's in-cluster DNS name: the global load balancer, not
-  gpuroam's own gateway, is the way in from outside.
+  gpuroam's own gateway, is the way in from outside. So on GKE the endpoint does NOT enforce what
+  gpuroam's gateway does (API keys, per-caller limits and rates, isolation by identity, the operator-only
+  pages): the load balancer reaches the workers directly. Keys read here (`read_secret`) serve a gateway
+  that fronts the workers; putting gpuroam's gateway in each cluster, behind the load balancer, is not built.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from gpuroam.providers.gke.manifests import (
     check_endpoint,
     cluster_name,
     config_cluster_manifests,
+    gcp_certificate,
     workload_cluster_manifests,
 )
 from gpuroam.providers.kubernetes.api import API_FAILURES, brief, read_secret
@@ -361,7 +365,7 @@ class GkeProvider:
     def endpoint(self, service: str) -> str | None:
         with self._lock:
             if service in self._addresses:
-                return f"http://{self._addresses[service]}"
+                return self._url(service, self._addresses[service])
             now = self.clock()
             if now - self._address_checked.get(service, float("-inf")) < self.endpoint_poll_s:
                 return None
@@ -379,7 +383,13 @@ class GkeProvider:
             return None
         with self._lock:
             self._addresses[service] = address
-        return f"http://{address}"
+        return self._url(service, address)
+
+    def _url(self, service: str, address: str) -> str:
+        """https with a pre-shared certificate (the load balancer then terminates TLS; by IP the name will not
+        match it: clients use the certificate's DNS name, pointed at this address)."""
+        spec = self._spec(service)
+        return f"{'https' if spec is not None and gcp_certificate(spec) else 'http'}://{address}"
 
     # -- the global endpoint -------------------------------------------------------------------------------
 
