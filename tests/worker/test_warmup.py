@@ -28,6 +28,8 @@ from gpuroam.worker.prebuild import use_artefact
 from gpuroam.worker.warmup import (
     COMPILING_SWITCH_INTERVAL,
     EAGER_SPEED_SHARE,
+    MAX_LEARNED_PER_CALLER,
+    MAX_LEARNED_SIZES,
     WORTH_COMPILING,
     GraphShape,
     Need,
@@ -76,6 +78,24 @@ def test_a_size_is_learned_once_it_is_asked_for_again() -> None:
     assert answers == [False] * (WORTH_COMPILING - 1) + [True]
     warmup.learned((832, 1216, 1))
     assert not warmup.requested((832, 1216, 1))
+
+
+def learn(warmup: Warmup, size: int, *callers: str) -> bool:
+    """Ask for a size as often as it takes to be worth learning; learn it if it is."""
+    group = (size, size, 1)
+    worth = [warmup.requested(group, callers) for _ in range(WORTH_COMPILING)][-1]
+    if worth:
+        warmup.learned(group, callers)
+    return worth
+
+
+def test_one_caller_of_the_endpoint_cannot_take_every_learned_size() -> None:
+    warmup = Warmup()
+    hostile = [learn(warmup, 64 + 8 * n, "address:203.0.113.9") for n in range(MAX_LEARNED_SIZES)]
+    assert hostile == [True] * MAX_LEARNED_PER_CALLER + [False] * (MAX_LEARNED_SIZES - MAX_LEARNED_PER_CALLER)
+    assert learn(warmup, 1000, "key:alice"), "another caller still gets its sizes compiled"
+    assert learn(warmup, 1008, "address:203.0.113.9", "key:bob"), "a size others ask for too is charged to them"
+    assert all(learn(warmup, 2000 + 8 * n, "") for n in range(3)), "the worker's own port is one local user"
 
 
 def test_the_compile_thread_builds_in_the_background_and_says_when_all_is_built() -> None:

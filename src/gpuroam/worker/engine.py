@@ -114,8 +114,8 @@ class Engine:
         shape = GraphShape(key.width, key.height, self.acceleration.bucket(wanted), key.clip_skip)
         if self.warmup.ready(shape):
             images = self._generate(tasks + [tasks[-1]] * (shape.batch - wanted), wanted, on_step)
-        elif self.warmup.requested(shape.group):
-            self.warmup.learned(shape.group)
+        elif self.warmup.requested(shape.group, callers := {task.job.owner for task in tasks}):
+            self.warmup.learned(shape.group, callers)
             recorded: list[Recorded] = []
             images = self._generate(tasks, wanted, on_step, record=recorded)
             self._plan(tasks, recorded, first=False)

@@ -34,6 +34,9 @@ log = logging.getLogger("gpuroam.worker.warmup")
 EAGER_SPEED_SHARE = 0.4
 WORTH_COMPILING = 2  # requests at a size not in the plan before its graphs are built
 MAX_LEARNED_SIZES = 16  # sizes added to the plan from requests; each holds its graphs' memory
+# Sizes one caller of the endpoint can have learned: a caller sending many odd sizes cannot take every slot
+# (and the compile time) from the others. The worker's own port ("" caller, one local user) is not limited.
+MAX_LEARNED_PER_CALLER = 4
 COMPILING_SWITCH_INTERVAL = 1e-4  # seconds; 5.3x-9.9x slower ops at 0.05-0.2 ms against 170x at 5 ms
 
 
@@ -76,6 +79,7 @@ class Warmup:
         self._planned: dict[GraphShape, _Planned] = {}
         self._requests: Counter[tuple[int, int, int]] = Counter()  # batches run, by shape group
         self._learned: set[tuple[int, int, int]] = set()
+        self._learned_for: Counter[str] = Counter()  # caller -> sizes learned on its requests
         self._order = itertools.count()
         self._lock = threading.Lock()
         self._stopping = False
@@ -97,8 +101,9 @@ class Warmup:
     def planned_sizes(self) -> list[tuple[int, int]]:
         return list(dict.fromkeys(shape.size for shape in self._planned))
 
-    def requested(self, group: tuple[int, int, int]) -> bool:
-        """Count a batch of a shape group; True when the group is not planned and is now worth learning."""
+    def requested(self, group: tuple[int, int, int], callers: Iterable[str] = ("",)) -> bool:
+        """Count a batch of a shape group asked for by `callers`; True when the group is not planned and is now
+        worth learning: asked for often enough, a slot free, and one of its callers still under its share."""
         with self._lock:
             self._requests[group] += 1
             planned = any(shape.group == group for shape in self._planned)
@@ -107,10 +112,25 @@ class Warmup:
                 and group not in self._learned
                 and self._requests[group] >= WORTH_COMPILING
                 and len(self._learned) < MAX_LEARNED_SIZES
+                and self._charged(callers) is not None
             )
 
-    def learned(self, group: tuple[int, int, int]) -> None:
-        self._learned.add(group)
+    def learned(self, group: tuple[int, int, int], callers: Iterable[str] = ("",)) -> None:
+        """`group` is planned on the requests of `callers`: one of them (the one with the fewest) is charged."""
+        with self._lock:
+            self._learned.add(group)
+            caller = self._charged(callers)
+            if caller:
+                self._learned_for[caller] += 1
+
+    def _charged(self, callers: Iterable[str]) -> str | None:
+        """The caller a new size would be charged to: "" (the worker's own port) if among them, else the one
+        with the fewest sizes learned while under its share; None when every one has used its share."""
+        names = set(callers)
+        if "" in names:
+            return ""
+        fewest = min(names, key=lambda name: self._learned_for[name], default=None)
+        return fewest if fewest is not None and self._learned_for[fewest] < MAX_LEARNED_PER_CALLER else None
 
     def ready(self, shape: GraphShape) -> bool:
         """Every call of a batch of this shape replays a graph (compiled, or the eager module captured)."""
