@@ -13,12 +13,13 @@ import reprlib
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn, get_args
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
+
+from gpuroam.yaml_text import YamlError, parse_yaml
 
 _NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 _GPU = re.compile(r"[a-z0-9-]+")
@@ -446,30 +447,6 @@ def parse_spec(data: object, source: str = "<spec>") -> ServiceSpec:
         raise SpecError(source, [_problem(error) for error in exc.errors()]) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys silently; a spec with a key twice is a mistake. And
-    a `!!set` has no order, where a spec's lists are orders of preference (GPU types): refused."""
-
-    def construct_set(self, node: yaml.MappingNode) -> NoReturn:
-        raise yaml.constructor.ConstructorError(
-            None, None, "a !!set has no order; write a list such as [nvidia-l4, nvidia-tesla-t4]", node.start_mark
-        )
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key, _ in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
-                if key.value in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"key {key.value!r} appears twice in one mapping; keep one", key.start_mark
-                    )
-                seen.add(key.value)
-        return super().construct_mapping(node, deep)
-
-
-_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:set", _UniqueKeyLoader.construct_set)
-
-
 def load_spec(path: str | Path) -> ServiceSpec:
     """Read a YAML spec file; every way it can fail is a SpecError that says what to do."""
     source = str(path)
@@ -480,22 +457,9 @@ def load_spec(path: str | Path) -> ServiceSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(source, [f"cannot read it ({exc}); pass a readable UTF-8 YAML file"]) from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        fix = "fix it there (indent with spaces, one 'key: value' per line)"
-        raise SpecError(source, [f"invalid YAML{where}: {problem}; {fix}"]) from None
-    except RecursionError:  # PyYAML composes and constructs nested collections recursively
-        raise SpecError(
-            source, ["invalid YAML: lists or mappings nested too deeply; a spec is a few levels deep"]
-        ) from None
-    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors fail in many ways on odd values
-        # int() of a number past Python's 4300 digits, a date such as 2020-13-45 (ValueError), and explicit
-        # tags on values they cannot take: `!!timestamp x` (AttributeError), `!!int ""` (IndexError).
-        problem = f"a value it cannot read ({type(exc).__name__}: {exc})"
-        raise SpecError(source, [f"invalid YAML: {problem}; check numbers, dates and !!tags"]) from None
+        data = parse_yaml(text)
+    except YamlError as exc:
+        raise SpecError(source, [str(exc)]) from None
     if data is None:
         raise SpecError(source, ["the file is empty; start from examples/stable-diffusion.yaml"])
     return _files_from(parse_spec(data, source), Path(path).resolve().parent)

@@ -18,10 +18,11 @@ def server_context(certificate: str, key: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])  # the gateway speaks HTTP/1.1
+    for path in (certificate, key):
+        if not os.path.isfile(path):
+            raise TlsError(f"TLS file {path} not found; give the PEM certificate and key files")
     try:
         context.load_cert_chain(certificate, key)
-    except FileNotFoundError as error:
-        raise TlsError(f"TLS file {error.filename} not found; give the PEM certificate and key files") from None
     except ssl.SSLError as error:
         raise TlsError(
             f"cannot use certificate {certificate} with key {key} ({error.reason or error}): both must be PEM, "

@@ -15,6 +15,9 @@ from gpuroam.cli.common import StateOption, console, die
 from gpuroam.cli.net import network_for_serve
 
 if TYPE_CHECKING:
+    from gpuroam.catalog import Catalog
+    from gpuroam.gateway import ServiceBackends
+    from gpuroam.gateway.identity import TrustedProxies
     from gpuroam.providers.factories import ProviderChoice
     from gpuroam.worker.config import WorkerConfig
 
@@ -221,8 +224,7 @@ def gateway(
     Its /gpuroam/health report and /metrics answer only the control-plane token (--token-file), or
     callers on this machine when the gateway has no token."""
     from gpuroam.catalog import load_catalog
-    from gpuroam.gateway import Gateway, Limits, ProxyConfig, ServiceBackends, parse_backend, run_gateway
-    from gpuroam.gateway.identity import TrustedProxies
+    from gpuroam.gateway import Gateway, Limits, ProxyConfig, run_gateway
     from gpuroam.logs import configure_logging
 
     configure_logging(log_level)
@@ -231,26 +233,17 @@ def gateway(
         die("give either --backend URL (repeatable) or --controller URL, not both or neither")
     static: list[ServiceBackends] = []
     follow: tuple[str, str] | None = None
-    try:
-        proxies = TrustedProxies.parse(trusted_proxy or [])
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--trusted-proxy") from error
+    proxies = _trusted_proxies(trusted_proxy)
     internal_token = _operator_token(token_file) if backend else None
     if backend:
-        try:
-            backends = tuple(parse_backend(text, catalog) for text in backend)
-        except ValueError as error:
-            raise typer.BadParameter(str(error), param_hint="--backend") from error
-        tls = _tls_files(tls_cert, tls_key)
-        static = [ServiceBackends("default", port, backends, tls=tls)]
-        scheme = "https" if tls else "http"
-        console.print(f"[bold]gpuroam gateway[/] on {scheme}://{host}:{port} in front of {len(backends)} replicas")
+        static = [_static_service(backend, port, _tls_files(tls_cert, tls_key), catalog)]
+        scheme = "https" if static[0].tls else "http"
+        console.print(f"[bold]gpuroam gateway[/] on {scheme}://{host}:{port} in front of {len(backend)} replicas")
     elif controller:
         from gpuroam.statedir import DEFAULT_STATE_DIR, token_path
 
         if tls_cert or tls_key:
             die("with --controller, HTTPS is each service's: set endpoint.tls in its spec, not --tls-cert")
-
         token = token_file or token_path(state or DEFAULT_STATE_DIR)
         if not token.is_file():
             die(f"no control-plane token at {token}; pass --token-file or --state")
@@ -398,6 +391,26 @@ def _provider_choice(
     if not regions.is_file():
         raise ValueError(f"no local regions file at {regions}; pass --regions FILE (see examples/local-regions.yaml)")
     return local_provider(regions, state_dir, network_for_serve(network, regions, state_dir))
+
+
+def _trusted_proxies(blocks: list[str] | None) -> TrustedProxies:
+    from gpuroam.gateway.identity import TrustedProxies
+
+    try:
+        return TrustedProxies.parse(blocks or [])
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--trusted-proxy") from error
+
+
+def _static_service(backend: list[str], port: int, tls: tuple[str, str] | None, catalog: Catalog) -> ServiceBackends:
+    """The one service a gateway with --backend flags serves."""
+    from gpuroam.gateway import ServiceBackends, parse_backend
+
+    try:
+        backends = tuple(parse_backend(text, catalog) for text in backend)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--backend") from error
+    return ServiceBackends("default", port, backends, tls=tls)
 
 
 def _tls_files(certificate: Path | None, key: Path | None) -> tuple[str, str] | None:
