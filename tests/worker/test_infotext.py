@@ -20,7 +20,7 @@ def test_infotext_reads_like_a1111() -> None:
     assert lines[0] == "a cat"
     assert lines[1] == "Negative prompt: blurry"
     assert lines[2].startswith(
-        "Steps: 20, Sampler: DPM++ 2M, Schedule type: karras, CFG scale: 7, Seed: 42, Size: 512x768, "
+        "Steps: 20, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 512x768, "
         "Model hash: abc, Model: tiny, Batch size: 2, Batch pos: 1"
     )
     assert "Variation seed" not in text

@@ -29,7 +29,7 @@ from gpuroam.worker.invariance import make_batch_invariant, use_batch_invariant_
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.noise import overlapped_noise_copies
-from gpuroam.worker.samplers import make_scheduler, resolve
+from gpuroam.worker.samplers import make_scheduler, resolve, training_sigmas
 from gpuroam.worker.warmup import GraphShape, Need, Warmup
 
 log = logging.getLogger("gpuroam.worker.engine")
@@ -79,6 +79,7 @@ class Engine:
         self._txt2img = AutoPipelineForText2Image.from_pipe(model.pipeline)  # type: ignore[no-untyped-call]  # unannotated in diffusers
         self._img2img = AutoPipelineForImage2Image.from_pipe(model.pipeline)  # type: ignore[no-untyped-call]  # unannotated in diffusers
         self._base_scheduler_config = dict(model.pipeline.scheduler.config)
+        self._noise_levels = training_sigmas(self._base_scheduler_config, model.is_sdxl)
         for pipeline in (self._txt2img, self._img2img):
             pipeline.set_progress_bar_config(disable=True)
 
@@ -152,7 +153,7 @@ class Engine:
         key = tasks[0].key
         pipeline = self._txt2img if key.mode == "txt2img" else self._img2img
         sampler, schedule = resolve(key.sampler, key.schedule)
-        pipeline.scheduler = make_scheduler(sampler, schedule, self._base_scheduler_config)
+        pipeline.scheduler = make_scheduler(sampler, schedule, self._base_scheduler_config, self._noise_levels)
         generators = [torch.Generator("cpu").manual_seed(task.seed) for task in tasks]
         kwargs: dict[str, Any] = {
             "prompt": [task.prompt for task in tasks],

@@ -1,4 +1,5 @@
-"""How the worker's own exceptions become HTTP answers: 422 for a request it cannot serve as asked, 503 with
+"""How the worker's own exceptions become HTTP answers: 422 for a request it cannot serve as asked (404 for an
+unknown sampler, as A1111 answers), 503 with
 Retry-After for a full queue, 500 with the device's reason for a failed batch, 499 (nginx's "client closed
 request", for the access log: nobody reads it) when the client hung up first."""
 
@@ -9,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from gpuroam.api_errors import install_validation_handler
 from gpuroam.worker.batcher import BatchFailed, QueueFull
+from gpuroam.worker.samplers import UnknownSampler
 from gpuroam.worker.service import RequestError
 
 
@@ -28,6 +30,12 @@ async def request_error(_: Request, error: RequestError) -> JSONResponse:
     )
 
 
+async def unknown_sampler(_: Request, error: UnknownSampler) -> JSONResponse:
+    """A1111's answer, in A1111's error shape (`error`, `detail`, `body`, `errors`); `errors` says which exist."""
+    body = {"error": "HTTPException", "detail": "Sampler not found", "body": "", "errors": f"404: {error}"}
+    return JSONResponse(body, status_code=404)
+
+
 async def queue_full(_: Request, error: QueueFull) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": str(error.retry_after_s)})
 
@@ -39,6 +47,7 @@ async def batch_failed(_: Request, error: BatchFailed) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     install_validation_handler(app)
     app.exception_handler(RequestError)(request_error)
+    app.exception_handler(UnknownSampler)(unknown_sampler)
     app.exception_handler(QueueFull)(queue_full)
     app.exception_handler(BatchFailed)(batch_failed)
     app.exception_handler(ClientGone)(client_gone)

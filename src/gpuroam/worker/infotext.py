@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gpuroam import __version__
 from gpuroam.worker.jobs import BatchKey
+from gpuroam.worker.samplers import schedule_label
 
 
 def _number(value: float) -> str:
@@ -26,7 +27,8 @@ def infotext(
     fields: dict[str, object] = {
         "Steps": key.steps,
         "Sampler": key.sampler,
-        "Schedule type": None if key.schedule == "automatic" else key.schedule,
+        # A1111 names the schedule by its label, and names none for the model's own (uniform) levels.
+        "Schedule type": None if key.schedule in ("automatic", "uniform") else schedule_label(key.schedule),
         "CFG scale": _number(key.cfg_scale),
         "Seed": seed,
         "Size": f"{key.width}x{key.height}",

@@ -20,7 +20,7 @@ from gpuroam.worker.infotext import infotext
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.responses import A1111Options, GenerationInfo, GenerationResult
-from gpuroam.worker.samplers import resolve
+from gpuroam.worker.samplers import UnknownSampler, resolve
 from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest
 
 MAX_SEED = 4294967294
@@ -115,6 +115,8 @@ class GenerationService:
         """Validate sampler, schedule and overrides; everything a batch must share."""
         try:
             sampler, schedule = resolve(request.requested_sampler, request.scheduler)
+        except UnknownSampler:
+            raise  # A1111's 404 (worker/errors.py)
         except ValueError as error:
             raise RequestError("sampler_name", str(error)) from error
         overrides = request.override_settings or {}

@@ -144,8 +144,8 @@ async def schedulers() -> list[dict[str, Any]]:
             "name": s.name,
             "label": s.label,
             "aliases": list(s.aliases) or None,
-            "default_rho": -1,
-            "need_inner_model": False,
+            "default_rho": s.default_rho,
+            "need_inner_model": s.need_inner_model,
         }
         for s in SCHEDULES
     ]
