@@ -114,3 +114,21 @@ def test_every_accepted_combination_steps_through_its_schedule(sampler, schedule
     if resolved[0].steps == "sigmas":
         assert len(scheduler.sigmas) == len(scheduler.timesteps) + 1
         assert np.allclose(scheduler.sigmas.numpy(), SCHEDULE_FUNCTIONS[resolved[1].name](steps, MODEL), rtol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", [s.name for s in SCHEDULES])
+@pytest.mark.parametrize("sampler", [s.name for s in SAMPLERS])
+def test_every_accepted_combination_runs_to_the_end(sampler: str, schedule: str) -> None:
+    try:
+        resolved = resolve(sampler, schedule)
+    except SamplerError:
+        return  # refused with the usable ones (checked above)
+    for steps in (1, 9):
+        scheduler = make_scheduler(*resolved, SD_SCHEDULER_CONFIG, MODEL)
+        scheduler.set_timesteps(steps)
+        sample = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * scheduler.init_noise_sigma
+        noise = {"generator": torch.Generator().manual_seed(1)} if "generator" in _parameters(scheduler.step) else {}
+        for t in scheduler.timesteps:
+            model_output = 0.1 * scheduler.scale_model_input(sample, t)
+            sample = scheduler.step(model_output, t, sample, **noise).prev_sample
+        assert torch.isfinite(sample).all(), (sampler, schedule, steps)
