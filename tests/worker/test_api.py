@@ -177,6 +177,12 @@ def test_options_round_trip_and_clip_skip_applies(client: TestClient) -> None:
     assert skipped["images"] != plain["images"]
     assert client.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": "x"}).status_code == 422
     assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "nope"}).status_code == 422
+    assert client.post("/sdapi/v1/options", json={"samples_format": "jpg", "send_seed": False}).status_code == 200
+    kept = client.get("/sdapi/v1/options").json()
+    assert (kept["samples_format"], kept["send_seed"], len(kept)) == ("jpg", False, 329), "any A1111 key is kept"
+    refused = client.post("/sdapi/v1/options", json={"send_seed": "yes"})
+    assert refused.status_code == 422 and "send_seed" in refused.text
+    client.post("/sdapi/v1/options", json={"samples_format": "png", "send_seed": True, "CLIP_stop_at_last_layers": 1})
 
 
 def test_progress_when_idle(client: TestClient) -> None:

@@ -5,19 +5,6 @@ from __future__ import annotations
 from typing import Any, TypedDict
 
 
-class A1111Options(TypedDict):
-    """GET /sdapi/v1/options: the settings this worker honours, and fixed answers to a few others clients read."""
-
-    sd_model_checkpoint: str | None
-    sd_checkpoint_hash: str | None
-    CLIP_stop_at_last_layers: int
-    eta_ddim: float
-    eta_ancestral: float
-    samples_format: str
-    sd_vae: str
-    live_previews_enable: bool
-
-
 class GenerationInfo(TypedDict):
     """A1111's `info` (sent as a JSON string): how the images were made, plus where (gpuroam_*)."""
 

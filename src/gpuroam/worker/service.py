@@ -7,7 +7,6 @@ import json
 import random
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -19,7 +18,8 @@ from gpuroam.worker.images import decode_image, encode_png, resize_for_generatio
 from gpuroam.worker.infotext import infotext
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import LoadedModel
-from gpuroam.worker.responses import A1111Options, GenerationInfo, GenerationResult
+from gpuroam.worker.options import OptionError, WorkerOptions, check_value, is_setting
+from gpuroam.worker.responses import GenerationInfo, GenerationResult
 from gpuroam.worker.samplers import UnknownSampler, resolve
 from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest
 
@@ -34,56 +34,44 @@ class RequestError(ValueError):
         self.field_name = field_name
 
 
-@dataclass
-class Options:
-    """The A1111 settings this worker honours; others are accepted and ignored."""
-
-    clip_stop_at_last_layers: int = 1
-    eta_ddim: float = 0.0
-    eta_ancestral: float = 1.0
-
-    def as_a1111(self, model: LoadedModel | None) -> A1111Options:
-        return A1111Options(
-            sd_model_checkpoint=model.title if model else None,
-            sd_checkpoint_hash=model.sha256 if model else None,
-            CLIP_stop_at_last_layers=self.clip_stop_at_last_layers,
-            eta_ddim=self.eta_ddim,
-            eta_ancestral=self.eta_ancestral,
-            samples_format="png",
-            sd_vae="Automatic",
-            live_previews_enable=False,
-        )
-
-
 class GenerationService:
     def __init__(self, config: WorkerConfig, model: LoadedModel, batcher: Batcher) -> None:
         self.config = config
         self.model = model
         self.batcher = batcher
-        self.options = Options()
+        self.options = WorkerOptions()
         self.jobs: dict[str, Job] = {}
         self.max_clip_skip = max_clip_skip(model)
 
     def checked_options(self, values: Mapping[str, object]) -> dict[str, object]:
-        """The options of `values` this worker honours, checked against the loaded model (a 422 names
-        the first that is wrong); what a caller's generations may be given as `override_settings`."""
+        """`values` checked: each an A1111 setting of the right kind, and the ones this worker acts on checked
+        against the loaded model (a 422 names the first that is wrong); what a caller's generations may be
+        given as `override_settings`."""
         checked: dict[str, object] = {}
+        for key, value in values.items():
+            if not is_setting(key):
+                continue  # an extension's setting, say: ignored (worker/options.py)
+            try:
+                checked[key] = check_value(key, value)
+            except OptionError as error:
+                raise RequestError(error.key, str(error)) from None
         if "sd_model_checkpoint" in values:
             self._check_model_name(values["sd_model_checkpoint"], "sd_model_checkpoint")
-            checked["sd_model_checkpoint"] = values["sd_model_checkpoint"]
         if "CLIP_stop_at_last_layers" in values:
             checked["CLIP_stop_at_last_layers"] = self._clip_skip(values, "CLIP_stop_at_last_layers")
-        if "eta_ddim" in values:
-            checked["eta_ddim"] = _float_option(values, "eta_ddim", 0.0, 1.0)
+        for eta in ("eta_ddim", "eta_ancestral"):
+            if eta in values:
+                checked[eta] = _float_option(values, eta, 0.0, 1.0)
         return checked
 
     def update_options(self, values: Mapping[str, object]) -> None:
         """Set this worker's own options (A1111's single-user behaviour, for its own port)."""
         checked = self.checked_options(values)
-        if "CLIP_stop_at_last_layers" in checked:
-            self.options.clip_stop_at_last_layers = int(str(checked["CLIP_stop_at_last_layers"]))
-        if "eta_ddim" in checked:
-            self.options.eta_ddim = float(str(checked["eta_ddim"]))
+        checked.pop("sd_model_checkpoint", None)  # the loaded model's, always
+        self.options.update(checked)
+
+    def options_as_a1111(self) -> dict[str, Any]:
+        return self.options.as_a1111(self.model.title, self.model.sha256)
 
     def _clip_skip(self, values: Mapping[str, object], field_name: str) -> int:
         """CLIP skip n uses the text encoder's n-th layer from the end: at most as many as it has."""
@@ -122,12 +110,16 @@ class GenerationService:
         overrides = request.override_settings or {}
         if "sd_model_checkpoint" in overrides:
             self._check_model_name(overrides["sd_model_checkpoint"], "override_settings.sd_model_checkpoint")
-        clip_skip = self.options.clip_stop_at_last_layers
+        clip_skip = int(self.options.get("CLIP_stop_at_last_layers"))
         if "CLIP_stop_at_last_layers" in overrides:
             clip_skip = self._clip_skip(overrides, "override_settings.CLIP_stop_at_last_layers")
         eta = request.eta
         if eta is None and sampler.name == "DDIM":
-            eta = _float_option(overrides, "eta_ddim", 0.0, 1.0) if "eta_ddim" in overrides else self.options.eta_ddim
+            eta = (
+                _float_option(overrides, "eta_ddim", 0.0, 1.0)
+                if "eta_ddim" in overrides
+                else float(self.options.get("eta_ddim"))
+            )
         img2img = request if isinstance(request, Img2ImgRequest) else None
         return BatchKey(
             mode="txt2img" if img2img is None else "img2img",

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request, params
 
 from gpuroam.worker.errors import ClientGone
+from gpuroam.worker.options import WorkerOptions
 from gpuroam.worker.progress import Progress, progress_of, target_jobs
-from gpuroam.worker.responses import A1111Options, GenerationResult
+from gpuroam.worker.responses import GenerationResult
 from gpuroam.worker.samplers import SAMPLERS, SCHEDULES
 from gpuroam.worker.schemas import GenerationResponse, Img2ImgRequest, OptionsUpdate, Txt2ImgRequest
 from gpuroam.worker.state import ReadyService, SharedState
@@ -106,9 +107,10 @@ async def skip(request: Request, state: SharedState, id_task: str | None = None)
     return {}
 
 
-async def get_options(state: SharedState) -> A1111Options | dict[str, object]:
+async def get_options(state: SharedState) -> dict[str, object]:
+    """Every A1111 setting; while the model loads, the defaults (no model yet), as A1111 answers meanwhile."""
     service = state.service
-    return service.options.as_a1111(service.model) if service else {}
+    return service.options_as_a1111() if service else WorkerOptions().as_a1111(None, None)
 
 
 async def set_options(update: OptionsUpdate, http: Request, service: ReadyService) -> dict[str, object] | None:
