@@ -1,4 +1,5 @@
-"""A generation kept running in the background while a test acts on it, through a worker or the gateway."""
+"""Live workers in tests: waiting for one to be ready, and a generation kept running in the background while a
+test acts on it, through a worker or the gateway."""
 
 from __future__ import annotations
 
@@ -28,4 +29,12 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def wait_ready(client: Any) -> None:
+    """Until the worker behind `client` (httpx or Starlette's TestClient) answers /internal/ping."""
+    deadline = time.monotonic() + 30
+    while client.get("/internal/ping").status_code != 200:
+        assert time.monotonic() < deadline, "worker never became ready"
         time.sleep(0.02)

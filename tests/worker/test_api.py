@@ -14,15 +14,9 @@ from PIL import Image
 
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app
 from gpuroam.worker.images import encode_png
+from live_jobs import wait_ready
 
 SMALL = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 7}
-
-
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 30
-    while client.get("/internal/ping").status_code != 200:
-        assert time.monotonic() < deadline, "worker never became ready"
-        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -13,8 +13,10 @@ from collections.abc import Iterator
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app
+from gpuroam.worker.images import encode_png
 
 USERS = (("alice", "s3cret:with-colon"), ("bob", "hunter2"))
 PUBLIC = {"/", "/internal/ping", "/metrics", "/gpuroam/worker", "/static", "/openapi.json", "/docs", "/redoc"}
@@ -60,11 +62,18 @@ def routes(client: TestClient) -> list[tuple[str, str]]:
     ]
 
 
+AN_IMAGE = encode_png(Image.new("RGB", (8, 8)), "")
+
+
 def body_for(method: str, path: str) -> dict | None:
     if method != "POST":
         return None
     if path.endswith("options"):
         return {"CLIP_stop_at_last_layers": 1}
+    if path.endswith(("png-info", "interrogate", "extra-single-image")):
+        return {"image": AN_IMAGE}
+    if path.endswith("extra-batch-images"):
+        return {"imageList": [{"data": AN_IMAGE, "name": "a.png"}]}
     return SMALL if path.endswith("img") else None
 
 

@@ -15,7 +15,7 @@ from gpuroam.worker.errors import install_error_handlers
 from gpuroam.worker.lifespan import model_lifespan
 from gpuroam.worker.middleware import WorkerMiddleware
 from gpuroam.worker.models import LoadedModel
-from gpuroam.worker.routes import internal, sdapi, webui
+from gpuroam.worker.routes import internal, sdapi, utilities, webui
 from gpuroam.worker.state import WorkerState
 
 
@@ -30,4 +30,5 @@ def create_app(config: WorkerConfig, model: LoadedModel | None = None) -> FastAP
     webui.add_routes(app.router)
     internal.add_routes(app.router)
     sdapi.add_routes(app.router, dependencies=api_auth_dependencies(config))
+    utilities.add_routes(app.router, dependencies=api_auth_dependencies(config))
     return app

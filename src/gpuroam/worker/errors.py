@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpuroam.api_errors import install_validation_handler
 from gpuroam.worker.batcher import BatchFailed, QueueFull
@@ -30,6 +31,13 @@ async def request_error(_: Request, error: RequestError) -> JSONResponse:
     )
 
 
+async def http_error(_: Request, error: Exception) -> JSONResponse:
+    """A1111's error body for its HTTP errors (`error`, `detail`, `body`, `errors`); `detail` as FastAPI's."""
+    assert isinstance(error, StarletteHTTPException)
+    body = {"error": "HTTPException", "detail": error.detail, "body": "", "errors": ""}
+    return JSONResponse(body, status_code=error.status_code, headers=error.headers)
+
+
 async def unknown_sampler(_: Request, error: UnknownSampler) -> JSONResponse:
     """A1111's answer, in A1111's error shape (`error`, `detail`, `body`, `errors`); `errors` says which exist."""
     body = {"error": "HTTPException", "detail": "Sampler not found", "body": "", "errors": f"404: {error}"}
@@ -47,6 +55,7 @@ async def batch_failed(_: Request, error: BatchFailed) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     install_validation_handler(app)
     app.exception_handler(RequestError)(request_error)
+    app.exception_handler(StarletteHTTPException)(http_error)
     app.exception_handler(UnknownSampler)(unknown_sampler)
     app.exception_handler(QueueFull)(queue_full)
     app.exception_handler(BatchFailed)(batch_failed)

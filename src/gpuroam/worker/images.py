@@ -7,6 +7,7 @@ import binascii
 import io
 import struct
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 from PIL import Image
@@ -18,8 +19,8 @@ class ImageDecodeError(ValueError):
     """An init image that is not base64 of a readable image."""
 
 
-def encode_png(image: Image.Image, infotext: str) -> str:
-    """Base64 PNG with a `parameters` text chunk, as A1111 writes it; deterministic bytes.
+def encode_png(image: Image.Image, infotext: str | None, more: Mapping[str, str] | None = None) -> str:
+    """Base64 PNG with a `parameters` text chunk (and `more` text chunks), as A1111 writes it; deterministic bytes.
 
     Written here, not by PIL, for speed: rows get PNG's Up filter (numpy) and are deflated at level
     1 with run-length matching (zlib releases the GIL, so batches encode in parallel threads). A
@@ -37,7 +38,7 @@ def encode_png(image: Image.Image, infotext: str) -> str:
         (
             b"\x89PNG\r\n\x1a\n",
             _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)),
-            _text_chunk("parameters", infotext),
+            *(_text_chunk(key, text) for key, text in ({"parameters": infotext} | dict(more or {})).items() if text),
             _chunk(b"IDAT", data),
             _chunk(b"IEND", b""),
         )
@@ -58,13 +59,20 @@ def _text_chunk(keyword: str, text: str) -> bytes:
 
 
 def decode_image(data: str) -> Image.Image:
-    """Accept raw base64 or a `data:image/...;base64,` URL, as A1111 does."""
+    """Accept raw base64 or a `data:image/...;base64,` URL, as A1111 does; RGB for generation."""
+    return decode_image_any_mode(data).convert("RGB")
+
+
+def decode_image_any_mode(data: str) -> Image.Image:
+    """The image as sent (its mode, its text chunks), for png-info and the Extras tab."""
     if data.startswith("data:"):
         _, _, data = data.partition(",")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ImageDecodeError(f"not valid base64: {exc}") from exc
+    if not raw:
+        raise ImageDecodeError("no image: the string is empty")
     try:
         image = Image.open(io.BytesIO(raw))
         if image.width * image.height > MAX_INIT_IMAGE_PIXELS:
@@ -74,7 +82,7 @@ def decode_image(data: str) -> Image.Image:
         raise
     except Exception as exc:  # PIL raises many types for bad data
         raise ImageDecodeError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
-    return image.convert("RGB")
+    return image
 
 
 def resize_for_generation(image: Image.Image, width: int, height: int, resize_mode: int) -> Image.Image:

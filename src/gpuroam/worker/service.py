@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import anyio
+from fastapi import HTTPException
 from PIL import Image
 
 from gpuroam.worker.batcher import Batcher
@@ -21,7 +22,7 @@ from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.options import OptionError, WorkerOptions, check_value, is_setting
 from gpuroam.worker.responses import GenerationInfo, GenerationResult
 from gpuroam.worker.samplers import UnknownSampler, resolve
-from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest
+from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 
 MAX_SEED = 4294967294
 
@@ -153,8 +154,19 @@ class GenerationService:
                 "or send several requests",
             )
 
+    @staticmethod
+    def check_supported(request: GenerationRequest) -> None:
+        """Refuse what this worker cannot do yet, rather than answer 200 with an image made without it."""
+        if request.script_name:
+            raise HTTPException(422, f"Script '{request.script_name}' not found")  # A1111's answer; none here
+        if isinstance(request, Txt2ImgRequest) and request.enable_hr:
+            raise RequestError("enable_hr", "hires fix (enable_hr) is not supported by this worker yet; send false")
+        if request.tiling:
+            raise RequestError("tiling", "tiling is not supported by this worker yet; send false")
+
     async def generate(self, request: GenerationRequest, owner: str = "") -> GenerationResult:
         """The request's images; its job belongs to `owner` (the caller the gateway named, "" on the worker's port)."""
+        self.check_supported(request)
         self.check_limits(request)
         key = self.batch_key(request)
         init_images = await self._init_images(request, key)
