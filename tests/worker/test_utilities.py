@@ -208,3 +208,10 @@ def test_what_is_not_built_yet_is_refused_not_silently_ignored(
         ).status_code
         == 200
     )
+
+
+def test_one_request_cannot_ask_for_gigabytes_of_upscaled_pixels(client: TestClient) -> None:
+    big = b64(Image.new("RGB", (1024, 1024)))
+    body = {"imageList": [{"data": big, "name": "x.png"}] * 16, "upscaler_1": "Lanczos", "upscaling_resize": 2}
+    refused = client.post("/sdapi/v1/extra-batch-images", json=body)
+    assert refused.status_code == 422 and "million pixels" in refused.text

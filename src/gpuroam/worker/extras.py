@@ -24,7 +24,8 @@ LATENT_UPSCALE_MODES = (
     "Latent (nearest-exact)",
 )
 _FILTERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
-MAX_SIDE = 8192  # pixels: an upscale past this would hold gigabytes for one request
+MAX_SIDE = 8192  # pixels of one side of a result
+MAX_PIXELS = 64_000_000  # pixels of all the results of one request: past this one caller would hold gigabytes
 
 
 class ExtrasError(ValueError):
@@ -79,9 +80,32 @@ def upscale(image: Image.Image, scale: float, upscaler: str) -> Image.Image:
     return current
 
 
+def output_pixels(image: Image.Image, request: Upscale) -> int:
+    """How many pixels the result of `request` on `image` has (before anything is computed)."""
+    if request.upscaler_1 == "None":
+        return image.width * image.height
+    if request.resize_mode == 1 and request.crop:
+        return request.width * request.height
+    scale = (
+        max(request.width / image.width, request.height / image.height) if request.resize_mode == 1 else request.factor
+    )
+    return int((image.width * scale) // 8 * 8) * int((image.height * scale) // 8 * 8)
+
+
+def check_budget(images: list[Image.Image], request: Upscale) -> None:
+    total = sum(output_pixels(image, request) for image in images)
+    if total > MAX_PIXELS:
+        raise ExtrasError(
+            "upscaling_resize",
+            f"the results would have {total / 1e6:.0f} million pixels; at most {MAX_PIXELS / 1e6:.0f} million per "
+            "request: upscale less, or send fewer images per request",
+        )
+
+
 def run_extras(image: Image.Image, request: Upscale) -> tuple[Image.Image, str]:
     """The processed image and A1111's `html_info` describing what was done."""
     request.check()
+    check_budget([image], request)
     image = image if image.mode in ("RGB", "RGBA") else image.convert("RGB")
     done: dict[str, object] = {}
     if request.upscaler_1 != "None":

@@ -19,7 +19,7 @@ import torch
 from fastapi import APIRouter, HTTPException, params
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpuroam.worker.extras import LATENT_UPSCALE_MODES, UPSCALERS, ExtrasError, Upscale, run_extras
+from gpuroam.worker.extras import LATENT_UPSCALE_MODES, UPSCALERS, ExtrasError, Upscale, check_budget, run_extras
 from gpuroam.worker.images import ImageDecodeError, decode_image_any_mode, encode_png
 from gpuroam.worker.pnginfo import parse_parameters, read_info
 from gpuroam.worker.service import RequestError
@@ -91,8 +91,7 @@ def _decoded(data: str, field_name: str) -> Any:
         raise RequestError(field_name, f"Invalid encoded image: {error}") from None
 
 
-async def _extras(data: str, field_name: str, request: ExtrasRequest) -> tuple[str, str]:
-    image = _decoded(data, field_name)
+async def _extras(image: Any, request: ExtrasRequest) -> tuple[str, str]:
     try:
         async with EXTRAS_AT_ONCE:
             result, html_info = await anyio.to_thread.run_sync(run_extras, image, request.upscale())
@@ -104,14 +103,19 @@ async def _extras(data: str, field_name: str, request: ExtrasRequest) -> tuple[s
 
 
 async def extra_single_image(request: ExtrasSingleRequest) -> dict[str, str]:
-    image, html_info = await _extras(request.image, "image", request)
+    image, html_info = await _extras(_decoded(request.image, "image"), request)
     return {"html_info": html_info, "image": image}
 
 
 async def extra_batch_images(request: ExtrasBatchRequest) -> dict[str, Any]:
+    sources = [_decoded(item.data, f"imageList.{position}.data") for position, item in enumerate(request.imageList)]
+    try:
+        check_budget(sources, request.upscale())  # the whole batch, before any of it is made
+    except ExtrasError as error:
+        raise RequestError(error.field_name, str(error)) from None
     images, html_info = [], "<p></p>"
-    for position, item in enumerate(request.imageList):
-        image, html_info = await _extras(item.data, f"imageList.{position}.data", request)
+    for source in sources:
+        image, html_info = await _extras(source, request)
         images.append(image)
     return {"html_info": html_info, "images": images}
 
