@@ -144,7 +144,14 @@ class KeySources:
             return read
 
     def check(self, endpoint: EndpointSpec, provider: Provider) -> None:
-        """Read the source now, past any cache: KeySourceError if it cannot be read or holds no key."""
+        """At `up`: a keys file is read now, past any cache (KeySourceError if it cannot be, or holds no key); a
+        Secret only needs a provider that has them, since its cluster may not exist yet (the service then
+        refuses every caller until the Secret can be read)."""
+        secret = endpoint.key_secret()
+        if secret is not None:
+            if not isinstance(provider, SecretSource):
+                read_secret_keys(provider, secret)  # raises, saying to use a file
+            return
         if not self._read(endpoint, provider):
             raise KeySourceError(f"{endpoint.api_keys} holds no key; add one ('NAME: KEY' per line, or an entry)")
 
