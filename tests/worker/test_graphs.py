@@ -88,6 +88,17 @@ def test_a_call_runs_eagerly_until_its_graph_is_built_then_the_graph() -> None:
     assert forward.calls["eager"] == 2, "another shape runs eagerly"
 
 
+def test_a_batch_the_graphs_do_not_compute_runs_eagerly_past_them() -> None:
+    forward = GraphedForward("toy", eager, Counting(eager), capture=False)
+    x = torch.randn(2, 3)
+    with forward.recording() as seen:
+        forward(x, 2.0)
+    forward.build(*next(iter(seen.items())))
+    forward.eager_only = True  # a tiled batch: its convolutions pad circularly, the graph's with zeros
+    forward(x, 2.0)
+    assert forward.calls == {"compiled": 0, "eager graph": 0, "eager": 2}
+
+
 def test_a_graph_that_computes_something_else_is_never_used() -> None:
     def wrong(sample: torch.Tensor, scale: float) -> tuple[torch.Tensor]:
         return (sample * scale + 0.1,)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -193,7 +194,6 @@ def test_an_extras_png_keeps_the_source_parameters_and_adds_postprocessing() -> 
     ("extra", "status", "says"),
     [
         ({"enable_hr": True}, 422, "hires fix"),
-        ({"tiling": True}, 422, "tiling"),
         ({"script_name": "sd upscale"}, 422, "Script 'sd upscale' not found"),
     ],
 )
@@ -215,3 +215,12 @@ def test_one_request_cannot_ask_for_gigabytes_of_upscaled_pixels(client: TestCli
     body = {"imageList": [{"data": big, "name": "x.png"}] * 16, "upscaler_1": "Lanczos", "upscaling_resize": 2}
     refused = client.post("/sdapi/v1/extra-batch-images", json=body)
     assert refused.status_code == 422 and "million pixels" in refused.text
+
+
+def test_tiling_pads_every_convolution_circularly_for_its_own_batch_only(client: TestClient) -> None:
+    plain = client.post("/sdapi/v1/txt2img", json=SMALL).json()
+    tiled = client.post("/sdapi/v1/txt2img", json={**SMALL, "tiling": True}).json()
+    assert tiled["images"] != plain["images"]
+    assert "Tiling: True" in json.loads(tiled["info"])["infotexts"][0]
+    again = client.post("/sdapi/v1/txt2img", json=SMALL).json()
+    assert again["images"] == plain["images"], "the model pads with zeros again after a tiled batch"

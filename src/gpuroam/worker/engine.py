@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,7 +113,9 @@ class Engine:
             images = self._generate(tasks + [tasks[-1]] * (self.acceleration.bucket(wanted) - wanted), wanted, on_step)
             return BatchResult(images=images, seconds=time.perf_counter() - started)
         shape = GraphShape(key.width, key.height, self.acceleration.bucket(wanted), key.clip_skip)
-        if self.warmup.ready(shape):
+        if key.tiling:  # the graphs pad with zeros: eager, and nothing learned from it
+            images = self._generate(tasks, wanted, on_step)
+        elif self.warmup.ready(shape):
             images = self._generate(tasks + [tasks[-1]] * (shape.batch - wanted), wanted, on_step)
         elif self.warmup.requested(shape.group, callers := {task.job.owner for task in tasks}):
             self.warmup.learned(shape.group, callers)
@@ -179,6 +181,8 @@ class Engine:
         try:
             with contextlib.ExitStack() as stack:
                 stack.enter_context(self._device_lock)
+                if key.tiling:
+                    stack.enter_context(tiled(pipeline, self.graphs))
                 seen = [(graph, stack.enter_context(graph.recording())) for graph in self.graphs if record is not None]
                 stack.enter_context(torch.inference_mode())
                 stack.enter_context(overlapped_noise_copies(pipeline, pipeline.scheduler))
@@ -222,6 +226,31 @@ class Engine:
             return {"latents": latents}
 
         return callback
+
+
+@contextlib.contextmanager
+def tiled(pipeline: DiffusionPipeline, graphs: Iterable[GraphedForward]) -> Iterator[None]:
+    """Every convolution of the pipeline pads circularly, so the image tiles seamlessly (A1111's Tiling), and the
+    built graphs (which pad with zeros) stand aside; all as before afterwards, whatever happens."""
+    convolutions = [
+        layer
+        for component in pipeline.components.values()
+        if isinstance(component, torch.nn.Module)
+        for layer in component.modules()
+        if isinstance(layer, torch.nn.Conv2d)
+    ]
+    graphs = list(graphs)
+    for layer in convolutions:
+        layer.padding_mode = "circular"
+    for graph in graphs:
+        graph.eager_only = True
+    try:
+        yield
+    finally:
+        for layer in convolutions:
+            layer.padding_mode = "zeros"
+        for graph in graphs:
+            graph.eager_only = False
 
 
 def _probe_task(width: int, height: int, clip_skip: int) -> ImageTask:

@@ -187,9 +187,13 @@ class GraphedForward:
     eager_graphs: dict[Signature, Runner] = field(default_factory=dict)  # CUDA: the eager module, captured
     eager_failed: dict[Signature, str] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=lambda: {"compiled": 0, "eager graph": 0, "eager": 0})
+    eager_only: bool = False  # set by the device thread around a batch the built graphs do not compute (tiling)
     _recording: dict[Signature, Inputs] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.eager_only:
+            self.calls["eager"] += 1
+            return self.eager(*args, **kwargs)
         key = signature(args, kwargs)
         runner = self.runners.get(key)
         if self._recording is not None and key not in self._recording:

@@ -41,6 +41,7 @@ def infotext(
         "Variation seed strength": _number(subseed_strength) if subseed_strength > 0 else None,
         "Clip skip": key.clip_skip if key.clip_skip > 1 else None,
         "Eta": _number(key.eta) if key.eta is not None else None,
+        "Tiling": "True" if key.tiling else None,
         "Version": f"gpuroam {__version__}",
     }
     settings = ", ".join(f"{name}: {value}" for name, value in fields.items() if value is not None)

@@ -34,6 +34,7 @@ class BatchKey:
     denoising_strength: float = 0.0
     eta: float | None = None
     clip_skip: int = 1
+    tiling: bool = False  # seamless: every convolution pads circularly (A1111's "Tiling")
 
 
 @dataclass(eq=False)

@@ -133,6 +133,7 @@ class GenerationService:
             denoising_strength=0.0 if img2img is None else img2img.denoising_strength,
             eta=eta,
             clip_skip=clip_skip,
+            tiling=bool(request.tiling),
         )
 
     def check_limits(self, request: GenerationRequest) -> None:
@@ -161,8 +162,6 @@ class GenerationService:
             raise HTTPException(422, f"Script '{request.script_name}' not found")  # A1111's answer; none here
         if isinstance(request, Txt2ImgRequest) and request.enable_hr:
             raise RequestError("enable_hr", "hires fix (enable_hr) is not supported by this worker yet; send false")
-        if request.tiling:
-            raise RequestError("tiling", "tiling is not supported by this worker yet; send false")
 
     async def generate(self, request: GenerationRequest, owner: str = "") -> GenerationResult:
         """The request's images; its job belongs to `owner` (the caller the gateway named, "" on the worker's port)."""
