@@ -193,7 +193,6 @@ def test_an_extras_png_keeps_the_source_parameters_and_adds_postprocessing() -> 
 @pytest.mark.parametrize(
     ("extra", "status", "says"),
     [
-        ({"enable_hr": True}, 422, "hires fix"),
         ({"script_name": "sd upscale"}, 422, "Script 'sd upscale' not found"),
     ],
 )

@@ -16,10 +16,8 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from PIL import Image
-
 from gpuroam.worker.engine import BatchResult, is_out_of_memory
-from gpuroam.worker.jobs import ImageTask, Job, take_batch
+from gpuroam.worker.jobs import ImageTask, Job, Picture, take_batch
 from gpuroam.worker.metrics import WorkerMetrics
 
 log = logging.getLogger("gpuroam.worker.batcher")
@@ -201,6 +199,6 @@ class Batcher:
         self._arrived.set()
 
 
-def _resolve(task: ImageTask, image: Image.Image | None) -> None:
+def _resolve(task: ImageTask, image: Picture | None) -> None:
     if task.result is not None and not task.result.done():
         task.result.set_result(image)

@@ -26,7 +26,7 @@ from gpuroam.worker.accelerate import Acceleration, accelerate, default_accelera
 from gpuroam.worker.graphs import GraphedForward, Inputs, Signature, resized, resized_signature
 from gpuroam.worker.images import resize_for_generation
 from gpuroam.worker.invariance import make_batch_invariant, use_batch_invariant_cpu_kernels
-from gpuroam.worker.jobs import BatchKey, ImageTask, Job
+from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.noise import overlapped_noise_copies
 from gpuroam.worker.samplers import make_scheduler, resolve, training_sigmas
@@ -47,7 +47,7 @@ StepCallback = Callable[[DiffusionPipeline, int, object, StepTensors], StepTenso
 
 @dataclass(frozen=True)
 class BatchResult:
-    images: list[Image.Image]
+    images: list[Picture]
     seconds: float
 
 
@@ -117,6 +117,8 @@ class Engine:
             images = self._generate(tasks, wanted, on_step)
         elif self.warmup.ready(shape):
             images = self._generate(tasks + [tasks[-1]] * (shape.batch - wanted), wanted, on_step)
+        elif key.latent:  # a hires fix pass calls only some of the modules: nothing learned from it
+            images = self._generate(tasks, wanted, on_step)
         elif self.warmup.requested(shape.group, callers := {task.job.owner for task in tasks}):
             self.warmup.learned(shape.group, callers)
             recorded: list[Recorded] = []
@@ -149,9 +151,9 @@ class Engine:
         wanted: int,
         on_step: Callable[[int, int], None] | None,
         record: list[Recorded] | None = None,
-    ) -> list[Image.Image]:
-        """Run the pipeline over `tasks` and keep the first `wanted` images; with `record`, append each
-        compiled module's new calls to it."""
+    ) -> list[Picture]:
+        """Run the pipeline over `tasks` and keep the first `wanted` images (latents, for a txt2img key that asks
+        for them); with `record`, append each compiled module's new calls to it."""
         key = tasks[0].key
         pipeline = self._txt2img if key.mode == "txt2img" else self._img2img
         sampler, schedule = resolve(key.sampler, key.schedule)
@@ -163,7 +165,7 @@ class Engine:
             "num_inference_steps": key.steps,
             "guidance_scale": key.cfg_scale,
             "generator": generators,
-            "output_type": "pt",
+            "output_type": "latent" if key.latent and key.mode == "txt2img" else "pt",
             "callback_on_step_end": self._step_callback(tasks, on_step),
             "callback_on_step_end_tensor_inputs": ["latents"],
         }
@@ -175,7 +177,7 @@ class Engine:
             kwargs |= {"width": key.width, "height": key.height, "latents": self._initial_noise(tasks, generators)}
         else:
             kwargs |= {
-                "image": [resize_for_generation(_init_image(task), key.width, key.height, 0) for task in tasks],
+                "image": self._init_images(tasks),
                 "strength": img2img_strength(key.steps, key.denoising_strength),
             }
         try:
@@ -186,13 +188,25 @@ class Engine:
                 seen = [(graph, stack.enter_context(graph.recording())) for graph in self.graphs if record is not None]
                 stack.enter_context(torch.inference_mode())
                 stack.enter_context(overlapped_noise_copies(pipeline, pipeline.scheduler))
-                pixels = to_uint8_images(pipeline(**kwargs).images[:wanted].float())
+                made = pipeline(**kwargs).images[:wanted]
+                if kwargs["output_type"] == "latent":
+                    return list(made.float().cpu())  # the undecoded latents, one per image
+                pixels = to_uint8_images(made.float())
         except torch.OutOfMemoryError:
             torch.cuda.empty_cache()  # give the cached blocks back before the smaller retries
             raise
         if record is not None:
             record.extend((graph, call, example) for graph, calls in seen for call, example in calls.items())
         return [Image.fromarray(row.numpy()) for row in pixels]
+
+    def _init_images(self, tasks: list[ImageTask]) -> list[Image.Image] | torch.Tensor:
+        """img2img's starting points: images resized to the batch's size, or latents as they are (diffusers
+        takes a 4-channel tensor as latents and skips the VAE's encoder)."""
+        key = tasks[0].key
+        if key.latent:
+            latents = [_init_latent(task) for task in tasks]
+            return torch.stack(latents).to(self.model.device, self.model.dtype)
+        return [resize_for_generation(_init_image(task), key.width, key.height, 0) for task in tasks]
 
     def _initial_noise(self, tasks: list[ImageTask], generators: list[torch.Generator]) -> torch.Tensor:
         """Per-image noise from the image's own generator, blended with its subseed's if asked."""
@@ -266,8 +280,15 @@ def _resizer(example: Inputs, images: int, batch: int) -> Callable[[], Inputs]:
 
 def _init_image(task: ImageTask) -> Image.Image:
     """An img2img task's image; the service gives every one of them an image."""
-    if task.init_image is None:
-        raise ValueError(f"img2img task {task.index} of job {task.job.id} has no init image")
+    if not isinstance(task.init_image, Image.Image):
+        raise TypeError(f"img2img task {task.index} of job {task.job.id} has no init image")
+    return task.init_image
+
+
+def _init_latent(task: ImageTask) -> torch.Tensor:
+    """A hires fix second pass's latent (the first pass's, upscaled)."""
+    if not isinstance(task.init_image, torch.Tensor):
+        raise TypeError(f"latent img2img task {task.index} of job {task.job.id} has no init latent")
     return task.init_image
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 from gpuroam import __version__
 from gpuroam.worker.jobs import BatchKey
 from gpuroam.worker.samplers import schedule_label
@@ -23,6 +26,7 @@ def infotext(
     batch_pos: int,
     model_name: str,
     model_hash: str,
+    hires: Mapping[str, object] | None = None,
 ) -> str:
     fields: dict[str, object] = {
         "Steps": key.steps,
@@ -42,11 +46,18 @@ def infotext(
         "Clip skip": key.clip_skip if key.clip_skip > 1 else None,
         "Eta": _number(key.eta) if key.eta is not None else None,
         "Tiling": "True" if key.tiling else None,
+        **{name: _number(value) if isinstance(value, float) else value for name, value in (hires or {}).items()},
         "Version": f"gpuroam {__version__}",
     }
-    settings = ", ".join(f"{name}: {value}" for name, value in fields.items() if value is not None)
+    settings = ", ".join(f"{name}: {_quoted(value)}" for name, value in fields.items() if value is not None)
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
     lines.append(settings)
     return "\n".join(lines)
+
+
+def _quoted(value: object) -> str:
+    """A value as A1111 writes it: in JSON quotes when it holds a comma, a colon or a line break."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text

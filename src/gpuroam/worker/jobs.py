@@ -17,7 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
 from PIL import Image
+
+# What a task makes (and an img2img task may start from): an image, or for hires fix's latent modes the latent.
+Picture = Image.Image | torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class BatchKey:
     eta: float | None = None
     clip_skip: int = 1
     tiling: bool = False  # seamless: every convolution pads circularly (A1111's "Tiling")
+    latent: bool = False  # txt2img: the result is the latent, undecoded (a hires fix's first pass); img2img: the start
 
 
 @dataclass(eq=False)
@@ -95,8 +100,8 @@ class ImageTask:
     seed: int
     subseed: int
     subseed_strength: float
-    init_image: Image.Image | None
-    result: asyncio.Future[Image.Image | None] | None = None
+    init_image: Picture | None
+    result: asyncio.Future[Picture | None] | None = None
 
     @property
     def key(self) -> BatchKey:

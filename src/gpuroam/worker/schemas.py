@@ -97,7 +97,16 @@ class GenerationRequest(BaseModel):
 
 class Txt2ImgRequest(GenerationRequest):
     enable_hr: bool = False
-    denoising_strength: float | None = Field(0.0, ge=0.0, le=1.0)
+    denoising_strength: float | None = Field(None, ge=0.0, le=1.0)  # the hires pass's; None: 0.7 (worker/hires.py)
+    hr_scale: float = Field(2.0, ge=1.0, le=8.0)
+    hr_upscaler: str | None = Field(None, max_length=128)  # None: "Latent"
+    hr_second_pass_steps: int = Field(0, ge=0, le=150)  # 0: the first pass's steps
+    hr_resize_x: int = Field(0, ge=0, le=2048)
+    hr_resize_y: int = Field(0, ge=0, le=2048)
+    hr_sampler_name: str | None = Field(None, max_length=128)  # None or "Use same sampler": the first pass's
+    hr_scheduler: str | None = Field(None, max_length=128)
+    hr_prompt: str = ""  # "": the first pass's
+    hr_negative_prompt: str = ""
 
 
 class Img2ImgRequest(GenerationRequest):

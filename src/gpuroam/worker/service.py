@@ -7,17 +7,20 @@ import json
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import anyio
+import torch
 from fastapi import HTTPException
 from PIL import Image
 
 from gpuroam.worker.batcher import Batcher
 from gpuroam.worker.config import WorkerConfig
+from gpuroam.worker.hires import HiresError, HiresPlan, hires_fields, plan_hires, upscale_image, upscale_latent
 from gpuroam.worker.images import decode_image, encode_png, resize_for_generation
 from gpuroam.worker.infotext import infotext
-from gpuroam.worker.jobs import BatchKey, ImageTask, Job
+from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.options import OptionError, WorkerOptions, check_value, is_setting
 from gpuroam.worker.responses import GenerationInfo, GenerationResult
@@ -136,8 +139,9 @@ class GenerationService:
             tiling=bool(request.tiling),
         )
 
-    def check_limits(self, request: GenerationRequest) -> None:
-        """Refuse what one request may not ask of a shared GPU, before it queues (spec `limits:`)."""
+    def check_limits(self, request: GenerationRequest, hires: HiresPlan | None = None) -> None:
+        """Refuse what one request may not ask of a shared GPU, before it queues (spec `limits:`); a hires fix's
+        second pass counts too."""
         text = len(request.prompt) + len(request.negative_prompt) + sum(map(len, request.styles or []))
         if text > self.config.max_prompt_chars:
             raise RequestError(
@@ -145,7 +149,7 @@ class GenerationService:
                 f"the prompts are {text:,} characters long (prompt, negative prompt and styles together); this "
                 f"service takes at most {self.config.max_prompt_chars:,} (limits.max_prompt_chars in the service spec)",
             )
-        cost = megapixel_steps(request)
+        cost = megapixel_steps(request, hires)
         if cost > self.config.max_megapixel_steps:
             raise RequestError(
                 "steps",
@@ -160,14 +164,15 @@ class GenerationService:
         """Refuse what this worker cannot do yet, rather than answer 200 with an image made without it."""
         if request.script_name:
             raise HTTPException(422, f"Script '{request.script_name}' not found")  # A1111's answer; none here
-        if isinstance(request, Txt2ImgRequest) and request.enable_hr:
-            raise RequestError("enable_hr", "hires fix (enable_hr) is not supported by this worker yet; send false")
 
     async def generate(self, request: GenerationRequest, owner: str = "") -> GenerationResult:
         """The request's images; its job belongs to `owner` (the caller the gateway named, "" on the worker's port)."""
         self.check_supported(request)
-        self.check_limits(request)
+        hires = self._hires(request)
+        self.check_limits(request, hires)
         key = self.batch_key(request)
+        if hires is not None:
+            key = replace(key, latent=hires.latent)  # the first pass keeps its latent for a latent upscale
         init_images = await self._init_images(request, key)
         seed = random.randrange(MAX_SEED) if request.seed == -1 else request.seed
         subseed = random.randrange(MAX_SEED) if request.subseed == -1 else request.subseed
@@ -178,7 +183,6 @@ class GenerationService:
         if job_id in self.jobs:  # another caller's job id would let it see this job's progress
             job_id = Job.new_id()
         job = Job(id=job_id, key=key, image_count=count, batch_size=request.batch_size, owner=owner)
-        loop = asyncio.get_running_loop()
         tasks = [
             ImageTask(
                 job=job,
@@ -189,21 +193,18 @@ class GenerationService:
                 subseed=all_subseeds[i],
                 subseed_strength=request.subseed_strength,
                 init_image=init_images[i % len(init_images)] if init_images else None,
-                result=loop.create_future(),
             )
             for i in range(count)
         ]
-        futures = [task.result for task in tasks if task.result is not None]
-        self.jobs[job.id] = job
         try:
-            self.batcher.submit(tasks)
-            images = await asyncio.gather(*futures)
+            images = await self._run(job, tasks)
+            if hires is not None and isinstance(request, Txt2ImgRequest) and not job.interrupted:
+                job, tasks, images = await self._second_pass(request, hires, job, tasks, images)
         finally:
             self.jobs.pop(job.id, None)
-            if any(not future.done() for future in futures):  # client went away
-                self.batcher.interrupt(job)
-        made = [(task, image) for task, image in zip(tasks, images) if image is not None]
-        texts = [self._infotext(request, key, task) for task, _ in made]
+        # A latent left from a first pass that was interrupted is not an image: nothing to return for it.
+        made = [(task, image) for task, image in zip(tasks, images) if isinstance(image, Image.Image)]
+        texts = [self._infotext(request, key, task, hires) for task, _ in made]
         encoded = (
             await anyio.to_thread.run_sync(_encode_all, [image for _, image in made], texts)
             if request.send_images
@@ -211,6 +212,63 @@ class GenerationService:
         )
         info = self._info(request, key, seed, subseed, all_seeds, all_subseeds, texts, job)
         return GenerationResult(images=encoded, parameters=_parameters(request), info=json.dumps(info))
+
+    async def _run(self, job: Job, tasks: list[ImageTask]) -> list[Picture | None]:
+        """Queue the job's tasks and wait for them; a job left waiting (its client gone) is interrupted."""
+        loop = asyncio.get_running_loop()
+        for task in tasks:
+            task.result = loop.create_future()
+        futures = [task.result for task in tasks if task.result is not None]
+        self.jobs[job.id] = job
+        try:
+            self.batcher.submit(tasks)
+            return list(await asyncio.gather(*futures))
+        finally:
+            if any(not future.done() for future in futures):  # client went away
+                self.batcher.interrupt(job)
+
+    def _hires(self, request: GenerationRequest) -> HiresPlan | None:
+        if not isinstance(request, Txt2ImgRequest) or not request.enable_hr:
+            return None
+        try:
+            return plan_hires(request)
+        except HiresError as error:
+            raise RequestError(error.field_name, str(error)) from None
+
+    async def _second_pass(
+        self, request: Txt2ImgRequest, hires: HiresPlan, first: Job, tasks: list[ImageTask], made: list[Picture | None]
+    ) -> tuple[Job, list[ImageTask], list[Picture | None]]:
+        """Hires fix's second pass: each first-pass result upscaled, then img2img at the hires size, under the
+        same job id (progress and interrupt follow it), batched with other such passes."""
+        sampler, schedule = resolve(
+            _same(request.hr_sampler_name, "Use same sampler") or request.requested_sampler,
+            _same(request.hr_scheduler, "Use same scheduler") or request.scheduler,
+        )
+        key = replace(
+            first.key,
+            mode="img2img",
+            width=hires.width,
+            height=hires.height,
+            steps=hires.steps,
+            sampler=sampler.name,
+            schedule=schedule.name,
+            denoising_strength=hires.denoising_strength,
+        )
+        upscaled = [await anyio.to_thread.run_sync(_upscaled, picture, hires) for picture in made]
+        job = Job(id=first.id, key=key, image_count=first.image_count, batch_size=first.batch_size, owner=first.owner)
+        job.started = first.started
+        second = [
+            replace(
+                task,
+                job=job,
+                prompt=request.hr_prompt or task.prompt,
+                negative_prompt=request.hr_negative_prompt or task.negative_prompt,
+                init_image=picture,
+                result=None,
+            )
+            for task, picture in zip(tasks, upscaled)
+        ]
+        return job, second, await self._run(job, second)
 
     async def _init_images(self, request: GenerationRequest, key: BatchKey) -> list[Image.Image]:
         if not isinstance(request, Img2ImgRequest):
@@ -228,10 +286,10 @@ class GenerationService:
             decoded.append(resize_for_generation(image, key.width, key.height, request.resize_mode))
         return decoded
 
-    def _infotext(self, request: GenerationRequest, key: BatchKey, task: ImageTask) -> str:
+    def _infotext(self, request: GenerationRequest, key: BatchKey, task: ImageTask, hires: HiresPlan | None) -> str:
         return infotext(
-            prompt=task.prompt,
-            negative_prompt=task.negative_prompt,
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
             key=key,
             seed=task.seed,
             subseed=task.subseed,
@@ -240,6 +298,7 @@ class GenerationService:
             batch_pos=task.index % request.batch_size,
             model_name=self.model.name,
             model_hash=self.model.short_hash,
+            hires=None if hires is None or not isinstance(request, Txt2ImgRequest) else hires_fields(request, hires),
         )
 
     def _info(
@@ -288,6 +347,17 @@ class GenerationService:
         }
 
 
+def _same(name: str | None, same: str) -> str | None:
+    """A hires sampler or scheduler: None when it says to use the first pass's."""
+    return None if name in (None, "", same) else name
+
+
+def _upscaled(picture: Picture | None, hires: HiresPlan) -> Picture | None:
+    if isinstance(picture, torch.Tensor):
+        return upscale_latent(picture, hires)
+    return upscale_image(picture, hires) if isinstance(picture, Image.Image) else None
+
+
 def _encode_all(images: list[Image.Image], texts: list[str]) -> list[str]:
     return [encode_png(image, text) for image, text in zip(images, texts)]
 
@@ -300,9 +370,13 @@ def _parameters(request: GenerationRequest) -> dict[str, Any]:
     return parameters
 
 
-def megapixel_steps(request: GenerationRequest) -> float:
-    """What a request costs the GPU: its pixels times its steps times its images, in millions."""
-    return request.width * request.height / 1e6 * request.steps * request.image_count
+def megapixel_steps(request: GenerationRequest, hires: HiresPlan | None = None) -> float:
+    """What a request costs the GPU: its pixels times its steps times its images, in millions (and a hires fix's
+    second pass: its pixels times the steps it runs)."""
+    cost = request.width * request.height / 1e6 * request.steps
+    if hires is not None:
+        cost += hires.width * hires.height / 1e6 * max(1, int(hires.steps * hires.denoising_strength))
+    return cost * request.image_count
 
 
 def max_clip_skip(model: LoadedModel) -> int:
