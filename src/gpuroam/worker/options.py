@@ -4,8 +4,8 @@
 install (an integer setting with a non-zero default comes back as a float there, as in A1111). POST
 takes any of these keys, checked against the default's kind, and keeps it: clients that save and
 restore settings get back what they set. The settings this worker acts on are checked against the
-loaded model too: CLIP_stop_at_last_layers, eta_ddim, eta_ancestral and sd_model_checkpoint (which
-must name the loaded model). A key A1111 does not have (an extension's, say) is ignored, as before: a
+loaded model too: CLIP_stop_at_last_layers, eta_ddim and sd_model_checkpoint (which must name the
+loaded model); eta_ancestral is range-checked and kept, but diffusers' ancestral samplers take no eta. A key A1111 does not have (an extension's, say) is ignored, as before: a
 client written for a Web UI with extensions still works (A1111 itself answers such a key with a 500).
 """
 
