@@ -6,8 +6,11 @@ spec names them, so a bad file is a 422 at `up`, not a port that never opens). T
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
+
+log = logging.getLogger("gpuroam.tls")
 
 
 class TlsError(ValueError):
@@ -45,6 +48,7 @@ class ServerTls:
         self.context.sni_callback = self._newest
         self._current = self.context
         self._version = self._stat()
+        self._failed: tuple[tuple[int, int], ...] = ()  # the files' version that last failed to load (said once)
 
     def _newest(self, connection: ssl.SSLObject, server_name: str | None, context: ssl.SSLContext) -> None:
         connection.context = self._current
@@ -62,6 +66,9 @@ class ServerTls:
             return
         try:
             self._current = server_context(*self.files)
-        except TlsError:
+        except TlsError as error:
+            if version != self._failed:
+                log.warning("renewed certificate does not load; serving the previous one", extra={"error": str(error)})
+                self._failed = version
             return
         self._version = version

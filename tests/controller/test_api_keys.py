@@ -79,7 +79,7 @@ def test_keys_from_the_specs_file_are_fed_listed_and_revoked_in_the_file(store: 
     assert fed["key_required"] is True
     assert fed["api_keys"] == {
         hashlib.sha256(made["key"].encode()).hexdigest(): "ci",
-        hashlib.sha256(b"a" * 20).hexdigest(): "alice",
+        hashlib.sha256(b"a" * 20).hexdigest(): "spec:alice",
     }
     refused = client.delete("/api/v1/services/stable-diffusion/keys/alice")
     assert refused.status_code == 409 and str(keys_file) in refused.json()["detail"]

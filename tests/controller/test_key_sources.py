@@ -119,3 +119,9 @@ def test_a_secret_on_a_provider_without_secrets_says_to_use_a_file() -> None:
     KeySources().check(EndpointSpec(api_keys="secret:later"), SecretProvider({}))  # its cluster may not exist yet
     found = KeySources().keys(EndpointSpec(api_keys="secret:later"), SecretProvider({}))
     assert found is not None and found.hashes == {} and "no Secret later" in (found.error or ""), "refuses everyone"
+
+
+def test_a_key_written_where_its_name_belongs_is_not_repeated_in_the_message() -> None:
+    with pytest.raises(KeySourceError) as error:
+        parse_keys_file(f"{ALICE}: alice", "keys.txt")
+    assert ALICE not in str(error.value) and ALICE[:4] in str(error.value)

@@ -121,3 +121,14 @@ def test_hires_is_refused_with_what_to_change(client: TestClient) -> None:
     costly = {**SMALL, "width": 1024, "height": 1024, "steps": 150, "hr_scale": 2, "denoising_strength": 1.0}
     refused = client.post("/sdapi/v1/txt2img", json={**costly, "batch_size": 4})
     assert refused.status_code == 422 and "megapixel-steps" in refused.text, "the second pass counts in the cost cap"
+
+
+def test_what_the_second_pass_cannot_do_is_refused_before_the_first_runs(client: TestClient) -> None:
+    for fields, says in (
+        ({"hr_sampler_name": "Heun", "hr_scheduler": "kl_optimal"}, "hr_sampler_name"),
+        ({"hr_sampler_name": "Nope"}, "hr_sampler_name"),
+        ({"width": 2048, "height": 64, "hr_resize_x": 64, "hr_resize_y": 2048}, "hr_scale"),
+        ({"hr_prompt": "x" * 20_000}, "prompts are"),
+    ):
+        refused = client.post("/sdapi/v1/txt2img", json={**SMALL, **fields})
+        assert refused.status_code == 422 and says in refused.text, fields

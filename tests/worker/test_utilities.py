@@ -223,3 +223,29 @@ def test_tiling_pads_every_convolution_circularly_for_its_own_batch_only(client:
     assert "Tiling: True" in json.loads(tiled["info"])["infotexts"][0]
     again = client.post("/sdapi/v1/txt2img", json=SMALL).json()
     assert again["images"] == plain["images"], "the model pads with zeros again after a tiled batch"
+
+
+def png_with_text(text: str, exif: bytes | None = None) -> str:
+    """A small PNG carrying `text` as its parameters chunk (and an eXIf chunk, if given)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text, zip=True)
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "PNG", pnginfo=info, **({"exif": exif} if exif else {}))
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def test_png_info_of_a_hostile_image_answers_at_once_and_never_a_500(client: TestClient) -> None:
+    long = client.post("/sdapi/v1/png-info", json={"image": png_with_text("a " * 500_000)})
+    assert long.status_code == 200 and long.json()["parameters"]["Prompt"].startswith("a a")
+    broken = client.post(
+        "/sdapi/v1/png-info", json={"image": png_with_text("x\nSteps: 2, Seed: 1, Size: 8x8", b"garbage")}
+    )
+    assert broken.status_code == 200, "a corrupt EXIF block is no comment, not a failure"
+
+
+def test_a_callers_options_through_the_gateway_are_bounded(client: TestClient) -> None:
+    huge = {"quicksettings_list": ["x" * 4000] * 200}
+    refused = client.post("/sdapi/v1/options", json=huge, headers={"X-Gpuroam-Identity": "address:203.0.113.9"})
+    assert refused.status_code == 422 and "at most 16,384" in refused.text

@@ -425,4 +425,4 @@ def _tls_files(certificate: Path | None, key: Path | None) -> tuple[str, str] | 
         server_context(str(certificate), str(key))
     except TlsError as error:
         die(str(error))
-    return str(certificate.resolve()), str(key.resolve())
+    return str(certificate.absolute()), str(key.absolute())  # not resolved: certbot renews behind its live/ links

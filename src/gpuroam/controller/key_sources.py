@@ -66,9 +66,11 @@ def _check(name: str, key: str, where: str) -> None:
     if not KEY_NAME.fullmatch(name):
         raise KeySourceError(f"{where}: {name!r} is no key name; use letters, digits, '.', '_' and '-' (at most 63)")
     if len(key) < MIN_KEY_CHARS or any(c.isspace() for c in key):
-        # The key itself is never repeated in a message: messages reach logs.
+        # The key itself is never repeated in a message (messages reach logs), nor a "name" that may be one
+        # written the wrong way round (KEY: NAME).
+        shown = repr(name) if len(name) < MIN_KEY_CHARS else f"{name[:4]!r}..."
         raise KeySourceError(
-            f"{where}: the key of {name!r} has {len(key)} characters or has spaces; a key needs at least "
+            f"{where}: the key of {shown} has {len(key)} characters or has spaces; a key needs at least "
             f"{MIN_KEY_CHARS} characters and no spaces ({_MAKE_ONE})"
         )
 
@@ -121,6 +123,7 @@ class KeySources:
         self.clock = clock
         self._lock = threading.Lock()
         self._last: dict[str, _Read] = {}  # source -> the last read of it
+        self._reading: set[str] = set()  # sources being read now
 
     def keys(self, endpoint: EndpointSpec, provider: Provider) -> SourcedKeys | None:
         """None when the spec names no source."""
@@ -132,16 +135,25 @@ class KeySources:
             version = self._version(endpoint, last)
             if last is not None and version == last.version:
                 return last.keys
-            try:
-                keys = self._read(endpoint, provider)
-                read = SourcedKeys({key_hash(k): n for n, k in keys.items()}, tuple(keys))
-            except KeySourceError as error:
-                if last is None or last.keys.error != str(error):
-                    log.warning("cannot read API keys; keeping the last read", extra={"error": str(error)})
-                kept = last.keys if last is not None else SourcedKeys({}, ())
-                read = SourcedKeys(kept.hashes, kept.names, str(error))
+            if source in self._reading:  # another request is reading it (a Secret over a slow API): the last keys
+                return last.keys if last is not None else SourcedKeys({}, (), "not read yet")
+            self._reading.add(source)
+        try:  # the read itself outside the lock: a cluster timing out delays no other service's keys
+            keys = self._read(endpoint, provider)
+            read = SourcedKeys({key_hash(k): n for n, k in keys.items()}, tuple(keys))
+        except KeySourceError as error:
+            if last is None or last.keys.error != str(error):
+                log.warning("cannot read API keys; keeping the last read", extra={"error": str(error)})
+            kept = last.keys if last is not None else SourcedKeys({}, ())
+            read = SourcedKeys(kept.hashes, kept.names, str(error))
+        finally:
+            with self._lock:
+                self._reading.discard(source)
+        if endpoint.key_secret() is not None:
+            version = self.clock()  # a Secret's age counts from when its read ended
+        with self._lock:
             self._last[source] = _Read(version, read)
-            return read
+        return read
 
     def check(self, endpoint: EndpointSpec, provider: Provider) -> None:
         """At `up`: a keys file is read now, past any cache (KeySourceError if it cannot be, or holds no key); a

@@ -48,6 +48,13 @@ from gpuroam.gateway.wire import (
 )
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+# What a caller's requests in flight and rates count: generations, and the image work of the Extras tab.
+COSTLY_PATHS = GENERATION_PATHS | {
+    b"/sdapi/v1/extra-single-image",
+    b"/sdapi/v1/extra-batch-images",
+    b"/sdapi/v1/png-info",
+    b"/sdapi/v1/interrogate",
+}
 KEYED_HEADERS = frozenset({IDENTITY_HEADER, b"authorization"})  # a keyed endpoint's credentials stop here
 OPEN_HEADERS = frozenset({IDENTITY_HEADER})
 PROTO_HEADERS = frozenset({b"x-forwarded-proto"})  # the scheme the client used is the gateway's to say
@@ -154,7 +161,7 @@ class Route:
             self.metrics.error(self.service, "no_api_key")
             client.write(self._key_wanted(request))
             return
-        if request.path not in GENERATION_PATHS:  # progress polls and the like are cheap: never counted
+        if request.path not in COSTLY_PATHS:  # progress polls and the like are cheap: never counted
             await self._forward(client, request, caller)
             return
         limit = self.limits.max_in_flight or self.config.max_in_flight_per_caller

@@ -109,8 +109,6 @@ class Gateway:
         for name, service in wanted.items():
             if name not in self.routes and not await self._open_route(service, strict):
                 continue
-            if (tls := self._tls.get(name)) is not None:
-                tls.refresh()  # a certificate renewed in place
             before = {b.replica for b in self.routes[name].backends.backends()}
             self.routes[name].update(service.backends)
             self.routes[name].api_keys = service.keys
@@ -264,6 +262,9 @@ class Gateway:
                 route.expire(now)
                 for pool in route.pools.values():
                     pool.sweep(now)
+            for tls in self._tls.values():
+                if tls is not None:
+                    tls.refresh()  # a certificate renewed in place, for a gateway the feed does not call either
 
     async def _close_route(self, name: str) -> None:
         server = self._servers.pop(name)

@@ -182,9 +182,9 @@ class Engine:
             }
         try:
             with contextlib.ExitStack() as stack:
-                stack.enter_context(self._device_lock)
-                if key.tiling:
+                if key.tiling:  # before the device lock, as the compile thread takes them
                     stack.enter_context(tiled(pipeline, self.graphs))
+                stack.enter_context(self._device_lock)
                 seen = [(graph, stack.enter_context(graph.recording())) for graph in self.graphs if record is not None]
                 stack.enter_context(torch.inference_mode())
                 stack.enter_context(overlapped_noise_copies(pipeline, pipeline.scheduler))
@@ -254,17 +254,20 @@ def tiled(pipeline: DiffusionPipeline, graphs: Iterable[GraphedForward]) -> Iter
         if isinstance(layer, torch.nn.Conv2d)
     ]
     graphs = list(graphs)
-    for layer in convolutions:
-        layer.padding_mode = "circular"
-    for graph in graphs:
-        graph.eager_only = True
-    try:
-        yield
-    finally:
+    with contextlib.ExitStack() as held:
+        for graph in graphs:  # wait for a compile in progress: it must not see circular padding
+            held.enter_context(graph.module_lock)
         for layer in convolutions:
-            layer.padding_mode = "zeros"
+            layer.padding_mode = "circular"
         for graph in graphs:
-            graph.eager_only = False
+            graph.eager_only = True
+        try:
+            yield
+        finally:
+            for layer in convolutions:
+                layer.padding_mode = "zeros"
+            for graph in graphs:
+                graph.eager_only = False
 
 
 def _probe_task(width: int, height: int, clip_skip: int) -> ImageTask:

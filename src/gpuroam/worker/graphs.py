@@ -188,6 +188,10 @@ class GraphedForward:
     eager_failed: dict[Signature, str] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=lambda: {"compiled": 0, "eager graph": 0, "eager": 0})
     eager_only: bool = False  # set by the device thread around a batch the built graphs do not compute (tiling)
+    # Held while the compile thread uses the module as it is (compiling it, or running it as the reference), and
+    # by a tiled batch while it pads the module's convolutions circularly: neither sees the other's module.
+    # Taken before device_lock, by both threads.
+    module_lock: threading.Lock = field(default_factory=threading.Lock)
     _recording: dict[Signature, Inputs] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -239,7 +243,7 @@ class GraphedForward:
         compile thread. A module that cannot be captured (a host sync, say) keeps the plain eager path."""
         args, kwargs = example
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self.module_lock:
                 graph = self.capturer(self.eager, example, self.pool, self.device_lock)
                 check_close(graph(*args, **kwargs), self.eager(*args, **kwargs), self.name)
         except Exception as error:  # noqa: BLE001 - the plain eager path stays
@@ -258,7 +262,7 @@ class GraphedForward:
                 if isinstance(leaf, torch.Tensor) and leaf.dim() and leaf.shape[0] > 1:
                     torch._dynamo.maybe_mark_dynamic(leaf, 0)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self.module_lock:
                 with self.compile_lock:
                     output = self.compiled(*args, **kwargs)
                 check_close(output, self.eager(*args, **kwargs), self.name)

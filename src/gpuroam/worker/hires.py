@@ -20,6 +20,7 @@ from gpuroam.worker.schemas import Txt2ImgRequest
 
 LATENT_CELL = 8  # pixels per latent cell (the VAE's downscale)
 MAX_SIDE = 2048  # as a request's own width and height
+MAX_UPSCALED = 4096  # before a crop to hr_resize_x x hr_resize_y: a very different aspect would upscale past this
 DEFAULT_DENOISING = 0.7  # A1111's hires fix default, for a request that sends none
 # torch's interpolation for each latent mode: (mode, antialias)
 _LATENT_MODES = {
@@ -81,7 +82,9 @@ def plan_hires(request: Txt2ImgRequest) -> HiresPlan:
         steps=request.hr_second_pass_steps or request.steps,
         denoising_strength=DEFAULT_DENOISING if request.denoising_strength is None else request.denoising_strength,
     )
-    if not LATENT_CELL <= plan.width <= MAX_SIDE or not LATENT_CELL <= plan.height <= MAX_SIDE:
+    if max(plan.upscaled_width, plan.upscaled_height) > MAX_UPSCALED or not (
+        LATENT_CELL <= plan.width <= MAX_SIDE and LATENT_CELL <= plan.height <= MAX_SIDE
+    ):
         raise HiresError(
             "hr_scale", f"the hires result would be {plan.width}x{plan.height}; each side from 8 to {MAX_SIDE}"
         )

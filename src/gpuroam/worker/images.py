@@ -63,8 +63,9 @@ def decode_image(data: str) -> Image.Image:
     return decode_image_any_mode(data).convert("RGB")
 
 
-def decode_image_any_mode(data: str) -> Image.Image:
-    """The image as sent (its mode, its text chunks), for png-info and the Extras tab."""
+def decode_image_any_mode(data: str, load: bool = True) -> Image.Image:
+    """The image as sent (its mode, its text chunks), for png-info and the Extras tab; without `load`, only its
+    header is read (its size known, its pixels not decoded yet)."""
     if data.startswith("data:"):
         _, _, data = data.partition(",")
     try:
@@ -77,7 +78,8 @@ def decode_image_any_mode(data: str) -> Image.Image:
         image = Image.open(io.BytesIO(raw))
         if image.width * image.height > MAX_INIT_IMAGE_PIXELS:
             raise ImageDecodeError(f"image is {image.width}x{image.height}; at most {MAX_INIT_IMAGE_PIXELS} pixels")
-        image.load()
+        if load:
+            image.load()
     except ImageDecodeError:
         raise
     except Exception as exc:  # PIL raises many types for bad data

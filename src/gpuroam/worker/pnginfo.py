@@ -15,7 +15,8 @@ from typing import Any
 from PIL import Image
 
 # A key (a word character, then words, spaces, '-' or '/'), ':', and a value: a JSON string or up to the next comma.
-_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_PAIR = re.compile(r'(?:^|(?<=,))\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+MAX_INFOTEXT = 65_536  # characters parsed; an A1111 infotext is a few hundred (a longer one is cut, not parsed whole)
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
 _NEGATIVE = "Negative prompt:"
 _WEIGHTED = re.compile(r"\([^()]*:\s*[\d.]+\s*\)|\([^():]+\)|\[[^\[\]:|]+\]")  # (x:1.2), (x), [x]
@@ -69,7 +70,10 @@ def read_info(image: Image.Image) -> tuple[str, dict[str, Any]]:
     """The image's infotext and its other metadata (A1111's `info` and `items`)."""
     items = {key: value for key, value in image.info.items() if key not in _METADATA_ONLY}
     info = items.pop("parameters", "")
-    comment = image.getexif().get_ifd(0x8769).get(_USER_COMMENT) if "exif" in image.info else None
+    try:
+        comment = image.getexif().get_ifd(0x8769).get(_USER_COMMENT) if "exif" in image.info else None
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block is no comment, not a failed request
+        comment = None
     if comment:
         info = _user_comment(comment) or info
     elif isinstance(image.info.get("comment"), bytes):  # a GIF's comment
@@ -93,7 +97,7 @@ def _user_comment(raw: object) -> str:
 
 def parse_parameters(infotext: str) -> dict[str, Any]:
     """A1111's parse of an infotext: the last line's pairs, then Prompt and Negative prompt, then defaults."""
-    lines = infotext.strip().split("\n")
+    lines = infotext[:MAX_INFOTEXT].strip().split("\n")
     last = lines[-1] if lines else ""
     if len(_PAIR.findall(last)) >= 3:
         lines, pairs_line = lines[:-1], last

@@ -24,10 +24,11 @@ from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.options import OptionError, WorkerOptions, check_value, is_setting
 from gpuroam.worker.responses import GenerationInfo, GenerationResult
-from gpuroam.worker.samplers import UnknownSampler, resolve
+from gpuroam.worker.samplers import Sampler, Schedule, UnknownSampler, resolve
 from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
 
 MAX_SEED = 4294967294
+MAX_CALLER_OPTIONS_BYTES = 16_384
 
 
 class RequestError(ValueError):
@@ -66,6 +67,19 @@ class GenerationService:
         for eta in ("eta_ddim", "eta_ancestral"):
             if eta in values:
                 checked[eta] = _float_option(values, eta, 0.0, 1.0)
+        return checked
+
+    def caller_options(self, values: Mapping[str, object]) -> dict[str, object]:
+        """Checked options for a caller through the gateway, which keeps them for that caller and sends them with
+        each of its generations: at most MAX_CALLER_OPTIONS_BYTES of them, so one caller cannot make the
+        gateway hold or copy megabytes (a 422 says so)."""
+        checked = self.checked_options(values)
+        size = len(json.dumps(checked))
+        if size > MAX_CALLER_OPTIONS_BYTES:
+            raise RequestError(
+                next(iter(checked), "options"),
+                f"these options take {size:,} bytes; a caller's options take at most {MAX_CALLER_OPTIONS_BYTES:,}",
+            )
         return checked
 
     def update_options(self, values: Mapping[str, object]) -> None:
@@ -143,6 +157,8 @@ class GenerationService:
         """Refuse what one request may not ask of a shared GPU, before it queues (spec `limits:`); a hires fix's
         second pass counts too."""
         text = len(request.prompt) + len(request.negative_prompt) + sum(map(len, request.styles or []))
+        if isinstance(request, Txt2ImgRequest) and request.enable_hr:
+            text += len(request.hr_prompt) + len(request.hr_negative_prompt)
         if text > self.config.max_prompt_chars:
             raise RequestError(
                 "prompt",
@@ -228,22 +244,25 @@ class GenerationService:
                 self.batcher.interrupt(job)
 
     def _hires(self, request: GenerationRequest) -> HiresPlan | None:
+        """The hires fix a request asks for, all of it checked before the first pass takes the GPU."""
         if not isinstance(request, Txt2ImgRequest) or not request.enable_hr:
             return None
         try:
-            return plan_hires(request)
+            plan = plan_hires(request)
         except HiresError as error:
             raise RequestError(error.field_name, str(error)) from None
+        try:
+            _hires_sampler(request)
+        except ValueError as error:  # an unknown sampler too: here a field of the hires pass, a 422
+            raise RequestError("hr_sampler_name", str(error)) from None
+        return plan
 
     async def _second_pass(
         self, request: Txt2ImgRequest, hires: HiresPlan, first: Job, tasks: list[ImageTask], made: list[Picture | None]
     ) -> tuple[Job, list[ImageTask], list[Picture | None]]:
         """Hires fix's second pass: each first-pass result upscaled, then img2img at the hires size, under the
         same job id (progress and interrupt follow it), batched with other such passes."""
-        sampler, schedule = resolve(
-            _same(request.hr_sampler_name, "Use same sampler") or request.requested_sampler,
-            _same(request.hr_scheduler, "Use same scheduler") or request.scheduler,
-        )
+        sampler, schedule = _hires_sampler(request)
         key = replace(
             first.key,
             mode="img2img",
@@ -345,6 +364,13 @@ class GenerationService:
             "gpuroam_gpu": self.config.gpu,
             "gpuroam_replica": self.config.replica,
         }
+
+
+def _hires_sampler(request: Txt2ImgRequest) -> tuple[Sampler, Schedule]:
+    return resolve(
+        _same(request.hr_sampler_name, "Use same sampler") or request.requested_sampler,
+        _same(request.hr_scheduler, "Use same scheduler") or request.scheduler,
+    )
 
 
 def _same(name: str | None, same: str) -> str | None:

@@ -49,7 +49,11 @@ def gateway_feed(context: Context) -> GatewayFeed:
                 name=record.name,
                 port=record.gateway_port,
                 backends=backends,
-                api_keys={**keys.get(record.name, {}), **(sourced.hashes if sourced else {})},
+                # A key from the spec's source is a caller of its own even where a made key has its name.
+                api_keys={
+                    **keys.get(record.name, {}),
+                    **{h: f"spec:{n}" for h, n in (sourced.hashes if sourced else {}).items()},
+                },
                 key_required=sourced is not None,
                 limits=FeedLimits.model_validate(record.spec.get("endpoint") or {}),  # what the stored spec says
                 tls=FeedTls(certificate=tls.certificate, key=tls.key) if tls and tls.certificate and tls.key else None,

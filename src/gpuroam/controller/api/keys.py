@@ -74,7 +74,8 @@ def revoke_key(name: str, key_name: str, context: Context, open_endpoint: bool =
     """Revoking the last key would open the endpoint to anyone: that takes `open_endpoint=true`. A key from
     the spec's source is revoked there."""
     source, sourced = spec_keys(context, name)
-    if sourced is not None and key_name in sourced.names:
+    made_here = any(key.name == key_name for key in context.store.list_api_keys(name))
+    if sourced is not None and key_name in sourced.names and not made_here:
         raise HTTPException(
             409, f"{key_name!r} comes from {source}: remove it there, and the gateway refuses it within seconds"
         )

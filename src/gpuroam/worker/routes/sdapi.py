@@ -117,7 +117,7 @@ async def set_options(update: OptionsUpdate, http: Request, service: ReadyServic
     """On the worker's own port, set its options; for a caller through the gateway, check them and answer
     the checked values, which the gateway keeps for that caller (a bad value is a 422 either way)."""
     if caller(http) is not None:
-        return service.checked_options(update.model_dump())
+        return service.caller_options(update.model_dump())
     service.update_options(update.model_dump())
     return None
 

@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 import torch
 from fastapi import APIRouter, HTTPException, params
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpuroam.worker.extras import LATENT_UPSCALE_MODES, UPSCALERS, ExtrasError, Upscale, check_budget, run_extras
@@ -84,16 +85,30 @@ class InterrogateRequest(BaseModel):
     model: str = "clip"
 
 
-def _decoded(data: str, field_name: str) -> Any:
+def _opened(data: str, field_name: str, load: bool = True) -> Image.Image:
     try:
-        return decode_image_any_mode(data.strip())
+        return decode_image_any_mode(data.strip(), load)
     except ImageDecodeError as error:
         raise RequestError(field_name, f"Invalid encoded image: {error}") from None
 
 
-async def _extras(image: Any, request: ExtrasRequest) -> tuple[str, str]:
+async def _decoded(data: str, field_name: str) -> Image.Image:
+    """Decoded off the event loop: a large image takes a while, and the loop serves everyone."""
+    return await anyio.to_thread.run_sync(_opened, data, field_name)
+
+
+def _loaded(image: Image.Image) -> Image.Image:
+    try:
+        image.load()
+    except Exception as error:  # noqa: BLE001 - PIL raises many types for bad pixel data
+        raise RequestError("image", f"Invalid encoded image: {type(error).__name__}: {error}") from None
+    return image
+
+
+async def _extras(image: Image.Image, request: ExtrasRequest) -> tuple[str, str]:
     try:
         async with EXTRAS_AT_ONCE:
+            image = await anyio.to_thread.run_sync(_loaded, image)
             result, html_info = await anyio.to_thread.run_sync(run_extras, image, request.upscale())
     except ExtrasError as error:
         raise RequestError(error.field_name, str(error)) from None
@@ -103,14 +118,16 @@ async def _extras(image: Any, request: ExtrasRequest) -> tuple[str, str]:
 
 
 async def extra_single_image(request: ExtrasSingleRequest) -> dict[str, str]:
-    image, html_info = await _extras(_decoded(request.image, "image"), request)
+    image, html_info = await _extras(_opened(request.image, "image", load=False), request)
     return {"html_info": html_info, "image": image}
 
 
 async def extra_batch_images(request: ExtrasBatchRequest) -> dict[str, Any]:
-    sources = [_decoded(item.data, f"imageList.{position}.data") for position, item in enumerate(request.imageList)]
+    sources = [
+        _opened(item.data, f"imageList.{position}.data", load=False) for position, item in enumerate(request.imageList)
+    ]
     try:
-        check_budget(sources, request.upscale())  # the whole batch, before any of it is made
+        check_budget(sources, request.upscale())  # the whole batch, from the headers, before any pixel is decoded
     except ExtrasError as error:
         raise RequestError(error.field_name, str(error)) from None
     images, html_info = [], "<p></p>"
@@ -121,8 +138,8 @@ async def extra_batch_images(request: ExtrasBatchRequest) -> dict[str, Any]:
 
 
 async def png_info(request: ImageRequest) -> dict[str, Any]:
-    info, items = read_info(_decoded(request.image, "image"))
-    return {"info": info, "items": items, "parameters": parse_parameters(info)}
+    info, items = read_info(await _decoded(request.image, "image"))
+    return {"info": info, "items": items, "parameters": await anyio.to_thread.run_sync(parse_parameters, info)}
 
 
 async def interrogate(request: InterrogateRequest) -> dict[str, str]:
@@ -131,7 +148,7 @@ async def interrogate(request: InterrogateRequest) -> dict[str, str]:
         raise HTTPException(404, "Image not found")
     if request.model not in ("clip", "deepdanbooru"):
         raise HTTPException(404, "Model not found")
-    _decoded(request.image, "image")
+    await _decoded(request.image, "image")
     return {"caption": "<error>"}
 
 
