@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app
-from gpuroam.worker.hires import HiresError, plan_hires, upscale_image, upscale_latent
-from gpuroam.worker.schemas import Txt2ImgRequest
+from gpuroam.worker.hires import plan_hires, upscale_image, upscale_latent
+from gpuroam.worker.schemas import RequestError, Txt2ImgRequest
 from live_jobs import wait_ready
 
 SMALL = {"prompt": "a red cube", "width": 64, "height": 64, "steps": 2, "seed": 7, "enable_hr": True}
@@ -63,7 +63,7 @@ def test_every_plan_is_whole_latent_cells_and_the_upscales_make_that_size(
 ) -> None:
     try:
         plan = plan_hires(request(width=width, height=height, hr_scale=scale, hr_upscaler=upscaler))
-    except HiresError as error:
+    except RequestError as error:
         assert "each side from 8 to 2048" in str(error)
         return
     assert plan.width % 8 == 0 and plan.height % 8 == 0
@@ -75,9 +75,9 @@ def test_every_plan_is_whole_latent_cells_and_the_upscales_make_that_size(
 
 
 def test_an_unknown_upscaler_or_a_too_large_result_is_refused() -> None:
-    with pytest.raises(HiresError, match="R-ESRGAN 4x\\+' is not available here"):
+    with pytest.raises(RequestError, match="R-ESRGAN 4x\\+' is not available here"):
         plan_hires(request(hr_upscaler="R-ESRGAN 4x+"))
-    with pytest.raises(HiresError, match="each side from 8 to 2048"):
+    with pytest.raises(RequestError, match="each side from 8 to 2048"):
         plan_hires(request(width=1024, height=1024, hr_scale=4))
 
 

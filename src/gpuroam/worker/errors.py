@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gpuroam.api_errors import install_validation_handler
 from gpuroam.worker.batcher import BatchFailed, QueueFull
 from gpuroam.worker.samplers import UnknownSampler
-from gpuroam.worker.service import RequestError
+from gpuroam.worker.schemas import RequestError
 
 
 class ClientGone(Exception):

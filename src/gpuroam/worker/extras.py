@@ -9,10 +9,12 @@ when the model cannot be loaded, the image comes back unrestored and the request
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 
 from PIL import Image
+
+from gpuroam.worker.infotext import quoted
+from gpuroam.worker.schemas import RequestError
 
 UPSCALERS = ("None", "Lanczos", "Nearest")
 LATENT_UPSCALE_MODES = (
@@ -26,14 +28,6 @@ LATENT_UPSCALE_MODES = (
 _FILTERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 MAX_SIDE = 8192  # pixels of one side of a result
 MAX_PIXELS = 64_000_000  # pixels of all the results of one request: past this one caller would hold gigabytes
-
-
-class ExtrasError(ValueError):
-    """An upscaler that is not offered, or a result too large; `field_name` names the request field."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(message)
-        self.field_name = field_name
 
 
 @dataclass(frozen=True)
@@ -55,7 +49,7 @@ class Upscale:
     def check(self) -> None:
         for field_name, name in (("upscaler_1", self.upscaler_1), ("upscaler_2", self.upscaler_2)):
             if name not in UPSCALERS:
-                raise ExtrasError(
+                raise RequestError(
                     field_name, f"upscaler {name!r} is not available here; available: {', '.join(UPSCALERS)}"
                 )
 
@@ -65,9 +59,11 @@ def upscale(image: Image.Image, scale: float, upscaler: str) -> Image.Image:
     most 3) until the image reaches it, then an exact Lanczos resize there."""
     target = (int((image.width * scale) // 8 * 8), int((image.height * scale) // 8 * 8))
     if max(target) > MAX_SIDE:
-        raise ExtrasError("upscaling_resize", f"the result would be {target[0]}x{target[1]}; at most {MAX_SIDE} a side")
+        raise RequestError(
+            "upscaling_resize", f"the result would be {target[0]}x{target[1]}; at most {MAX_SIDE} a side"
+        )
     if min(target) < 1:
-        raise ExtrasError("upscaling_resize", f"the result would be {target[0]}x{target[1]}; make it larger")
+        raise RequestError("upscaling_resize", f"the result would be {target[0]}x{target[1]}; make it larger")
     current = image
     if upscaler in _FILTERS and scale > 1:
         for _ in range(3):
@@ -95,7 +91,7 @@ def output_pixels(image: Image.Image, request: Upscale) -> int:
 def check_budget(images: list[Image.Image], request: Upscale) -> None:
     total = sum(output_pixels(image, request) for image in images)
     if total > MAX_PIXELS:
-        raise ExtrasError(
+        raise RequestError(
             "upscaling_resize",
             f"the results would have {total / 1e6:.0f} million pixels; at most {MAX_PIXELS / 1e6:.0f} million per "
             "request: upscale less, or send fewer images per request",
@@ -132,7 +128,7 @@ def run_extras(image: Image.Image, request: Upscale) -> tuple[Image.Image, str]:
     if request.codeformer_visibility > 0:
         done["CodeFormer visibility"] = round(request.codeformer_visibility, 3)
         done["CodeFormer weight"] = round(request.codeformer_weight, 3)
-    text = ", ".join(key if key == value else f"{key}: {_quote(value)}" for key, value in done.items())
+    text = ", ".join(key if key == value else f"{key}: {quoted(value)}" for key, value in done.items())
     if text:
         image.info["postprocessing"] = text
     return image, "<p>" + html.escape(text).replace("\n", "<br>\n") + "</p>"
@@ -142,8 +138,3 @@ def _centre_crop(image: Image.Image, width: int, height: int) -> Image.Image:
     canvas = Image.new("RGB", (width, height))
     canvas.paste(image, (width // 2 - image.width // 2, height // 2 - image.height // 2))
     return canvas
-
-
-def _quote(value: object) -> str:
-    text = str(value)
-    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",\n:") else text

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gpuroam.worker.extras import LATENT_UPSCALE_MODES, UPSCALERS, upscale
-from gpuroam.worker.schemas import Txt2ImgRequest
+from gpuroam.worker.schemas import RequestError, Txt2ImgRequest
 
 LATENT_CELL = 8  # pixels per latent cell (the VAE's downscale)
 MAX_SIDE = 2048  # as a request's own width and height
@@ -32,14 +32,6 @@ _LATENT_MODES = {
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
 assert tuple(_LATENT_MODES) == LATENT_UPSCALE_MODES
-
-
-class HiresError(ValueError):
-    """A hires fix the request cannot have; `field_name` names the field."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(message)
-        self.field_name = field_name
 
 
 @dataclass(frozen=True)
@@ -71,7 +63,7 @@ def plan_hires(request: Txt2ImgRequest) -> HiresPlan:
     upscaler = request.hr_upscaler or "Latent"
     if upscaler not in _LATENT_MODES and upscaler not in UPSCALERS:
         offered = ", ".join((*LATENT_UPSCALE_MODES, *UPSCALERS))
-        raise HiresError("hr_upscaler", f"upscaler {upscaler!r} is not available here; available: {offered}")
+        raise RequestError("hr_upscaler", f"upscaler {upscaler!r} is not available here; available: {offered}")
     width, height, crop_x, crop_y = _target(request)
     plan = HiresPlan(
         upscaler=upscaler,
@@ -85,7 +77,7 @@ def plan_hires(request: Txt2ImgRequest) -> HiresPlan:
     if max(plan.upscaled_width, plan.upscaled_height) > MAX_UPSCALED or not (
         LATENT_CELL <= plan.width <= MAX_SIDE and LATENT_CELL <= plan.height <= MAX_SIDE
     ):
-        raise HiresError(
+        raise RequestError(
             "hr_scale", f"the hires result would be {plan.width}x{plan.height}; each side from 8 to {MAX_SIDE}"
         )
     return plan

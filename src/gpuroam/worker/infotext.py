@@ -49,7 +49,7 @@ def infotext(
         **{name: _number(value) if isinstance(value, float) else value for name, value in (hires or {}).items()},
         "Version": f"gpuroam {__version__}",
     }
-    settings = ", ".join(f"{name}: {_quoted(value)}" for name, value in fields.items() if value is not None)
+    settings = ", ".join(f"{name}: {quoted(value)}" for name, value in fields.items() if value is not None)
     lines = [prompt]
     if negative_prompt:
         lines.append(f"Negative prompt: {negative_prompt}")
@@ -57,7 +57,7 @@ def infotext(
     return "\n".join(lines)
 
 
-def _quoted(value: object) -> str:
+def quoted(value: object) -> str:
     """A value as A1111 writes it: in JSON quotes when it holds a comma, a colon or a line break."""
     text = str(value)
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text

@@ -15,6 +15,14 @@ from gpuroam.api_errors import MAX_NESTING, nested_items
 MAX_IMAGES_PER_REQUEST = 64
 
 
+class RequestError(ValueError):
+    """A request that is well-formed JSON but cannot be served as asked (a 422)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field_name = field_name
+
+
 def _multiple_of_8(value: int) -> int:
     if value % 8:
         raise ValueError(f"must be a multiple of 8 (got {value}); try {value - value % 8} or {value - value % 8 + 8}")

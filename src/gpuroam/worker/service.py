@@ -17,7 +17,7 @@ from PIL import Image
 
 from gpuroam.worker.batcher import Batcher
 from gpuroam.worker.config import WorkerConfig
-from gpuroam.worker.hires import HiresError, HiresPlan, hires_fields, plan_hires, upscale_image, upscale_latent
+from gpuroam.worker.hires import HiresPlan, hires_fields, plan_hires, upscale_image, upscale_latent
 from gpuroam.worker.images import decode_image, encode_png, resize_for_generation
 from gpuroam.worker.infotext import infotext
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture
@@ -25,18 +25,10 @@ from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.options import OptionError, WorkerOptions, check_value, is_setting
 from gpuroam.worker.responses import GenerationInfo, GenerationResult
 from gpuroam.worker.samplers import Sampler, Schedule, UnknownSampler, resolve
-from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
+from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
 
 MAX_SEED = 4294967294
 MAX_CALLER_OPTIONS_BYTES = 16_384
-
-
-class RequestError(ValueError):
-    """A request that is well-formed JSON but cannot be served as asked (a 422)."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(message)
-        self.field_name = field_name
 
 
 class GenerationService:
@@ -247,10 +239,7 @@ class GenerationService:
         """The hires fix a request asks for, all of it checked before the first pass takes the GPU."""
         if not isinstance(request, Txt2ImgRequest) or not request.enable_hr:
             return None
-        try:
-            plan = plan_hires(request)
-        except HiresError as error:
-            raise RequestError(error.field_name, str(error)) from None
+        plan = plan_hires(request)
         try:
             _hires_sampler(request)
         except ValueError as error:  # an unknown sampler too: here a field of the hires pass, a 422

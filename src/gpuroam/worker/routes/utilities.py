@@ -20,10 +20,10 @@ from fastapi import APIRouter, HTTPException, params
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpuroam.worker.extras import LATENT_UPSCALE_MODES, UPSCALERS, ExtrasError, Upscale, check_budget, run_extras
+from gpuroam.worker.extras import LATENT_UPSCALE_MODES, UPSCALERS, Upscale, check_budget, run_extras
 from gpuroam.worker.images import ImageDecodeError, decode_image_any_mode, encode_png
 from gpuroam.worker.pnginfo import parse_parameters, read_info
-from gpuroam.worker.service import RequestError
+from gpuroam.worker.schemas import RequestError
 from gpuroam.worker.state import SharedState
 
 EXTRAS_AT_ONCE = anyio.CapacityLimiter(2)  # CPU work: a burst of extras requests queues, it cannot take every core
@@ -106,12 +106,9 @@ def _loaded(image: Image.Image) -> Image.Image:
 
 
 async def _extras(image: Image.Image, request: ExtrasRequest) -> tuple[str, str]:
-    try:
-        async with EXTRAS_AT_ONCE:
-            image = await anyio.to_thread.run_sync(_loaded, image)
-            result, html_info = await anyio.to_thread.run_sync(run_extras, image, request.upscale())
-    except ExtrasError as error:
-        raise RequestError(error.field_name, str(error)) from None
+    async with EXTRAS_AT_ONCE:
+        image = await anyio.to_thread.run_sync(_loaded, image)
+        result, html_info = await anyio.to_thread.run_sync(run_extras, image, request.upscale())
     texts = {key: value for key, value in result.info.items() if isinstance(key, str) and isinstance(value, str)}
     parameters = texts.pop("parameters", None)
     return await anyio.to_thread.run_sync(encode_png, result, parameters, texts), html_info
@@ -126,10 +123,7 @@ async def extra_batch_images(request: ExtrasBatchRequest) -> dict[str, Any]:
     sources = [
         _opened(item.data, f"imageList.{position}.data", load=False) for position, item in enumerate(request.imageList)
     ]
-    try:
-        check_budget(sources, request.upscale())  # the whole batch, from the headers, before any pixel is decoded
-    except ExtrasError as error:
-        raise RequestError(error.field_name, str(error)) from None
+    check_budget(sources, request.upscale())  # the whole batch, from the headers, before any pixel is decoded
     images, html_info = [], "<p></p>"
     for source in sources:
         image, html_info = await _extras(source, request)
@@ -248,20 +242,16 @@ def add_routes(router: APIRouter, dependencies: Sequence[params.Depends] = ()) -
         router.add_api_route(f"/sdapi/v1/{path}", empty_list, methods=["GET"], dependencies=guarded)
     for path in ("refresh-checkpoints", "refresh-vae", "refresh-loras", "refresh-embeddings"):
         router.add_api_route(f"/sdapi/v1/{path}", refresh, methods=["POST"], dependencies=guarded)
-    gets: dict[str, Callable[..., Any]] = {
-        "upscalers": upscalers,
-        "latent-upscale-modes": latent_upscale_modes,
-        "embeddings": embeddings,
-        "cmd-flags": cmd_flags,
-        "memory": memory,
-    }
-    for path, endpoint in gets.items():
-        router.add_api_route(f"/sdapi/v1/{path}", endpoint, methods=["GET"], dependencies=guarded)
-    posts: dict[str, Callable[..., Any]] = {
-        "png-info": png_info,
-        "extra-single-image": extra_single_image,
-        "extra-batch-images": extra_batch_images,
-        "interrogate": interrogate,
-    }
-    for path, endpoint in posts.items():
-        router.add_api_route(f"/sdapi/v1/{path}", endpoint, methods=["POST"], dependencies=guarded)
+    routes: list[tuple[str, str, Callable[..., Any]]] = [
+        ("GET", "upscalers", upscalers),
+        ("GET", "latent-upscale-modes", latent_upscale_modes),
+        ("GET", "embeddings", embeddings),
+        ("GET", "cmd-flags", cmd_flags),
+        ("GET", "memory", memory),
+        ("POST", "png-info", png_info),
+        ("POST", "extra-single-image", extra_single_image),
+        ("POST", "extra-batch-images", extra_batch_images),
+        ("POST", "interrogate", interrogate),
+    ]
+    for method, path, endpoint in routes:
+        router.add_api_route(f"/sdapi/v1/{path}", endpoint, methods=[method], dependencies=guarded)
