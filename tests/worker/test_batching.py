@@ -199,3 +199,39 @@ def test_a_sixth_callers_image_waits_at_most_one_batch_behind_five_callers_64_im
 
     asyncio.run(play())
     assert ran[1] == ["f"], f"batches run before the sixth caller's image: {ran[:2]}"
+
+
+def test_a_batch_the_engine_cannot_start_yet_waits_in_the_queue_and_others_run() -> None:
+    from gpuroam.worker.batcher import Batcher
+    from gpuroam.worker.engine import BatchResult
+    from gpuroam.worker.jobs import BatchKey, ImageTask, Job
+    from gpuroam.worker.metrics import WorkerMetrics
+
+    ran: list[bool] = []
+    compiling = [True]
+
+    def run_batch(tasks: list[ImageTask], on_step: object) -> BatchResult:
+        ran.append(tasks[0].key.tiling)
+        return BatchResult(images=[None] * len(tasks), seconds=0.0)  # type: ignore[list-item]
+
+    async def play() -> None:
+        batcher = Batcher(
+            run_batch, WorkerMetrics(), 8, 0.0, 100, runnable_now=lambda key: not (key.tiling and compiling[0])
+        )
+        plain = BatchKey("txt2img", 64, 64, 2, "Euler", "automatic", 7.0)
+        tiled = BatchKey("txt2img", 64, 64, 2, "Euler", "automatic", 7.0, tiling=True)
+        loop = asyncio.get_running_loop()
+        first = ImageTask(Job("tiled", tiled, 1), 0, "", "", 1, 0, 0.0, None, loop.create_future())
+        second = ImageTask(Job("plain", plain, 1), 0, "", "", 2, 0, 0.0, None, loop.create_future())
+        batcher.submit([first])
+        batcher.submit([second])
+        batcher.start()
+        assert second.result is not None and first.result is not None
+        await asyncio.wait_for(second.result, 5)
+        assert ran == [False] and not first.result.done(), "the tiled batch waits; the one behind it does not"
+        compiling[0] = False
+        await asyncio.wait_for(first.result, 5)
+        assert ran == [False, True]
+        await batcher.stop()
+
+    asyncio.run(play())

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from gpuroam.worker.engine import BatchResult, is_out_of_memory
-from gpuroam.worker.jobs import ImageTask, Job, Picture, take_batch
+from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture, take_batch
 from gpuroam.worker.metrics import WorkerMetrics
 
 log = logging.getLogger("gpuroam.worker.batcher")
@@ -37,6 +37,9 @@ class QueueFull(Exception):
         self.retry_after_s = retry_after_s
 
 
+WAITING_POLL_S = 0.1  # how often a queue of batches that cannot run yet is looked at again
+
+
 class BatchFailed(Exception):
     """A batch failed on the device; the message is meant for the client."""
 
@@ -51,6 +54,7 @@ class Batcher:
         max_queued_images: int,
         device: ThreadPoolExecutor | None = None,
         sizes: tuple[int, ...] = (),
+        runnable_now: Callable[[BatchKey], bool] = lambda key: True,
     ) -> None:
         """`device` is the one thread that touches the GPU (the engine was built and warmed there:
         CUDA graphs belong to the thread that recorded them); by default a new one."""
@@ -68,6 +72,9 @@ class Batcher:
         self._served: dict[str, int] = {}  # owner -> when it last had images on the device (owners with a queue)
         self._turns = itertools.count()
         self._batch_seconds = 1.0  # moving average, for Retry-After
+        # A batch of a key the engine cannot run at once (a tiled one while a graph compiles) waits in the
+        # queue, so the device thread never sits waiting with other callers' batches behind it.
+        self._runnable_now = runnable_now
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._device_loop(), name="gpuroam-device-loop")
@@ -100,10 +107,11 @@ class Batcher:
             if not self._queue:
                 self._arrived.clear()
                 continue
-            if len(take_batch(self._queue, self.max_batch, self._served)) < self.max_batch:
+            if len(take_batch(self._runnable(), self.max_batch, self._served)) < self.max_batch:
                 await asyncio.sleep(self._max_wait_s)  # let requests that arrive together join
-            batch = take_batch(self._queue, self.max_batch, self._served)
+            batch = take_batch(self._runnable(), self.max_batch, self._served)
             if not batch:
+                await asyncio.sleep(WAITING_POLL_S)  # only batches that cannot run yet are queued
                 continue
             batch = batch[: self._fitting(len(batch))]
             taken = set(map(id, batch))
@@ -111,6 +119,9 @@ class Batcher:
             self._mark_served(batch)
             self._metrics.queue_depth.set(self.queued_images)
             await self._run(loop, batch)
+
+    def _runnable(self) -> list[ImageTask]:
+        return [task for task in self._queue if self._runnable_now(task.key)]
 
     def _mark_served(self, batch: list[ImageTask]) -> None:
         """The batch's owners go to the back of the turn, its head's owner last; owners with nothing

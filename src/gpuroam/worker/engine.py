@@ -101,6 +101,11 @@ class Engine:
         log.info("graphs planned", extra={"sizes": len(sizes), "graphs": self.warmup.pending})
         return time.perf_counter() - started
 
+    def runnable_now(self, key: BatchKey) -> bool:
+        """Whether a batch of `key` would start at once: a tiled batch waits for a graph being compiled (the
+        compile must not see circular padding), so it is not taken while one is (Batcher)."""
+        return not key.tiling or not any(graph.module_lock.locked() for graph in self.graphs)
+
     def run(self, tasks: list[ImageTask], on_step: Callable[[int, int], None] | None = None) -> BatchResult:
         """Generate one image per task. A batch whose bucket has its graphs built is padded to that bucket
         (copies of the last task, whose images are dropped); any other runs as it is, eagerly, and a

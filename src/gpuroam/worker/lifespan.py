@@ -65,6 +65,7 @@ async def start_service(state: WorkerState, model: LoadedModel | None) -> Batche
         max_queued_images=config.max_queued_images,
         device=gpu_thread,
         sizes=engine.acceleration.buckets if engine.acceleration.compiles else (),
+        runnable_now=engine.runnable_now,
     )
     batcher.start()
     state.service = GenerationService(config, engine.model, batcher)
