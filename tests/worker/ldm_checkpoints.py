@@ -54,8 +54,9 @@ def _vae() -> AutoencoderKL:
     )
 
 
-def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
-    """SD-shaped at toy size: 2 UNet levels, 2 resnets each (as the real ones), 2 text layers."""
+def tiny_pipeline(family: str, seed: int = 0, in_channels: int = 4) -> DiffusionPipeline:
+    """SD-shaped at toy size: 2 UNet levels, 2 resnets each (as the real ones), 2 text layers; an inpainting
+    model's UNet takes 9 channels."""
     torch.manual_seed(seed)
     if family == "sdxl":
         # The two text encoders must differ in width (768 and 1280 in the real model): diffusers
@@ -66,6 +67,7 @@ def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             layers_per_block=2,
+            in_channels=in_channels,
             transformer_layers_per_block=(1, 2),
             attention_head_dim=(2, 4),
             cross_attention_dim=32 + 48,
@@ -91,6 +93,7 @@ def tiny_pipeline(family: str, seed: int = 0) -> DiffusionPipeline:
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         layers_per_block=2,
+        in_channels=in_channels,
         attention_head_dim=(2, 4) if sd2 else 8,
         use_linear_projection=sd2,
         cross_attention_dim=32,

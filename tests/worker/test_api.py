@@ -129,12 +129,6 @@ def test_undecodable_init_images_are_a_422(client: TestClient, data: str) -> Non
     assert "init_images" in json.dumps(response.json())
 
 
-def test_inpainting_mask_is_refused_clearly(client: TestClient) -> None:
-    init = encode_png(Image.new("RGB", (64, 64)), "")
-    response = client.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [init], "mask": init})
-    assert response.status_code == 422 and "mask" in response.text
-
-
 def test_oversized_body_is_a_413(tiny_model: LoadedModel) -> None:
     app = create_app(WorkerConfig(max_body_bytes=10_000), model=tiny_model)
     with TestClient(app) as client:

@@ -84,6 +84,7 @@ def test_single_file_round_trip(family: str, tmp_path: Path) -> None:
     save_file(to_ldm_state_dict(original, family), str(path))
 
     loaded = load_single_file(path, torch.float32, config_dir=config_dir)
+    assert not detect_checkpoint(read_tensor_shapes(path)).inpainting
 
     assert type(loaded) is type(original)
     assert_same_weights(loaded, original)
@@ -255,12 +256,26 @@ def test_detect_reads_safetensors_header(tmp_path: Path) -> None:
     assert detect_checkpoint(read_tensor_shapes(path)).family == "sdxl"
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_an_inpainting_checkpoint_loads_with_its_nine_channel_unet(family: str, tmp_path: Path) -> None:
+    """The bundled configs are the text-to-image models': the UNet's input width comes from the file."""
+    config_dir = write_config_folder(tiny_pipeline(family), tmp_path / "config")
+    original = tiny_pipeline(family, in_channels=9)
+    path = tmp_path / "inpainting.safetensors"
+    save_file(to_ldm_state_dict(original, family), str(path))
+    kind = detect_checkpoint(read_tensor_shapes(path))
+    assert kind.inpainting and "inpainting" in kind.label
+    loaded = load_single_file(path, torch.float32, config_dir=config_dir)
+    assert loaded.unet.config.in_channels == 9
+    assert_same_weights(loaded, original)
+
+
 @pytest.mark.parametrize(
     ("shapes", "message"),
     [
         ({"weight": (3, 3)}, r"not a Stable Diffusion checkpoint: no UNet keys .* in x; pass a SD 1.x/2.x/SDXL"),
         ({"down_blocks.0.resnets.0.conv1.weight": (320, 320, 3, 3)}, "no UNet keys"),
-        (sd1_shapes() | {checkpoints.UNET_CONV_IN: (320, 9, 3, 3)}, "inpainting"),
+        (sd1_shapes() | {checkpoints.UNET_CONV_IN: (320, 5, 3, 3)}, "a UNet with 5 input channels"),
         ({k: v for k, v in sd1_shapes().items() if k != checkpoints.UNET_CONV_IN}, "incomplete"),
         (sd2_shapes() | {checkpoints.UNET_CONV_IN: (320, 8, 3, 3)}, "instruct-pix2pix"),
         (

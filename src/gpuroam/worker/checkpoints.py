@@ -13,7 +13,7 @@ import json
 import pickle
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -63,6 +63,7 @@ SD2_OPEN_CLIP = "cond_stage_model.model.token_embedding.weight"
 SDXL_CLIP = "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight"
 SDXL_OPEN_CLIP = "conditioner.embedders.1.model.positional_embedding"
 SDXL_REFINER_PREFIX = "conditioner.embedders.0.model."
+INPAINTING_CHANNELS = 9  # latent 4 + mask 1 + masked image latent 4
 V_PRED_MARKER = "v_pred"  # empty tensor some v-prediction fine-tunes carry (ComfyUI convention)
 
 
@@ -74,11 +75,12 @@ class CheckpointError(ValueError):
 class CheckpointKind:
     family: Family
     prediction_type: PredictionType
+    inpainting: bool = False  # the UNet takes the mask and the masked image too (9 input channels)
 
     @property
     def label(self) -> str:
         v = " (v-prediction)" if self.prediction_type == "v_prediction" else ""
-        return FAMILY_LABELS[self.family] + v
+        return FAMILY_LABELS[self.family] + (" inpainting" if self.inpainting else "") + v
 
 
 def load_checkpoint(path: Path, dtype: torch.dtype) -> DiffusionPipeline:
@@ -129,12 +131,14 @@ def load_single_file(path: Path, dtype: torch.dtype, config_dir: Path | None = N
     kind = detect_checkpoint(shapes, source=path.name)
     prediction_type = sidecar_prediction_type(path)
     if prediction_type is not None:
-        kind = CheckpointKind(kind.family, prediction_type)
+        kind = replace(kind, prediction_type=prediction_type)
     config_dir = config_dir or CONFIGS_DIR / kind.family
     check_unet_matches_config(shapes, config_dir, kind, source=path.name)
 
     pipeline_class = PIPELINE_CLASSES[_read_json(config_dir / "model_index.json")["_class_name"]]
     components: dict[str, Any] = {"scheduler": build_scheduler(config_dir, kind.prediction_type)}
+    if kind.inpainting:  # the bundled configs are the text-to-image models'
+        components["num_in_channels"] = INPAINTING_CHANNELS
     if kind.family == "sdxl":
         # SDXL's first tokenizer is OpenAI CLIP's (pads with EOS); the second, OpenCLIP's (pads with "!").
         components.update(tokenizer=clip_tokenizer(EOS), tokenizer_2=clip_tokenizer("!"), add_watermarker=False)
@@ -187,8 +191,8 @@ def load_ckpt_state_dict(path: Path) -> dict[str, Any]:
 def detect_checkpoint(shapes: Mapping[str, tuple[int, ...]], source: str = "the checkpoint") -> CheckpointKind:
     """Tell SD 1.x, SD 2.x and SDXL base apart from key names and one shape, as A1111 does.
 
-    - UNet present: keys under `model.diffusion_model.`, with 4 input channels (inpainting has 9,
-      instruct-pix2pix 8: not supported).
+    - UNet present: keys under `model.diffusion_model.`, with 4 input channels, or 9 for an inpainting
+      model (instruct-pix2pix has 8: not supported).
     - Text encoder layout decides the family: OpenAI CLIP under `cond_stage_model.transformer.`
       is SD 1.x; OpenCLIP under `cond_stage_model.model.` is SD 2.x; `conditioner.embedders.0`
       (CLIP) plus `.1` (OpenCLIP bigG) is SDXL base; OpenCLIP alone at `.0` is the SDXL refiner.
@@ -204,10 +208,11 @@ def detect_checkpoint(shapes: Mapping[str, tuple[int, ...]], source: str = "the 
     if UNET_CONV_IN not in shapes:
         raise CheckpointError(f"{source} has UNet keys but no {UNET_CONV_IN}; the file is incomplete; {USAGE}")
     in_channels = shapes[UNET_CONV_IN][1]
-    if in_channels != 4:
-        kinds = {9: "an inpainting model", 8: "an instruct-pix2pix model"}
-        what = kinds.get(in_channels, f"a UNet with {in_channels} input channels")
-        raise CheckpointError(f"{source} is {what}; only text-to-image SD 1.x/2.x/SDXL base checkpoints are supported")
+    if in_channels not in (4, INPAINTING_CHANNELS):
+        what = "an instruct-pix2pix model" if in_channels == 8 else f"a UNet with {in_channels} input channels"
+        raise CheckpointError(
+            f"{source} is {what}; only text-to-image and inpainting SD 1.x/2.x/SDXL base checkpoints are supported"
+        )
 
     family: Family
     required: tuple[str, ...]
@@ -238,7 +243,7 @@ def detect_checkpoint(shapes: Mapping[str, tuple[int, ...]], source: str = "the 
             "it is incomplete or not a full checkpoint"
         )
     prediction_type: PredictionType = "v_prediction" if V_PRED_MARKER in shapes or family == "sd2" else "epsilon"
-    return CheckpointKind(family, prediction_type)
+    return CheckpointKind(family, prediction_type, inpainting=in_channels == INPAINTING_CHANNELS)
 
 
 def sidecar_prediction_type(path: Path) -> PredictionType | None:

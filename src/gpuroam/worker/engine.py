@@ -15,14 +15,20 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 # diffusers' top-level names are, to a type checker, placeholder classes: import from the defining modules.
-from diffusers.pipelines.auto_pipeline import AutoPipelineForImage2Image, AutoPipelineForText2Image
+from diffusers.pipelines.auto_pipeline import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
+)
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from PIL import Image
 
 from gpuroam.worker.accelerate import Acceleration, accelerate, default_acceleration, to_uint8_images
+from gpuroam.worker.checkpoints import INPAINTING_CHANNELS
 from gpuroam.worker.graphs import GraphedForward, Inputs, Signature, resized, resized_signature
 from gpuroam.worker.images import resize_for_generation
 from gpuroam.worker.invariance import make_batch_invariant, use_batch_invariant_cpu_kernels
@@ -78,9 +84,10 @@ class Engine:
         self._device_lock = self.graphs[0].device_lock if self.graphs else contextlib.nullcontext()
         self._txt2img = AutoPipelineForText2Image.from_pipe(model.pipeline)  # type: ignore[no-untyped-call]  # unannotated in diffusers
         self._img2img = AutoPipelineForImage2Image.from_pipe(model.pipeline)  # type: ignore[no-untyped-call]  # unannotated in diffusers
+        self._inpaint = AutoPipelineForInpainting.from_pipe(model.pipeline)  # type: ignore[no-untyped-call]  # unannotated in diffusers
         self._base_scheduler_config = dict(model.pipeline.scheduler.config)
         self._noise_levels = training_sigmas(self._base_scheduler_config, model.is_sdxl)
-        for pipeline in (self._txt2img, self._img2img):
+        for pipeline in (self._txt2img, self._img2img, self._inpaint):
             pipeline.set_progress_bar_config(disable=True)
 
     def warm_up(self, extra_sizes: Iterable[tuple[int, int]] = ()) -> float:
@@ -160,7 +167,7 @@ class Engine:
         """Run the pipeline over `tasks` and keep the first `wanted` images (latents, for a txt2img key that asks
         for them); with `record`, append each compiled module's new calls to it."""
         key = tasks[0].key
-        pipeline = self._txt2img if key.mode == "txt2img" else self._img2img
+        pipeline = self._pipeline(key)
         sampler, schedule = resolve(key.sampler, key.schedule)
         pipeline.scheduler = make_scheduler(sampler, schedule, self._base_scheduler_config, self._noise_levels)
         generators = [torch.Generator("cpu").manual_seed(task.seed) for task in tasks]
@@ -185,6 +192,8 @@ class Engine:
                 "image": self._init_images(tasks),
                 "strength": img2img_strength(key.steps, key.denoising_strength),
             }
+        if pipeline is self._inpaint:
+            kwargs |= self._inpaint_inputs(tasks, generators, kwargs.get("image"))
         try:
             with contextlib.ExitStack() as stack:
                 if key.tiling:  # before the device lock, as the compile thread takes them
@@ -204,6 +213,64 @@ class Engine:
             record.extend((graph, call, example) for graph, calls in seen for call, example in calls.items())
         return [Image.fromarray(row.numpy()) for row in pixels]
 
+    @property
+    def inpainting_model(self) -> bool:
+        """An inpainting checkpoint's UNet takes the mask and the masked image beside the latent (9 channels)."""
+        return int(self.model.pipeline.unet.config.in_channels) == INPAINTING_CHANNELS
+
+    def _pipeline(self, key: BatchKey) -> Any:  # diffusers' AutoPipeline results are untyped
+        """An inpainting model makes every image through the inpainting pipeline, as A1111 does: txt2img with
+        all of a blank image masked, img2img with all of the image masked."""
+        if key.mode == "inpaint" or self.inpainting_model:
+            return self._inpaint
+        return self._txt2img if key.mode == "txt2img" else self._img2img
+
+    def _inpaint_inputs(
+        self, tasks: list[ImageTask], generators: list[torch.Generator], image: list[Image.Image] | torch.Tensor | None
+    ) -> dict[str, Any]:
+        """The inpainting pipeline's mask and image: each task's own mask (all white when it has none); for txt2img
+        a grey image, wholly masked, from pure noise (A1111's conditioning for an inpainting model); for a latent
+        fill the encoded images with their masked latent replaced."""
+        key = tasks[0].key
+        masks = [task.mask or Image.new("L", (key.width, key.height), 255) for task in tasks]
+        inputs: dict[str, Any] = {"mask_image": masks, "width": key.width, "height": key.height}
+        if key.mode == "txt2img":
+            return inputs | {"image": [Image.new("RGB", (key.width, key.height), (127, 127, 127))] * len(tasks)}
+        if isinstance(image, list) and key.latent_fill is not None:
+            latents = self._encoded(image, generators)
+            masked = _latent_mask(masks, latents)
+            filler = torch.zeros_like(latents)
+            if key.latent_fill == "noise":  # each image's own, from its seed
+                noises = [
+                    torch.randn(latents[:1].shape, generator=torch.Generator().manual_seed(t.seed)) for t in tasks
+                ]
+                filler = torch.cat(noises).to(latents.device, latents.dtype)
+            # What an inpainting UNet sees of the image: the kept pixels, encoded by the pipeline (others ignore it).
+            kept = (
+                self._pixels(image) * (self._pixels(masks) < 0.5) if self.inpainting_model else latents * (1 - masked)
+            )
+            return inputs | {"image": latents * (1 - masked) + filler * masked, "masked_image_latents": kept}
+        if isinstance(image, torch.Tensor):  # a latent start (hires fix's second pass): the masked image is all masked
+            inputs["masked_image_latents"] = torch.zeros(
+                len(tasks), 3, key.height, key.width, device=image.device, dtype=image.dtype
+            )
+        return inputs
+
+    def _pixels(self, images: list[Image.Image]) -> torch.Tensor:
+        """Images as the VAE takes them: -1 to 1 (a mask: 0 to 1), on the model's device."""
+        processor = self._inpaint.mask_processor if images[0].mode == "L" else self._inpaint.image_processor
+        pixels: torch.Tensor = processor.preprocess(images, height=images[0].height, width=images[0].width)
+        return pixels.to(self.model.device, self.model.dtype)
+
+    def _encoded(self, images: list[Image.Image], generators: list[torch.Generator]) -> torch.Tensor:
+        """Each image's latent, drawn with its own generator (as the pipeline encodes one)."""
+        pixels = self._pixels(images)
+        vae = self.model.pipeline.vae
+        with torch.inference_mode():
+            rows = [vae.encode(pixels[i : i + 1]).latent_dist.sample(generators[i]) for i in range(len(images))]
+        latents: torch.Tensor = torch.cat(rows) * vae.config.scaling_factor
+        return latents
+
     def _init_images(self, tasks: list[ImageTask]) -> list[Image.Image] | torch.Tensor:
         """img2img's starting points: images resized to the batch's size, or latents as they are (diffusers
         takes a 4-channel tensor as latents and skips the VAE's encoder)."""
@@ -217,7 +284,7 @@ class Engine:
         """Per-image noise from the image's own generator, blended with its subseed's if asked."""
         key = tasks[0].key
         scale = self.model.pipeline.vae_scale_factor
-        shape = (1, self.model.pipeline.unet.config.in_channels, key.height // scale, key.width // scale)
+        shape = (1, self.model.pipeline.vae.config.latent_channels, key.height // scale, key.width // scale)
         noises = []
         for task, generator in zip(tasks, generators):
             noise = torch.randn(shape, generator=generator, dtype=torch.float32)
@@ -284,6 +351,13 @@ def _probe_task(width: int, height: int, clip_skip: int) -> ImageTask:
 def _resizer(example: Inputs, images: int, batch: int) -> Callable[[], Inputs]:
     """The example for a batch of `batch`, made when the compile thread builds it (not held meanwhile)."""
     return lambda: resized(example, images, batch)
+
+
+def _latent_mask(masks: list[Image.Image], latents: torch.Tensor) -> torch.Tensor:
+    """The masks at the latent's size, rounded to 0 or 1 (A1111 rounds its latent mask)."""
+    height, width = latents.shape[-2:]
+    rows = [torch.from_numpy(np.array(mask.resize((width, height), Image.Resampling.BILINEAR))) for mask in masks]
+    return (torch.stack(rows)[:, None].float() / 255.0).round().to(latents.device, latents.dtype)
 
 
 def _init_image(task: ImageTask) -> Image.Image:

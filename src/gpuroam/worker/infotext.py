@@ -26,8 +26,9 @@ def infotext(
     batch_pos: int,
     model_name: str,
     model_hash: str,
-    hires: Mapping[str, object] | None = None,
+    more: Mapping[str, object] | None = None,
 ) -> str:
+    """`more`: a feature's own fields (hires fix's, inpainting's), in A1111's order after the common ones."""
     fields: dict[str, object] = {
         "Steps": key.steps,
         "Sampler": key.sampler,
@@ -40,13 +41,13 @@ def infotext(
         "Model": model_name,
         "Batch size": batch_size if batch_size > 1 else None,
         "Batch pos": batch_pos if batch_size > 1 else None,
-        "Denoising strength": _number(key.denoising_strength) if key.mode == "img2img" else None,
+        "Denoising strength": _number(key.denoising_strength) if key.mode != "txt2img" else None,
         "Variation seed": subseed if subseed_strength > 0 else None,
         "Variation seed strength": _number(subseed_strength) if subseed_strength > 0 else None,
         "Clip skip": key.clip_skip if key.clip_skip > 1 else None,
         "Eta": _number(key.eta) if key.eta is not None else None,
         "Tiling": "True" if key.tiling else None,
-        **{name: _number(value) if isinstance(value, float) else value for name, value in (hires or {}).items()},
+        **{name: _number(value) if isinstance(value, float) else value for name, value in (more or {}).items()},
         "Version": f"gpuroam {__version__}",
     }
     settings = ", ".join(f"{name}: {quoted(value)}" for name, value in fields.items() if value is not None)

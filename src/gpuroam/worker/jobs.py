@@ -28,7 +28,7 @@ Picture = Image.Image | torch.Tensor
 class BatchKey:
     """What must be equal for images to share one pipeline call."""
 
-    mode: Literal["txt2img", "img2img"]
+    mode: Literal["txt2img", "img2img", "inpaint"]
     width: int
     height: int
     steps: int
@@ -40,6 +40,7 @@ class BatchKey:
     clip_skip: int = 1
     tiling: bool = False  # seamless: every convolution pads circularly (A1111's "Tiling")
     latent: bool = False  # txt2img: the result is the latent, undecoded (a hires fix's first pass); img2img: the start
+    latent_fill: Literal["noise", "nothing"] | None = None  # inpaint: the masked latent starts as noise or zeros
 
 
 @dataclass(eq=False)
@@ -101,6 +102,7 @@ class ImageTask:
     subseed: int
     subseed_strength: float
     init_image: Picture | None
+    mask: Image.Image | None = None  # inpaint: white where the image is repainted, at the batch's size
     result: asyncio.Future[Picture | None] | None = None
 
     @property

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from gpuroam.api_errors import MAX_NESTING, nested_items
 
 MAX_IMAGES_PER_REQUEST = 64
+MAX_MASK_BLUR = 64  # A1111's slider goes to 64
 
 
 class RequestError(ValueError):
@@ -121,7 +122,14 @@ class Img2ImgRequest(GenerationRequest):
     init_images: list[str] = Field(..., min_length=1, max_length=MAX_IMAGES_PER_REQUEST)
     resize_mode: int = Field(0, ge=0, le=3)
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
-    mask: str | None = None
+    mask: str | None = None  # inpainting: white (or transparent) where the image is repainted
+    mask_blur: int | None = Field(None, ge=0, le=MAX_MASK_BLUR)  # sets both mask_blur_x and mask_blur_y
+    mask_blur_x: int = Field(4, ge=0, le=MAX_MASK_BLUR)
+    mask_blur_y: int = Field(4, ge=0, le=MAX_MASK_BLUR)
+    inpainting_fill: int = Field(0, ge=0, le=3)  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = True  # A1111's "Only masked": the masked area, cropped and scaled up
+    inpaint_full_res_padding: int = Field(0, ge=0, le=2048)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
     include_init_images: bool = False
 
 

@@ -18,14 +18,16 @@ from PIL import Image
 from gpuroam.worker.batcher import Batcher
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.hires import HiresPlan, hires_fields, plan_hires, upscale_image, upscale_latent
-from gpuroam.worker.images import decode_image, encode_png, resize_for_generation
+from gpuroam.worker.images import decode_image, decode_image_any_mode, encode_png, resize_for_generation
 from gpuroam.worker.infotext import infotext
+from gpuroam.worker.inpaint import InpaintSettings, Prepared, mask_of, paste_back_all, prepare
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.options import OptionError, WorkerOptions, check_value, is_setting
 from gpuroam.worker.responses import GenerationInfo, GenerationResult
 from gpuroam.worker.samplers import Sampler, Schedule, UnknownSampler, resolve
 from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
+from gpuroam.worker.sd_upscale import SCRIPT_NAME, SdUpscale, blend_iterations
 
 MAX_SEED = 4294967294
 MAX_CALLER_OPTIONS_BYTES = 16_384
@@ -131,8 +133,9 @@ class GenerationService:
                 else float(self.options.get("eta_ddim"))
             )
         img2img = request if isinstance(request, Img2ImgRequest) else None
+        inpaint = InpaintSettings.of(img2img) if img2img is not None and img2img.mask else None
         return BatchKey(
-            mode="txt2img" if img2img is None else "img2img",
+            mode="txt2img" if img2img is None else "img2img" if inpaint is None else "inpaint",
             width=request.width,
             height=request.height,
             steps=request.steps,
@@ -143,11 +146,14 @@ class GenerationService:
             eta=eta,
             clip_skip=clip_skip,
             tiling=bool(request.tiling),
+            latent_fill=None if inpaint is None else inpaint.latent_fill,
         )
 
-    def check_limits(self, request: GenerationRequest, hires: HiresPlan | None = None) -> None:
+    def check_limits(
+        self, request: GenerationRequest, hires: HiresPlan | None = None, images: int | None = None
+    ) -> None:
         """Refuse what one request may not ask of a shared GPU, before it queues (spec `limits:`); a hires fix's
-        second pass counts too."""
+        second pass counts too, and `images` replaces the request's count (the sd upscale script's tiles)."""
         text = len(request.prompt) + len(request.negative_prompt) + sum(map(len, request.styles or []))
         if isinstance(request, Txt2ImgRequest) and request.enable_hr:
             text += len(request.hr_prompt) + len(request.hr_negative_prompt)
@@ -157,52 +163,71 @@ class GenerationService:
                 f"the prompts are {text:,} characters long (prompt, negative prompt and styles together); this "
                 f"service takes at most {self.config.max_prompt_chars:,} (limits.max_prompt_chars in the service spec)",
             )
-        cost = megapixel_steps(request, hires)
+        images = request.image_count if images is None else images
+        cost = megapixel_steps(request, hires) / request.image_count * images
         if cost > self.config.max_megapixel_steps:
             raise RequestError(
                 "steps",
-                f"{request.width}x{request.height} x {request.steps} steps x {request.image_count} images is "
+                f"{request.width}x{request.height} x {request.steps} steps x {images} images is "
                 f"{cost:,.0f} megapixel-steps; this service takes at most {self.config.max_megapixel_steps:,.0f} per "
                 "request (limits.max_megapixel_steps in the service spec): ask for fewer images, steps or pixels, "
                 "or send several requests",
             )
 
     @staticmethod
-    def check_supported(request: GenerationRequest) -> None:
-        """Refuse what this worker cannot do yet, rather than answer 200 with an image made without it."""
-        if request.script_name:
-            raise HTTPException(422, f"Script '{request.script_name}' not found")  # A1111's answer; none here
+    def script(request: GenerationRequest) -> SdUpscale | None:
+        """The img2img script a request names: "sd upscale" is the one there is; any other is A1111's 422."""
+        if not request.script_name:
+            return None
+        if isinstance(request, Img2ImgRequest) and request.script_name.lower() == SCRIPT_NAME:
+            if request.mask:
+                raise RequestError("mask", "sd upscale redraws the whole image: send it without a mask")
+            return SdUpscale.of(request.script_args)
+        raise HTTPException(422, f"Script '{request.script_name}' not found")  # A1111's answer
 
     async def generate(self, request: GenerationRequest, owner: str = "") -> GenerationResult:
         """The request's images; its job belongs to `owner` (the caller the gateway named, "" on the worker's port)."""
-        self.check_supported(request)
+        script = self.script(request)
         hires = self._hires(request)
         self.check_limits(request, hires)
         key = self.batch_key(request)
         if hires is not None:
             key = replace(key, latent=hires.latent)  # the first pass keeps its latent for a latent upscale
-        init_images = await self._init_images(request, key)
+        init_images = await self._init_images(request, key, resize=script is None)
+        tiles = None
+        if script is not None:  # the upscaled image's tiles are the init images, each iteration's all of them
+            tiles, init_images = await anyio.to_thread.run_sync(script.tiles, init_images[0], key.width, key.height)
+            self.check_limits(request, images=len(tiles.corners) * request.n_iter)
+        starts = [prepared.image if isinstance(prepared, Prepared) else prepared for prepared in init_images]
         seed = random.randrange(MAX_SEED) if request.seed == -1 else request.seed
         subseed = random.randrange(MAX_SEED) if request.subseed == -1 else request.subseed
         count = request.image_count
         all_seeds = [seed + (i if request.subseed_strength == 0 else 0) for i in range(count)]
         all_subseeds = [subseed + i for i in range(count)]
+        per_result = 1 if tiles is None else len(tiles.corners)  # every tile of an iteration has its seed
         job_id = request.force_task_id or Job.new_id()
         if job_id in self.jobs:  # another caller's job id would let it see this job's progress
             job_id = Job.new_id()
-        job = Job(id=job_id, key=key, image_count=count, batch_size=request.batch_size, owner=owner)
+        job = Job(
+            id=job_id,
+            key=key,
+            image_count=count * per_result,
+            batch_size=request.batch_size * per_result,
+            owner=owner,
+        )
         tasks = [
             ImageTask(
                 job=job,
                 index=i,
                 prompt=request.prompt,
                 negative_prompt=request.negative_prompt,
-                seed=all_seeds[i],
-                subseed=all_subseeds[i],
+                seed=all_seeds[i // per_result],
+                subseed=all_subseeds[i // per_result],
                 subseed_strength=request.subseed_strength,
-                init_image=init_images[i % len(init_images)] if init_images else None,
+                init_image=starts[i % len(starts)] if starts else None,
+                mask=mask_of(init_images[i % len(init_images)]) if init_images else None,
             )
-            for i in range(count)
+            for i in range(count * per_result)
         ]
         try:
             images = await self._run(job, tasks)
@@ -210,9 +235,14 @@ class GenerationService:
                 job, tasks, images = await self._second_pass(request, hires, job, tasks, images)
         finally:
             self.jobs.pop(job.id, None)
+        if key.mode == "inpaint":  # each result back into its picture, the unmasked pixels as they were sent
+            images = await anyio.to_thread.run_sync(paste_back_all, images, init_images)
+        if tiles is not None:  # each iteration's tiles blended into its image
+            images = [*await anyio.to_thread.run_sync(blend_iterations, images, tiles)]
+            tasks = tasks[::per_result]
         # A latent left from a first pass that was interrupted is not an image: nothing to return for it.
         made = [(task, image) for task, image in zip(tasks, images) if isinstance(image, Image.Image)]
-        texts = [self._infotext(request, key, task, hires) for task, _ in made]
+        texts = [self._infotext(request, key, task, hires, script) for task, _ in made]
         encoded = (
             await anyio.to_thread.run_sync(_encode_all, [image for _, image in made], texts)
             if request.send_images
@@ -278,23 +308,44 @@ class GenerationService:
         ]
         return job, second, await self._run(job, second)
 
-    async def _init_images(self, request: GenerationRequest, key: BatchKey) -> list[Image.Image]:
+    async def _init_images(
+        self, request: GenerationRequest, key: BatchKey, resize: bool = True
+    ) -> list[Image.Image] | list[Prepared]:
+        """The init images at the batch's size (as sent without `resize`); with a mask, each prepared for
+        inpainting (worker/inpaint.py)."""
         if not isinstance(request, Img2ImgRequest):
             return []
+        mask = None
         if request.mask:
-            raise RequestError(
-                "mask", "inpainting (mask) is not supported by this worker yet; send img2img without a mask"
-            )
+            try:
+                mask = await anyio.to_thread.run_sync(decode_image_any_mode, request.mask)
+            except ValueError as error:
+                raise RequestError("mask", str(error)) from error
         decoded = []
         for position, data in enumerate(request.init_images):
             try:
                 image = await anyio.to_thread.run_sync(decode_image, data)
             except ValueError as error:
                 raise RequestError(f"init_images.{position}", str(error)) from error
-            decoded.append(resize_for_generation(image, key.width, key.height, request.resize_mode))
-        return decoded
+            decoded.append(image)
+        if mask is None:
+            if not resize:
+                return decoded
+            return [resize_for_generation(image, key.width, key.height, request.resize_mode) for image in decoded]
+        settings = InpaintSettings.of(request)
+        return [
+            await anyio.to_thread.run_sync(prepare, image, mask, key.width, key.height, request.resize_mode, settings)
+            for image in decoded
+        ]
 
-    def _infotext(self, request: GenerationRequest, key: BatchKey, task: ImageTask, hires: HiresPlan | None) -> str:
+    def _infotext(
+        self,
+        request: GenerationRequest,
+        key: BatchKey,
+        task: ImageTask,
+        hires: HiresPlan | None,
+        script: SdUpscale | None = None,
+    ) -> str:
         return infotext(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -306,8 +357,20 @@ class GenerationService:
             batch_pos=task.index % request.batch_size,
             model_name=self.model.name,
             model_hash=self.model.short_hash,
-            hires=None if hires is None or not isinstance(request, Txt2ImgRequest) else hires_fields(request, hires),
+            more=self._more_fields(request, hires, script),
         )
+
+    @staticmethod
+    def _more_fields(
+        request: GenerationRequest, hires: HiresPlan | None, script: SdUpscale | None
+    ) -> dict[str, object] | None:
+        if script is not None:
+            return {"SD upscale overlap": script.overlap, "SD upscale upscaler": script.upscaler}
+        if isinstance(request, Img2ImgRequest) and request.mask:
+            return InpaintSettings.of(request).fields()
+        if hires is not None and isinstance(request, Txt2ImgRequest):
+            return hires_fields(request, hires)
+        return None
 
     def _info(
         self,
