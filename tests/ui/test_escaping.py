@@ -10,6 +10,9 @@ gateway health report, and a provider with hostile GPU and region names.
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 import re
 import threading
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from PIL import Image, PngImagePlugin
 from playwright.sync_api import Page, expect
 
 from fuzzing import serve_app
@@ -189,6 +193,52 @@ def test_the_worker_web_ui_shows_hostile_prompts_and_details_as_text(browser: An
     page.evaluate("(name) => { const s = document.getElementById('sampler'); s.add(new Option(name, name)); s.value = name; }", IMG)  # fmt: skip
     page.click("#generate")
     expect(page.locator("#error")).to_contain_text(f"unknown sampler '{IMG}'")
+    assert_nothing_ran(page, errors)
+    page.context.close()
+
+
+def test_the_worker_web_ui_tabs_show_hostile_names_and_metadata_as_text(browser: Any, worker: str) -> None:
+    """LoRA and embedding names (as a LoRA backend may list them), Extras' html_info, and an image's metadata
+    read by PNG Info: shown as text, never as markup."""
+    page, errors = open_page(browser, "about:blank")
+    loras = [{"name": IMG, "alias": SCRIPT, "path": JS_URL, "metadata": {}}]
+    page.route("**/sdapi/v1/loras", lambda route: route.fulfill(json=loras))
+    page.route("**/sdapi/v1/embeddings", lambda route: route.fulfill(json={"loaded": {ATTR: {}}, "skipped": {}}))
+    pixel = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(pixel, "PNG")
+    html_info = f"<p>{IMG}<br>{html.escape(SCRIPT)}</p>"
+    page.route(
+        "**/sdapi/v1/extra-single-image",
+        lambda route: route.fulfill(
+            json={"image": base64.b64encode(pixel.getvalue()).decode(), "html_info": html_info}
+        ),
+    )
+    page.goto(worker)
+    page.click("#networks summary")
+    expect(page.locator("#lora-list button")).to_have_text([IMG])
+    expect(page.locator("#embedding-list button")).to_have_text([ATTR])
+    page.locator("#lora-list button").click()
+    expect(page.locator("#prompt")).to_have_value(f"<lora:{IMG}:1>")
+
+    page.click("#tab-extras")
+    page.set_input_files("#extras-file", {"name": "x.png", "mimeType": "image/png", "buffer": pixel.getvalue()})
+    page.click("#extras-run")
+    # html_info is HTML: its tags (the <img>) are dropped, its escaped text (SCRIPT) is shown as text
+    expect(page.locator("#extras-info")).to_have_text(f"8×8 px\n{SCRIPT}")
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", f"{IMG}\nNegative prompt: {TEMPLATE}\nSteps: 2, Sampler: {ATTR}, Seed: 1")
+    info.add_text(IMG[:79], SCRIPT)
+    hostile = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(hostile, "PNG", pnginfo=info)
+    page.click("#tab-pnginfo")
+    page.set_input_files("#pnginfo-file", {"name": "x.png", "mimeType": "image/png", "buffer": hostile.getvalue()})
+    expect(page.locator("#pnginfo-text")).to_contain_text(IMG)
+    expect(page.locator("#pnginfo-items dt")).to_have_text([IMG[:79]])
+    expect(page.locator("#pnginfo-items dd")).to_have_text([SCRIPT])
+    page.click("#pnginfo-send")
+    expect(page.locator("#prompt")).to_have_value(IMG)
+    expect(page.locator("#negative_prompt")).to_have_value(TEMPLATE)
     assert_nothing_ran(page, errors)
     page.context.close()
 

@@ -1,11 +1,17 @@
-// gpuroam worker Web UI: a compact txt2img form for the A1111-compatible API.
-// Everything that comes from the server or the user is inserted as text only.
+// gpuroam worker Web UI: A1111's txt2img, img2img (with inpainting), Extras and PNG Info tabs over the
+// A1111-compatible API. Everything that comes from the server or the user is inserted as text only.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 250;
+const TAB_TITLES = { txt2img: "txt2img", img2img: "img2img", extras: "Extras", pnginfo: "PNG Info" };
 
-const state = { busy: false, taskId: null, pollTimer: null, polling: false, infotexts: [] };
+const state = {
+  mode: "txt2img", busy: false, taskId: null, pollTimer: null, polling: false,
+  infotexts: [], images: [], selected: 0,
+  init: null, extrasSource: null, pngParameters: null,
+};
+const mask = { painted: false, drawing: false, last: null };
 
 function newTaskId() {
   const bytes = crypto.getRandomValues(new Uint8Array(8));
@@ -21,8 +27,14 @@ function present(v) {
   return v !== null && v !== undefined && String(v).trim() !== "";
 }
 
-function showError(lines) {
-  const box = $("error");
+function placeholder(text) {
+  const p = Object.assign(document.createElement("p"), { className: "placeholder" });
+  p.textContent = text;
+  return p;
+}
+
+function showError(lines, boxId = "error") {
+  const box = $(boxId);
   clearChildren(box);
   for (const line of [].concat(lines)) {
     box.appendChild(document.createElement("p")).textContent = line;
@@ -30,9 +42,13 @@ function showError(lines) {
   box.hidden = false;
 }
 
-function hideError() {
-  clearChildren($("error"));
-  $("error").hidden = true;
+function hideError(boxId = "error") {
+  clearChildren($(boxId));
+  $(boxId).hidden = true;
+}
+
+function failureLines(err) {
+  return ["Request failed", String(err && err.message ? err.message : err)];
 }
 
 // Turn a non-200 response into human-readable lines.
@@ -69,12 +85,24 @@ async function errorLines(resp) {
   return [head, ...lines];
 }
 
+async function getJson(path) {
+  const resp = await fetch(path, { headers: { Accept: "application/json" } });
+  if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+  return resp.json();
+}
+
+function postJson(path, body) {
+  return fetch(path, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify(body),
+  });
+}
+
 async function loadWorkerInfo() {
   const el = $("worker-info");
   try {
-    const resp = await fetch("/gpuroam/worker", { headers: { Accept: "application/json" } });
-    if (!resp.ok) throw new Error(String(resp.status));
-    const w = await resp.json();
+    const w = await getJson("/gpuroam/worker");
     const v = (x) => (present(x) ? String(x) : "n/a");
     el.textContent = `gpuroam worker — model ${v(w.model)} on ${v(w.device)}, ` +
       `region ${v(w.region)}, GPU ${v(w.gpu)}`;
@@ -85,23 +113,254 @@ async function loadWorkerInfo() {
   }
 }
 
+// Replace a select's options with `names` (strings), keeping its choice if still offered, else `fallback`.
+function fillSelect(select, names, fallback) {
+  const offered = names.filter(present).map(String);
+  if (offered.length === 0) return;
+  const current = select.value;
+  clearChildren(select);
+  for (const name of offered) select.appendChild(new Option(name, name));
+  select.value = offered.includes(current) ? current : offered.includes(fallback) ? fallback : offered[0];
+}
+
+const namesOf = (list) => (Array.isArray(list) ? list.map((item) => item && item.name) : []);
+
 async function loadSamplers() {
-  const select = $("sampler");
   try {
-    const resp = await fetch("/sdapi/v1/samplers", { headers: { Accept: "application/json" } });
-    if (!resp.ok) return;
-    const list = await resp.json();
-    if (!Array.isArray(list) || list.length === 0) return;
-    const current = select.value || "Euler a";
-    clearChildren(select);
-    for (const s of list) {
-      if (!s || !present(s.name)) continue;
-      select.appendChild(new Option(String(s.name), String(s.name)));
-    }
-    const names = Array.from(select.options, (o) => o.value);
-    select.value = names.includes(current) ? current : names.includes("Euler a") ? "Euler a" : names[0];
+    fillSelect($("sampler"), namesOf(await getJson("/sdapi/v1/samplers")), "Euler a");
   } catch (_) { /* keep the default option */ }
 }
+
+async function loadUpscalers() {
+  try {
+    const [upscalers, latent] = await Promise.all([
+      getJson("/sdapi/v1/upscalers"), getJson("/sdapi/v1/latent-upscale-modes"),
+    ]);
+    const names = namesOf(upscalers);
+    fillSelect($("hr_upscaler"), [...namesOf(latent), ...names], "Latent");
+    fillSelect($("upscaler_1"), names, "Lanczos");
+    fillSelect($("upscaler_2"), names, "None");
+  } catch (_) { /* keep the default options */ }
+}
+
+// ---- LoRA and embedding pickers ----
+
+// Insert `text` at the prompt's caret (at its end if it never had focus), spaced from its neighbours.
+function insertIntoPrompt(text) {
+  const prompt = $("prompt");
+  const start = prompt.selectionStart ?? prompt.value.length;
+  const end = prompt.selectionEnd ?? start;
+  const before = prompt.value.slice(0, start);
+  const after = prompt.value.slice(end);
+  const lead = before && !/\s$/.test(before) ? " " : "";
+  const trail = after && !/^\s/.test(after) ? " " : "";
+  prompt.value = before + lead + text + trail + after;
+  const caret = (before + lead + text).length;
+  prompt.setSelectionRange(caret, caret);
+}
+
+function fillPicker(listId, names, emptyText, tokenOf) {
+  const list = $(listId);
+  clearChildren(list);
+  if (names.length === 0) list.appendChild(placeholder(emptyText));
+  for (const name of names) {
+    const token = tokenOf(name);
+    const chip = Object.assign(document.createElement("button"), { type: "button", className: "chip" });
+    chip.textContent = name;
+    chip.title = `Add ${token} to the prompt`;
+    chip.addEventListener("click", () => insertIntoPrompt(token));
+    list.appendChild(chip);
+  }
+}
+
+async function loadNetworks() {
+  const loras = getJson("/sdapi/v1/loras")
+    .then((list) => fillPicker("lora-list", namesOf(list).filter(present).map(String),
+      "No LoRA on this worker.", (name) => `<lora:${name}:1>`));
+  const embeddings = getJson("/sdapi/v1/embeddings")
+    .then((body) => fillPicker("embedding-list", Object.keys((body && body.loaded) || {}),
+      "No embeddings on this worker.", (name) => name));
+  const failed = (listId, what) => () => fillPicker(listId, [], `The ${what} list could not be read.`, null);
+  await Promise.all([loras.catch(failed("lora-list", "LoRA")), embeddings.catch(failed("embedding-list", "embedding"))]);
+}
+
+async function refreshNetworks() {
+  const button = $("networks-refresh");
+  button.disabled = true;
+  try {
+    await Promise.allSettled([
+      fetch("/sdapi/v1/refresh-loras", { method: "POST" }),
+      fetch("/sdapi/v1/refresh-embeddings", { method: "POST" }),
+    ]);
+    await loadNetworks();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// ---- tabs ----
+
+function selectTab(name, focus = false) {
+  for (const tab of document.querySelectorAll('[role="tab"]')) {
+    const on = tab.dataset.tab === name;
+    tab.setAttribute("aria-selected", String(on));
+    tab.tabIndex = on ? 0 : -1;
+    if (on && focus) tab.focus();
+  }
+  const generating = name === "txt2img" || name === "img2img";
+  $("generate-panel").hidden = !generating;
+  $("extras-panel").hidden = name !== "extras";
+  $("pnginfo-panel").hidden = name !== "pnginfo";
+  if (generating) {
+    state.mode = name;
+    $("generate-panel").setAttribute("aria-labelledby", `tab-${name}`);
+    for (const section of document.querySelectorAll("[data-only]")) {
+      const on = section.dataset.only === name;
+      section.hidden = !on;
+      section.disabled = !on;
+    }
+  }
+  $("page-sub").textContent = TAB_TITLES[name];
+  document.title = `gpuroam · ${TAB_TITLES[name]}`;
+}
+
+function onTabKey(e) {
+  const tabs = Array.from(document.querySelectorAll('[role="tab"]'));
+  const at = tabs.indexOf(e.target);
+  const to = { ArrowRight: at + 1, ArrowLeft: at - 1, Home: 0, End: tabs.length - 1 }[e.key];
+  if (at < 0 || to === undefined) return;
+  e.preventDefault();
+  selectTab(tabs[(to + tabs.length) % tabs.length].dataset.tab, true);
+}
+
+// ---- images from files ----
+
+// An image as the API wants it (base64 without the data: prefix) with its URL and natural size.
+function imageFromDataUrl(url) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve({
+      url, base64: url.slice(url.indexOf(",") + 1), width: img.naturalWidth, height: img.naturalHeight,
+    });
+    img.onerror = () => reject(new Error("the browser cannot read this file as an image"));
+    img.src = url;
+  });
+}
+
+function readImageFile(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result));
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  }).then(imageFromDataUrl);
+}
+
+// Calls use(image) with the file chosen in `input`, or shows why it cannot be read in `errorBox`.
+function onImageChosen(input, errorBox, use) {
+  input.addEventListener("change", async () => {
+    const file = input.files && input.files[0];
+    if (!file) return;
+    hideError(errorBox);
+    try {
+      use(await readImageFile(file));
+    } catch (err) {
+      showError([`Cannot open ${file.name}`, String(err && err.message ? err.message : err)], errorBox);
+    }
+  });
+}
+
+// ---- img2img: the initial image and the inpainting mask painted over it ----
+
+function setInitImage(image) {
+  state.init = image;
+  $("init-preview").src = image.url;
+  const canvas = $("mask-canvas");
+  canvas.width = image.width;  // the mask is drawn, and sent, at the image's own size; this also clears it
+  canvas.height = image.height;
+  $("init-stage").hidden = false;
+  setMaskPainted(false);
+}
+
+function setMaskPainted(painted) {
+  mask.painted = painted;
+  $("inpaint-options").disabled = !painted;
+  $("mask-clear").disabled = !painted;
+  $("mask-status").textContent = !state.init ? "Choose an image to start from."
+    : painted ? `Inpainting: the ${$("inpainting_mask_invert").value === "1" ? "unpainted" : "painted"} part ` +
+      `is redrawn (mask ${state.init.width}×${state.init.height}).`
+    : "img2img redraws the whole image. Paint over it to redraw only there (inpainting).";
+}
+
+function clearMask() {
+  const canvas = $("mask-canvas");
+  canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  setMaskPainted(false);
+}
+
+// The pointer's position in mask pixels, and the brush's width there (its size is in screen pixels).
+function maskPoint(e) {
+  const canvas = $("mask-canvas");
+  const box = canvas.getBoundingClientRect();
+  const scale = canvas.width / box.width;
+  return {
+    x: (e.clientX - box.left) * scale,
+    y: (e.clientY - box.top) * (canvas.height / box.height),
+    brush: Number($("brush-size").value) * scale,
+  };
+}
+
+function paint(e) {
+  const ctx = $("mask-canvas").getContext("2d");
+  const p = maskPoint(e);
+  ctx.fillStyle = ctx.strokeStyle = "#fff";
+  ctx.beginPath();
+  if (mask.last) {
+    ctx.lineWidth = p.brush;
+    ctx.lineCap = "round";
+    ctx.moveTo(mask.last.x, mask.last.y);
+    ctx.lineTo(p.x, p.y);
+    ctx.stroke();
+  } else {
+    ctx.arc(p.x, p.y, p.brush / 2, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  mask.last = p;
+  if (!mask.painted) setMaskPainted(true);
+}
+
+function initMaskPainting() {
+  const canvas = $("mask-canvas");
+  canvas.addEventListener("pointerdown", (e) => {
+    if (e.button !== 0) return;
+    e.preventDefault();
+    canvas.setPointerCapture(e.pointerId);
+    mask.drawing = true;
+    mask.last = null;
+    paint(e);
+  });
+  canvas.addEventListener("pointermove", (e) => { if (mask.drawing) paint(e); });
+  for (const end of ["pointerup", "pointercancel", "lostpointercapture"]) {
+    canvas.addEventListener(end, () => { mask.drawing = false; mask.last = null; });
+  }
+  $("brush-size").addEventListener("input", () => { $("brush-size-value").textContent = $("brush-size").value; });
+  $("mask-clear").addEventListener("click", clearMask);
+  $("inpainting_mask_invert").addEventListener("change", () => setMaskPainted(mask.painted));
+}
+
+// The mask as A1111 takes it: a PNG of the initial image's size, white where the image is redrawn.
+function maskBase64() {
+  const painted = $("mask-canvas");
+  const out = Object.assign(document.createElement("canvas"), { width: painted.width, height: painted.height });
+  const ctx = out.getContext("2d");
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, out.width, out.height);
+  ctx.drawImage(painted, 0, 0);
+  const url = out.toDataURL("image/png");
+  return url.slice(url.indexOf(",") + 1);
+}
+
+// ---- txt2img and img2img ----
 
 function setProgress(fraction, text) {
   $("progress").value = Math.max(0, Math.min(1, fraction || 0));
@@ -135,7 +394,7 @@ function setBusy(busy) {
   state.busy = busy;
   $("generate").textContent = busy ? "Interrupt" : "Generate";
   $("generate").classList.toggle("danger", busy);
-  $("txt2img").setAttribute("aria-busy", String(busy));
+  $("generate-form").setAttribute("aria-busy", String(busy));
   if (busy) {
     state.pollTimer = setInterval(pollProgress, POLL_MS);
   } else {
@@ -149,8 +408,8 @@ function readNumber(id, parse) {
   return Number.isFinite(v) ? v : parse($(id).defaultValue);
 }
 
-function buildBody() {
-  return {
+function buildBody(mode) {
+  const body = {
     prompt: $("prompt").value,
     negative_prompt: $("negative_prompt").value,
     width: readNumber("width", parseInt),
@@ -161,8 +420,38 @@ function buildBody() {
     sampler_name: $("sampler").value || "Euler a",
     batch_size: readNumber("batch_size", parseInt),
     n_iter: 1,
+    tiling: $("tiling").checked,
     force_task_id: state.taskId,
   };
+  if (mode === "txt2img" && $("enable_hr").checked) {
+    Object.assign(body, {
+      enable_hr: true,
+      hr_upscaler: $("hr_upscaler").value,
+      hr_scale: readNumber("hr_scale", parseFloat),
+      hr_second_pass_steps: readNumber("hr_second_pass_steps", parseInt),
+      denoising_strength: readNumber("hr_denoising_strength", parseFloat),
+      hr_resize_x: readNumber("hr_resize_x", parseInt),
+      hr_resize_y: readNumber("hr_resize_y", parseInt),
+    });
+  }
+  if (mode === "img2img") {
+    Object.assign(body, {
+      init_images: [state.init.base64],
+      denoising_strength: readNumber("denoising_strength", parseFloat),
+      resize_mode: readNumber("resize_mode", parseInt),
+    });
+    if (mask.painted) {
+      Object.assign(body, {
+        mask: maskBase64(),
+        mask_blur: readNumber("mask_blur", parseInt),
+        inpainting_fill: readNumber("inpainting_fill", parseInt),
+        inpaint_full_res: $("inpaint_full_res").value === "true",
+        inpaint_full_res_padding: readNumber("inpaint_full_res_padding", parseInt),
+        inpainting_mask_invert: readNumber("inpainting_mask_invert", parseInt),
+      });
+    }
+  }
+  return body;
 }
 
 const FINDING_GPU_MAX_MS = 20 * 60 * 1000;
@@ -183,25 +472,26 @@ async function findingGpuWait(resp) {
 
 async function generate() {
   if (state.busy) return;
-  const form = $("txt2img");
+  const form = $("generate-form");
   if (!form.checkValidity()) {
     form.reportValidity();
     return;
   }
+  const mode = state.mode;
+  if (mode === "img2img" && !state.init) {
+    showError(["No initial image", "Choose an image file for img2img first."]);
+    return;
+  }
   hideError();
   state.taskId = newTaskId();
-  const body = buildBody();
+  const body = buildBody(mode);
   setBusy(true);
   setProgress(0, "Starting…");
   const started = performance.now();
   try {
     let resp;
     for (;;) {
-      resp = await fetch("/sdapi/v1/txt2img", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify(body),
-      });
+      resp = await postJson(`/sdapi/v1/${mode}`, body);
       const wait = await findingGpuWait(resp);
       if (wait === null || performance.now() - started > FINDING_GPU_MAX_MS) break;
       const waited = Math.round((performance.now() - started) / 1000);
@@ -223,7 +513,7 @@ async function generate() {
     showResult(data.images || [], info, resp.headers, elapsed);
     setProgress(1, `Done in ${elapsed.toFixed(2)} s`);
   } catch (err) {
-    showError(["Request failed", String(err && err.message ? err.message : err)]);
+    showError(failureLines(err));
     setProgress(0, "Failed");
   } finally {
     setBusy(false);
@@ -236,7 +526,7 @@ async function interrupt() {
   $("generate").textContent = "Interrupting…";
   try {
     await fetch(`/sdapi/v1/interrupt?id_task=${encodeURIComponent(state.taskId)}`, { method: "POST" });
-  } catch (_) { /* the txt2img request will still finish */ }
+  } catch (_) { /* the generation request will still finish */ }
 }
 
 function showResult(images, info, headers, elapsed) {
@@ -252,13 +542,13 @@ function showResult(images, info, headers, elapsed) {
   $("seed-info").textContent = seeds.filter(present).join(", ") || "—";
   $("time-taken").textContent = `${elapsed.toFixed(2)} s`;
   state.infotexts = Array.isArray(info.infotexts) ? info.infotexts.map(String) : [];
+  state.images = images.map(String);
+  $("result-actions").hidden = images.length === 0;
 
   const gallery = $("gallery");
   clearChildren(gallery);
   if (images.length === 0) {
-    const p = Object.assign(document.createElement("p"), { className: "placeholder" });
-    p.textContent = "No images were returned.";
-    gallery.appendChild(p);
+    gallery.appendChild(placeholder("No images were returned."));
     $("infotext").textContent = "";
     return;
   }
@@ -281,6 +571,7 @@ function showResult(images, info, headers, elapsed) {
 }
 
 function selectImage(i) {
+  state.selected = i;
   const thumbs = $("gallery").querySelectorAll(".thumb");
   thumbs.forEach((t, j) => t.classList.toggle("selected", j === i));
   $("infotext").textContent = state.infotexts[i] ?? state.infotexts[0] ?? "";
@@ -293,9 +584,148 @@ function openLightbox(src, alt) {
   else window.open(src, "_blank", "noopener");
 }
 
+// Hand the selected result to another tab, as A1111's "Send to" buttons do.
+async function sendSelected(tab, fileInput, use) {
+  const b64 = state.images[state.selected];
+  if (!present(b64)) return;
+  use(await imageFromDataUrl("data:image/png;base64," + b64));
+  $(fileInput).value = "";  // the image is no longer the file chosen there
+  selectTab(tab, true);
+}
+
+// ---- Extras ----
+
+function setExtrasSource(image) {
+  state.extrasSource = image;
+  Object.assign($("extras-source"), { src: image.url, hidden: false });
+}
+
+function onExtrasModeChange() {
+  const to = $("extras-resize-mode").value === "1";
+  for (const [id, on] of [["extras-by", !to], ["extras-to", to]]) {
+    $(id).hidden = !on;
+    $(id).disabled = !on;
+  }
+}
+
+// A1111's html_info is HTML (the worker escapes what it puts in it); the page shows it as text.
+function htmlInfoText(html) {
+  const entities = { "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#x27;": "'", "&#39;": "'", "&amp;": "&" };
+  return String(html).replace(/<br\s*\/?>\n?/gi, "\n").replace(/<[^>]*>/g, "")
+    .replace(/&(?:lt|gt|quot|#x27|#39|amp);/g, (e) => entities[e]).trim();
+}
+
+async function runExtras() {
+  const form = $("extras-form");
+  if (!form.checkValidity()) {
+    form.reportValidity();
+    return;
+  }
+  if (!state.extrasSource) {
+    showError(["No source image", "Choose an image file to upscale first."], "extras-error");
+    return;
+  }
+  hideError("extras-error");
+  const button = $("extras-run");
+  button.disabled = true;
+  button.textContent = "Upscaling…";
+  try {
+    const resp = await postJson("/sdapi/v1/extra-single-image", {
+      image: state.extrasSource.base64,
+      resize_mode: readNumber("extras-resize-mode", parseInt),
+      upscaling_resize: readNumber("upscaling_resize", parseFloat),
+      upscaling_resize_w: readNumber("upscaling_resize_w", parseInt),
+      upscaling_resize_h: readNumber("upscaling_resize_h", parseInt),
+      upscaling_crop: $("upscaling_crop").checked,
+      upscaler_1: $("upscaler_1").value,
+      upscaler_2: $("upscaler_2").value,
+      extras_upscaler_2_visibility: readNumber("upscaler_2_visibility", parseFloat),
+    });
+    if (!resp.ok) {
+      showError(await errorLines(resp), "extras-error");
+      return;
+    }
+    const data = await resp.json();
+    const result = await imageFromDataUrl("data:image/png;base64," + String(data.image || ""));
+    const img = Object.assign(document.createElement("img"), {
+      src: result.url, alt: `Upscaled image, ${result.width}×${result.height}`,
+    });
+    const link = Object.assign(document.createElement("a"), {
+      href: result.url, download: "extras.png", className: "thumb", title: "Download the upscaled image",
+    });
+    link.appendChild(img);
+    clearChildren($("extras-result"));
+    $("extras-result").appendChild(link);
+    $("extras-info").textContent = [`${result.width}×${result.height} px`, htmlInfoText(data.html_info || "")]
+      .filter(present).join("\n");
+  } catch (err) {
+    showError(failureLines(err), "extras-error");
+  } finally {
+    button.disabled = false;
+    button.textContent = "Upscale";
+  }
+}
+
+// ---- PNG Info ----
+
+async function readPngInfo(image) {
+  Object.assign($("pnginfo-source"), { src: image.url, hidden: false });
+  $("pnginfo-status").textContent = "Reading…";
+  $("pnginfo-status").hidden = false;
+  $("pnginfo-text").textContent = "";
+  clearChildren($("pnginfo-items"));
+  $("pnginfo-send").hidden = true;
+  state.pngParameters = null;
+  try {
+    const resp = await postJson("/sdapi/v1/png-info", { image: image.base64 });
+    if (!resp.ok) {
+      $("pnginfo-status").hidden = true;
+      showError(await errorLines(resp), "pnginfo-error");
+      return;
+    }
+    const data = await resp.json();
+    const info = String(data.info || "");
+    $("pnginfo-text").textContent = info;
+    const items = Object.entries(data.items || {});
+    for (const [key, value] of items) {
+      const row = $("pnginfo-items").appendChild(document.createElement("div"));
+      row.appendChild(document.createElement("dt")).textContent = key;
+      row.appendChild(document.createElement("dd")).textContent = String(value);
+    }
+    $("pnginfo-status").textContent = "This image carries no generation parameters.";
+    $("pnginfo-status").hidden = present(info) || items.length > 0;
+    if (present(info)) {
+      state.pngParameters = data.parameters || {};
+      $("pnginfo-send").hidden = false;
+    }
+  } catch (err) {
+    $("pnginfo-status").hidden = true;
+    showError(failureLines(err), "pnginfo-error");
+  }
+}
+
+// Fill the txt2img form from an image's parameters (A1111's keys), as A1111's "Send to txt2img" does.
+function sendParametersToTxt2img() {
+  const p = state.pngParameters || {};
+  const fields = {
+    prompt: p.Prompt, negative_prompt: p["Negative prompt"], steps: p.Steps, cfg_scale: p["CFG scale"],
+    seed: p.Seed, width: p["Size-1"], height: p["Size-2"],
+  };
+  for (const [id, value] of Object.entries(fields)) {
+    if (value !== undefined && value !== null) $(id).value = String(value);
+  }
+  if (Array.from($("sampler").options, (o) => o.value).includes(p.Sampler)) $("sampler").value = p.Sampler;
+  $("tiling").checked = String(p.Tiling) === "True";
+  selectTab("txt2img", true);
+}
+
 function init() {
+  for (const tab of document.querySelectorAll('[role="tab"]')) {
+    tab.addEventListener("click", () => selectTab(tab.dataset.tab));
+    tab.addEventListener("keydown", onTabKey);
+  }
   $("generate").addEventListener("click", () => (state.busy ? interrupt() : generate()));
-  $("txt2img").addEventListener("submit", (e) => { e.preventDefault(); generate(); });
+  $("generate-form").addEventListener("submit", (e) => { e.preventDefault(); generate(); });
   for (const id of ["prompt", "negative_prompt"]) {
     $(id).addEventListener("keydown", (e) => {
       if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
@@ -305,12 +735,32 @@ function init() {
     });
   }
   $("seed-random").addEventListener("click", () => { $("seed").value = "-1"; });
+  $("enable_hr").addEventListener("change", () => {
+    $("hr-options").hidden = !$("enable_hr").checked;
+    $("hr-options").disabled = !$("enable_hr").checked;
+  });
+  $("networks-refresh").addEventListener("click", refreshNetworks);
+  onImageChosen($("init-file"), "error", setInitImage);
+  initMaskPainting();
+  $("send-img2img").addEventListener("click", () => sendSelected("img2img", "init-file", setInitImage));
+  $("send-extras").addEventListener("click", () => sendSelected("extras", "extras-file", setExtrasSource));
+
+  onImageChosen($("extras-file"), "extras-error", setExtrasSource);
+  $("extras-resize-mode").addEventListener("change", onExtrasModeChange);
+  $("extras-run").addEventListener("click", runExtras);
+  $("extras-form").addEventListener("submit", (e) => { e.preventDefault(); runExtras(); });
+
+  onImageChosen($("pnginfo-file"), "pnginfo-error", readPngInfo);
+  $("pnginfo-send").addEventListener("click", sendParametersToTxt2img);
+
   const dlg = $("lightbox");
   dlg.addEventListener("click", (e) => {
     if (e.target === dlg || e.target.id === "lightbox-img") dlg.close();
   });
   loadWorkerInfo();
   loadSamplers();
+  loadUpscalers();
+  loadNetworks();
 }
 
 if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
