@@ -65,6 +65,19 @@ BuildCacheOption = Annotated[
     ),
 ]
 
+
+# Where a worker finds LoRAs, embeddings, VAEs and more checkpoints (A1111's flags, worker/library.py).
+def _asset_dir(help: str) -> typer.models.OptionInfo:
+    return typer.Option(exists=True, file_okay=False, resolve_path=True, help=help)  # type: ignore[no-any-return]  # typer returns Any
+
+
+LoraDirOption = Annotated[Path | None, _asset_dir("LoRA files, used as <lora:name:weight> in prompts.")]
+EmbeddingsDirOption = Annotated[Path | None, _asset_dir("Textual-inversion embeddings, used by file name in prompts.")]
+VaeDirOption = Annotated[Path | None, _asset_dir("VAE files, chosen with the sd_vae option.")]
+CkptDirOption = Annotated[
+    Path | None, _asset_dir("More checkpoints, listed by sd-models and chosen with sd_model_checkpoint.")
+]
+
 # What one request may ask of the GPU (spec `limits:`, worker/service.py).
 MaxMegapixelStepsOption = Annotated[
     float, typer.Option(min=1, help="Most width x height x steps x images (in millions) one request may ask for.")
@@ -121,6 +134,10 @@ def worker(
     compile_sizes: CompileSizesOption = None,
     dynamic_batch: DynamicBatchOption = False,
     build_cache: BuildCacheOption = False,
+    lora_dir: LoraDirOption = None,
+    embeddings_dir: EmbeddingsDirOption = None,
+    vae_dir: VaeDirOption = None,
+    ckpt_dir: CkptDirOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve Stable Diffusion with the A1111 Web UI API and page."""
@@ -164,6 +181,10 @@ def worker(
         compile_cache=str(compile_cache) if compile_cache else None,
         compile_sizes=image_sizes,
         dynamic_batch=dynamic_batch,
+        lora_dir=str(lora_dir) if lora_dir else None,
+        embeddings_dir=str(embeddings_dir) if embeddings_dir else None,
+        vae_dir=str(vae_dir) if vae_dir else None,
+        ckpt_dir=str(ckpt_dir) if ckpt_dir else None,
     )
     if build_cache:
         _build_cache(config)

@@ -40,6 +40,8 @@ class BatchKey:
     clip_skip: int = 1
     tiling: bool = False  # seamless: every convolution pads circularly (A1111's "Tiling")
     latent: bool = False  # txt2img: the result is the latent, undecoded (a hires fix's first pass); img2img: the start
+    networks: tuple[tuple[str, float, float], ...] = ()  # LoRAs merged for the batch: (name, te, unet multiplier)
+    vae: str = ""  # the VAE file decoding the batch (A1111's sd_vae); "": the checkpoint's own
 
 
 @dataclass(eq=False)

@@ -17,10 +17,12 @@ from PIL import Image
 
 from gpuroam.worker.batcher import Batcher
 from gpuroam.worker.config import WorkerConfig
+from gpuroam.worker.extra_networks import parse_prompt
 from gpuroam.worker.hires import HiresPlan, hires_fields, plan_hires, upscale_image, upscale_latent
 from gpuroam.worker.images import decode_image, encode_png, resize_for_generation
 from gpuroam.worker.infotext import infotext
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture
+from gpuroam.worker.library import AssetDirs, AssetLibrary
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.options import OptionError, WorkerOptions, check_value, is_setting
 from gpuroam.worker.responses import GenerationInfo, GenerationResult
@@ -32,10 +34,13 @@ MAX_CALLER_OPTIONS_BYTES = 16_384
 
 
 class GenerationService:
-    def __init__(self, config: WorkerConfig, model: LoadedModel, batcher: Batcher) -> None:
+    def __init__(
+        self, config: WorkerConfig, model: LoadedModel, batcher: Batcher, assets: AssetLibrary | None = None
+    ) -> None:
         self.config = config
         self.model = model
         self.batcher = batcher
+        self.assets = assets or AssetLibrary(AssetDirs())
         self.options = WorkerOptions()
         self.jobs: dict[str, Job] = {}
         self.max_clip_skip = max_clip_skip(model)
@@ -56,6 +61,8 @@ class GenerationService:
             self._check_model_name(values["sd_model_checkpoint"], "sd_model_checkpoint")
         if "CLIP_stop_at_last_layers" in values:
             checked["CLIP_stop_at_last_layers"] = self._clip_skip(values, "CLIP_stop_at_last_layers")
+        if "sd_vae" in values:
+            self.assets.vae_name(values["sd_vae"], "sd_vae")
         for eta in ("eta_ddim", "eta_ancestral"):
             if eta in values:
                 checked[eta] = _float_option(values, eta, 0.0, 1.0)
@@ -130,6 +137,10 @@ class GenerationService:
                 if "eta_ddim" in overrides
                 else float(self.options.get("eta_ddim"))
             )
+        vae = self.assets.vae_name(
+            overrides.get("sd_vae", self.options.get("sd_vae")),
+            "override_settings.sd_vae" if "sd_vae" in overrides else "sd_vae",
+        )
         img2img = request if isinstance(request, Img2ImgRequest) else None
         return BatchKey(
             mode="txt2img" if img2img is None else "img2img",
@@ -143,6 +154,8 @@ class GenerationService:
             eta=eta,
             clip_skip=clip_skip,
             tiling=bool(request.tiling),
+            networks=self.assets.networks(parse_prompt(request.prompt)),
+            vae=vae,
         )
 
     def check_limits(self, request: GenerationRequest, hires: HiresPlan | None = None) -> None:
@@ -191,11 +204,12 @@ class GenerationService:
         if job_id in self.jobs:  # another caller's job id would let it see this job's progress
             job_id = Job.new_id()
         job = Job(id=job_id, key=key, image_count=count, batch_size=request.batch_size, owner=owner)
+        prompt = parse_prompt(request.prompt).text  # without its <lora:...> tags, as A1111 encodes it
         tasks = [
             ImageTask(
                 job=job,
                 index=i,
-                prompt=request.prompt,
+                prompt=prompt,
                 negative_prompt=request.negative_prompt,
                 seed=all_seeds[i],
                 subseed=all_subseeds[i],
@@ -269,7 +283,7 @@ class GenerationService:
             replace(
                 task,
                 job=job,
-                prompt=request.hr_prompt or task.prompt,
+                prompt=parse_prompt(request.hr_prompt).text if request.hr_prompt else task.prompt,
                 negative_prompt=request.hr_negative_prompt or task.negative_prompt,
                 init_image=picture,
                 result=None,
