@@ -147,22 +147,8 @@ def worker(
 
     from gpuroam.logs import configure_logging
     from gpuroam.worker import WorkerConfig, create_app
-    from gpuroam.worker.accelerate import COMPILE_MODES
 
-    try:
-        auth = WorkerConfig.parse_api_auth(api_auth)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--api-auth") from error
-    if compile != "auto" and compile not in COMPILE_MODES:
-        raise typer.BadParameter(f"use auto or one of {', '.join(COMPILE_MODES)}", param_hint="--compile")
-    try:
-        sizes = tuple(int(size) for size in buckets.split(",")) if buckets else ()
-    except ValueError:
-        raise typer.BadParameter("give batch sizes separated by commas, e.g. 1,2,4,8", param_hint="--buckets") from None
-    try:
-        image_sizes = WorkerConfig.parse_sizes(compile_sizes)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--compile-sizes") from error
+    auth, sizes, image_sizes = _parsed_flags(api_auth, compile, buckets, compile_sizes)
     configure_logging(log_level)
     config = WorkerConfig(
         model=model,
@@ -181,10 +167,10 @@ def worker(
         compile_cache=str(compile_cache) if compile_cache else None,
         compile_sizes=image_sizes,
         dynamic_batch=dynamic_batch,
-        lora_dir=str(lora_dir) if lora_dir else None,
-        embeddings_dir=str(embeddings_dir) if embeddings_dir else None,
-        vae_dir=str(vae_dir) if vae_dir else None,
-        ckpt_dir=str(ckpt_dir) if ckpt_dir else None,
+        lora_dir=_text(lora_dir),
+        embeddings_dir=_text(embeddings_dir),
+        vae_dir=_text(vae_dir),
+        ckpt_dir=_text(ckpt_dir),
     )
     if build_cache:
         _build_cache(config)
@@ -196,6 +182,33 @@ def worker(
     uvicorn.run(
         create_app(config), host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
+
+
+def _parsed_flags(
+    api_auth: str | None, compile: str, buckets: str | None, compile_sizes: str | None
+) -> tuple[tuple[tuple[str, str], ...], tuple[int, ...], tuple[tuple[int, int], ...] | None]:
+    """--api-auth, --buckets and --compile-sizes read, and --compile checked; a bad one names itself."""
+    from gpuroam.worker import WorkerConfig
+    from gpuroam.worker.accelerate import COMPILE_MODES
+
+    try:
+        auth = WorkerConfig.parse_api_auth(api_auth)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--api-auth") from error
+    if compile != "auto" and compile not in COMPILE_MODES:
+        raise typer.BadParameter(f"use auto or one of {', '.join(COMPILE_MODES)}", param_hint="--compile")
+    try:
+        sizes = tuple(int(size) for size in buckets.split(",")) if buckets else ()
+    except ValueError:
+        raise typer.BadParameter("give batch sizes separated by commas, e.g. 1,2,4,8", param_hint="--buckets") from None
+    try:
+        return auth, sizes, WorkerConfig.parse_sizes(compile_sizes)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--compile-sizes") from error
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path else None
 
 
 def _build_cache(config: WorkerConfig) -> None:

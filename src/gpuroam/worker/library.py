@@ -30,7 +30,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from gpuroam.worker import embeddings, lora, vae
-from gpuroam.worker.checkpoints import SINGLE_FILE_SUFFIXES
+from gpuroam.worker.checkpoints import SINGLE_FILE_SUFFIXES, load_checkpoint
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.discovery import Found, OutsideDirectory, checked, scan
 from gpuroam.worker.extra_networks import ParsedPrompt
@@ -77,6 +77,7 @@ class AssetLibrary:
 
     def __init__(self, dirs: AssetDirs) -> None:
         self.dirs = dirs
+        self.load_checkpoint = load_checkpoint  # how a checkpoint of --ckpt-dir is read (tests read tiny ones)
         self.loras: dict[str, LoraFile] = {}
         self._lora_aliases: dict[str, LoraFile] = {}
         self.vaes: dict[str, Found] = {}
@@ -169,6 +170,12 @@ class AssetLibrary:
             self._own_vae = vae.own_weights(pipeline.vae)
         if self.dirs.lora is not None:
             self._index = lora.layer_index(pipeline)
+
+    def checkpoint_changed(self) -> None:
+        """The served weights are another checkpoint's (worker/checkpoint_switch.py): its VAE is the own one."""
+        if self._pipeline is not None and self.dirs.vae is not None:
+            self._own_vae = vae.own_weights(self._pipeline.vae)
+        self._vae_in_use = ""
 
     @contextlib.contextmanager
     def applied(self, networks: Networks, vae_name: str, graphs: Sequence[GraphedForward]) -> Iterator[None]:

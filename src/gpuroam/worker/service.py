@@ -112,8 +112,9 @@ class GenerationService:
         if not isinstance(value, str) or value not in names:  # a list or an object is unhashable: a 422, not a 500
             raise RequestError(
                 field_name,
-                f"model {value!r} is not loaded on this worker; it serves {self.model.title!r} "
-                "(start the worker with --model to serve another)",
+                f"model {value!r} is not loaded on this worker; it serves {self.model.title!r} (a request or a "
+                "caller through the endpoint cannot switch the model every caller shares: POST sd_model_checkpoint "
+                "to /sdapi/v1/options on the worker's own port, or start a worker with --model)",
             )
 
     def batch_key(self, request: GenerationRequest) -> BatchKey:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, params
 
+from gpuroam.worker import checkpoint_switch
 from gpuroam.worker.errors import ClientGone
 from gpuroam.worker.options import WorkerOptions
 from gpuroam.worker.progress import Progress, progress_of, target_jobs
@@ -116,24 +117,17 @@ async def get_options(state: SharedState) -> dict[str, object]:
 async def set_options(update: OptionsUpdate, http: Request, service: ReadyService) -> dict[str, object] | None:
     """On the worker's own port, set its options; for a caller through the gateway, check them and answer
     the checked values, which the gateway keeps for that caller (a bad value is a 422 either way)."""
+    values = update.model_dump()
     if caller(http) is not None:
-        return service.caller_options(update.model_dump())
-    service.update_options(update.model_dump())
+        return service.caller_options(values)
+    if "sd_model_checkpoint" in values:  # A1111 switches the model for everyone: here, only on the own port
+        await checkpoint_switch.switch(service, values.pop("sd_model_checkpoint"))
+    service.update_options(values)
     return None
 
 
 async def sd_models(service: ReadyService) -> list[dict[str, Any]]:
-    model = service.model
-    return [
-        {
-            "title": model.title,
-            "model_name": model.name,
-            "hash": model.short_hash,
-            "sha256": model.sha256,
-            "filename": model.filename,
-            "config": None,
-        }
-    ]
+    return checkpoint_switch.listed(service)
 
 
 async def samplers() -> list[dict[str, Any]]:
