@@ -208,9 +208,6 @@ def test_the_painted_mask_is_sent_at_the_image_size_with_the_inpainting_fields(p
     assert len(bodies) == 2 and "mask" not in bodies[1] and "mask_blur" not in bodies[1]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs the worker's inpainting (issue 21, being built on main): until then a mask is a 422"
-)
 def test_inpainting_generates_through_the_worker(page: Page) -> None:
     page.click("#tab-img2img")
     page.set_input_files("#init-file", as_file(png(64, 64)))

@@ -95,7 +95,9 @@ def test_sdapi_routes_take_the_service_from_the_dependency() -> None:
     app, _ = bare_app(WorkerConfig())
     sdapi.add_routes(app.router)
     model = SimpleNamespace(title="m [0123456789]", name="m", short_hash="0123456789", sha256="0123" * 16, filename="m")
-    app.dependency_overrides[ready_service] = lambda: SimpleNamespace(model=model)
+    app.dependency_overrides[ready_service] = lambda: SimpleNamespace(
+        model=model, assets=SimpleNamespace(checkpoints={})
+    )
     assert TestClient(app).get("/sdapi/v1/sd-models").json() == [
         {
             "title": "m [0123456789]",

@@ -105,10 +105,12 @@ def test_the_script_returns_the_image_upscaled_and_redrawn(client: TestClient) -
 
 
 def test_scripts_that_do_not_exist_are_a1111s_422(client: TestClient) -> None:
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": ["sd upscale"]}
     init = png(Image.new("RGB", (64, 64)))
     for path, body in (
         ("txt2img", {**BODY, "script_name": "sd upscale"}),
         ("img2img", {**BODY, "init_images": [init], "script_name": "x/y/z plot"}),
+        ("txt2img", {**BODY, "alwayson_scripts": {"controlnet": {"args": [{"enabled": True}]}}}),
     ):
         answer = client.post(f"/sdapi/v1/{path}", json=body)
         assert answer.status_code == 422 and "not found" in answer.text

@@ -65,6 +65,19 @@ BuildCacheOption = Annotated[
     ),
 ]
 
+
+# Where a worker finds LoRAs, embeddings, VAEs and more checkpoints (A1111's flags, worker/library.py).
+def _asset_dir(help: str) -> typer.models.OptionInfo:
+    return typer.Option(exists=True, file_okay=False, resolve_path=True, help=help)  # type: ignore[no-any-return]  # typer returns Any
+
+
+LoraDirOption = Annotated[Path | None, _asset_dir("LoRA files, used as <lora:name:weight> in prompts.")]
+EmbeddingsDirOption = Annotated[Path | None, _asset_dir("Textual-inversion embeddings, used by file name in prompts.")]
+VaeDirOption = Annotated[Path | None, _asset_dir("VAE files, chosen with the sd_vae option.")]
+CkptDirOption = Annotated[
+    Path | None, _asset_dir("More checkpoints, listed by sd-models and chosen with sd_model_checkpoint.")
+]
+
 # What one request may ask of the GPU (spec `limits:`, worker/service.py).
 MaxMegapixelStepsOption = Annotated[
     float, typer.Option(min=1, help="Most width x height x steps x images (in millions) one request may ask for.")
@@ -121,6 +134,10 @@ def worker(
     compile_sizes: CompileSizesOption = None,
     dynamic_batch: DynamicBatchOption = False,
     build_cache: BuildCacheOption = False,
+    lora_dir: LoraDirOption = None,
+    embeddings_dir: EmbeddingsDirOption = None,
+    vae_dir: VaeDirOption = None,
+    ckpt_dir: CkptDirOption = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve Stable Diffusion with the A1111 Web UI API and page."""
@@ -130,22 +147,8 @@ def worker(
 
     from gpuroam.logs import configure_logging
     from gpuroam.worker import WorkerConfig, create_app
-    from gpuroam.worker.accelerate import COMPILE_MODES
 
-    try:
-        auth = WorkerConfig.parse_api_auth(api_auth)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--api-auth") from error
-    if compile != "auto" and compile not in COMPILE_MODES:
-        raise typer.BadParameter(f"use auto or one of {', '.join(COMPILE_MODES)}", param_hint="--compile")
-    try:
-        sizes = tuple(int(size) for size in buckets.split(",")) if buckets else ()
-    except ValueError:
-        raise typer.BadParameter("give batch sizes separated by commas, e.g. 1,2,4,8", param_hint="--buckets") from None
-    try:
-        image_sizes = WorkerConfig.parse_sizes(compile_sizes)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--compile-sizes") from error
+    auth, sizes, image_sizes = _parsed_flags(api_auth, compile, buckets, compile_sizes)
     configure_logging(log_level)
     config = WorkerConfig(
         model=model,
@@ -164,6 +167,10 @@ def worker(
         compile_cache=str(compile_cache) if compile_cache else None,
         compile_sizes=image_sizes,
         dynamic_batch=dynamic_batch,
+        lora_dir=_text(lora_dir),
+        embeddings_dir=_text(embeddings_dir),
+        vae_dir=_text(vae_dir),
+        ckpt_dir=_text(ckpt_dir),
     )
     if build_cache:
         _build_cache(config)
@@ -175,6 +182,33 @@ def worker(
     uvicorn.run(
         create_app(config), host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
+
+
+def _parsed_flags(
+    api_auth: str | None, compile: str, buckets: str | None, compile_sizes: str | None
+) -> tuple[tuple[tuple[str, str], ...], tuple[int, ...], tuple[tuple[int, int], ...] | None]:
+    """--api-auth, --buckets and --compile-sizes read, and --compile checked; a bad one names itself."""
+    from gpuroam.worker import WorkerConfig
+    from gpuroam.worker.accelerate import COMPILE_MODES
+
+    try:
+        auth = WorkerConfig.parse_api_auth(api_auth)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--api-auth") from error
+    if compile != "auto" and compile not in COMPILE_MODES:
+        raise typer.BadParameter(f"use auto or one of {', '.join(COMPILE_MODES)}", param_hint="--compile")
+    try:
+        sizes = tuple(int(size) for size in buckets.split(",")) if buckets else ()
+    except ValueError:
+        raise typer.BadParameter("give batch sizes separated by commas, e.g. 1,2,4,8", param_hint="--buckets") from None
+    try:
+        return auth, sizes, WorkerConfig.parse_sizes(compile_sizes)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--compile-sizes") from error
+
+
+def _text(path: Path | None) -> str | None:
+    return str(path) if path else None
 
 
 def _build_cache(config: WorkerConfig) -> None:

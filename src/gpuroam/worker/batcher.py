@@ -15,6 +15,7 @@ import itertools
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from gpuroam.worker.engine import BatchResult, is_out_of_memory
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture, take_batch
@@ -22,6 +23,7 @@ from gpuroam.worker.metrics import WorkerMetrics
 
 log = logging.getLogger("gpuroam.worker.batcher")
 
+T = TypeVar("T")
 RunBatch = Callable[[list[ImageTask], Callable[[int, int], None]], BatchResult]
 
 
@@ -85,6 +87,10 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         self._device.shutdown(wait=True, cancel_futures=True)
+
+    async def on_device(self, work: Callable[[], T]) -> T:
+        """`work`'s result, run on the device thread between two batches (a model switch, say)."""
+        return await asyncio.get_running_loop().run_in_executor(self._device, work)
 
     @property
     def queued_images(self) -> int:

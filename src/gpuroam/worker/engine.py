@@ -33,6 +33,7 @@ from gpuroam.worker.graphs import GraphedForward, Inputs, Signature, resized, re
 from gpuroam.worker.images import resize_for_generation
 from gpuroam.worker.invariance import make_batch_invariant, use_batch_invariant_cpu_kernels
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture
+from gpuroam.worker.library import AssetLibrary
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.noise import overlapped_noise_copies
 from gpuroam.worker.samplers import make_scheduler, resolve, training_sigmas
@@ -70,8 +71,11 @@ def slerp(weight: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
 class Engine:
     """Owns the pipelines; called from the single device thread only."""
 
-    def __init__(self, model: LoadedModel, acceleration: Acceleration | None = None) -> None:
+    def __init__(
+        self, model: LoadedModel, acceleration: Acceleration | None = None, assets: AssetLibrary | None = None
+    ) -> None:
         self.model = model
+        self.assets = assets  # LoRAs, VAEs and embeddings (worker/library.py), attached to the pipeline already
         self.acceleration = acceleration or default_acceleration(model.device)
         if model.device.type == "cpu" and not self.acceleration.compiles:
             use_batch_invariant_cpu_kernels()
@@ -125,7 +129,7 @@ class Engine:
             images = self._generate(tasks + [tasks[-1]] * (self.acceleration.bucket(wanted) - wanted), wanted, on_step)
             return BatchResult(images=images, seconds=time.perf_counter() - started)
         shape = GraphShape(key.width, key.height, self.acceleration.bucket(wanted), key.clip_skip)
-        if key.tiling:  # the graphs pad with zeros: eager, and nothing learned from it
+        if key.tiling or key.networks or key.vae:  # graphs stand aside (zero padding, other weights): eager
             images = self._generate(tasks, wanted, on_step)
         elif self.warmup.ready(shape):
             images = self._generate(tasks + [tasks[-1]] * (shape.batch - wanted), wanted, on_step)
@@ -198,6 +202,8 @@ class Engine:
             with contextlib.ExitStack() as stack:
                 if key.tiling:  # before the device lock, as the compile thread takes them
                     stack.enter_context(tiled(pipeline, self.graphs))
+                if self.assets is not None:
+                    stack.enter_context(self.assets.applied(key.networks, key.vae, self.graphs))
                 stack.enter_context(self._device_lock)
                 seen = [(graph, stack.enter_context(graph.recording())) for graph in self.graphs if record is not None]
                 stack.enter_context(torch.inference_mode())

@@ -41,6 +41,8 @@ class BatchKey:
     tiling: bool = False  # seamless: every convolution pads circularly (A1111's "Tiling")
     latent: bool = False  # txt2img: the result is the latent, undecoded (a hires fix's first pass); img2img: the start
     latent_fill: Literal["noise", "nothing"] | None = None  # inpaint: the masked latent starts as noise or zeros
+    networks: tuple[tuple[str, float, float], ...] = ()  # LoRAs merged for the batch: (name, te, unet multiplier)
+    vae: str = ""  # the VAE file decoding the batch (A1111's sd_vae); "": the checkpoint's own
 
 
 @dataclass(eq=False)
@@ -102,8 +104,8 @@ class ImageTask:
     subseed: int
     subseed_strength: float
     init_image: Picture | None
-    mask: Image.Image | None = None  # inpaint: white where the image is repainted, at the batch's size
     result: asyncio.Future[Picture | None] | None = None
+    mask: Image.Image | None = None  # inpaint: white where the image is repainted, at the batch's size
 
     @property
     def key(self) -> BatchKey:

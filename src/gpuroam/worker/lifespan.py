@@ -17,7 +17,6 @@ from fastapi import FastAPI
 
 from gpuroam.worker.accelerate import acceleration_for
 from gpuroam.worker.batcher import Batcher, device_thread
-from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.engine import Engine
 from gpuroam.worker.models import LoadedModel, load_model, resolve_device
 from gpuroam.worker.prebuild import use_artefact
@@ -52,7 +51,7 @@ async def start_service(state: WorkerState, model: LoadedModel | None) -> Batche
     config = state.config
     gpu_thread = device_thread()
     try:
-        engine, warm_up_s = await _warmed_engine(config, model, gpu_thread)
+        engine, warm_up_s = await _warmed_engine(state, model, gpu_thread)
     except Exception as error:  # noqa: BLE001 - reported by /internal/ping and every route
         state.load_error = f"{type(error).__name__}: {error}"
         log.error("model load failed", extra={"model": config.model, "error": state.load_error})
@@ -68,7 +67,7 @@ async def start_service(state: WorkerState, model: LoadedModel | None) -> Batche
         runnable_now=engine.runnable_now,
     )
     batcher.start()
-    state.service = GenerationService(config, engine.model, batcher)
+    state.service = GenerationService(config, engine.model, batcher, state.assets)
     state.metrics.model_loaded.set(1)
     if engine.warmup is not None:
         state.watch_warmup(engine.warmup)
@@ -88,15 +87,17 @@ async def start_service(state: WorkerState, model: LoadedModel | None) -> Batche
 
 
 async def _warmed_engine(
-    config: WorkerConfig, model: LoadedModel | None, gpu_thread: ThreadPoolExecutor
+    state: WorkerState, model: LoadedModel | None, gpu_thread: ThreadPoolExecutor
 ) -> tuple[Engine, float]:
     """The engine and its warm-up seconds; loaded, built and warmed on the device thread, which is the one
     that runs it later (CUDA graphs belong to the thread that recorded them, and on the CPU each thread
     that has run torch's kernels keeps a pool of OpenMP threads that slows the device thread's)."""
     loop = asyncio.get_running_loop()
+    config = state.config
     if model is None:
         model = await loop.run_in_executor(gpu_thread, load_model, config.model, resolve_device(config.device))
-    engine = await loop.run_in_executor(gpu_thread, Engine, model, acceleration_for(config, model.device))
+    await loop.run_in_executor(gpu_thread, state.assets.attach, model.pipeline)  # before anything is compiled
+    engine = await loop.run_in_executor(gpu_thread, Engine, model, acceleration_for(config, model.device), state.assets)
     sizes = await asyncio.to_thread(use_artefact, engine)
     warm_up_s = await loop.run_in_executor(gpu_thread, engine.warm_up, sizes)
     return engine, warm_up_s

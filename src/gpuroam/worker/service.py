@@ -17,11 +17,13 @@ from PIL import Image
 
 from gpuroam.worker.batcher import Batcher
 from gpuroam.worker.config import WorkerConfig
+from gpuroam.worker.extra_networks import parse_prompt
 from gpuroam.worker.hires import HiresPlan, hires_fields, plan_hires, upscale_image, upscale_latent
 from gpuroam.worker.images import decode_image, decode_image_any_mode, encode_png, resize_for_generation
 from gpuroam.worker.infotext import infotext
 from gpuroam.worker.inpaint import InpaintSettings, Prepared, mask_of, paste_back_all, prepare
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture
+from gpuroam.worker.library import AssetDirs, AssetLibrary
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.options import OptionError, WorkerOptions, check_value, is_setting
 from gpuroam.worker.responses import GenerationInfo, GenerationResult
@@ -34,10 +36,13 @@ MAX_CALLER_OPTIONS_BYTES = 16_384
 
 
 class GenerationService:
-    def __init__(self, config: WorkerConfig, model: LoadedModel, batcher: Batcher) -> None:
+    def __init__(
+        self, config: WorkerConfig, model: LoadedModel, batcher: Batcher, assets: AssetLibrary | None = None
+    ) -> None:
         self.config = config
         self.model = model
         self.batcher = batcher
+        self.assets = assets or AssetLibrary(AssetDirs())
         self.options = WorkerOptions()
         self.jobs: dict[str, Job] = {}
         self.max_clip_skip = max_clip_skip(model)
@@ -58,6 +63,8 @@ class GenerationService:
             self._check_model_name(values["sd_model_checkpoint"], "sd_model_checkpoint")
         if "CLIP_stop_at_last_layers" in values:
             checked["CLIP_stop_at_last_layers"] = self._clip_skip(values, "CLIP_stop_at_last_layers")
+        if "sd_vae" in values:
+            self.assets.vae_name(values["sd_vae"], "sd_vae")
         for eta in ("eta_ddim", "eta_ancestral"):
             if eta in values:
                 checked[eta] = _float_option(values, eta, 0.0, 1.0)
@@ -107,8 +114,9 @@ class GenerationService:
         if not isinstance(value, str) or value not in names:  # a list or an object is unhashable: a 422, not a 500
             raise RequestError(
                 field_name,
-                f"model {value!r} is not loaded on this worker; it serves {self.model.title!r} "
-                "(start the worker with --model to serve another)",
+                f"model {value!r} is not loaded on this worker; it serves {self.model.title!r} (a request or a "
+                "caller through the endpoint cannot switch the model every caller shares: POST sd_model_checkpoint "
+                "to /sdapi/v1/options on the worker's own port, or start a worker with --model)",
             )
 
     def batch_key(self, request: GenerationRequest) -> BatchKey:
@@ -132,6 +140,10 @@ class GenerationService:
                 if "eta_ddim" in overrides
                 else float(self.options.get("eta_ddim"))
             )
+        vae = self.assets.vae_name(
+            overrides.get("sd_vae", self.options.get("sd_vae")),
+            "override_settings.sd_vae" if "sd_vae" in overrides else "sd_vae",
+        )
         img2img = request if isinstance(request, Img2ImgRequest) else None
         inpaint = InpaintSettings.of(img2img) if img2img is not None and img2img.mask else None
         return BatchKey(
@@ -147,6 +159,8 @@ class GenerationService:
             clip_skip=clip_skip,
             tiling=bool(request.tiling),
             latent_fill=None if inpaint is None else inpaint.latent_fill,
+            networks=self.assets.networks(parse_prompt(request.prompt)),
+            vae=vae,
         )
 
     def check_limits(
@@ -176,7 +190,11 @@ class GenerationService:
 
     @staticmethod
     def script(request: GenerationRequest) -> SdUpscale | None:
-        """The img2img script a request names: "sd upscale" is the one there is; any other is A1111's 422."""
+        """The img2img script a request names: "sd upscale" is the one there is; any other is A1111's 422, and
+        so is any always-on script (an extension's: ControlNet, ADetailer...), which A1111 refuses too when it
+        does not have it, rather than make the image without it."""
+        for name in request.alwayson_scripts:
+            raise HTTPException(422, f"always on script {name} not found")
         if not request.script_name:
             return None
         if isinstance(request, Img2ImgRequest) and request.script_name.lower() == SCRIPT_NAME:
@@ -215,11 +233,12 @@ class GenerationService:
             batch_size=request.batch_size * per_result,
             owner=owner,
         )
+        prompt = parse_prompt(request.prompt).text  # without its <lora:...> tags, as A1111 encodes it
         tasks = [
             ImageTask(
                 job=job,
                 index=i,
-                prompt=request.prompt,
+                prompt=prompt,
                 negative_prompt=request.negative_prompt,
                 seed=all_seeds[i // per_result],
                 subseed=all_subseeds[i // per_result],
@@ -299,7 +318,7 @@ class GenerationService:
             replace(
                 task,
                 job=job,
-                prompt=request.hr_prompt or task.prompt,
+                prompt=parse_prompt(request.hr_prompt).text if request.hr_prompt else task.prompt,
                 negative_prompt=request.hr_negative_prompt or task.negative_prompt,
                 init_image=picture,
                 result=None,

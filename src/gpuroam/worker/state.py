@@ -14,6 +14,7 @@ from fastapi import Depends, HTTPException, Request
 
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.graphs import GraphedForward
+from gpuroam.worker.library import AssetDirs, AssetLibrary
 from gpuroam.worker.metrics import WorkerMetrics
 from gpuroam.worker.service import GenerationService
 from gpuroam.worker.warmup import Warmup
@@ -22,7 +23,7 @@ LOADING_RETRY_AFTER_S = 5
 
 
 class WorkerState:
-    """The config, the metrics and the service; `service` is None until the model is loaded."""
+    """The config, the metrics, the assets and the service; `service` is None until the model is loaded."""
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
@@ -30,6 +31,7 @@ class WorkerState:
         self.service: GenerationService | None = None
         self.load_error: str | None = None
         self.warmup: Warmup | None = None  # the fast path's compile thread, while and after it builds
+        self.assets = AssetLibrary(AssetDirs.of(config))  # what --lora-dir and the others hold
 
     def watch_warmup(self, warmup: Warmup) -> None:
         self.warmup = warmup

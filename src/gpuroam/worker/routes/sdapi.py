@@ -21,12 +21,14 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request, params
 
+from gpuroam.worker import checkpoint_switch
 from gpuroam.worker.errors import ClientGone
 from gpuroam.worker.options import WorkerOptions
 from gpuroam.worker.progress import Progress, progress_of, target_jobs
 from gpuroam.worker.responses import GenerationResult
 from gpuroam.worker.samplers import SAMPLERS, SCHEDULES
 from gpuroam.worker.schemas import GenerationResponse, Img2ImgRequest, OptionsUpdate, Txt2ImgRequest
+from gpuroam.worker.sd_upscale import SCRIPT_NAME
 from gpuroam.worker.state import ReadyService, SharedState
 
 JOB_HEADER = "x-gpuroam-job"
@@ -116,24 +118,17 @@ async def get_options(state: SharedState) -> dict[str, object]:
 async def set_options(update: OptionsUpdate, http: Request, service: ReadyService) -> dict[str, object] | None:
     """On the worker's own port, set its options; for a caller through the gateway, check them and answer
     the checked values, which the gateway keeps for that caller (a bad value is a 422 either way)."""
+    values = update.model_dump()
     if caller(http) is not None:
-        return service.caller_options(update.model_dump())
-    service.update_options(update.model_dump())
+        return service.caller_options(values)
+    if "sd_model_checkpoint" in values:  # A1111 switches the model for everyone: here, only on the own port
+        await checkpoint_switch.switch(service, values.pop("sd_model_checkpoint"))
+    service.update_options(values)
     return None
 
 
 async def sd_models(service: ReadyService) -> list[dict[str, Any]]:
-    model = service.model
-    return [
-        {
-            "title": model.title,
-            "model_name": model.name,
-            "hash": model.short_hash,
-            "sha256": model.sha256,
-            "filename": model.filename,
-            "config": None,
-        }
-    ]
+    return checkpoint_switch.listed(service)
 
 
 async def samplers() -> list[dict[str, Any]]:
@@ -154,7 +149,8 @@ async def schedulers() -> list[dict[str, Any]]:
 
 
 async def scripts() -> dict[str, list[str]]:
-    return {"txt2img": [], "img2img": []}
+    """The selectable scripts, lowercased as A1111 lists them; no always-on ones (extensions) here."""
+    return {"txt2img": [], "img2img": [SCRIPT_NAME]}
 
 
 def add_routes(router: APIRouter, dependencies: Sequence[params.Depends] = ()) -> None:

@@ -157,17 +157,38 @@ async def latent_upscale_modes() -> list[dict[str, str]]:
 
 
 async def empty_list() -> list[Any]:
-    """sd-vae, loras, hypernetworks, face-restorers, realesrgan-models, prompt-styles: none here."""
+    """hypernetworks, face-restorers, realesrgan-models, prompt-styles: none here."""
     return []
 
 
-async def embeddings() -> dict[str, dict[str, Any]]:
-    return {"loaded": {}, "skipped": {}}
+async def loras(state: SharedState) -> list[dict[str, Any]]:
+    return state.assets.loras_as_a1111()
 
 
-async def refresh() -> None:
-    """refresh-checkpoints, -vae, -loras, -embeddings: nothing to rescan; A1111 answers null."""
-    return
+async def sd_vae(state: SharedState) -> list[dict[str, str]]:
+    return state.assets.vaes_as_a1111()
+
+
+async def embeddings(state: SharedState) -> dict[str, dict[str, Any]]:
+    return state.assets.embeddings_as_a1111()
+
+
+async def refresh_loras(state: SharedState) -> None:
+    """The refresh routes rescan their directory off the event loop; A1111 answers null."""
+    await anyio.to_thread.run_sync(state.assets.refresh_loras)
+
+
+async def refresh_vae(state: SharedState) -> None:
+    await anyio.to_thread.run_sync(state.assets.refresh_vaes)
+
+
+async def refresh_checkpoints(state: SharedState) -> None:
+    await anyio.to_thread.run_sync(state.assets.refresh_checkpoints)
+
+
+async def refresh_embeddings(state: SharedState) -> None:
+    """New embeddings are read now and taught to the model before the next batch."""
+    await anyio.to_thread.run_sync(state.assets.refresh_embeddings)
 
 
 async def cmd_flags(state: SharedState) -> dict[str, Any]:
@@ -176,10 +197,10 @@ async def cmd_flags(state: SharedState) -> dict[str, Any]:
     return {
         "data_dir": os.getcwd(),
         "ckpt": config.model,
-        "ckpt_dir": None,
-        "vae_dir": None,
-        "lora_dir": None,
-        "embeddings_dir": None,
+        "ckpt_dir": config.ckpt_dir,
+        "vae_dir": config.vae_dir,
+        "lora_dir": config.lora_dir,
+        "embeddings_dir": config.embeddings_dir,
         "hypernetwork_dir": None,
         "no_half": False,
         "no_half_vae": False,
@@ -238,11 +259,15 @@ def _cuda() -> dict[str, Any]:
 def add_routes(router: APIRouter, dependencies: Sequence[params.Depends] = ()) -> None:
     """Guarded as the rest of /sdapi (create_app passes the --api-auth check when users are configured)."""
     guarded = list(dependencies)
-    for path in ("sd-vae", "loras", "hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles"):
+    for path in ("hypernetworks", "face-restorers", "realesrgan-models", "prompt-styles"):
         router.add_api_route(f"/sdapi/v1/{path}", empty_list, methods=["GET"], dependencies=guarded)
-    for path in ("refresh-checkpoints", "refresh-vae", "refresh-loras", "refresh-embeddings"):
-        router.add_api_route(f"/sdapi/v1/{path}", refresh, methods=["POST"], dependencies=guarded)
     routes: list[tuple[str, str, Callable[..., Any]]] = [
+        ("GET", "loras", loras),
+        ("GET", "sd-vae", sd_vae),
+        ("POST", "refresh-checkpoints", refresh_checkpoints),
+        ("POST", "refresh-vae", refresh_vae),
+        ("POST", "refresh-loras", refresh_loras),
+        ("POST", "refresh-embeddings", refresh_embeddings),
         ("GET", "upscalers", upscalers),
         ("GET", "latent-upscale-modes", latent_upscale_modes),
         ("GET", "embeddings", embeddings),

@@ -1,0 +1,179 @@
+"""LoRAs, embeddings and VAEs from directories, through A1111's routes and prompts, on the tiny model.
+
+Each test module builds its own model: VAEs and embeddings change a pipeline, and the session's shared
+tiny model must stay as it was for the other tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+import torch
+from asset_files import write_embedding_pt, write_embedding_safetensors, write_lora, write_vae
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from gpuroam.worker import LoadedModel, WorkerConfig, create_app, load_model
+from gpuroam.worker.engine import Engine
+from gpuroam.worker.jobs import BatchKey, ImageTask, Job, take_batch
+from gpuroam.worker.library import AssetDirs, AssetLibrary
+from live_jobs import wait_ready
+
+SMALL = {"prompt": "a red cube", "width": 64, "height": 64, "steps": 2, "seed": 7}
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    return load_model("tiny", torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def dirs(model: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> AssetDirs:
+    root = tmp_path_factory.mktemp("assets")
+    write_lora(root / "lora" / "style.safetensors", model.pipeline, metadata={"ss_output_name": "stylish"})
+    write_lora(root / "lora" / "sub" / "other.safetensors", model.pipeline, seed=5)
+    write_lora(root / "x.safetensors", model.pipeline, seed=9)  # beside the directory, never to be read
+    write_embedding_pt(root / "embeddings" / "shinytoken.pt", torch.randn(2, 32) * 4)
+    write_embedding_safetensors(root / "embeddings" / "wide.safetensors", torch.randn(1, 768))
+    write_vae(root / "vae" / "other.vae.safetensors", model.pipeline)
+    return AssetDirs(root / "lora", root / "embeddings", root / "vae")
+
+
+@pytest.fixture(scope="module")
+def client(model: LoadedModel, dirs: AssetDirs) -> Iterator[TestClient]:
+    config = WorkerConfig(lora_dir=str(dirs.lora), embeddings_dir=str(dirs.embeddings), vae_dir=str(dirs.vae))
+    with TestClient(create_app(config, model=model)) as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+def pixels(client: TestClient, **body: object) -> bytes:
+    """The image's pixels (its PNG text holds the prompt as written, tags and all)."""
+    answer = client.post("/sdapi/v1/txt2img", json={**SMALL, **body})
+    assert answer.status_code == 200, answer.text
+    return Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).tobytes()
+
+
+def test_the_routes_list_what_the_directories_hold_in_a1111s_shapes(client: TestClient, dirs: AssetDirs) -> None:
+    loras = client.get("/sdapi/v1/loras").json()
+    assert [(lora["name"], lora["alias"]) for lora in loras] == [("style", "stylish"), ("other", "other")]
+    assert loras[0]["path"] == str(dirs.lora / "style.safetensors") and loras[0]["metadata"]["ss_output_name"]
+    assert client.get("/sdapi/v1/sd-vae").json() == [
+        {"model_name": "other.vae.safetensors", "filename": str(dirs.vae / "other.vae.safetensors")}
+    ]
+    listed = client.get("/sdapi/v1/embeddings").json()
+    assert listed["loaded"] == {
+        "shinytoken": {
+            "step": 500,
+            "sd_checkpoint": "0123456789",
+            "sd_checkpoint_name": "tiny",
+            "shape": 32,
+            "vectors": 2,
+        }
+    }
+    assert listed["skipped"]["wide"]["shape"] == 768, "made for another text encoder: listed as skipped, as A1111 does"
+    flags = client.get("/sdapi/v1/cmd-flags").json()
+    assert (flags["lora_dir"], flags["vae_dir"], flags["embeddings_dir"]) == tuple(
+        map(str, (dirs.lora, dirs.vae, dirs.embeddings))
+    )
+
+
+def test_a_lora_changes_the_image_and_weight_zero_does_not(client: TestClient) -> None:
+    plain = pixels(client)
+    with_lora = pixels(client, prompt="a red cube <lora:style:1>")
+    assert with_lora != plain
+    assert pixels(client, prompt="a red cube <lora:style:0>") == plain
+    assert pixels(client, prompt="a red cube <lora:stylish:1>") == with_lora, "by its alias too"
+    assert pixels(client, prompt="a red cube <lora:style:0.5>") not in (plain, with_lora)
+    assert pixels(client, prompt="a red cube <lora:style:1> <lora:other:1>") != with_lora
+    assert pixels(client) == plain, "the weights are the checkpoint's again after a LoRA batch"
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "nothing", "sub/other", "..\\x"])
+def test_a_name_that_is_not_listed_is_ignored_and_nothing_outside_is_read(client: TestClient, name: str) -> None:
+    assert pixels(client, prompt=f"a red cube <lora:{name}:1>") == pixels(client)
+
+
+def test_an_embedding_by_its_file_name_changes_the_image(client: TestClient) -> None:
+    assert pixels(client, prompt="a red cube shinytoken") != pixels(client, prompt="a red cube")
+
+
+def test_sd_vae_decodes_with_another_vae_per_request_or_as_the_workers_option(client: TestClient) -> None:
+    plain = pixels(client)
+    other = pixels(client, override_settings={"sd_vae": "other.vae.safetensors"})
+    assert other != plain
+    assert pixels(client, override_settings={"sd_vae": "Automatic"}) == plain
+    assert client.post("/sdapi/v1/options", json={"sd_vae": "other.vae.safetensors"}).status_code == 200
+    try:
+        assert client.get("/sdapi/v1/options").json()["sd_vae"] == "other.vae.safetensors"
+        assert pixels(client) == other
+    finally:
+        client.post("/sdapi/v1/options", json={"sd_vae": "Automatic"})
+    assert pixels(client) == plain
+
+
+@pytest.mark.parametrize("value", ["nope.safetensors", "../vae/other.vae.safetensors", 3])
+def test_an_unknown_vae_is_a_422_that_lists_the_choices(client: TestClient, value: object) -> None:
+    answer = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_vae": value}})
+    assert answer.status_code == 422 and "other.vae.safetensors" in answer.text
+    assert client.post("/sdapi/v1/options", json={"sd_vae": value}).status_code == 422
+
+
+def test_refresh_picks_up_new_files_and_forgets_removed_ones(
+    client: TestClient, model: LoadedModel, dirs: AssetDirs
+) -> None:
+    assert dirs.lora is not None and dirs.vae is not None and dirs.embeddings is not None
+    write_lora(dirs.lora / "late.safetensors", model.pipeline, seed=11)
+    shutil.copy(dirs.vae / "other.vae.safetensors", dirs.vae / "late.vae.safetensors")
+    write_embedding_pt(dirs.embeddings / "latetoken.pt", torch.randn(1, 32) * 4)
+    before = pixels(client, prompt="a red cube latetoken <lora:late:1>")
+    for route in ("refresh-loras", "refresh-vae", "refresh-embeddings", "refresh-checkpoints"):
+        answer = client.post(f"/sdapi/v1/{route}")
+        assert answer.status_code == 200 and answer.json() is None, route
+    assert "late" in [lora["name"] for lora in client.get("/sdapi/v1/loras").json()]
+    assert "late.vae.safetensors" in [vae["model_name"] for vae in client.get("/sdapi/v1/sd-vae").json()]
+    assert "latetoken" in client.get("/sdapi/v1/embeddings").json()["loaded"]
+    assert pixels(client, prompt="a red cube latetoken <lora:late:1>") != before
+    (dirs.lora / "late.safetensors").unlink()
+    client.post("/sdapi/v1/refresh-loras")
+    assert "late" not in [lora["name"] for lora in client.get("/sdapi/v1/loras").json()]
+
+
+def test_only_requests_with_the_same_loras_and_vae_share_a_batch() -> None:
+    plain = BatchKey("txt2img", 64, 64, 2, "Euler", "automatic", 7.0)
+    keys = [
+        plain,
+        replace(plain, networks=(("a", 1.0, 1.0),)),
+        replace(plain, networks=(("a", 0.5, 0.5),)),
+        replace(plain, vae="v"),
+    ]
+    queue = [ImageTask(Job(f"j{i}", key, 1), 0, "", "", i, 0, 0.0, None) for i, key in enumerate(keys * 2)]
+    while queue:
+        batch = take_batch(queue, 8)
+        assert len({task.key for task in batch}) == 1 and len(batch) == 2
+        queue = [task for task in queue if task not in batch]
+
+
+def test_an_image_with_a_lora_is_the_same_alone_and_batched_with_others(model: LoadedModel, dirs: AssetDirs) -> None:
+    library = AssetLibrary(dirs)
+    library.attach(model.pipeline)
+    engine = Engine(model, assets=library)
+    key = replace(BatchKey("txt2img", 64, 64, 2, "Euler", "automatic", 7.0), networks=(("style", 0.8, 0.6),))
+
+    def task(seed: int, prompt: str, task_key: BatchKey = key) -> ImageTask:
+        return ImageTask(Job(f"j{seed}", task_key, 1), 0, prompt, "", seed, 0, 0.0, None)
+
+    plain_key = replace(key, networks=())
+    plain_before = engine.run([task(3, "a house", plain_key)]).images[0]
+    alone = engine.run([task(1, "a red cube")]).images[0]
+    batched = engine.run([task(2, "a blue ball"), task(1, "a red cube"), task(5, "shinytoken")]).images[1]
+    assert isinstance(alone, Image.Image) and isinstance(batched, Image.Image)
+    assert alone.tobytes() == batched.tobytes()
+    plain_after = engine.run([task(4, "x", plain_key), task(3, "a house", plain_key)]).images[1]
+    assert isinstance(plain_before, Image.Image) and isinstance(plain_after, Image.Image)
+    assert plain_before.tobytes() == plain_after.tobytes()
