@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from gpuroam.worker.extras import LATENT_UPSCALE_MODES, UPSCALERS, upscale
+from gpuroam.worker.samplers import Sampler, Schedule, resolve
 from gpuroam.worker.schemas import RequestError, Txt2ImgRequest
 
 LATENT_CELL = 8  # pixels per latent cell (the VAE's downscale)
@@ -132,3 +133,16 @@ def hires_fields(request: Txt2ImgRequest, plan: HiresPlan) -> dict[str, object]:
         "Hires prompt": request.hr_prompt or None,
         "Hires negative prompt": request.hr_negative_prompt or None,
     }
+
+
+def hires_sampler(request: Txt2ImgRequest) -> tuple[Sampler, Schedule]:
+    """The second pass's sampler and schedule: the first pass's unless the request names others."""
+    return resolve(
+        _same(request.hr_sampler_name, "Use same sampler") or request.requested_sampler,
+        _same(request.hr_scheduler, "Use same scheduler") or request.scheduler,
+    )
+
+
+def _same(name: str | None, same: str) -> str | None:
+    """A hires sampler or scheduler: None when it says to use the first pass's."""
+    return None if name in (None, "", same) else name

@@ -18,7 +18,7 @@ from PIL import Image
 from gpuroam.worker.batcher import Batcher
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.extra_networks import parse_prompt
-from gpuroam.worker.hires import HiresPlan, hires_fields, plan_hires, upscale_image, upscale_latent
+from gpuroam.worker.hires import HiresPlan, hires_fields, hires_sampler, plan_hires, upscale_image, upscale_latent
 from gpuroam.worker.images import decode_image, decode_image_any_mode, encode_png, resize_for_generation
 from gpuroam.worker.infotext import infotext
 from gpuroam.worker.inpaint import InpaintSettings, Prepared, mask_of, paste_back_all, prepare
@@ -27,7 +27,7 @@ from gpuroam.worker.library import AssetDirs, AssetLibrary
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.options import OptionError, WorkerOptions, check_value, is_setting
 from gpuroam.worker.responses import GenerationInfo, GenerationResult
-from gpuroam.worker.samplers import Sampler, Schedule, UnknownSampler, resolve
+from gpuroam.worker.samplers import UnknownSampler, resolve
 from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
 from gpuroam.worker.sd_upscale import SCRIPT_NAME, SdUpscale, blend_iterations
 
@@ -249,7 +249,7 @@ class GenerationService:
             for i in range(count * per_result)
         ]
         try:
-            images = await self._run(job, tasks)
+            images = await self._run(job, tasks) if tiles is None else await self._run_in_turn(job, tasks)
             if hires is not None and isinstance(request, Txt2ImgRequest) and not job.interrupted:
                 job, tasks, images = await self._second_pass(request, hires, job, tasks, images)
         finally:
@@ -284,13 +284,25 @@ class GenerationService:
             if any(not future.done() for future in futures):  # client went away
                 self.batcher.interrupt(job)
 
+    async def _run_in_turn(self, job: Job, tasks: list[ImageTask]) -> list[Picture | None]:
+        """A job of more images than a queue holds (the sd upscale script's tiles: hundreds for a large image)
+        queues two device batches at a time, as A1111 runs a script's batches in turn; other callers' images
+        go between them, and an interrupt stops it after the batches in flight."""
+        size = 2 * self.batcher.max_batch
+        made: list[Picture | None] = []
+        for start in range(0, len(tasks), size):
+            if job.interrupted:
+                return made + [None] * (len(tasks) - start)
+            made += await self._run(job, tasks[start : start + size])
+        return made
+
     def _hires(self, request: GenerationRequest) -> HiresPlan | None:
         """The hires fix a request asks for, all of it checked before the first pass takes the GPU."""
         if not isinstance(request, Txt2ImgRequest) or not request.enable_hr:
             return None
         plan = plan_hires(request)
         try:
-            _hires_sampler(request)
+            hires_sampler(request)
         except ValueError as error:  # an unknown sampler too: here a field of the hires pass, a 422
             raise RequestError("hr_sampler_name", str(error)) from None
         return plan
@@ -300,7 +312,7 @@ class GenerationService:
     ) -> tuple[Job, list[ImageTask], list[Picture | None]]:
         """Hires fix's second pass: each first-pass result upscaled, then img2img at the hires size, under the
         same job id (progress and interrupt follow it), batched with other such passes."""
-        sampler, schedule = _hires_sampler(request)
+        sampler, schedule = hires_sampler(request)
         key = replace(
             first.key,
             mode="img2img",
@@ -435,18 +447,6 @@ class GenerationService:
             "gpuroam_gpu": self.config.gpu,
             "gpuroam_replica": self.config.replica,
         }
-
-
-def _hires_sampler(request: Txt2ImgRequest) -> tuple[Sampler, Schedule]:
-    return resolve(
-        _same(request.hr_sampler_name, "Use same sampler") or request.requested_sampler,
-        _same(request.hr_scheduler, "Use same scheduler") or request.scheduler,
-    )
-
-
-def _same(name: str | None, same: str) -> str | None:
-    """A hires sampler or scheduler: None when it says to use the first pass's."""
-    return None if name in (None, "", same) else name
 
 
 def _upscaled(picture: Picture | None, hires: HiresPlan) -> Picture | None:
