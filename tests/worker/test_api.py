@@ -144,7 +144,7 @@ def test_read_endpoints(client: TestClient) -> None:
     assert models[0]["model_name"] == "tiny" and models[0]["title"].startswith("tiny [")
     assert "Euler a" in [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
     assert "karras" in [s["name"] for s in client.get("/sdapi/v1/schedulers").json()]
-    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": ["sd upscale"]}
     info = client.get("/gpuroam/worker").json()
     assert info["region"] == "us-central1" and info["gpu"] == "nvidia-l4" and info["ready"]
     page = client.get("/")

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app
-from gpuroam.worker.inpaint import InpaintSettings, binary_mask, crop_region, fill, paste_back, prepare
+from gpuroam.worker.inpaint import InpaintSettings, binary_mask, crop_region, fill, paste_back, prepare_all
 from gpuroam.worker.models import build_random_pipeline
 from live_jobs import wait_ready
 
@@ -104,7 +104,8 @@ def test_fill_paints_the_masked_area_with_the_colours_around_it() -> None:
 
 def test_only_masked_works_on_the_area_and_puts_it_back_into_the_original() -> None:
     image = two_colours()
-    prepared = prepare(image, box_mask(image.size, (40, 20, 60, 40)), 64, 64, 0, InpaintSettings(blur_x=0, blur_y=0))
+    settings = InpaintSettings(blur_x=0, blur_y=0)
+    [prepared] = prepare_all([image], box_mask(image.size, (40, 20, 60, 40)), 64, 64, 0, settings) or []
     assert prepared.region is not None and prepared.image.size == prepared.mask.size == (64, 64)
     result = np.asarray(paste_back(Image.new("RGB", (64, 64), (0, 255, 0)), prepared), dtype=int)
     assert result.shape == (64, 96, 3)
@@ -115,7 +116,7 @@ def test_only_masked_works_on_the_area_and_puts_it_back_into_the_original() -> N
 def test_an_inverted_mask_repaints_the_other_part() -> None:
     image = two_colours()
     settings = InpaintSettings(blur_x=0, blur_y=0, full_res=False, invert=True)
-    prepared = prepare(image, box_mask(image.size, (40, 20, 60, 40)), 96, 64, 0, settings)
+    [prepared] = prepare_all([image], box_mask(image.size, (40, 20, 60, 40)), 96, 64, 0, settings) or []
     result = np.asarray(paste_back(Image.new("RGB", (96, 64), (0, 255, 0)), prepared), dtype=int)
     assert (result[5, 5] == (0, 255, 0)).all() and (result[30, 50] == BLUE).all()
 
@@ -173,6 +174,16 @@ def test_an_empty_mask_changes_nothing_it_did_not_mask(client: TestClient) -> No
     assert np.array_equal(result, np.asarray(image, dtype=int))
 
 
+def test_only_masked_with_nothing_masked_is_plain_img2img_as_in_a1111(client: TestClient) -> None:
+    image = b64(two_colours())
+    blank = client.post(
+        "/sdapi/v1/img2img", json={**BODY, "init_images": [image], "mask": b64(Image.new("L", (96, 64)))}
+    )
+    plain = client.post("/sdapi/v1/img2img", json={**BODY, "init_images": [image]})
+    assert np.array_equal(pixels(blank.json()), pixels(plain.json()))
+    assert "Masked content" not in json.loads(blank.json()["info"])["infotexts"][0]
+
+
 def test_a_bad_mask_is_a_422_that_names_it(client: TestClient) -> None:
     body = {**BODY, "init_images": [b64(two_colours())]}
     for mask, field in (("not base64!", "mask"), (b64(Image.new("L", (4, 4))), None)):
@@ -181,6 +192,10 @@ def test_a_bad_mask_is_a_422_that_names_it(client: TestClient) -> None:
             assert answer.status_code == 200, "a mask of another size is stretched over the image"
         else:
             assert answer.status_code == 422 and field in answer.text
+    lab = io.BytesIO()
+    Image.new("LAB", (8, 8)).save(lab, "TIFF")
+    answer = client.post("/sdapi/v1/img2img", json={**body, "mask": base64.b64encode(lab.getvalue()).decode()})
+    assert answer.status_code == 422 and "mask" in answer.text, "a mask PIL cannot make black and white"
     assert client.post("/sdapi/v1/img2img", json={**body, "mask_blur": 65}).status_code == 422
     assert client.post("/sdapi/v1/img2img", json={**body, "inpainting_fill": 4}).status_code == 422
 

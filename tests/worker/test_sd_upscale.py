@@ -104,6 +104,21 @@ def test_the_script_returns_the_image_upscaled_and_redrawn(client: TestClient) -
     assert again["images"] == made["images"], "the same request, the same pixels"
 
 
+def test_batch_size_groups_tiles_and_none_tiles_the_image_unscaled(client: TestClient) -> None:
+    init = Image.effect_mandelbrot((96, 64), (-2, -1.2, 1, 1.2), 40).convert("RGB")
+    body = {**BODY, "init_images": [png(init)], "script_name": "sd upscale", "batch_size": 4}
+    made = client.post("/sdapi/v1/img2img", json={**body, "script_args": ["", 16, "None", 2]}).json()
+    assert len(made["images"]) == 1, "A1111 makes n_iter images; batch_size is tiles per run"
+    assert Image.open(io.BytesIO(base64.b64decode(made["images"][0]))).size == (96, 64)
+    assert json.loads(made["info"])["all_seeds"] == [3]
+
+
+def test_too_many_tiles_are_refused_before_any_is_cut(client: TestClient) -> None:
+    body = {**BODY, "init_images": [png(Image.new("RGB", (1024, 1024)))], "script_name": "sd upscale", "steps": 1}
+    refused = client.post("/sdapi/v1/img2img", json={**body, "script_args": ["", 56, "Nearest", 4]})
+    assert refused.status_code == 422 and "tiles" in refused.text
+
+
 def test_scripts_that_do_not_exist_are_a1111s_422(client: TestClient) -> None:
     assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": ["sd upscale"]}
     init = png(Image.new("RGB", (64, 64)))
@@ -115,7 +130,8 @@ def test_scripts_that_do_not_exist_are_a1111s_422(client: TestClient) -> None:
         answer = client.post(f"/sdapi/v1/{path}", json=body)
         assert answer.status_code == 422 and "not found" in answer.text
     costly = {**BODY, "init_images": [png(Image.new("RGB", (2048, 2048)))], "steps": 150, "denoising_strength": 1}
+    costly |= {"width": 512, "height": 512}  # 64 tiles of 512x512 over the 4096x4096 upscale
     refused = client.post(
-        "/sdapi/v1/img2img", json={**costly, "script_name": "sd upscale", "script_args": ["", 0, 0, 2]}
+        "/sdapi/v1/img2img", json={**costly, "script_name": "sd upscale", "script_args": ["", 0, "Nearest", 2]}
     )
     assert refused.status_code == 422 and "megapixel-steps" in refused.text, "every tile counts in the cost cap"

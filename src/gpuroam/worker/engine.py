@@ -196,8 +196,6 @@ class Engine:
                 "image": self._init_images(tasks),
                 "strength": img2img_strength(key.steps, key.denoising_strength),
             }
-        if pipeline is self._inpaint:
-            kwargs |= self._inpaint_inputs(tasks, generators, kwargs.get("image"))
         try:
             with contextlib.ExitStack() as stack:
                 if key.tiling:  # before the device lock, as the compile thread takes them
@@ -207,6 +205,8 @@ class Engine:
                 stack.enter_context(self._device_lock)
                 seen = [(graph, stack.enter_context(graph.recording())) for graph in self.graphs if record is not None]
                 stack.enter_context(torch.inference_mode())
+                if pipeline is self._inpaint:  # a latent fill encodes: with this batch's VAE, under the device lock
+                    kwargs |= self._inpaint_inputs(tasks, generators, kwargs.get("image"))
                 stack.enter_context(overlapped_noise_copies(pipeline, pipeline.scheduler))
                 made = pipeline(**kwargs).images[:wanted]
                 if kwargs["output_type"] == "latent":
@@ -251,7 +251,8 @@ class Engine:
                     torch.randn(latents[:1].shape, generator=torch.Generator().manual_seed(t.seed)) for t in tasks
                 ]
                 filler = torch.cat(noises).to(latents.device, latents.dtype)
-            # What an inpainting UNet sees of the image: the kept pixels, encoded by the pipeline (others ignore it).
+            # What an inpainting UNet sees of the image: the kept pixels (a pixel tensor, which the pipeline
+            # encodes); other UNets ignore it, so the masked latent saves an encode.
             kept = (
                 self._pixels(image) * (self._pixels(masks) < 0.5) if self.inpainting_model else latents * (1 - masked)
             )
@@ -272,8 +273,7 @@ class Engine:
         """Each image's latent, drawn with its own generator (as the pipeline encodes one)."""
         pixels = self._pixels(images)
         vae = self.model.pipeline.vae
-        with torch.inference_mode():
-            rows = [vae.encode(pixels[i : i + 1]).latent_dist.sample(generators[i]) for i in range(len(images))]
+        rows = [vae.encode(pixels[i : i + 1]).latent_dist.sample(generators[i]) for i in range(len(images))]
         latents: torch.Tensor = torch.cat(rows) * vae.config.scaling_factor
         return latents
 

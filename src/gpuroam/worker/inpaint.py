@@ -70,6 +70,10 @@ class InpaintSettings:
         return _LATENT_FILLS.get(self.fill)
 
 
+class MaskError(ValueError):
+    """A mask that is not an image of black and white (a 422 naming `mask`)."""
+
+
 @dataclass(frozen=True)
 class Prepared:
     """One image ready for the inpainting pipeline, and what puts its result back."""
@@ -91,17 +95,40 @@ def binary_mask(mask: Image.Image) -> Image.Image:
     return mask.convert("L").point(lambda value: 255 if value > 128 else 0)
 
 
+def prepare_all(
+    images: Sequence[Image.Image],
+    mask: Image.Image,
+    width: int,
+    height: int,
+    resize_mode: int,
+    settings: InpaintSettings,
+) -> list[Prepared] | None:
+    """Every init image prepared with the one mask of the request (read once, blurred once per image size);
+    None when "Only masked" finds nothing masked, which A1111 then does as plain img2img. A mask PIL cannot
+    read as black and white raises MaskError."""
+    try:
+        read = binary_mask(mask)
+    except (ValueError, OSError) as error:
+        raise MaskError(f"the mask cannot be read as black and white ({error}); send a PNG") from error
+    if settings.invert:
+        read = ImageOps.invert(read)
+    if settings.full_res and read.getbbox() is None:
+        return None
+    masks: dict[tuple[int, int], Image.Image] = {}
+    for image in images:
+        if image.size not in masks:
+            sized = read if read.size == image.size else read.resize(image.size, Image.Resampling.NEAREST)
+            if settings.blur_x or settings.blur_y:
+                sized = sized.filter(ImageFilter.GaussianBlur((settings.blur_x, settings.blur_y)))
+            masks[image.size] = sized
+    return [prepare(image, masks[image.size], width, height, resize_mode, settings) for image in images]
+
+
 def prepare(
     image: Image.Image, mask: Image.Image, width: int, height: int, resize_mode: int, settings: InpaintSettings
 ) -> Prepared:
-    """The pipeline's image and mask at width x height, from an init image and its mask as sent."""
-    mask = binary_mask(mask)
-    if mask.size != image.size:
-        mask = mask.resize(image.size, Image.Resampling.NEAREST)
-    if settings.invert:
-        mask = ImageOps.invert(mask)
-    if settings.blur_x or settings.blur_y:
-        mask = mask.filter(ImageFilter.GaussianBlur((settings.blur_x, settings.blur_y)))
+    """The pipeline's image and mask at width x height, from an init image and its mask read, inverted and
+    blurred at the image's size (prepare_all)."""
     region = crop_region(mask, settings.padding, width, height) if settings.full_res else None
     if region is not None:
         base = image

@@ -2,8 +2,9 @@
 request's width x height, and blend the tiles where they overlap.
 
 `script_args` are A1111's: [info (unused), overlap in pixels, upscaler (name or index into /upscalers),
-scale factor]. The tiles are one job's images, so they batch on the device like any img2img request. Pure:
-the plan, the split and the blend; the service runs the tiles.
+scale factor]. As in A1111, the request makes `n_iter` images and `batch_size` is how many tiles share a
+seed run (so it sets the tiles' seeds); here all of an image's tiles are one job's, batched on the device
+like any img2img request. Pure: the plan, the split and the blend; the service runs the tiles.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import numpy as np
 from PIL import Image
 
 from gpuroam.worker.extras import UPSCALERS, upscale
-from gpuroam.worker.schemas import RequestError
+from gpuroam.worker.schemas import GenerationRequest, RequestError
 
 SCRIPT_NAME = "sd upscale"
 MAX_UPSCALED_PIXELS = 4096 * 4096
+MAX_TILES = 1024  # tiles of one image: each is a VAE encode and decode too, which the cost cap does not see
 DEFAULTS: tuple[object, ...] = ("", 64, "None", 2.0)  # A1111's defaults for the four arguments
 
 
@@ -64,7 +66,10 @@ class SdUpscale:
         return SdUpscale(overlap=int(overlap), upscaler=name, scale=float(scale))
 
     def upscaled(self, image: Image.Image) -> Image.Image:
-        """The init image upscaled (A1111's rounding to multiples of 8), refused past 16 megapixels."""
+        """The init image upscaled (A1111's rounding to multiples of 8), refused past 16 megapixels; with the
+        "None" upscaler, as it is (A1111 tiles it unscaled)."""
+        if self.upscaler == "None":
+            return image
         width, height = int(image.width * self.scale) // 8 * 8, int(image.height * self.scale) // 8 * 8
         if width * height > MAX_UPSCALED_PIXELS:
             raise RequestError(
@@ -79,7 +84,20 @@ class SdUpscale:
         assert isinstance(image, Image.Image), "sd upscale takes a plain init image (no mask)"
         upscaled = self.upscaled(image)
         tiles = plan_tiles(upscaled.width, upscaled.height, width, height, self.overlap)
+        if len(tiles.corners) > MAX_TILES:
+            raise RequestError(
+                "script_args",
+                f"sd upscale would cut the {upscaled.width}x{upscaled.height} image into {len(tiles.corners):,} tiles "
+                f"of {width}x{height}; at most {MAX_TILES:,}: ask for larger tiles (width, height), less overlap "
+                "or a smaller scale factor",
+            )
         return tiles, split(upscaled, tiles)
+
+
+def tile_seed_offset(request: GenerationRequest, tile: int) -> int:
+    """A1111 runs an iteration's tiles `batch_size` at a time, each batch from the iteration's seed: a tile's
+    seed is the iteration's plus its place in its batch (none with a variation seed, as for a batch)."""
+    return tile % request.batch_size if request.subseed_strength == 0 else 0
 
 
 def plan_tiles(width: int, height: int, tile_width: int, tile_height: int, overlap: int) -> Tiles:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -21,18 +20,19 @@ from gpuroam.worker.extra_networks import parse_prompt
 from gpuroam.worker.hires import HiresPlan, hires_fields, hires_sampler, plan_hires, upscale_image, upscale_latent
 from gpuroam.worker.images import decode_image, decode_image_any_mode, encode_png, resize_for_generation
 from gpuroam.worker.infotext import infotext
-from gpuroam.worker.inpaint import InpaintSettings, Prepared, mask_of, paste_back_all, prepare
+from gpuroam.worker.inpaint import InpaintSettings, Prepared, mask_of, paste_back_all, prepare_all
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job, Picture
 from gpuroam.worker.library import AssetDirs, AssetLibrary
 from gpuroam.worker.models import LoadedModel
 from gpuroam.worker.options import OptionError, WorkerOptions, check_value, is_setting
-from gpuroam.worker.responses import GenerationInfo, GenerationResult
+from gpuroam.worker.responses import GenerationResult, Seeds, Served, generation_info
 from gpuroam.worker.samplers import UnknownSampler, resolve
 from gpuroam.worker.schemas import GenerationRequest, Img2ImgRequest, RequestError, Txt2ImgRequest
-from gpuroam.worker.sd_upscale import SCRIPT_NAME, SdUpscale, blend_iterations
+from gpuroam.worker.sd_upscale import SCRIPT_NAME, SdUpscale, blend_iterations, tile_seed_offset
 
 MAX_SEED = 4294967294
 MAX_CALLER_OPTIONS_BYTES = 16_384
+MAX_INIT_PIXELS = 64 * 1024 * 1024  # of a request's init images together (four 4096x4096)
 
 
 class GenerationService:
@@ -212,6 +212,8 @@ class GenerationService:
         if hires is not None:
             key = replace(key, latent=hires.latent)  # the first pass keeps its latent for a latent upscale
         init_images = await self._init_images(request, key, resize=script is None)
+        if key.mode == "inpaint" and not any(isinstance(start, Prepared) for start in init_images):
+            key = replace(key, mode="img2img", latent_fill=None)  # nothing masked: plain img2img
         tiles = None
         if script is not None:  # the upscaled image's tiles are the init images, each iteration's all of them
             tiles, init_images = await anyio.to_thread.run_sync(script.tiles, init_images[0], key.width, key.height)
@@ -219,10 +221,10 @@ class GenerationService:
         starts = [prepared.image if isinstance(prepared, Prepared) else prepared for prepared in init_images]
         seed = random.randrange(MAX_SEED) if request.seed == -1 else request.seed
         subseed = random.randrange(MAX_SEED) if request.subseed == -1 else request.subseed
-        count = request.image_count
+        count = request.image_count if tiles is None else request.n_iter  # the script makes an image per iteration
         all_seeds = [seed + (i if request.subseed_strength == 0 else 0) for i in range(count)]
         all_subseeds = [subseed + i for i in range(count)]
-        per_result = 1 if tiles is None else len(tiles.corners)  # every tile of an iteration has its seed
+        per_result = 1 if tiles is None else len(tiles.corners)
         job_id = request.force_task_id or Job.new_id()
         if job_id in self.jobs:  # another caller's job id would let it see this job's progress
             job_id = Job.new_id()
@@ -230,7 +232,7 @@ class GenerationService:
             id=job_id,
             key=key,
             image_count=count * per_result,
-            batch_size=request.batch_size * per_result,
+            batch_size=request.batch_size if tiles is None else per_result,
             owner=owner,
         )
         prompt = parse_prompt(request.prompt).text  # without its <lora:...> tags, as A1111 encodes it
@@ -240,7 +242,7 @@ class GenerationService:
                 index=i,
                 prompt=prompt,
                 negative_prompt=request.negative_prompt,
-                seed=all_seeds[i // per_result],
+                seed=all_seeds[i // per_result] + tile_seed_offset(request, i % per_result),
                 subseed=all_subseeds[i // per_result],
                 subseed_strength=request.subseed_strength,
                 init_image=starts[i % len(starts)] if starts else None,
@@ -267,7 +269,8 @@ class GenerationService:
             if request.send_images
             else []
         )
-        info = self._info(request, key, seed, subseed, all_seeds, all_subseeds, texts, job)
+        where = Served(self.model.name, self.model.short_hash, self.config.region, self.config.gpu, self.config.replica)
+        info = generation_info(request, key, Seeds(seed, subseed, all_seeds, all_subseeds), texts, job, where)
         return GenerationResult(images=encoded, parameters=_parameters(request), info=json.dumps(info))
 
     async def _run(self, job: Job, tasks: list[ImageTask]) -> list[Picture | None]:
@@ -342,32 +345,38 @@ class GenerationService:
     async def _init_images(
         self, request: GenerationRequest, key: BatchKey, resize: bool = True
     ) -> list[Image.Image] | list[Prepared]:
-        """The init images at the batch's size (as sent without `resize`); with a mask, each prepared for
-        inpainting (worker/inpaint.py)."""
+        """The init images a request uses, at the batch's size (as sent without `resize`); with a mask, each
+        prepared for inpainting (worker/inpaint.py), or as plain img2img when "Only masked" finds nothing
+        masked (as A1111 does). At most MAX_INIT_PIXELS of them in all: each is held until its result is put
+        back into it."""
         if not isinstance(request, Img2ImgRequest):
             return []
-        mask = None
-        if request.mask:
-            try:
-                mask = await anyio.to_thread.run_sync(decode_image_any_mode, request.mask)
-            except ValueError as error:
-                raise RequestError("mask", str(error)) from error
-        decoded = []
-        for position, data in enumerate(request.init_images):
+        decoded, pixels = [], 0
+        for position, data in enumerate(request.init_images[: request.image_count]):
             try:
                 image = await anyio.to_thread.run_sync(decode_image, data)
             except ValueError as error:
                 raise RequestError(f"init_images.{position}", str(error)) from error
+            pixels += image.width * image.height
+            if pixels > MAX_INIT_PIXELS:
+                raise RequestError(
+                    f"init_images.{position}",
+                    f"the init images hold more than {MAX_INIT_PIXELS:,} pixels together; send fewer or smaller ones",
+                )
             decoded.append(image)
-        if mask is None:
-            if not resize:
-                return decoded
-            return [resize_for_generation(image, key.width, key.height, request.resize_mode) for image in decoded]
-        settings = InpaintSettings.of(request)
-        return [
-            await anyio.to_thread.run_sync(prepare, image, mask, key.width, key.height, request.resize_mode, settings)
-            for image in decoded
-        ]
+        if request.mask:
+            try:
+                mask = await anyio.to_thread.run_sync(decode_image_any_mode, request.mask)
+                settings = InpaintSettings.of(request)
+                size = (key.width, key.height, request.resize_mode)
+                prepared = await anyio.to_thread.run_sync(prepare_all, decoded, mask, *size, settings)
+            except ValueError as error:
+                raise RequestError("mask", str(error)) from error
+            if prepared is not None:
+                return prepared
+        if not resize:
+            return decoded
+        return [resize_for_generation(image, key.width, key.height, request.resize_mode) for image in decoded]
 
     def _infotext(
         self,
@@ -388,65 +397,20 @@ class GenerationService:
             batch_pos=task.index % request.batch_size,
             model_name=self.model.name,
             model_hash=self.model.short_hash,
-            more=self._more_fields(request, hires, script),
+            more=self._more_fields(request, key, hires, script),
         )
 
     @staticmethod
     def _more_fields(
-        request: GenerationRequest, hires: HiresPlan | None, script: SdUpscale | None
+        request: GenerationRequest, key: BatchKey, hires: HiresPlan | None, script: SdUpscale | None
     ) -> dict[str, object] | None:
         if script is not None:
             return {"SD upscale overlap": script.overlap, "SD upscale upscaler": script.upscaler}
-        if isinstance(request, Img2ImgRequest) and request.mask:
+        if isinstance(request, Img2ImgRequest) and key.mode == "inpaint":
             return InpaintSettings.of(request).fields()
         if hires is not None and isinstance(request, Txt2ImgRequest):
             return hires_fields(request, hires)
         return None
-
-    def _info(
-        self,
-        request: GenerationRequest,
-        key: BatchKey,
-        seed: int,
-        subseed: int,
-        all_seeds: list[int],
-        all_subseeds: list[int],
-        texts: list[str],
-        job: Job,
-    ) -> GenerationInfo:
-        count = request.image_count
-        return {
-            "prompt": request.prompt,
-            "all_prompts": [request.prompt] * count,
-            "negative_prompt": request.negative_prompt,
-            "all_negative_prompts": [request.negative_prompt] * count,
-            "seed": seed,
-            "all_seeds": all_seeds,
-            "subseed": subseed,
-            "all_subseeds": all_subseeds,
-            "subseed_strength": request.subseed_strength,
-            "width": key.width,
-            "height": key.height,
-            "sampler_name": key.sampler,
-            "scheduler": key.schedule,
-            "cfg_scale": key.cfg_scale,
-            "steps": key.steps,
-            "batch_size": request.batch_size,
-            "restore_faces": False,
-            "sd_model_name": self.model.name,
-            "sd_model_hash": self.model.short_hash,
-            "denoising_strength": key.denoising_strength,
-            "clip_skip": key.clip_skip,
-            "index_of_first_image": 0,
-            "infotexts": texts,
-            "styles": request.styles or [],
-            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
-            "interrupted": job.interrupted,
-            "version": "gpuroam",
-            "gpuroam_region": self.config.region,
-            "gpuroam_gpu": self.config.gpu,
-            "gpuroam_replica": self.config.replica,
-        }
 
 
 def _upscaled(picture: Picture | None, hires: HiresPlan) -> Picture | None:
