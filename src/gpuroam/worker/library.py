@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import OrderedDict
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from gpuroam.worker.schemas import RequestError
 log = logging.getLogger("gpuroam.worker.library")
 
 LORA_SUFFIXES = (".safetensors", ".pt", ".ckpt")
-LORAS_KEPT = 8  # LoRA files kept read, most recently used first
+LORAS_KEPT = 8  # LoRA files kept read beyond those in use, most recently used first
 Networks = tuple[tuple[str, float, float], ...]  # (LoRA name, te multiplier, unet multiplier), a BatchKey field
 
 
@@ -86,7 +87,9 @@ class AssetLibrary:
         self.skipped: dict[str, embeddings.Embedding] = {}
         self._pipeline: DiffusionPipeline | None = None
         self._installed: dict[str, embeddings.Embedding] = {}
-        self._read: OrderedDict[str, tuple[float, lora.LoraNetwork]] = OrderedDict()
+        self._read: OrderedDict[str, tuple[float, lora.LoraNetwork]] = OrderedDict()  # by name: mtime, network
+        self._held: Counter[str] = Counter()  # LoRAs that requests in flight use: never dropped
+        self._lock = threading.Lock()  # `_read` and `_held`: filled by worker threads, read by the device thread
         self._index: dict[str, lora.Target] = {}
         self._own_vae: dict[str, torch.Tensor] = {}
         self._vae_in_use = ""
@@ -134,18 +137,23 @@ class AssetLibrary:
     # --- what a request asks for -----------------------------------------------------------------
 
     def networks(self, prompt: ParsedPrompt) -> Networks:
-        """The LoRAs of a prompt that exist, by file name or alias; an unknown one is logged and left out
-        (A1111's "Networks not found"), so the image is made without it, as are other kinds of tag."""
+        """The LoRAs of a prompt that exist, by file name or alias (a file named both ways counts once, its
+        multipliers summed); unknown ones are logged once per prompt and left out (A1111's "Networks not
+        found"), so the image is made without them, as are other kinds of tag."""
         if prompt.other_kinds:
             log.warning("extra network kind not supported", extra={"kinds": sorted(set(prompt.other_kinds))[:8]})
-        known: list[tuple[str, float, float]] = []
+        known: dict[str, tuple[float, float]] = {}
+        unknown: list[str] = []
         for use in prompt.loras:
             entry = self.loras.get(use.name) or self._lora_aliases.get(use.name)
             if entry is None:
-                log.warning("LoRA not found", extra={"lora": use.name[:128], "known": len(self.loras)})
+                unknown.append(use.name[:128])
                 continue
-            known.append((entry.name, use.te, use.unet))
-        return tuple(known)
+            te, unet = known.get(entry.name, (0.0, 0.0))
+            known[entry.name] = (te + use.te, unet + use.unet)
+        if unknown:
+            log.warning("LoRA not found", extra={"loras": unknown, "known": len(self.loras)})
+        return tuple((name, te, unet) for name, (te, unet) in known.items())
 
     def vae_name(self, value: object, field_name: str) -> str:
         """A1111's sd_vae setting as a batch's VAE: "" for the checkpoint's own, else a listed file name."""
@@ -218,25 +226,48 @@ class AssetLibrary:
         self._vae_in_use = name
         log.info("VAE in use", extra={"vae": name or "checkpoint's own"})
 
-    def _network(self, name: str) -> lora.LoraNetwork | None:
-        """The LoRA file read (again only when it changed); None, logged, when it cannot be."""
+    def hold(self, networks: Networks) -> None:
+        """Read a request's LoRA files (again only when one changed) and keep them until `release`; on a worker
+        thread, before the request's batches queue, so a batch on the device thread never waits on disk. A file
+        that cannot be read is logged, once, and the image is made without it."""
+        for name, _, _ in networks:
+            network = self._read_file(name)
+            with self._lock:
+                self._held[name] += 1
+                if network is not None:
+                    self._read[name] = network
+                    self._read.move_to_end(name)
+
+    def release(self, networks: Networks) -> None:
+        """The request's batches are done: its LoRAs may be dropped, least recently used first, beyond LORAS_KEPT."""
+        with self._lock:
+            for name, _, _ in networks:
+                self._held[name] -= 1
+                if self._held[name] <= 0:
+                    del self._held[name]
+            idle = [name for name in self._read if name not in self._held]
+            for name in idle[: max(0, len(idle) - LORAS_KEPT)]:
+                del self._read[name]
+
+    def _read_file(self, name: str) -> tuple[float, lora.LoraNetwork] | None:
         entry = self.loras.get(name)
         if entry is None or self.dirs.lora is None:
             return None
         try:
             path = checked(entry.found, self.dirs.lora)
             mtime = path.stat().st_mtime
-            kept = self._read.get(name)
-            if kept is None or kept[0] != mtime:
-                kept = (mtime, lora.read_lora(path, name))
-            self._read[name] = kept
-            self._read.move_to_end(name)
-            while len(self._read) > LORAS_KEPT:
-                self._read.popitem(last=False)
-            return kept[1]
+            with self._lock:
+                kept = self._read.get(name)
+            return kept if kept is not None and kept[0] == mtime else (mtime, lora.read_lora(path, name))
         except (lora.LoraError, OutsideDirectory, OSError) as error:
             log.error("LoRA not loaded; the image is made without it", extra={"lora": name, "error": str(error)})
             return None
+
+    def _network(self, name: str) -> lora.LoraNetwork | None:
+        """The LoRA as `hold` read it (on the device thread: no file is touched); None if it could not be."""
+        with self._lock:
+            kept = self._read.get(name)
+        return None if kept is None else kept[1]
 
     # --- A1111's answers ---------------------------------------------------------------------------
 
