@@ -21,6 +21,7 @@ from PIL import Image
 
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app, load_model
 from gpuroam.worker import lora as lora_module
+from gpuroam.worker import vae as vae_module
 from gpuroam.worker.engine import Engine
 from gpuroam.worker.extra_networks import parse_prompt
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job, take_batch
@@ -232,3 +233,23 @@ def test_a_prompt_of_thousands_of_tags_reads_each_file_once_and_logs_unknown_nam
     library.hold(networks)
     library.hold(networks)
     assert sorted(reads) == ["other", "style"]
+
+
+def test_a_vae_load_that_fails_part_way_is_redone_before_the_next_batch(
+    model: LoadedModel, dirs: AssetDirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = AssetLibrary(dirs)
+    library.attach(model.pipeline)
+    loads: list[str] = []
+    real = vae_module.load_into
+
+    def part_way(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        raise RuntimeError("out of memory half way through the copy")
+
+    monkeypatch.setattr(vae_module, "load_into", part_way)
+    with pytest.raises(RuntimeError), library.applied((), "other.vae.safetensors", []):
+        pass
+    monkeypatch.setattr(vae_module, "load_into", lambda module, state: loads.append("own") or real(module, state))
+    with library.applied((), "", []):
+        pass
+    assert loads == ["own"], "the half-swapped VAE is not taken for the checkpoint's own"

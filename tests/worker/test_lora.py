@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from asset_files import lora_state, write_lora
 from safetensors.torch import save_file
 
+from gpuroam.worker.graphs import WeightWrites
 from gpuroam.worker.lora import LoraError, layer_index, merged, read_lora
 from gpuroam.worker.models import build_random_pipeline
 
@@ -166,3 +168,19 @@ def test_a_malformed_layer_is_a_lora_error_not_a_failed_batch(
     )
     with pytest.raises(LoraError, match=says):
         read_lora(tmp_path / "bad.safetensors", "bad")
+
+
+def test_a_merge_waits_while_the_compile_thread_checks_a_graph(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    network = read_lora(write_lora(tmp_path / "a.safetensors", pipeline), "a")
+    weights, merging = WeightWrites(), threading.Event()
+
+    def merge() -> None:
+        with merged(pipeline, [(network, 1.0, 1.0)], layer_index(pipeline), weights):
+            merging.set()
+
+    with weights.steady():  # a check between its two runs
+        thread = threading.Thread(target=merge)
+        thread.start()
+        assert not merging.wait(0.3), "no weight was changed during the check"
+    thread.join(5)
+    assert merging.is_set() and weights.version == 2, "merged and restored, each a write"

@@ -79,12 +79,12 @@ def _take_weights(model: LoadedModel, source: DiffusionPipeline, service: Genera
     """Copy `source`'s weights into the served pipeline in place, once every one is known to fit."""
     target = model.pipeline
     pairs = _matched(target, source)
-    with torch.no_grad():
+    with torch.no_grad(), service.assets.weights.changing():
         for own, new in pairs:
             own[: new.shape[0]].copy_(new)  # a token table keeps its rows for embeddings beyond the checkpoint's
-    for component in (target.unet, target.vae):
-        for fused, parts in fused_layers(component):
-            rebuild(fused, parts)
+        for component in (target.unet, target.vae):
+            for fused, parts in fused_layers(component):
+                rebuild(fused, parts)
     service.assets.checkpoint_changed()
 
 

@@ -11,9 +11,10 @@ the device thread, between or around batches (`applied`):
 
 While the weights differ from the checkpoint's, the compiled graphs of the changed modules stand aside
 and the batch runs eagerly (as a tiled batch does): such a batch's images never depend on how a graph
-holds weights. Weights are changed in place (no tensor is replaced) and without waiting for the compile
-thread, whose graphs read weights where they live (Inductor does not freeze them; a CUDA graph reads
-them at their address), so a graph built meanwhile serves later batches as well.
+holds weights. Weights are changed in place (no tensor is replaced); graphs read weights where they live
+(Inductor does not freeze them; a CUDA graph reads them at their address), so a graph built meanwhile
+serves later batches as well. Each write holds `weights` (graphs.WeightWrites) for the milliseconds it
+takes, so the compile thread never checks a graph across a change, and a batch never waits for a compile.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from gpuroam.worker.checkpoints import SINGLE_FILE_SUFFIXES, load_checkpoint
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.discovery import Found, OutsideDirectory, checked, scan
 from gpuroam.worker.extra_networks import ParsedPrompt
-from gpuroam.worker.graphs import GraphedForward
+from gpuroam.worker.graphs import GraphedForward, WeightWrites
 from gpuroam.worker.schemas import RequestError
 
 log = logging.getLogger("gpuroam.worker.library")
@@ -92,7 +93,8 @@ class AssetLibrary:
         self._lock = threading.Lock()  # `_read` and `_held`: filled by worker threads, read by the device thread
         self._index: dict[str, lora.Target] = {}
         self._own_vae: dict[str, torch.Tensor] = {}
-        self._vae_in_use = ""
+        self._vae_in_use: str | None = ""  # None: unknown (a load that failed part way)
+        self.weights = WeightWrites()  # every in-place weight write, exclusive with the graphs' checks
         self.refresh_loras()
         self.refresh_vaes()
         self.refresh_checkpoints()
@@ -193,11 +195,12 @@ class AssetLibrary:
         if pipeline is None:
             yield
             return
-        self._install_embeddings()
-        self._use_vae(pipeline, vae_name)
+        with self.weights.changing():
+            self._install_embeddings()
+            self._use_vae(pipeline, vae_name)
         read = [(network, te, unet) for name, te, unet in networks if (network := self._network(name)) is not None]
         aside = ({"unet", "text encoder"} if read else set()) | ({"vae decoder"} if vae_name else set())
-        with _standing_aside(graphs, aside), lora.merged(pipeline, read, self._index):
+        with _standing_aside(graphs, aside), lora.merged(pipeline, read, self._index, self.weights):
             yield
 
     def _install_embeddings(self) -> None:
@@ -222,6 +225,7 @@ class AssetLibrary:
             except (vae.VaeError, OutsideDirectory) as error:
                 log.error("VAE not loaded; the checkpoint's own is used", extra={"vae": name, "error": str(error)})
                 state, name = self._own_vae, ""
+        self._vae_in_use = None  # until the load is whole: one that fails part way is redone next batch
         vae.load_into(pipeline.vae, state)
         self._vae_in_use = name
         log.info("VAE in use", extra={"vae": name or "checkpoint's own"})

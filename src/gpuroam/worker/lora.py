@@ -31,6 +31,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from gpuroam.worker.fused import fused_layers, rebuild
+from gpuroam.worker.graphs import WeightWrites
 
 log = logging.getLogger("gpuroam.worker.lora")
 
@@ -228,18 +229,21 @@ def merged(
     pipeline: DiffusionPipeline,
     networks: Sequence[tuple[LoraNetwork, float, float]],
     index: Mapping[str, Target],
+    weights: WeightWrites | None = None,
 ) -> Iterator[None]:
     """Within the block, each (network, te multiplier, unet multiplier) is merged into the pipeline's
-    weights; afterwards every weight is what it was, bit for bit, whatever happened."""
+    weights; afterwards every weight is what it was, bit for bit, whatever happened. The merge and the
+    restore each hold `weights` (not the block: the graphs' checks wait only for the writes)."""
+    writes = weights or WeightWrites()
     backups: dict[torch.nn.Module, torch.Tensor] = {}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), writes.changing():
             for network, te, unet in networks:
                 _merge(network, te, unet, index, backups)
             _refresh_fused(pipeline, backups)
         yield
     finally:
-        with torch.no_grad():
+        with torch.no_grad(), writes.changing():
             for module, weight in backups.items():
                 module.weight.copy_(weight)  # type: ignore[operator]  # every backed-up module has a weight
 
