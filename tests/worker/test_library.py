@@ -253,3 +253,36 @@ def test_a_vae_load_that_fails_part_way_is_redone_before_the_next_batch(
     with library.applied((), "", []):
         pass
     assert loads == ["own"], "the half-swapped VAE is not taken for the checkpoint's own"
+
+
+def test_every_vector_of_a_capitalised_multi_vector_embedding_is_used(client: TestClient, dirs: AssetDirs) -> None:
+    assert dirs.embeddings is not None
+    path, first = dirs.embeddings / "ShinyTok.pt", torch.randn(1, 32) * 4
+    try:
+        images = []
+        for second in (torch.zeros(1, 32), torch.ones(1, 32) * 8):
+            write_embedding_pt(path, torch.cat([first, second]))
+            client.post("/sdapi/v1/refresh-embeddings")
+            images.append(pixels(client, prompt="a red cube ShinyTok"))
+        assert images[0] != images[1], "the second vector counts"
+        assert pixels(client, prompt="a red cube shinytok") == images[1], "in any case, as CLIP reads it"
+        assert pixels(client, prompt="a red cube", negative_prompt="ShinyTok") != pixels(client), "negatives too"
+    finally:
+        path.unlink()
+        client.post("/sdapi/v1/refresh-embeddings")
+
+
+def test_an_embedding_matches_whole_words_only_and_a_removed_one_is_used_no_more(
+    client: TestClient, dirs: AssetDirs
+) -> None:
+    assert dirs.embeddings is not None
+    prompt = "a red cube gonetoken"
+    before = pixels(client, prompt=prompt)
+    inside = pixels(client, prompt="a red cube gonetokens")
+    write_embedding_pt(dirs.embeddings / "gonetoken.pt", torch.randn(2, 32) * 4)
+    client.post("/sdapi/v1/refresh-embeddings")
+    assert pixels(client, prompt=prompt) != before
+    assert pixels(client, prompt="a red cube gonetokens") == inside, "not inside another word"
+    (dirs.embeddings / "gonetoken.pt").unlink()
+    client.post("/sdapi/v1/refresh-embeddings")
+    assert pixels(client, prompt=prompt) == before

@@ -4,8 +4,8 @@ Scans (at start and on the refresh routes) build indexes by name; requests name 
 in them, never in the file system (worker/discovery.py). Everything that changes the pipeline happens on
 the device thread, between or around batches (`applied`):
 
-- embeddings are written into rows kept for them in the token table (worker/embeddings.py), so every
-  batch shares them;
+- embeddings are written into rows kept for them in the token table (worker/embeddings.py) at start and
+  on a refresh, between batches, so every batch shares them; the service spells prompts with `spelled`;
 - a batch's VAE is copied into the pipeline's VAE when it differs from the last batch's;
 - a batch's LoRAs are merged into the weights for that batch and taken out after (worker/lora.py).
 
@@ -88,6 +88,7 @@ class AssetLibrary:
         self.skipped: dict[str, embeddings.Embedding] = {}
         self._pipeline: DiffusionPipeline | None = None
         self._installed: dict[str, embeddings.Embedding] = {}
+        self.spelled = embeddings.Spelling(())  # a prompt with its embeddings' names as their tokens
         self._read: OrderedDict[str, tuple[float, lora.LoraNetwork]] = OrderedDict()  # by name: mtime, network
         self._held: Counter[str] = Counter()  # LoRAs that requests in flight use: never dropped
         self._lock = threading.Lock()  # `_read` and `_held`: filled by worker threads, read by the device thread
@@ -119,14 +120,14 @@ class AssetLibrary:
         """A1111 names a checkpoint by its path under the directory."""
         self.checkpoints = {found.relative: found for found in scan(self.dirs.ckpt, SINGLE_FILE_SUFFIXES)}
 
-    def refresh_embeddings(self) -> None:
-        """Read the directory's embeddings; those that fit the loaded model are installed before the next
-        batch, the rest are listed as skipped (A1111's behaviour)."""
-        if self._pipeline is None or self.dirs.embeddings is None:
-            return
-        widths = embeddings.expected_widths(self._pipeline)
+    def read_embeddings(self) -> tuple[dict[str, embeddings.Embedding], dict[str, embeddings.Embedding]]:
+        """The directory's embeddings: those that fit the loaded model, and the rest (A1111 lists them as skipped);
+        off the device thread. `use_embeddings` puts them to use."""
         loaded: dict[str, embeddings.Embedding] = {}
         skipped: dict[str, embeddings.Embedding] = {}
+        if self._pipeline is None or self.dirs.embeddings is None:
+            return loaded, skipped
+        widths = embeddings.expected_widths(self._pipeline)
         for found in scan(self.dirs.embeddings, embeddings.SUFFIXES):
             try:
                 embedding = embeddings.read_embedding(checked(found, self.dirs.embeddings), found.stem)
@@ -134,7 +135,30 @@ class AssetLibrary:
                 log.warning("embedding not read", extra={"file": found.relative, "error": str(error)})
                 continue
             (loaded if embeddings.fits(embedding, widths) else skipped)[embedding.name] = embedding
-        self.embeddings, self.skipped = loaded, skipped
+        return loaded, skipped
+
+    def use_embeddings(
+        self, loaded: dict[str, embeddings.Embedding], skipped: dict[str, embeddings.Embedding]
+    ) -> None:
+        """On the device thread, between batches: teach the model the new and changed embeddings, make those
+        whose file is gone mean nothing, and spell prompts with those installed from now on."""
+        assert self._pipeline is not None
+        installed: dict[str, embeddings.Embedding] = {}
+        with self.weights.changing():
+            for name in [name for name in self._installed if name not in loaded]:
+                embeddings.forget(self._pipeline, self._installed.pop(name))
+            for name, embedding in loaded.items():
+                try:
+                    if any(other.lower() == name.lower() for other in installed):
+                        raise embeddings.EmbeddingError(f"{name}: another file has this name in another case")
+                    if self._installed.get(name) is not embedding:
+                        embeddings.install(self._pipeline, embedding)
+                except embeddings.EmbeddingError as error:  # not spelled, so its old rows (if any) are unused
+                    log.warning("embedding not installed", extra={"embedding": name, "error": str(error)})
+                    continue
+                installed[name] = self._installed[name] = embedding
+        self.embeddings, self.skipped = installed, skipped
+        self.spelled = embeddings.Spelling(installed.values())
 
     # --- what a request asks for -----------------------------------------------------------------
 
@@ -174,8 +198,7 @@ class AssetLibrary:
         self._pipeline = pipeline
         if self.dirs.embeddings is not None:
             embeddings.reserve(pipeline)
-            self.refresh_embeddings()
-            self._install_embeddings()
+            self.use_embeddings(*self.read_embeddings())
         if self.dirs.vae is not None:
             self._own_vae = vae.own_weights(pipeline.vae)
         if self.dirs.lora is not None:
@@ -196,23 +219,11 @@ class AssetLibrary:
             yield
             return
         with self.weights.changing():
-            self._install_embeddings()
             self._use_vae(pipeline, vae_name)
         read = [(network, te, unet) for name, te, unet in networks if (network := self._network(name)) is not None]
         aside = ({"unet", "text encoder"} if read else set()) | ({"vae decoder"} if vae_name else set())
         with _standing_aside(graphs, aside), lora.merged(pipeline, read, self._index, self.weights):
             yield
-
-    def _install_embeddings(self) -> None:
-        assert self._pipeline is not None
-        for name, embedding in self.embeddings.items():
-            if self._installed.get(name) is embedding:
-                continue
-            try:
-                embeddings.install(self._pipeline, embedding)
-            except embeddings.EmbeddingError as error:
-                log.warning("embedding not installed", extra={"embedding": name, "error": str(error)})
-            self._installed[name] = embedding
 
     def _use_vae(self, pipeline: DiffusionPipeline, name: str) -> None:
         if name == self._vae_in_use:

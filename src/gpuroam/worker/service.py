@@ -235,13 +235,13 @@ class GenerationService:
             batch_size=request.batch_size * per_result,
             owner=owner,
         )
-        prompt = parsed.text  # without its <lora:...> tags, as A1111 encodes it
+        prompt = self.assets.spelled(parsed.text)  # without its <lora:...> tags, as A1111 encodes it
         tasks = [
             ImageTask(
                 job=job,
                 index=i,
                 prompt=prompt,
-                negative_prompt=request.negative_prompt,
+                negative_prompt=self.assets.spelled(request.negative_prompt),
                 seed=all_seeds[i // per_result],
                 subseed=all_subseeds[i // per_result],
                 subseed_strength=request.subseed_strength,
@@ -339,8 +339,8 @@ class GenerationService:
             replace(
                 task,
                 job=job,
-                prompt=task.prompt if hr_prompt is None else hr_prompt.text,
-                negative_prompt=request.hr_negative_prompt or task.negative_prompt,
+                prompt=task.prompt if hr_prompt is None else self.assets.spelled(hr_prompt.text),
+                negative_prompt=self.assets.spelled(request.hr_negative_prompt) or task.negative_prompt,
                 init_image=picture,
                 result=None,
             )

@@ -187,8 +187,11 @@ async def refresh_checkpoints(state: SharedState) -> None:
 
 
 async def refresh_embeddings(state: SharedState) -> None:
-    """New embeddings are read now and taught to the model before the next batch."""
-    await anyio.to_thread.run_sync(state.assets.refresh_embeddings)
+    """Embeddings are read now and taught to the model between two batches, before the answer (once the model
+    is loaded: until then, the scan at start counts)."""
+    found = await anyio.to_thread.run_sync(state.assets.read_embeddings)
+    if state.service is not None:
+        await state.service.batcher.on_device(lambda: state.assets.use_embeddings(*found))
 
 
 async def cmd_flags(state: SharedState) -> dict[str, Any]:
