@@ -32,7 +32,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from gpuroam.worker import embeddings, lora, vae
-from gpuroam.worker.checkpoints import SINGLE_FILE_SUFFIXES, load_checkpoint
+from gpuroam.worker.checkpoints import SINGLE_FILE_SUFFIXES
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.discovery import Found, OutsideDirectory, checked, scan
 from gpuroam.worker.extra_networks import ParsedPrompt
@@ -79,7 +79,6 @@ class AssetLibrary:
 
     def __init__(self, dirs: AssetDirs) -> None:
         self.dirs = dirs
-        self.load_checkpoint = load_checkpoint  # how a checkpoint of --ckpt-dir is read (tests read tiny ones)
         self.loras: dict[str, LoraFile] = {}
         self._lora_aliases: dict[str, LoraFile] = {}
         self.vaes: dict[str, Found] = {}
