@@ -12,12 +12,14 @@ import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from asset_files import write_embedding_pt, write_embedding_safetensors, write_lora, write_vae
 from fastapi.testclient import TestClient
 from PIL import Image
+from safetensors.torch import save_file
 
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app, load_model
 from gpuroam.worker import lora as lora_module
@@ -286,3 +288,16 @@ def test_an_embedding_matches_whole_words_only_and_a_removed_one_is_used_no_more
     (dirs.embeddings / "gonetoken.pt").unlink()
     client.post("/sdapi/v1/refresh-embeddings")
     assert pixels(client, prompt=prompt) == before
+
+
+def test_a_malformed_lora_file_is_skipped_with_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    key = "lora_unet_mid_block_attentions_0_proj_in"
+    bad = {f"{key}.lora_up.weight": torch.zeros(8, 2), f"{key}.lora_down.weight": torch.zeros(2, 8)}
+    save_file({**bad, f"{key}.alpha": torch.ones(3)}, str(tmp_path / "bad.safetensors"))
+    library = AssetLibrary(AssetDirs(lora=tmp_path))
+    networks = library.networks(parse_prompt("<lora:bad:1>"))
+    with caplog.at_level(logging.ERROR, logger="gpuroam.worker.library"):
+        library.hold(networks)
+    assert [record.msg for record in caplog.records] == ["LoRA not loaded; the image is made without it"]
+    with library.applied(networks, "", []):  # no pipeline attached: nothing to merge, and nothing raised
+        pass

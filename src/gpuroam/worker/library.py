@@ -136,9 +136,7 @@ class AssetLibrary:
             (loaded if embeddings.fits(embedding, widths) else skipped)[embedding.name] = embedding
         return loaded, skipped
 
-    def use_embeddings(
-        self, loaded: dict[str, embeddings.Embedding], skipped: dict[str, embeddings.Embedding]
-    ) -> None:
+    def use_embeddings(self, loaded: dict[str, embeddings.Embedding], skipped: dict[str, embeddings.Embedding]) -> None:
         """On the device thread, between batches: teach the model the new and changed embeddings, make those
         whose file is gone mean nothing, and spell prompts with those installed from now on."""
         assert self._pipeline is not None
