@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 from collections.abc import Iterator
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     model = LoadedModel(
         load(first, torch.float32), "a", str(first), file_sha256(first), torch.device("cpu"), torch.float32
     )
-    app = create_app(WorkerConfig(ckpt_dir=str(root)), model=model)
-    app.state.worker.assets.load_checkpoint = partial(load)
+    app = create_app(WorkerConfig(ckpt_dir=str(root)), model=model, load_checkpoint=load)
     with TestClient(app) as test_client:
         wait_ready(test_client)
         yield test_client
@@ -96,3 +96,29 @@ def test_a_request_or_a_caller_through_the_gateway_never_switches_the_shared_mod
     )
     assert as_caller.status_code == 422
     assert client.get("/sdapi/v1/sd-models").json()[0]["model_name"] == "a"
+
+
+def test_two_switches_at_once_load_one_checkpoint_at_a_time(client: TestClient) -> None:
+    switcher = client.app.state.worker.switcher  # type: ignore[attr-defined]
+    real, loading, most, loads = switcher.load, [0], [0], []
+
+    def counting(path: Path, dtype: torch.dtype):  # type: ignore[no-untyped-def]
+        loading[0] += 1
+        most[0] = max(most[0], loading[0])
+        loads.append(path.name)
+        time.sleep(0.3)
+        try:
+            return real(path, dtype)
+        finally:
+            loading[0] -= 1
+
+    switcher.load = counting
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            switch = {"sd_model_checkpoint": "sub/b.safetensors"}
+            answers = list(pool.map(lambda _: client.post("/sdapi/v1/options", json=switch), range(2)))
+        assert [answer.status_code for answer in answers] == [200, 200]
+        assert most[0] == 1 and loads == ["b.safetensors"], "the second found b served"
+    finally:
+        switcher.load = real
+        assert client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "a"}).status_code == 200

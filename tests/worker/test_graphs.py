@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 from gpuroam.worker.graphs import (
     GraphedForward,
     GraphMismatch,
+    WeightWrites,
     check_close,
     copy_inputs,
     resized,
@@ -139,3 +142,80 @@ def test_while_a_compile_runs_a_compiled_call_through_dynamo_runs_eagerly_instea
     assert forward.calls == {"compiled": 0, "eager graph": 0, "eager": 1}
     forward(*inputs[0])
     assert forward.calls == {"compiled": 1, "eager graph": 0, "eager": 1}
+
+
+class WeightedModule:
+    """A module of one weight, and a writer that changes it in place as a LoRA merge does, on its own thread,
+    once `start` is set; it holds `weights` while it writes."""
+
+    def __init__(self, weights: WeightWrites) -> None:
+        self.weight = torch.ones(4)
+        self.weights = weights
+        self.start = threading.Event()
+        self.wrote = threading.Event()
+        self.writer = threading.Thread(target=self._write)
+        self.writer.start()
+
+    def _write(self) -> None:
+        self.start.wait(5)
+        with self.weights.changing():
+            self.weight.add_(1.0)
+        self.wrote.set()
+
+    def run(self, sample: torch.Tensor) -> tuple[torch.Tensor]:
+        return (sample * self.weight,)
+
+    def run_then_let_the_writer_in(self, sample: torch.Tensor) -> tuple[torch.Tensor]:
+        """Runs, then lets the writer write before the caller goes on (a merge landing right after a run)."""
+        output = self.run(sample)
+        if not self.start.is_set():
+            self.start.set()
+            self.wrote.wait(0.5)  # the writer may not get in (a check holds `weights`): go on after a while
+        return output
+
+    def let_the_writer_try_then_run(self, sample: torch.Tensor) -> tuple[torch.Tensor]:
+        """Lets the writer try to write, then runs (a merge landing between a check's two runs)."""
+        if not self.start.is_set():
+            self.start.set()
+            self.wrote.wait(0.2)
+        return self.run(sample)
+
+
+def test_a_weight_change_under_a_compiles_run_never_drops_the_graph() -> None:
+    module = WeightedModule(WeightWrites())
+    forward = GraphedForward("toy", module.run, module.run_then_let_the_writer_in, capture=False)
+    forward.weights = module.weights
+    inputs = copy_inputs(((torch.ones(4),), {}))
+    key = signature(*inputs)
+    forward.build(key, inputs)
+    module.writer.join()
+    assert module.wrote.is_set() and key in forward.runners and key not in forward.failed
+
+
+def test_a_weight_change_waits_for_a_check_and_never_drops_the_graph() -> None:
+    module = WeightedModule(WeightWrites())
+    forward = GraphedForward("toy", module.let_the_writer_try_then_run, module.run, capture=False)
+    forward.weights = module.weights
+    inputs = copy_inputs(((torch.ones(4),), {}))
+    key = signature(*inputs)
+    forward.build(key, inputs)
+    assert key in forward.runners and key not in forward.failed
+    module.writer.join()
+    assert torch.equal(module.weight, torch.full((4,), 2.0)), "the write went through after the check"
+
+
+def test_a_weight_change_waits_for_an_eager_capture_check() -> None:
+    module = WeightedModule(WeightWrites())
+
+    def capturer(runner: Callable[..., Any], example: Any, pool: Any, device_lock: threading.Lock) -> Any:
+        return module.run  # a CUDA graph replays on the weights where they are at the time
+
+    forward = GraphedForward("toy", module.let_the_writer_try_then_run, module.run, capture=True, capturer=capturer)
+    forward.weights = module.weights
+    inputs = copy_inputs(((torch.ones(4),), {}))
+    key = signature(*inputs)
+    started = time.monotonic()
+    forward.capture_eager(key, inputs)
+    module.writer.join()
+    assert key in forward.eager_graphs and key not in forward.eager_failed
+    assert time.monotonic() - started < 5

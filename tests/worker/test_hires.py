@@ -132,3 +132,14 @@ def test_what_the_second_pass_cannot_do_is_refused_before_the_first_runs(client:
     ):
         refused = client.post("/sdapi/v1/txt2img", json={**SMALL, **fields})
         assert refused.status_code == 422 and says in refused.text, fields
+
+
+def test_hr_prompt_tags_are_checked_before_the_first_pass_runs(client: TestClient) -> None:
+    def images_made() -> float:
+        metrics = client.get("/metrics").text.splitlines()
+        return sum(float(line.split()[-1]) for line in metrics if line.startswith("gpuroam_worker_images_total"))
+
+    before = images_made()
+    refused = client.post("/sdapi/v1/txt2img", json={**SMALL, "hr_prompt": "y <lora:a:abc>"})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][-1] == "hr_prompt", refused.text
+    assert images_made() == before

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 from asset_files import write_embedding_pt, write_embedding_safetensors, write_lora, write_vae
 from fastapi.testclient import TestClient
 from PIL import Image
+from safetensors.torch import save_file
 
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app, load_model
+from gpuroam.worker import lora as lora_module
+from gpuroam.worker import vae as vae_module
 from gpuroam.worker.engine import Engine
+from gpuroam.worker.extra_networks import parse_prompt
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job, take_batch
 from gpuroam.worker.library import AssetDirs, AssetLibrary
 from live_jobs import wait_ready
@@ -92,6 +98,15 @@ def test_a_lora_changes_the_image_and_weight_zero_does_not(client: TestClient) -
     assert pixels(client, prompt="a red cube <lora:style:0.5>") not in (plain, with_lora)
     assert pixels(client, prompt="a red cube <lora:style:1> <lora:other:1>") != with_lora
     assert pixels(client) == plain, "the weights are the checkpoint's again after a LoRA batch"
+
+
+def test_the_hr_prompt_brings_its_own_loras_to_the_second_pass(client: TestClient) -> None:
+    hires = {"enable_hr": True, "hr_scale": 2, "denoising_strength": 0.6}
+    plain = pixels(client, **hires)
+    assert pixels(client, **hires, hr_prompt="a red cube") == plain
+    assert pixels(client, **hires, hr_prompt="a red cube <lora:style:1>") != plain
+    first_only = pixels(client, **hires, prompt="a red cube <lora:style:1>", hr_prompt="a red cube")
+    assert first_only != pixels(client, **hires, prompt="a red cube <lora:style:1>")
 
 
 @pytest.mark.parametrize("name", ["../x", "/etc/passwd", "nothing", "sub/other", "..\\x"])
@@ -169,6 +184,7 @@ def test_an_image_with_a_lora_is_the_same_alone_and_batched_with_others(model: L
         return ImageTask(Job(f"j{seed}", task_key, 1), 0, prompt, "", seed, 0, 0.0, None)
 
     plain_key = replace(key, networks=())
+    library.hold(key.networks)
     plain_before = engine.run([task(3, "a house", plain_key)]).images[0]
     alone = engine.run([task(1, "a red cube")]).images[0]
     batched = engine.run([task(2, "a blue ball"), task(1, "a red cube"), task(5, "shinytoken")]).images[1]
@@ -177,3 +193,111 @@ def test_an_image_with_a_lora_is_the_same_alone_and_batched_with_others(model: L
     plain_after = engine.run([task(4, "x", plain_key), task(3, "a house", plain_key)]).images[1]
     assert isinstance(plain_before, Image.Image) and isinstance(plain_after, Image.Image)
     assert plain_before.tobytes() == plain_after.tobytes()
+
+
+def test_a_batch_on_the_device_thread_reads_no_lora_file(
+    model: LoadedModel, dirs: AssetDirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = AssetLibrary(dirs)
+    library.attach(model.pipeline)
+    engine = Engine(model, assets=library)
+    key = replace(BatchKey("txt2img", 64, 64, 2, "Euler", "automatic", 7.0), networks=(("style", 1.0, 1.0),))
+
+    def image(task_key: BatchKey) -> bytes:
+        made = engine.run([ImageTask(Job("j", task_key, 1), 0, "a red cube", "", 1, 0, 0.0, None)]).images[0]
+        assert isinstance(made, Image.Image)
+        return made.tobytes()
+
+    plain = image(replace(key, networks=()))
+    library.hold(key.networks)  # as the service does before it queues the request's batches
+
+    def read_on_the_device_thread(*_: object) -> None:
+        raise AssertionError("a LoRA file was read during a batch")
+
+    monkeypatch.setattr(lora_module, "read_lora", read_on_the_device_thread)
+    assert image(key) != plain
+    library.release(key.networks)
+
+
+def test_a_prompt_of_thousands_of_tags_reads_each_file_once_and_logs_unknown_names_once(
+    dirs: AssetDirs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    library = AssetLibrary(dirs)
+    reads: list[str] = []
+    real = lora_module.read_lora
+    monkeypatch.setattr(lora_module, "read_lora", lambda path, name: reads.append(name) or real(path, name))
+    prompt = "".join(f"<lora:{name}:0.01>" for name in ["style", "other", "stylish", "gone", "gone"] * 150)
+    with caplog.at_level(logging.WARNING, logger="gpuroam.worker.library"):
+        networks = library.networks(parse_prompt(prompt))
+    assert [name for name, _, _ in networks] == ["style", "other"]
+    assert [te for _, te, _ in networks] == pytest.approx([3.0, 1.5]), "the file's name and alias add up"
+    assert [record.msg for record in caplog.records] == ["LoRA not found"]
+    library.hold(networks)
+    library.hold(networks)
+    assert sorted(reads) == ["other", "style"]
+
+
+def test_a_vae_load_that_fails_part_way_is_redone_before_the_next_batch(
+    model: LoadedModel, dirs: AssetDirs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library = AssetLibrary(dirs)
+    library.attach(model.pipeline)
+    loads: list[str] = []
+    real = vae_module.load_into
+
+    def part_way(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        raise RuntimeError("out of memory half way through the copy")
+
+    monkeypatch.setattr(vae_module, "load_into", part_way)
+    with pytest.raises(RuntimeError), library.applied((), "other.vae.safetensors", []):
+        pass
+    monkeypatch.setattr(vae_module, "load_into", lambda module, state: loads.append("own") or real(module, state))
+    with library.applied((), "", []):
+        pass
+    assert loads == ["own"], "the half-swapped VAE is not taken for the checkpoint's own"
+
+
+def test_every_vector_of_a_capitalised_multi_vector_embedding_is_used(client: TestClient, dirs: AssetDirs) -> None:
+    assert dirs.embeddings is not None
+    path, first = dirs.embeddings / "ShinyTok.pt", torch.randn(1, 32) * 4
+    try:
+        images = []
+        for second in (torch.zeros(1, 32), torch.ones(1, 32) * 8):
+            write_embedding_pt(path, torch.cat([first, second]))
+            client.post("/sdapi/v1/refresh-embeddings")
+            images.append(pixels(client, prompt="a red cube ShinyTok"))
+        assert images[0] != images[1], "the second vector counts"
+        assert pixels(client, prompt="a red cube shinytok") == images[1], "in any case, as CLIP reads it"
+        assert pixels(client, prompt="a red cube", negative_prompt="ShinyTok") != pixels(client), "negatives too"
+    finally:
+        path.unlink()
+        client.post("/sdapi/v1/refresh-embeddings")
+
+
+def test_an_embedding_matches_whole_words_only_and_a_removed_one_is_used_no_more(
+    client: TestClient, dirs: AssetDirs
+) -> None:
+    assert dirs.embeddings is not None
+    prompt = "a red cube gonetoken"
+    before = pixels(client, prompt=prompt)
+    inside = pixels(client, prompt="a red cube gonetokens")
+    write_embedding_pt(dirs.embeddings / "gonetoken.pt", torch.randn(2, 32) * 4)
+    client.post("/sdapi/v1/refresh-embeddings")
+    assert pixels(client, prompt=prompt) != before
+    assert pixels(client, prompt="a red cube gonetokens") == inside, "not inside another word"
+    (dirs.embeddings / "gonetoken.pt").unlink()
+    client.post("/sdapi/v1/refresh-embeddings")
+    assert pixels(client, prompt=prompt) == before
+
+
+def test_a_malformed_lora_file_is_skipped_with_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    key = "lora_unet_mid_block_attentions_0_proj_in"
+    bad = {f"{key}.lora_up.weight": torch.zeros(8, 2), f"{key}.lora_down.weight": torch.zeros(2, 8)}
+    save_file({**bad, f"{key}.alpha": torch.ones(3)}, str(tmp_path / "bad.safetensors"))
+    library = AssetLibrary(AssetDirs(lora=tmp_path))
+    networks = library.networks(parse_prompt("<lora:bad:1>"))
+    with caplog.at_level(logging.ERROR, logger="gpuroam.worker.library"):
+        library.hold(networks)
+    assert [record.msg for record in caplog.records] == ["LoRA not loaded; the image is made without it"]
+    with library.applied(networks, "", []):  # no pipeline attached: nothing to merge, and nothing raised
+        pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from asset_files import lora_state, write_lora
 from safetensors.torch import save_file
 
+from gpuroam.worker.graphs import WeightWrites
 from gpuroam.worker.lora import LoraError, layer_index, merged, read_lora
 from gpuroam.worker.models import build_random_pipeline
 
@@ -108,3 +110,77 @@ def test_a_file_that_is_not_a_lora_says_so(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"not a pickle")
     with pytest.raises(LoraError, match="not a readable LoRA file"):
         read_lora(tmp_path / "bad.pt", "bad")
+
+
+def _diffusers_key(part: str, module: str, role: str, form: str) -> str:
+    """The key of a layer's `role` (down or up) in one of diffusers' own (pre-PEFT) layouts."""
+    parent, leaf = module.rsplit(".", 1)
+    if part == "text_encoder":
+        module, parent = f"text_model.{module}", f"text_model.{parent}"
+        if form == "layer":
+            return f"text_encoder.{module}.lora_linear_layer.{role}.weight"
+        return f"text_encoder.{parent}.to_{leaf[0]}_lora.{role}.weight"  # q_proj -> to_q_lora
+    if form == "layer":
+        return f"unet.{module}.lora_layer.{role}.weight"
+    prefix = "unet." if form == "processor" else ""  # save_attn_procs left the prefix out
+    return f"{prefix}{parent}.processor.{leaf}_lora.{role}.weight"
+
+
+@pytest.mark.parametrize("form", ["processor", "unprefixed processor", "layer"])
+def test_diffusers_older_layouts_merge_as_kohyas(pipeline, tmp_path: Path, form: str) -> None:  # type: ignore[no-untyped-def]
+    kohya = lora_state(pipeline, seed=4, alpha=2.0)  # alpha = rank: the scale 1 of a file without alphas
+    names = {
+        prefix + name.replace(".", "_"): (part, name)
+        for part, prefix in (("unet", "lora_unet_"), ("text_encoder", "lora_te_text_model_"))
+        for name, _ in getattr(pipeline, part).named_modules()
+    }
+    old = {}
+    for key, value in kohya.items():
+        layer, role = key.split(".", 1)
+        if role != "alpha":
+            part, module = names[layer]
+            old[_diffusers_key(part, module, "down" if role.startswith("lora_down") else "up", form)] = value
+    save_file(kohya, str(tmp_path / "k.safetensors"))
+    save_file(old, str(tmp_path / "o.safetensors"))
+    index = layer_index(pipeline)
+    with merged(pipeline, [(read_lora(tmp_path / "k.safetensors", "k"), 1.0, 1.0)], index):
+        from_kohya = weights(pipeline)
+    with merged(pipeline, [(read_lora(tmp_path / "o.safetensors", "o"), 1.0, 1.0)], index):
+        from_old = weights(pipeline)
+    assert all(torch.equal(from_kohya[key], from_old[key]) for key in from_kohya)
+
+
+@pytest.mark.parametrize(
+    ("up", "down", "alpha", "says"),
+    [
+        (torch.zeros(8, 2), torch.zeros(3, 8), torch.tensor(1.0), "ranks"),
+        (torch.zeros(8), torch.zeros(2, 8), torch.tensor(1.0), "ranks"),
+        (torch.zeros(8, 2), torch.zeros(2, 8), torch.ones(2), "alpha"),
+    ],
+)
+def test_a_malformed_layer_is_a_lora_error_not_a_failed_batch(
+    tmp_path: Path, up: torch.Tensor, down: torch.Tensor, alpha: torch.Tensor, says: str
+) -> None:
+    key = "lora_unet_mid_block_attentions_0_proj_in"
+    save_file(
+        {f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down, f"{key}.alpha": alpha},
+        str(tmp_path / "bad.safetensors"),
+    )
+    with pytest.raises(LoraError, match=says):
+        read_lora(tmp_path / "bad.safetensors", "bad")
+
+
+def test_a_merge_waits_while_the_compile_thread_checks_a_graph(pipeline, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    network = read_lora(write_lora(tmp_path / "a.safetensors", pipeline), "a")
+    weights, merging = WeightWrites(), threading.Event()
+
+    def merge() -> None:
+        with merged(pipeline, [(network, 1.0, 1.0)], layer_index(pipeline), weights):
+            merging.set()
+
+    with weights.steady():  # a check between its two runs
+        thread = threading.Thread(target=merge)
+        thread.start()
+        assert not merging.wait(0.3), "no weight was changed during the check"
+    thread.join(5)
+    assert merging.is_set() and weights.version == 2, "merged and restored, each a write"

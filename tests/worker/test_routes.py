@@ -116,7 +116,10 @@ def test_sdapi_routes_alone_are_guarded_by_the_dependencies_they_are_given() -> 
     sdapi.add_routes(app.router, dependencies=api_auth_dependencies(config))
     client = TestClient(app)
     assert client.get("/sdapi/v1/scripts").status_code == 401
-    assert client.get("/sdapi/v1/scripts", auth=("alice", "s3cret")).json() == {"txt2img": [], "img2img": ["sd upscale"]}
+    assert client.get("/sdapi/v1/scripts", auth=("alice", "s3cret")).json() == {
+        "txt2img": [],
+        "img2img": ["sd upscale"],
+    }
 
 
 def test_a_route_on_an_app_without_a_worker_state_fails_loudly() -> None:

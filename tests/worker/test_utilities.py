@@ -54,6 +54,8 @@ def test_the_catalogues_clients_read_at_start_up_answer_in_a1111s_shapes(client:
     for path in ("refresh-checkpoints", "refresh-vae", "refresh-loras", "refresh-embeddings"):
         refreshed = client.post(f"/sdapi/v1/{path}")
         assert refreshed.status_code == 200 and refreshed.json() is None, path
+        through_the_endpoint = client.post(f"/sdapi/v1/{path}", headers={"X-Gpuroam-Identity": "key:x"})
+        assert through_the_endpoint.status_code == 403 and "own port" in through_the_endpoint.text, path
     flags = client.get("/sdapi/v1/cmd-flags").json()
     assert flags["api"] is True and flags["api_auth"] is None and "precision" in flags
     ram = client.get("/sdapi/v1/memory").json()["ram"]

@@ -38,7 +38,7 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from gpuroam.worker.config import WorkerConfig
-from gpuroam.worker.graphs import GraphedForward, configure_compiler
+from gpuroam.worker.graphs import GraphedForward, WeightWrites, configure_compiler
 
 log = logging.getLogger("gpuroam.worker.accelerate")
 
@@ -139,9 +139,12 @@ def acceleration_for(config: WorkerConfig, device: torch.device) -> Acceleration
     return chosen
 
 
-def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> list[GraphedForward]:
+def accelerate(
+    pipeline: DiffusionPipeline, acceleration: Acceleration, weights: WeightWrites | None = None
+) -> list[GraphedForward]:
     """Rebuild `pipeline`'s modules in place for speed; call before any pipeline is derived from it.
-    Returns the compiled modules' forwards, whose graphs the compile thread builds (none yet)."""
+    Returns the compiled modules' forwards, whose graphs the compile thread builds (none yet); their checks
+    exclude the in-place writes made under `weights` (worker/graphs.py)."""
     if acceleration.compiles:
         use_compile_cache(acceleration.cache_dir)
     if pipeline.device.type == "cuda":
@@ -160,12 +163,15 @@ def accelerate(pipeline: DiffusionPipeline, acceleration: Acceleration) -> list[
         options["mode"] = INDUCTOR_MODES.get(acceleration.compile_mode, acceleration.compile_mode)
     capture = pipeline.device.type == "cuda" and acceleration.compile_mode in CUDA_GRAPH_MODES
     device_lock, compile_lock = threading.Lock(), threading.Lock()
+    shared_weights = weights or WeightWrites()
     pool = torch.cuda.graph_pool_handle() if capture else None
 
     def graphs(name: str, forward: Callable[..., Any], fullgraph: bool) -> GraphedForward:
         compiled = torch.compile(forward, fullgraph=fullgraph, **options)
         dynamic = acceleration.dynamic_batch
-        return GraphedForward(name, forward, compiled, capture, dynamic, device_lock, compile_lock, pool)
+        return GraphedForward(
+            name, forward, compiled, capture, dynamic, device_lock, compile_lock, pool, weights=shared_weights
+        )
 
     # In place: the pipeline keeps its own module classes, and derived pipelines share them.
     unet_graphs = graphs("unet", unet.forward, fullgraph=True)

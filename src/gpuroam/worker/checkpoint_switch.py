@@ -5,19 +5,23 @@ own tensors on the device thread, between two batches: every derived pipeline, t
 read weights where they live) and the token rows kept for embeddings stay as they are. So a switch takes
 a checkpoint of the same architecture as the one the worker started with; another one (SD 1.x to SDXL,
 say) is a 422 that says to start a worker with it. Through the gateway the model is never switched: every
-caller shares it (worker/service.py refuses another model's name there).
+caller shares it (worker/service.py refuses another model's name there). One switch runs at a time: two
+at once would hold two checkpoints in memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import anyio
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
-from gpuroam.worker.checkpoints import CheckpointError
+from gpuroam.worker.checkpoints import CheckpointError, load_checkpoint
 from gpuroam.worker.discovery import Found, OutsideDirectory, checked
 from gpuroam.worker.fused import fused_layers, rebuild
 from gpuroam.worker.models import LoadedModel, file_sha256
@@ -25,6 +29,20 @@ from gpuroam.worker.schemas import RequestError
 from gpuroam.worker.service import GenerationService
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+CheckpointLoader = Callable[[Path, torch.dtype], DiffusionPipeline]
+
+
+@dataclass
+class Switcher:
+    """How this worker reads a checkpoint of --ckpt-dir (tests pass one that reads tiny ones), and the lock
+    that lets one switch run at a time."""
+
+    load: CheckpointLoader = load_checkpoint
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def switch(self, service: GenerationService, value: object) -> None:
+        async with self.lock:
+            await switch(service, value, self.load)
 
 
 def listed(service: GenerationService) -> list[dict[str, Any]]:
@@ -51,12 +69,15 @@ def find(service: GenerationService, value: object) -> Found | None:
     return checkpoints.get(title) or next((f for f in checkpoints.values() if f.stem == value), None)
 
 
-async def switch(service: GenerationService, value: object) -> None:
-    """Serve the checkpoint `value` names; nothing happens when it names the served one."""
+async def switch(service: GenerationService, value: object, load: CheckpointLoader) -> None:
+    """Serve the checkpoint `value` names, read with `load`; nothing happens when it names the served one.
+    Callers serialise switches (`Switcher`)."""
     model = service.model
     if isinstance(value, str) and value in {model.title, model.name, model.filename, model.short_hash}:
         return
     found, root = find(service, value), service.assets.dirs.ckpt
+    if found is not None and str(found.path) == model.filename:  # named by its path in the directory
+        return
     if found is None or root is None:
         choices = ", ".join([model.title, *service.assets.checkpoints][:20])
         raise RequestError(
@@ -64,27 +85,27 @@ async def switch(service: GenerationService, value: object) -> None:
         )
     try:
         path = checked(found, root)
-        source, sha256 = await anyio.to_thread.run_sync(_read, path, model.dtype, service)
+        source, sha256 = await anyio.to_thread.run_sync(_read, path, model.dtype, load)
         await service.batcher.on_device(lambda: _take_weights(model, source, service))
     except (CheckpointError, OutsideDirectory) as error:
         raise RequestError("sd_model_checkpoint", str(error)) from None
     service.model = replace(model, name=found.stem, filename=str(found.path), sha256=sha256)
 
 
-def _read(path: Any, dtype: torch.dtype, service: GenerationService) -> tuple[DiffusionPipeline, str]:
-    return service.assets.load_checkpoint(path, dtype), file_sha256(path)
+def _read(path: Path, dtype: torch.dtype, load: CheckpointLoader) -> tuple[DiffusionPipeline, str]:
+    return load(path, dtype), file_sha256(path)
 
 
 def _take_weights(model: LoadedModel, source: DiffusionPipeline, service: GenerationService) -> None:
     """Copy `source`'s weights into the served pipeline in place, once every one is known to fit."""
     target = model.pipeline
     pairs = _matched(target, source)
-    with torch.no_grad():
+    with torch.no_grad(), service.assets.weights.changing():
         for own, new in pairs:
             own[: new.shape[0]].copy_(new)  # a token table keeps its rows for embeddings beyond the checkpoint's
-    for component in (target.unet, target.vae):
-        for fused, parts in fused_layers(component):
-            rebuild(fused, parts)
+        for component in (target.unet, target.vae):
+            for fused, parts in fused_layers(component):
+                rebuild(fused, parts)
     service.assets.checkpoint_changed()
 
 

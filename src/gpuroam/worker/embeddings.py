@@ -1,9 +1,11 @@
 """Textual-inversion embeddings in A1111's formats, taught to the tokenizer and text encoder by file name.
 
 An embedding is a few vectors in the text encoder's input space. Its file's name (without the suffix) is
-its word: each vector becomes a token (`name`, `name_1`, ...), and diffusers' pipelines spell a prompt's
-`name` as all of its tokens (TextualInversionLoaderMixin). Only prompts that use the name change, so
-every batch shares them.
+its word, matched in a prompt as A1111 matches it: as whole words, whatever the case (CLIP reads text in
+lower case). Each vector is taught to a token of its own, a marker no prompt word tokenizes to
+(`<embedding:name:0>`, ...), and `Spelling` rewrites each use of the name as its markers before the prompt
+is encoded: the name never matches inside another word, and every vector is used whatever the file's case.
+A name that is already a whole word of the vocabulary is refused: a prompt using that word would change.
 
 Formats read (A1111's): a .pt with `string_to_param` (A1111's own training), a one-tensor .pt, .bin or
 .safetensors (`emb_params`, or diffusers' `{token: vector}`), and SDXL's `clip_l` + `clip_g` pair. A .pt
@@ -13,7 +15,8 @@ is read with weights_only, so no code in it runs.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from safetensors.torch import load_file
+from transformers import AddedToken
 
 log = logging.getLogger("gpuroam.worker.embeddings")
 
@@ -136,26 +140,58 @@ def reserve(pipeline: DiffusionPipeline, rows: int = RESERVED_ROWS) -> None:
                 module.eos_token_id = tokenizer.eos_token_id
 
 
+def markers(embedding: Embedding) -> list[str]:
+    """The tokens its vectors are taught to: lower case, so two files whose names differ only in case share them."""
+    key = embedding.name.lower()
+    return [f"<embedding:{key}:{index}>" for index in range(embedding.count)]
+
+
 def install(pipeline: DiffusionPipeline, embedding: Embedding) -> None:
-    """Give the embedding's tokens its vectors in each text encoder (adding the tokens the first time), in
-    the rows `reserve` made. A name that is already a word of the vocabulary is refused: its vectors would
-    change that word."""
-    tokens = [embedding.name, *(f"{embedding.name}_{index}" for index in range(1, embedding.count))]
+    """Give the embedding's markers its vectors in each text encoder (adding the tokens the first time), in
+    the rows `reserve` made; EmbeddingError for a name that is a word of the vocabulary, or no room left."""
+    tokens = markers(embedding)
     for part, tokenizer_name, encoder_name in ENCODERS:
         if part not in embedding.vectors:
             continue
         tokenizer, encoder = getattr(pipeline, tokenizer_name), getattr(pipeline, encoder_name)
-        added = tokenizer.added_tokens_encoder
-        if any(token in tokenizer.get_vocab() and token not in added for token in tokens):
+        vocabulary, word = tokenizer.get_vocab(), embedding.name.lower()
+        if word in vocabulary or f"{word}</w>" in vocabulary:
             raise EmbeddingError(f"{embedding.name} is already a word of the tokenizer; rename the file")
         weight = encoder.get_input_embeddings().weight
-        new = [token for token in tokens if token not in added]
+        new = [token for token in tokens if token not in tokenizer.added_tokens_encoder]
         if len(tokenizer) + len(new) > weight.shape[0]:
             raise EmbeddingError(
                 f"{embedding.name}: no room for {len(new)} more embedding vectors (this worker keeps "
                 f"{RESERVED_ROWS}); remove unused embeddings and restart the worker"
             )
-        tokenizer.add_tokens(new)
+        tokenizer.add_tokens([AddedToken(token, normalized=False) for token in new])
         ids = tokenizer.convert_tokens_to_ids(tokens)
         with torch.no_grad():
             weight[ids] = embedding.vectors[part].to(weight.device, weight.dtype)
+
+
+def forget(pipeline: DiffusionPipeline, embedding: Embedding) -> None:
+    """Zero the rows of an embedding whose file is gone: its markers (kept by the tokenizer) mean nothing."""
+    for part, tokenizer_name, encoder_name in ENCODERS:
+        tokenizer, encoder = getattr(pipeline, tokenizer_name, None), getattr(pipeline, encoder_name, None)
+        if part not in embedding.vectors or tokenizer is None or encoder is None:
+            continue
+        ids = tokenizer.convert_tokens_to_ids(markers(embedding))
+        with torch.no_grad():
+            encoder.get_input_embeddings().weight[ids] = 0
+
+
+class Spelling:
+    """Rewrites each use of an installed embedding's name in a prompt as its markers: whole words only (not
+    next to a letter or digit), in any case."""
+
+    def __init__(self, installed: Iterable[Embedding]) -> None:
+        self._markers = {embedding.name.lower(): " ".join(markers(embedding)) for embedding in installed}
+        names = sorted(self._markers, key=len, reverse=True)  # the longest name that matches wins
+        alternatives = "|".join(re.escape(name) for name in names)
+        self._pattern = re.compile(rf"(?<![^\W_])(?:{alternatives})(?![^\W_])", re.IGNORECASE) if names else None
+
+    def __call__(self, prompt: str) -> str:
+        if self._pattern is None:
+            return prompt
+        return self._pattern.sub(lambda match: self._markers.get(match[0].lower(), match[0]), prompt)

@@ -82,7 +82,7 @@ class Engine:
             for component in model.pipeline.components.values():
                 if isinstance(component, torch.nn.Module):
                     make_batch_invariant(component)
-        self.graphs = accelerate(model.pipeline, self.acceleration)
+        self.graphs = accelerate(model.pipeline, self.acceleration, assets.weights if assets else None)
         self.warmup = Warmup() if self.graphs else None
         # Held while a batch runs: a CUDA graph is captured only between batches (worker/graphs.py).
         self._device_lock = self.graphs[0].device_lock if self.graphs else contextlib.nullcontext()

@@ -5,6 +5,11 @@ whatever the kind, and activates the kinds it knows. `lora` (and its old alias `
 `<lora:name>`, `<lora:name:w>` (text encoder and UNet at w), `<lora:name:te:unet>`, or named as
 `te=`, `unet=`. Parsing is pure, so it is property-tested; which names exist is the library's
 business (worker/library.py).
+
+A name tagged twice counts once with its multipliers summed: each of A1111's tags adds its own change to
+the weights, so two tags add up (A1111 merges each tag separately; here each name is merged once). Every
+distinct name is a file merged into the weights for each batch, so a prompt names at most MAX_LORAS, and
+a summed multiplier is bounded as a single one is.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from gpuroam.worker.schemas import RequestError
 TAG = re.compile(r"<(\w+):([^>]+)>")
 LORA_KINDS = ("lora", "lyco")
 MAX_MULTIPLIER = 100.0  # far beyond any useful weight; keeps a typo from turning the image to NaN
+MAX_LORAS = 8  # distinct LoRAs per prompt: A1111 users rarely stack more than five
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,31 @@ def parse_prompt(prompt: str, field_name: str = "prompt") -> ParsedPrompt:
             others.append(kind)
         return ""
 
-    return ParsedPrompt(TAG.sub(found, prompt), tuple(loras), tuple(others))
+    text = TAG.sub(found, prompt)
+    return ParsedPrompt(text, _summed(loras, field_name), tuple(others))
+
+
+def _summed(loras: list[NetworkUse], field_name: str) -> tuple[NetworkUse, ...]:
+    """One use per name, in first-mention order, its multipliers the sum of its tags'."""
+    by_name: dict[str, NetworkUse] = {}
+    for use in loras:
+        seen = by_name.get(use.name)
+        by_name[use.name] = use if seen is None else NetworkUse(use.name, seen.te + use.te, seen.unet + use.unet)
+    if len(by_name) > MAX_LORAS:
+        raise RequestError(
+            field_name,
+            f"the prompt names {len(by_name)} different LoRAs; at most {MAX_LORAS} are merged per prompt: "
+            "remove some <lora:...> tags",
+        )
+    for use in by_name.values():
+        if max(abs(use.te), abs(use.unet)) > MAX_MULTIPLIER:
+            raise RequestError(
+                field_name,
+                f"<lora:{use.name[:128]}> is tagged with weights that add up to more than {MAX_MULTIPLIER:g}; "
+                "the tags of one LoRA add up: tag it once, with a weight from "
+                f"-{MAX_MULTIPLIER:g} to {MAX_MULTIPLIER:g}",
+            )
+    return tuple(by_name.values())
 
 
 def _lora(args: list[str], tag: str, field_name: str) -> NetworkUse:

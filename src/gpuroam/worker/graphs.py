@@ -58,6 +58,36 @@ def configure_compiler() -> None:
     torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 2048)
 
 
+class WeightWrites:
+    """The in-place weight changes (LoRA merge and restore, a VAE or embedding written in, a checkpoint switch),
+    made exclusive with the compile thread's checks of a graph against the eager module.
+
+    A check runs the graph and the eager module and compares them: a weight changed between the two runs
+    would make a sound graph differ, and it would be dropped for good. A writer holds the lock only while it
+    writes (milliseconds); a check holds it across its two runs, not across the compile, so a LoRA batch
+    never waits for a compile. A compile's own run can still see a change: `version` says one happened, and
+    the check runs the compiled graph again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.version = 0
+
+    @contextmanager
+    def changing(self) -> Iterator[None]:
+        """Within the block, the caller writes weights in place; no check runs meanwhile."""
+        with self._lock:
+            try:
+                yield
+            finally:
+                self.version += 1
+
+    @contextmanager
+    def steady(self) -> Iterator[int]:
+        """Within the block no weight changes; yields the number of changes so far."""
+        with self._lock:
+            yield self.version
+
+
 class GraphMismatch(RuntimeError):
     """A compiled graph computed something other than the eager module: it is never used."""
 
@@ -192,6 +222,7 @@ class GraphedForward:
     # by a tiled batch while it pads the module's convolutions circularly: neither sees the other's module.
     # Taken before device_lock, by both threads.
     module_lock: threading.Lock = field(default_factory=threading.Lock)
+    weights: WeightWrites = field(default_factory=WeightWrites)  # shared by the engine's graphs and the writers
     _recording: dict[Signature, Inputs] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -245,7 +276,8 @@ class GraphedForward:
         try:
             with torch.inference_mode(), self.module_lock:
                 graph = self.capturer(self.eager, example, self.pool, self.device_lock)
-                check_close(graph(*args, **kwargs), self.eager(*args, **kwargs), self.name)
+                with self.weights.steady():
+                    check_close(graph(*args, **kwargs), self.eager(*args, **kwargs), self.name)
         except Exception as error:  # noqa: BLE001 - the plain eager path stays
             self.eager_failed[key] = f"{type(error).__name__}: {error}"
             log.warning("eager module not captured", extra={"graph": self.name, "reason": self.eager_failed[key]})
@@ -263,9 +295,14 @@ class GraphedForward:
                     torch._dynamo.maybe_mark_dynamic(leaf, 0)
         try:
             with torch.inference_mode(), self.module_lock:
+                before = self.weights.version
                 with self.compile_lock:
                     output = self.compiled(*args, **kwargs)
-                check_close(output, self.eager(*args, **kwargs), self.name)
+                with self.weights.steady() as now:
+                    if now != before:  # weights changed under the compile's run: run it on those the eager one sees
+                        with self.compile_lock:
+                            output = self.compiled(*args, **kwargs)
+                    check_close(output, self.eager(*args, **kwargs), self.name)
                 runner = (
                     self.capturer(self.compiled, example, self.pool, self.device_lock)
                     if self.capture

@@ -5,7 +5,9 @@ gains `up @ down * alpha / rank * multiplier`, the multiplier being the prompt's
 for text-encoder layers and its UNet weight for UNet layers (A1111's arithmetic). Layer names come
 in kohya's form (`lora_unet_down_blocks_0_..._to_q`, `lora_te_text_model_...`, SDXL's `lora_te1_`,
 `lora_te2_` and LDM-numbered `lora_unet_input_blocks_4_1_...`) or diffusers' (`unet.down_blocks.0...
-.lora_A.weight`); every form is matched against the pipeline's own module names.
+.lora_A.weight`, and its older `...attn1.processor.to_q_lora.down.weight` and `...to_q.lora_layer.down
+.weight`); every form is matched against the pipeline's own module names. A layer whose pair does not fit
+together makes the file a LoraError: the library skips it with a log line.
 
 Merged, not hooked: a batch runs the same modules with changed weights, so the only cost is the merge
 (once per batch). The original weights are copied before and copied back after, exactly, so a batch
@@ -29,12 +31,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from gpuroam.worker.fused import fused_layers, rebuild
+from gpuroam.worker.graphs import WeightWrites
 
 log = logging.getLogger("gpuroam.worker.lora")
 
 Part = Literal["te", "unet"]
 
-# Key endings in the formats A1111 reads: kohya's, diffusers' PEFT, diffusers' older own.
+# Key endings in the formats A1111 reads: kohya's, diffusers' PEFT (`lora_A`), and diffusers' own
+# (`to_q.lora.down`, `q_proj.lora_linear_layer.down`, LoRACompatibleLinear's `to_q.lora_layer.down`).
 ROLES = {
     ".lora_down.weight": "down",
     ".lora_up.weight": "up",
@@ -42,8 +46,19 @@ ROLES = {
     ".lora_B.weight": "up",
     ".lora.down.weight": "down",
     ".lora.up.weight": "up",
+    ".lora_linear_layer.down.weight": "down",
+    ".lora_linear_layer.up.weight": "up",
+    ".lora_layer.down.weight": "down",
+    ".lora_layer.up.weight": "up",
     ".alpha": "alpha",
 }
+# diffusers' attention-processor LoRAs (`attn1.processor.to_q_lora.down.weight`): the layer each names.
+PROCESSOR_LORA = re.compile(r"(?:\.processor)?\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+PROCESSOR_LAYERS = {
+    "unet": {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"},
+    "te": {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"},
+}
+UNET_BLOCKS = ("down_blocks.", "mid_block.", "up_blocks.")  # diffusers' old UNet files leave out `unet.`
 DIFFUSERS_PREFIXES = {"unet.": "lora_unet_", "text_encoder.": "lora_te1_", "text_encoder_2.": "lora_te2_"}
 RESNET_TO_LDM = {
     "norm1": "in_layers_0",
@@ -86,18 +101,37 @@ def read_lora(path: Path, name: str) -> LoraNetwork:
     state = _read_tensors(path)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in state.items():
-        for ending, role in ROLES.items():
-            if key.endswith(ending):
-                parts.setdefault(_kohya_name(key[: -len(ending)]), {})[role] = value
-                break
-    layers = {
-        layer: LoraLayer(up=roles["up"], down=roles["down"], alpha=float(roles["alpha"]) if "alpha" in roles else None)
-        for layer, roles in parts.items()
-        if "up" in roles and "down" in roles
-    }
+        found = _layer_and_role(key)
+        if found is not None:
+            parts.setdefault(_kohya_name(found[0]), {})[found[1]] = value
+    layers = {layer: _layer(path, layer, roles) for layer, roles in parts.items() if "up" in roles and "down" in roles}
     if not layers:
         raise LoraError(f"{path.name} holds no LoRA layers (no lora_up/lora_down or lora_A/lora_B weights)")
     return LoraNetwork(name=name, layers=layers)
+
+
+def _layer_and_role(key: str) -> tuple[str, str] | None:
+    if m := PROCESSOR_LORA.search(key):
+        base = key[: m.start()]
+        part = "te" if base.startswith("text_encoder") else "unet"
+        return f"{base}.{PROCESSOR_LAYERS[part][m[1]]}", m[2]
+    for ending, role in ROLES.items():
+        if key.endswith(ending):
+            return key[: -len(ending)], role
+    return None
+
+
+def _layer(path: Path, layer: str, roles: dict[str, torch.Tensor]) -> LoraLayer:
+    """A layer's pair checked to be one (a malformed file is a LoraError: skipped, never a failed batch)."""
+    up, down, alpha = roles["up"], roles["down"], roles.get("alpha")
+    if up.dim() < 2 or down.dim() < 2 or up.flatten(1).shape[1] != down.shape[0]:
+        raise LoraError(
+            f"{path.name}: layer {layer[:128]} has up {tuple(up.shape)} and down {tuple(down.shape)}, whose ranks "
+            "differ; the file is damaged or not a LoRA"
+        )
+    if alpha is not None and alpha.numel() != 1:
+        raise LoraError(f"{path.name}: layer {layer[:128]} has an alpha of shape {tuple(alpha.shape)}, not a number")
+    return LoraLayer(up=up, down=down, alpha=None if alpha is None else float(alpha))
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -124,10 +158,12 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _kohya_name(layer: str) -> str:
-    """`unet.down_blocks.0.x` -> `lora_unet_down_blocks_0_x`; a kohya name as it is."""
+    """`unet.down_blocks.0.x` (or `down_blocks.0.x`) -> `lora_unet_down_blocks_0_x`; a kohya name as it is."""
     for prefix, kohya in DIFFUSERS_PREFIXES.items():
         if layer.startswith(prefix):
             return kohya + layer[len(prefix) :].replace(".", "_")
+    if layer.startswith(UNET_BLOCKS):
+        return "lora_unet_" + layer.replace(".", "_")
     return layer
 
 
@@ -193,18 +229,21 @@ def merged(
     pipeline: DiffusionPipeline,
     networks: Sequence[tuple[LoraNetwork, float, float]],
     index: Mapping[str, Target],
+    weights: WeightWrites | None = None,
 ) -> Iterator[None]:
     """Within the block, each (network, te multiplier, unet multiplier) is merged into the pipeline's
-    weights; afterwards every weight is what it was, bit for bit, whatever happened."""
+    weights; afterwards every weight is what it was, bit for bit, whatever happened. The merge and the
+    restore each hold `weights` (not the block: the graphs' checks wait only for the writes)."""
+    writes = weights or WeightWrites()
     backups: dict[torch.nn.Module, torch.Tensor] = {}
     try:
-        with torch.no_grad():
+        with torch.no_grad(), writes.changing():
             for network, te, unet in networks:
                 _merge(network, te, unet, index, backups)
             _refresh_fused(pipeline, backups)
         yield
     finally:
-        with torch.no_grad():
+        with torch.no_grad(), writes.changing():
             for module, weight in backups.items():
                 module.weight.copy_(weight)  # type: ignore[operator]  # every backed-up module has a weight
 

@@ -1,7 +1,9 @@
 """A1111 request bodies: the fields, defaults and limits clients rely on.
 
-Unknown fields are ignored (clients send extension fields such as alwayson_scripts args);
-values out of range are a 422 that names the field.
+Unknown fields are ignored (clients send fields of other A1111 versions); values out of range are a
+422 that names the field. A named always-on script (an extension's: ControlNet, ADetailer...) is A1111's
+own 422 "always on script X not found", as A1111 answers for an extension it does not have
+(worker/service.py).
 """
 
 from __future__ import annotations

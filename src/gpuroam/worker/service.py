@@ -16,7 +16,7 @@ from PIL import Image
 
 from gpuroam.worker.batcher import Batcher
 from gpuroam.worker.config import WorkerConfig
-from gpuroam.worker.extra_networks import parse_prompt
+from gpuroam.worker.extra_networks import ParsedPrompt, parse_prompt
 from gpuroam.worker.hires import HiresPlan, hires_fields, hires_sampler, plan_hires, upscale_image, upscale_latent
 from gpuroam.worker.images import decode_image, decode_image_any_mode, encode_png, resize_for_generation
 from gpuroam.worker.infotext import infotext
@@ -119,8 +119,9 @@ class GenerationService:
                 "to /sdapi/v1/options on the worker's own port, or start a worker with --model)",
             )
 
-    def batch_key(self, request: GenerationRequest) -> BatchKey:
-        """Validate sampler, schedule and overrides; everything a batch must share."""
+    def batch_key(self, request: GenerationRequest, prompt: ParsedPrompt) -> BatchKey:
+        """Validate sampler, schedule and overrides; everything a batch must share (`prompt`: the request's,
+        parsed)."""
         try:
             sampler, schedule = resolve(request.requested_sampler, request.scheduler)
         except UnknownSampler:
@@ -159,7 +160,7 @@ class GenerationService:
             clip_skip=clip_skip,
             tiling=bool(request.tiling),
             latent_fill=None if inpaint is None else inpaint.latent_fill,
-            networks=self.assets.networks(parse_prompt(request.prompt)),
+            networks=self.assets.networks(prompt),
             vae=vae,
         )
 
@@ -208,7 +209,8 @@ class GenerationService:
         script = self.script(request)
         hires = self._hires(request)
         self.check_limits(request, hires)
-        key = self.batch_key(request)
+        parsed = parse_prompt(request.prompt)
+        key = self.batch_key(request, parsed)
         if hires is not None:
             key = replace(key, latent=hires.latent)  # the first pass keeps its latent for a latent upscale
         init_images = await self._init_images(request, key, resize=script is None)
@@ -235,13 +237,13 @@ class GenerationService:
             batch_size=request.batch_size if tiles is None else per_result,
             owner=owner,
         )
-        prompt = parse_prompt(request.prompt).text  # without its <lora:...> tags, as A1111 encodes it
+        prompt = self.assets.spelled(parsed.text)  # without its <lora:...> tags, as A1111 encodes it
         tasks = [
             ImageTask(
                 job=job,
                 index=i,
                 prompt=prompt,
-                negative_prompt=request.negative_prompt,
+                negative_prompt=self.assets.spelled(request.negative_prompt),
                 seed=all_seeds[i // per_result] + tile_seed_offset(request, i % per_result),
                 subseed=all_subseeds[i // per_result],
                 subseed_strength=request.subseed_strength,
@@ -274,16 +276,19 @@ class GenerationService:
         return GenerationResult(images=encoded, parameters=_parameters(request), info=json.dumps(info))
 
     async def _run(self, job: Job, tasks: list[ImageTask]) -> list[Picture | None]:
-        """Queue the job's tasks and wait for them; a job left waiting (its client gone) is interrupted."""
+        """Queue the job's tasks and wait for them; a job left waiting (its client gone) is interrupted. Its LoRA
+        files are read first, here, and kept while it runs: the device thread never reads a file."""
         loop = asyncio.get_running_loop()
         for task in tasks:
             task.result = loop.create_future()
         futures = [task.result for task in tasks if task.result is not None]
         self.jobs[job.id] = job
         try:
+            await anyio.to_thread.run_sync(self.assets.hold, job.key.networks)
             self.batcher.submit(tasks)
             return list(await asyncio.gather(*futures))
         finally:
+            self.assets.release(job.key.networks)
             if any(not future.done() for future in futures):  # client went away
                 self.batcher.interrupt(job)
 
@@ -304,6 +309,7 @@ class GenerationService:
         if not isinstance(request, Txt2ImgRequest) or not request.enable_hr:
             return None
         plan = plan_hires(request)
+        parse_prompt(request.hr_prompt, "hr_prompt")  # its tags are checked before the first pass
         try:
             hires_sampler(request)
         except ValueError as error:  # an unknown sampler too: here a field of the hires pass, a 422
@@ -314,8 +320,10 @@ class GenerationService:
         self, request: Txt2ImgRequest, hires: HiresPlan, first: Job, tasks: list[ImageTask], made: list[Picture | None]
     ) -> tuple[Job, list[ImageTask], list[Picture | None]]:
         """Hires fix's second pass: each first-pass result upscaled, then img2img at the hires size, under the
-        same job id (progress and interrupt follow it), batched with other such passes."""
+        same job id (progress and interrupt follow it), batched with other such passes. An hr_prompt brings its
+        own LoRAs (A1111 activates the hires prompt's networks for the second pass)."""
         sampler, schedule = hires_sampler(request)
+        hr_prompt = parse_prompt(request.hr_prompt, "hr_prompt") if request.hr_prompt else None
         key = replace(
             first.key,
             mode="img2img",
@@ -325,6 +333,7 @@ class GenerationService:
             sampler=sampler.name,
             schedule=schedule.name,
             denoising_strength=hires.denoising_strength,
+            networks=first.key.networks if hr_prompt is None else self.assets.networks(hr_prompt),
         )
         upscaled = [await anyio.to_thread.run_sync(_upscaled, picture, hires) for picture in made]
         job = Job(id=first.id, key=key, image_count=first.image_count, batch_size=first.batch_size, owner=first.owner)
@@ -333,8 +342,8 @@ class GenerationService:
             replace(
                 task,
                 job=job,
-                prompt=parse_prompt(request.hr_prompt).text if request.hr_prompt else task.prompt,
-                negative_prompt=request.hr_negative_prompt or task.negative_prompt,
+                prompt=task.prompt if hr_prompt is None else self.assets.spelled(hr_prompt.text),
+                negative_prompt=self.assets.spelled(request.hr_negative_prompt) or task.negative_prompt,
                 init_image=picture,
                 result=None,
             )

@@ -12,6 +12,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from gpuroam.worker.checkpoint_switch import CheckpointLoader, Switcher
+from gpuroam.worker.checkpoints import load_checkpoint
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.graphs import GraphedForward
 from gpuroam.worker.library import AssetDirs, AssetLibrary
@@ -25,8 +27,9 @@ LOADING_RETRY_AFTER_S = 5
 class WorkerState:
     """The config, the metrics, the assets and the service; `service` is None until the model is loaded."""
 
-    def __init__(self, config: WorkerConfig) -> None:
+    def __init__(self, config: WorkerConfig, load_checkpoint: CheckpointLoader = load_checkpoint) -> None:
         self.config = config
+        self.switcher = Switcher(load_checkpoint)  # sd_model_checkpoint on the worker's own port
         self.metrics = WorkerMetrics()
         self.service: GenerationService | None = None
         self.load_error: str | None = None

@@ -115,14 +115,16 @@ async def get_options(state: SharedState) -> dict[str, object]:
     return service.options_as_a1111() if service else WorkerOptions().as_a1111(None, None)
 
 
-async def set_options(update: OptionsUpdate, http: Request, service: ReadyService) -> dict[str, object] | None:
+async def set_options(
+    update: OptionsUpdate, http: Request, service: ReadyService, state: SharedState
+) -> dict[str, object] | None:
     """On the worker's own port, set its options; for a caller through the gateway, check them and answer
     the checked values, which the gateway keeps for that caller (a bad value is a 422 either way)."""
     values = update.model_dump()
     if caller(http) is not None:
         return service.caller_options(values)
     if "sd_model_checkpoint" in values:  # A1111 switches the model for everyone: here, only on the own port
-        await checkpoint_switch.switch(service, values.pop("sd_model_checkpoint"))
+        await state.switcher.switch(service, values.pop("sd_model_checkpoint"))
     service.update_options(values)
     return None
 

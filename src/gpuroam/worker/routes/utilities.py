@@ -16,13 +16,14 @@ from typing import Any
 
 import anyio
 import torch
-from fastapi import APIRouter, HTTPException, params
+from fastapi import APIRouter, HTTPException, Request, params
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpuroam.worker.extras import LATENT_UPSCALE_MODES, UPSCALERS, Upscale, check_budget, run_extras
 from gpuroam.worker.images import ImageDecodeError, decode_image_any_mode, encode_png
 from gpuroam.worker.pnginfo import parse_parameters, read_info
+from gpuroam.worker.routes.sdapi import caller
 from gpuroam.worker.schemas import RequestError
 from gpuroam.worker.state import SharedState
 
@@ -173,22 +174,40 @@ async def embeddings(state: SharedState) -> dict[str, dict[str, Any]]:
     return state.assets.embeddings_as_a1111()
 
 
-async def refresh_loras(state: SharedState) -> None:
+def _own_port_only(http: Request) -> None:
+    """A refresh rescans this worker's directories for every caller (and the gateway's callers share every
+    replica), so only the worker's own port may ask for one, as for a checkpoint switch."""
+    if caller(http) is not None:
+        raise HTTPException(
+            403,
+            f"{http.url.path} rescans this worker's asset directories for every caller: POST it on the worker's "
+            "own port, not through the endpoint",
+        )
+
+
+async def refresh_loras(http: Request, state: SharedState) -> None:
     """The refresh routes rescan their directory off the event loop; A1111 answers null."""
+    _own_port_only(http)
     await anyio.to_thread.run_sync(state.assets.refresh_loras)
 
 
-async def refresh_vae(state: SharedState) -> None:
+async def refresh_vae(http: Request, state: SharedState) -> None:
+    _own_port_only(http)
     await anyio.to_thread.run_sync(state.assets.refresh_vaes)
 
 
-async def refresh_checkpoints(state: SharedState) -> None:
+async def refresh_checkpoints(http: Request, state: SharedState) -> None:
+    _own_port_only(http)
     await anyio.to_thread.run_sync(state.assets.refresh_checkpoints)
 
 
-async def refresh_embeddings(state: SharedState) -> None:
-    """New embeddings are read now and taught to the model before the next batch."""
-    await anyio.to_thread.run_sync(state.assets.refresh_embeddings)
+async def refresh_embeddings(http: Request, state: SharedState) -> None:
+    """Embeddings are read now and taught to the model between two batches, before the answer (once the model
+    is loaded: until then, the scan at start counts)."""
+    _own_port_only(http)
+    found = await anyio.to_thread.run_sync(state.assets.read_embeddings)
+    if state.service is not None:
+        await state.service.batcher.on_device(lambda: state.assets.use_embeddings(*found))
 
 
 async def cmd_flags(state: SharedState) -> dict[str, Any]:
