@@ -109,12 +109,31 @@ class AppSpec(_Section):
         return path
 
 
+# Where replicas may run: on-demand only, Spot first with on-demand as the fallback, or Spot only.
+SpotChoice = Literal["never", "prefer", "only"]
+
+
 class ResourcesSpec(_Section):
     """The GPUs a replica needs, in order of preference: placement falls back down the list."""
 
     gpus: _GpuNames = Field(description="GPU types, most preferred first, e.g. [nvidia-l4, nvidia-tesla-t4]")
     gpu_count: int = Field(default=1, ge=1, le=16, description="GPUs per replica, an integer 1..16")
-    spot: bool = Field(default=False, description="true or false: use Spot capacity on clusters")
+    spot: SpotChoice = Field(
+        default="never",
+        description="never (on-demand only), prefer (Spot where it can be had, on-demand otherwise) or only (Spot "
+        "and no fallback); true means only (a Spot node selector, as true always did) and false means never",
+    )
+    on_demand_base: int = Field(
+        default=0, ge=0, description="an integer >= 0, at most replicas.max: on-demand replicas Spot never replaces"
+    )
+
+    @field_validator("spot", mode="before")
+    @classmethod
+    def _spot_from_bool(cls, value: object) -> object:
+        """Specs written before the choice said `spot: true` (Spot, no fallback) or `spot: false`."""
+        if isinstance(value, bool):
+            return "only" if value else "never"
+        return value
 
     @field_validator("gpus")
     @classmethod
@@ -335,6 +354,14 @@ class ServiceSpec(_Section):
             what = f"{most} is below regions.min_regions ({regions}) x replicas.per_region ({per_region})"
             fix = f"raise replicas.max to at least {regions * per_region}, or lower min_regions or per_region"
             raise _FieldError(("replicas", "max"), f"{what}; {fix}")
+        return self
+
+    @model_validator(mode="after")
+    def _base_within_max(self) -> ServiceSpec:
+        base, most = self.resources.on_demand_base, self.replicas.max
+        if base > most:
+            fix = f"lower resources.on_demand_base to at most {most} or raise replicas.max to {base}"
+            raise _FieldError(("resources", "on_demand_base"), f"{base} is above replicas.max ({most}); {fix}")
         return self
 
     @model_validator(mode="after")

@@ -154,7 +154,7 @@ def node_selector(spec: ServiceSpec, gpu: str) -> dict[str, str]:
         "cloud.google.com/gke-accelerator": gpu,
         "cloud.google.com/gke-accelerator-count": str(spec.resources.gpu_count),
     }
-    if spec.resources.spot:
+    if spec.resources.spot == "only":
         selector["cloud.google.com/gke-spot"] = "true"
     return selector
 
@@ -214,10 +214,10 @@ def deployment(
         "nodeSelector": node_selector(spec, gpu),
         "containers": [container],
         "volumes": volumes,
-        "terminationGracePeriodSeconds": SPOT_GRACE_S if spec.resources.spot else GRACE_S,
+        "terminationGracePeriodSeconds": SPOT_GRACE_S if spec.resources.spot == "only" else GRACE_S,
         "enableServiceLinks": False,
     }
-    if spec.resources.spot:
+    if spec.resources.spot == "only":
         # Autopilot adds this toleration itself; GKE Standard needs it where Spot node pools are tainted.
         toleration = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
         pod_spec["tolerations"] = [toleration]
