@@ -66,12 +66,14 @@ def test_example_loads_with_its_values() -> None:
 def test_local_regions_example_matches_the_spec_gpus() -> None:
     regions = yaml.safe_load((EXAMPLES / "local-regions.yaml").read_text())["regions"]
     assert regions == {
-        "us-central1": {"nvidia-l4": 1, "nvidia-tesla-t4": 2},
-        "europe-west4": {"nvidia-l4": 1, "nvidia-tesla-t4": 1},
-        "asia-southeast1": {"nvidia-tesla-t4": 1, "nvidia-tesla-a100": 1},
+        "us-central1": {"nvidia-l4": 1, "nvidia-tesla-t4": 2, "spot": {"nvidia-l4": 2}},
+        "europe-west4": {"nvidia-l4": 1, "nvidia-tesla-t4": 1, "spot": {"nvidia-l4": 1, "nvidia-tesla-t4": 1}},
+        "asia-southeast1": {"nvidia-tesla-t4": 1, "nvidia-tesla-a100": 1, "spot": {"nvidia-tesla-t4": 1}},
     }
     gpus = load_spec(EXAMPLES / "stable-diffusion.yaml").resources.gpus
-    assert {gpu for inventory in regions.values() for gpu in inventory} == set(gpus)
+    on_demand = {gpu for inventory in regions.values() for gpu in inventory if gpu != "spot"}
+    assert on_demand == set(gpus)
+    assert {gpu for inventory in regions.values() for gpu in inventory["spot"]} <= set(gpus)
 
 
 def test_defaults_fill_a_minimal_spec() -> None:
