@@ -283,7 +283,7 @@ class Reconciler:
             created_at=now,
             updated_at=now,
             reason=reason,
-            capacity=launch_capacity(spec),
+            capacity=Capacity(spec.resources.launch_capacity),
         )
         self.store.add_replica(replica)  # the intent, before the act
         kind = EventKind.FAILOVER if reason == "failover" else EventKind.PLACED
@@ -344,12 +344,6 @@ class Reconciler:
         log.info(
             message, extra={"event": kind.value, **{k: v for k, v in labels.items() if v}, "event_id": recorded.id}
         )
-
-
-def launch_capacity(spec: ServiceSpec) -> Capacity:
-    """Spot for `spot: only`, what `spot: true` always meant (Spot, no fallback); on-demand otherwise.
-    Placement does not weigh Spot against on-demand yet, so `prefer` launches on demand for now."""
-    return Capacity.SPOT if spec.resources.spot == "only" else Capacity.ON_DEMAND
 
 
 def _still_draining(replica: Replica, signals: ServiceSignals | None, now: float) -> bool:
