@@ -4,7 +4,6 @@ same pairs as without any Spot inventory; `only` (what `spot: true` always meant
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,15 +19,6 @@ from gpuroam.spec import load_spec, spec_to_dict
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SITES = load_sites(EXAMPLES / "local-regions.yaml")
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture
-def fake_python(tmp_path: Path) -> str:
-    """A worker that starts in milliseconds and never answers: launches are all these tests look at."""
-    script = tmp_path / "fake-python"
-    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(120)\n")
-    script.chmod(0o755)
-    return str(script)
 
 
 @pytest.fixture

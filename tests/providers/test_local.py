@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -188,15 +187,6 @@ def test_an_orphan_spawned_without_bookkeeping_is_observed_and_terminated(real: 
 
 
 # -- bookkeeping with fake workers ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_python(tmp_path: Path) -> str:
-    """Starts in milliseconds and never answers; a shebang keeps the `-m gpuroam worker ...` command line."""
-    script = tmp_path / "fake-python"
-    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(120)\n")
-    script.chmod(0o755)
-    return str(script)
 
 
 @pytest.fixture
