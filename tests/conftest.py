@@ -6,10 +6,12 @@ import hmac
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -33,6 +35,16 @@ def compare_digest_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, b
 
     monkeypatch.setattr(secrets, "compare_digest", spy)
     return calls
+
+
+@pytest.fixture
+def fake_python(tmp_path: Path) -> str:
+    """A local provider's worker that starts in milliseconds and never answers; a shebang keeps the
+    `-m gpuroam worker ...` command line that the process table is read for."""
+    script = tmp_path / "fake-python"
+    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(120)\n")
+    script.chmod(0o755)
+    return str(script)
 
 
 @pytest.fixture(scope="session")

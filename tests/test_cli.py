@@ -14,6 +14,7 @@ import httpx
 from typer.testing import CliRunner
 
 from gpuroam.cli import app
+from gpuroam.cli.console import service_table
 from gpuroam.providers.local import free_port
 
 runner = CliRunner()
@@ -30,6 +31,26 @@ def test_bad_api_auth_is_a_usage_error_that_says_the_format() -> None:
     result = runner.invoke(app, ["worker", "--api-auth", "no-colon"])
     assert result.exit_code == 2
     assert "user:password" in result.output
+
+
+def test_the_status_table_shows_each_replicas_capacity_and_price() -> None:
+    from rich.console import Console
+
+    replica = {"id": "sd-a", "region": "us-central1", "gpu": "nvidia-l4", "state": "ready", "url": None, "age_s": 5}
+    service = {
+        "name": "sd",
+        "endpoint": None,
+        "replicas": [
+            {**replica, "capacity": "spot", "price_per_hour": 0.224},
+            {**replica, "id": "sd-b", "capacity": "on-demand", "price_per_hour": None},
+            {**replica, "id": "sd-c"},  # from a server before Spot
+        ],
+    }
+    console = Console(width=200, record=True)
+    console.print(service_table(service))
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in console.export_text().splitlines()]
+    rows = {row[0]: row[3:5] for row in cells if row and row[0].startswith("sd-")}
+    assert rows == {"sd-a": ["spot", "$0.22"], "sd-b": ["on-demand", "?"], "sd-c": ["on-demand", "?"]}
 
 
 def test_worker_process_serves_and_logs_json_lines() -> None:

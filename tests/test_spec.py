@@ -54,7 +54,7 @@ def test_example_loads_with_its_values() -> None:
     assert spec.name == "stable-diffusion"
     assert spec.app == AppSpec()
     assert spec.resources.gpus == ("nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100")
-    assert (spec.resources.gpu_count, spec.resources.spot) == (1, False)
+    assert (spec.resources.gpu_count, spec.resources.spot, spec.resources.on_demand_base) == (1, "never", 0)
     assert (spec.regions.allow, spec.regions.deny, spec.regions.min_regions) == (("*",), (), 2)
     assert (spec.replicas.per_region, spec.replicas.min, spec.replicas.max) == (1, 2, 6)
     placement = spec.placement
@@ -66,12 +66,14 @@ def test_example_loads_with_its_values() -> None:
 def test_local_regions_example_matches_the_spec_gpus() -> None:
     regions = yaml.safe_load((EXAMPLES / "local-regions.yaml").read_text())["regions"]
     assert regions == {
-        "us-central1": {"nvidia-l4": 1, "nvidia-tesla-t4": 2},
-        "europe-west4": {"nvidia-l4": 1, "nvidia-tesla-t4": 1},
-        "asia-southeast1": {"nvidia-tesla-t4": 1, "nvidia-tesla-a100": 1},
+        "us-central1": {"nvidia-l4": 1, "nvidia-tesla-t4": 2, "spot": {"nvidia-l4": 2}},
+        "europe-west4": {"nvidia-l4": 1, "nvidia-tesla-t4": 1, "spot": {"nvidia-l4": 1, "nvidia-tesla-t4": 1}},
+        "asia-southeast1": {"nvidia-tesla-t4": 1, "nvidia-tesla-a100": 1, "spot": {"nvidia-tesla-t4": 1}},
     }
     gpus = load_spec(EXAMPLES / "stable-diffusion.yaml").resources.gpus
-    assert {gpu for inventory in regions.values() for gpu in inventory} == set(gpus)
+    on_demand = {gpu for inventory in regions.values() for gpu in inventory if gpu != "spot"}
+    assert on_demand == set(gpus)
+    assert {gpu for inventory in regions.values() for gpu in inventory["spot"]} <= set(gpus)
 
 
 def test_defaults_fill_a_minimal_spec() -> None:
@@ -84,7 +86,7 @@ def test_defaults_fill_a_minimal_spec() -> None:
         args=(),
         model="tiny",
     )
-    assert spec.resources == ResourcesSpec(gpus=("nvidia-l4",), gpu_count=1, spot=False)
+    assert spec.resources == ResourcesSpec(gpus=("nvidia-l4",), gpu_count=1, spot="never", on_demand_base=0)
     assert spec.regions == RegionsSpec(allow=("*",), deny=(), min_regions=1)
     assert spec.replicas == ReplicasSpec(per_region=1, min=1, max=8)
     assert spec.placement == PlacementSpec(
@@ -307,6 +309,7 @@ names = st.from_regex(r"[a-z]([-a-z0-9]{0,38}[a-z0-9])?", fullmatch=True)
 gpu_names = st.from_regex(r"[a-z0-9-]{1,24}", fullmatch=True)
 patterns = st.from_regex(r"[a-z0-9*?-]{1,16}", fullmatch=True)
 seconds = st.one_of(st.integers(1, 10**6), st.floats(1e-3, 1e6))
+spot_choices = st.sampled_from(["never", "prefer", "only", True, False])
 
 
 def some_of(draw: st.DrawFn, fields: dict[str, Any]) -> dict[str, Any]:
@@ -320,7 +323,7 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
         "name": draw(names),
         "resources": {
             "gpus": draw(st.lists(gpu_names, min_size=1, max_size=5, unique=True)),
-            **some_of(draw, {"gpu_count": draw(st.integers(1, 16)), "spot": draw(st.booleans())}),
+            **some_of(draw, {"gpu_count": draw(st.integers(1, 16)), "spot": draw(spot_choices)}),
         },
     }
     app = {
@@ -338,6 +341,8 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
         allow, deny = draw(st.lists(patterns, min_size=1, max_size=3)), draw(st.lists(patterns, max_size=3))
         data["regions"] = {"allow": allow, "deny": deny, "min_regions": min_regions}
         data["replicas"] = {"per_region": per_region, "min": least, "max": most}
+    if draw(st.booleans()):  # at most replicas.max (8 when not drawn)
+        data["resources"]["on_demand_base"] = draw(st.integers(0, data.get("replicas", {}).get("max", 8)))
     if draw(st.booleans()):
         ttl = draw(seconds)
         data["placement"] = {
@@ -358,6 +363,52 @@ def test_valid_specs_round_trip(data: dict[str, Any]) -> None:
     stored = json.loads(json.dumps(spec_to_dict(spec)))
     assert parse_spec(stored) == spec
     assert spec_to_dict(parse_spec(stored)) == stored
+
+
+SPOT_WORDS = {"never": "never", "prefer": "prefer", "only": "only", True: "only", False: "never"}
+
+
+@given(spot_choices)
+def test_spot_is_a_choice_and_the_old_booleans_keep_their_meaning(choice: str | bool) -> None:
+    spec = parse_spec(edited(resources__spot=choice))
+    assert spec.resources.spot == SPOT_WORDS[choice]
+    assert spec.resources.launch_capacity == ("spot" if SPOT_WORDS[choice] == "only" else "on-demand")
+    assert spec_to_dict(spec)["resources"]["spot"] == SPOT_WORDS[choice], "stored as the word, which reads back"
+    assert parse_spec(spec_to_dict(spec)) == spec
+
+
+@given(st.one_of(st.text(max_size=12), st.integers(), st.floats(), st.none(), st.lists(st.booleans(), max_size=2)))
+def test_spot_refuses_anything_but_the_three_words_and_booleans(value: object) -> None:
+    if value in ("never", "prefer", "only"):
+        return
+    with pytest.raises(SpecError) as caught:
+        parse_spec(edited(resources__spot=value))
+    assert "resources.spot: input should be 'never', 'prefer' or 'only'" in str(caught.value)
+    assert "true means only" in str(caught.value)
+
+
+@given(st.integers(1, 40), st.integers(0, 60))
+def test_on_demand_base_is_at_most_replicas_max(most: int, base: int) -> None:
+    data = edited(resources__on_demand_base=base, replicas__max=most)
+    if base <= most:
+        assert parse_spec(data).resources.on_demand_base == base
+        return
+    with pytest.raises(SpecError) as caught:
+        parse_spec(data)
+    assert str(caught.value) == (
+        f"spec <spec>: resources.on_demand_base: {base} is above replicas.max ({most}); "
+        f"lower resources.on_demand_base to at most {most} or raise replicas.max to {base}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("base", "fragment"), [(-1, "greater than or equal to 0"), (1.5, "valid integer"), ("2", "valid integer")]
+)
+def test_on_demand_base_must_be_a_whole_number(base: object, fragment: str) -> None:
+    with pytest.raises(
+        SpecError, match=f"resources.on_demand_base: .*{fragment}.*on-demand replicas Spot never replaces"
+    ):
+        parse_spec(edited(resources__on_demand_base=base))
 
 
 json_like = st.recursive(

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from fuzzing import fuzz_settings
-from gpuroam.spec import ServiceSpec, SpecError, _section, load_spec, parse_spec
+from gpuroam.spec import ServiceSpec, SpecError, load_spec, parse_spec
+from gpuroam.spec_problems import section as _section
 
 DEFAULT_EXAMPLES = 150
 FILE_LEVEL = ("invalid YAML", "the file is empty", "the top level must be a mapping", "file not found", "cannot read")

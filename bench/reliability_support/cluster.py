@@ -18,7 +18,7 @@ import httpx
 import yaml
 
 from gpuroam.controller.client import ClientError, ControlPlaneClient
-from gpuroam.providers.local import LocalProvider, free_port, load_sites
+from gpuroam.providers.local import LocalProvider, free_port
 from gpuroam.statedir import ServerInfo
 from postgres_server import PostgresServer
 
@@ -124,7 +124,7 @@ class Cluster:
 
     def worker_pids(self, region: str | None = None, replica: str | None = None) -> dict[str, int]:
         """Replica id -> pid of this cluster's live worker processes, from /proc."""
-        provider = LocalProvider(load_sites(self.regions_file), self.state)
+        provider = LocalProvider.from_file(self.regions_file, self.state)
         return {
             seen.replica_id: int(seen.detail.split()[-1])
             for seen in provider.observe()
@@ -143,6 +143,6 @@ class Cluster:
             os.kill(self.gateway_pid(), signal.SIGKILL)  # only if a kill left one behind
         except (OSError, ValueError, KeyError):
             pass
-        provider = LocalProvider(load_sites(self.regions_file), self.state)
+        provider = LocalProvider.from_file(self.regions_file, self.state)
         for seen in provider.observe():
             provider.terminate(seen.replica_id)

@@ -25,6 +25,13 @@ class ReplicaState(StrEnum):
         return self in (ReplicaState.PROVISIONING, ReplicaState.READY)
 
 
+class Capacity(StrEnum):
+    """What a replica runs on: Spot (cheaper, and reclaimed at any time with about 30 s notice) or on-demand."""
+
+    SPOT = "spot"
+    ON_DEMAND = "on-demand"
+
+
 @dataclass(frozen=True)
 class Replica:
     """One copy of a service in one region on one GPU type.
@@ -45,6 +52,7 @@ class Replica:
     reason: str = ""
     handle: dict[str, Any] = field(default_factory=dict)  # what the provider needs to find it (Launched.details)
     unready_since: float | None = None  # ready, but failing its readiness probe since then
+    capacity: Capacity = Capacity.ON_DEMAND  # chosen at launch, kept for the replica's life
 
 
 @dataclass(frozen=True)

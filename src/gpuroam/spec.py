@@ -1,24 +1,22 @@
 """The service spec a user writes: YAML -> typed, immutable model, with errors that say how to fix.
 
 Every problem names the file, the field path (`resources.gpus[1]`), what is wrong and what to
-write instead. Unknown keys are errors with a close-match suggestion, so a typo never passes
-silently. GPU names are checked for form only: which GPUs exist is the catalog's business.
+write instead (spec_problems.py words them). Unknown keys are errors with a close-match suggestion,
+so a typo never passes silently. GPU names are checked for form only: which GPUs exist is the
+catalog's business.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-import reprlib
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails
 
+from gpuroam.spec_problems import FieldError, problem, section
 from gpuroam.yaml_text import YamlError, parse_yaml
 
 _NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
@@ -35,14 +33,6 @@ class SpecError(ValueError):
         # One line each, whatever a message holds (PyYAML's reader errors span two lines).
         self.problems = tuple(" ".join(line.strip() for line in problem.splitlines()) for problem in problems)
         super().__init__("\n".join(f"spec {source}: {problem}" for problem in self.problems))
-
-
-class _FieldError(ValueError):
-    """Raised by a validator to blame a field below the one it validates (pydantic cannot)."""
-
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
 
 
 def _gpu_name(value: str) -> str:
@@ -109,12 +99,37 @@ class AppSpec(_Section):
         return path
 
 
+# Where replicas may run: on-demand only, Spot first with on-demand as the fallback, or Spot only.
+SpotChoice = Literal["never", "prefer", "only"]
+
+
 class ResourcesSpec(_Section):
     """The GPUs a replica needs, in order of preference: placement falls back down the list."""
 
     gpus: _GpuNames = Field(description="GPU types, most preferred first, e.g. [nvidia-l4, nvidia-tesla-t4]")
     gpu_count: int = Field(default=1, ge=1, le=16, description="GPUs per replica, an integer 1..16")
-    spot: bool = Field(default=False, description="true or false: use Spot capacity on clusters")
+    spot: SpotChoice = Field(
+        default="never",
+        description="never (on-demand only), prefer (Spot where it can be had, on-demand otherwise) or only (Spot "
+        "and no fallback); true means only (a Spot node selector, as true always did) and false means never",
+    )
+    on_demand_base: int = Field(
+        default=0, ge=0, description="an integer >= 0, at most replicas.max: on-demand replicas Spot never replaces"
+    )
+
+    @field_validator("spot", mode="before")
+    @classmethod
+    def _spot_from_bool(cls, value: object) -> object:
+        """Specs written before the choice said `spot: true` (Spot, no fallback) or `spot: false`."""
+        if isinstance(value, bool):
+            return "only" if value else "never"
+        return value
+
+    @property
+    def launch_capacity(self) -> Literal["spot", "on-demand"]:
+        """What a replica runs on until placement chooses per replica: Spot for `only` (what `true` always
+        meant), on-demand otherwise, so `prefer` runs on demand for now (records.Capacity's values)."""
+        return "spot" if self.spot == "only" else "on-demand"
 
     @field_validator("gpus")
     @classmethod
@@ -123,7 +138,7 @@ class ResourcesSpec(_Section):
             raise ValueError("no GPU types listed; list at least one in order of preference, e.g. [nvidia-l4]")
         for i, gpu in enumerate(gpus):
             if gpu in gpus[:i]:
-                raise _FieldError((i,), f"{gpu!r} is already at [{gpus.index(gpu)}]; list each GPU type once")
+                raise FieldError((i,), f"{gpu!r} is already at [{gpus.index(gpu)}]; list each GPU type once")
         return gpus
 
 
@@ -157,7 +172,7 @@ class ReplicasSpec(_Section):
     def _ordered(self) -> ReplicasSpec:
         if self.max < self.min:
             fix = f"raise replicas.max to at least {self.min} or lower replicas.min"
-            raise _FieldError(("max",), f"max ({self.max}) is below min ({self.min}); {fix}")
+            raise FieldError(("max",), f"max ({self.max}) is below min ({self.min}); {fix}")
         return self
 
 
@@ -183,7 +198,7 @@ class PlacementSpec(_Section):
     def _capped_above_first(self) -> PlacementSpec:
         if self.block_max_s < self.block_ttl_s:
             fix = f"raise placement.block_max_s to at least {self.block_ttl_s:g} or lower placement.block_ttl_s"
-            raise _FieldError(("block_max_s",), f"{self.block_max_s:g} is below block_ttl_s; {fix}")
+            raise FieldError(("block_max_s",), f"{self.block_max_s:g} is below block_ttl_s; {fix}")
         return self
 
 
@@ -316,7 +331,7 @@ class ServiceSpec(_Section):
         """A section with nothing under it (every key commented out) means its defaults."""
         if not isinstance(data, dict):
             return data
-        return {key: {} if value is None and _section(cls, key) else value for key, value in data.items()}
+        return {key: {} if value is None and section(cls, key) else value for key, value in data.items()}
 
     @field_validator("name")
     @classmethod
@@ -334,14 +349,22 @@ class ServiceSpec(_Section):
         if regions * per_region > most:
             what = f"{most} is below regions.min_regions ({regions}) x replicas.per_region ({per_region})"
             fix = f"raise replicas.max to at least {regions * per_region}, or lower min_regions or per_region"
-            raise _FieldError(("replicas", "max"), f"{what}; {fix}")
+            raise FieldError(("replicas", "max"), f"{what}; {fix}")
+        return self
+
+    @model_validator(mode="after")
+    def _base_within_max(self) -> ServiceSpec:
+        base, most = self.resources.on_demand_base, self.replicas.max
+        if base > most:
+            fix = f"lower resources.on_demand_base to at most {most} or raise replicas.max to {base}"
+            raise FieldError(("resources", "on_demand_base"), f"{base} is above replicas.max ({most}); {fix}")
         return self
 
     @model_validator(mode="after")
     def _zero_needs_autoscale(self) -> ServiceSpec:
         if self.replicas.min == 0 and self.autoscale is None:
             fix = "add an autoscale: section (it wakes the service on the first request) or raise replicas.min to 1"
-            raise _FieldError(("replicas", "min"), f"0 means sleep when idle; {fix}")
+            raise FieldError(("replicas", "min"), f"0 means sleep when idle; {fix}")
         return self
 
     def region_allowed(self, region: str) -> bool:
@@ -351,83 +374,6 @@ class ServiceSpec(_Section):
         """0 for the most preferred GPU type; None for one the spec does not name."""
         gpus = self.resources.gpus
         return gpus.index(gpu) if gpu in gpus else None
-
-
-def _section(model: type[BaseModel], key: object) -> type[BaseModel] | None:
-    """The section model under `key`, if `key` names one."""
-    field = model.model_fields.get(key) if isinstance(key, str) else None
-    kinds = (field.annotation, *get_args(field.annotation)) if field else ()  # an optional section too
-    return next((kind for kind in kinds if isinstance(kind, type) and issubclass(kind, BaseModel)), None)
-
-
-def _model_at(loc: tuple[str | int, ...]) -> type[BaseModel] | None:
-    model: type[BaseModel] | None = ServiceSpec
-    for part in loc:
-        model = _section(model, part) if model else None
-    return model
-
-
-def _field_at(loc: tuple[str | int, ...]) -> FieldInfo | None:
-    while loc and isinstance(loc[-1], int):  # an item's hint is its list's
-        loc = loc[:-1]
-    model = _model_at(loc[:-1]) if loc else None
-    return model.model_fields.get(str(loc[-1])) if model else None
-
-
-def _path(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
-    return out
-
-
-def _short_repr() -> reprlib.Repr:
-    shown = reprlib.Repr()
-    shown.maxlevel, shown.maxstring, shown.maxother = 3, 40, 40
-    shown.maxlist = shown.maxtuple = shown.maxdict = shown.maxset = shown.maxfrozenset = 4
-    return shown
-
-
-_SHORT = _short_repr()
-
-
-def _show(value: object) -> str:
-    """A short repr of what the user wrote. Bounded in depth and breadth: a YAML alias bomb or a list
-    nested thousands deep is shown as `[[[...]]]`, not expanded (which would hang or recurse)."""
-    if isinstance(value, int) and value.bit_length() > 192:  # repr() refuses ints past 4300 digits
-        text = f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
-    elif isinstance(value, str | int | float | bool | None):
-        text = repr(value)
-    else:
-        text = _SHORT.repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _problem(error: ErrorDetails) -> str:
-    """One pydantic error as `path: what; fix`."""
-    loc, kind = tuple(error["loc"]), error["type"]
-    if kind == "value_error":
-        cause = error.get("ctx", {}).get("error")
-        if isinstance(cause, _FieldError):
-            loc += cause.loc
-        return f"{_path(loc) or '(top level)'}: {cause}"
-    where = _path(loc[:-1]) or "(top level)"
-    if kind == "extra_forbidden":
-        model = _model_at(loc[:-1])
-        valid = list(model.model_fields) if model else []
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        fix = f"did you mean {close[0]!r}?" if close else f"valid fields there: {', '.join(valid)}"
-        return f"unknown field {loc[-1]!r} under {where}; {fix}"
-    if kind == "invalid_key":
-        return f"{where}: key {_show(error['input'])} is not text; field names are words, e.g. 'name'"
-    field = _field_at(loc)
-    expected = f"; expected {field.description}" if field and field.description else ""
-    if kind == "missing":
-        return f"{_path(loc)}: required field is missing{expected}"
-    if kind == "model_type":
-        return f"{_path(loc)}: must be a mapping of fields (got {_show(error['input'])}){expected}"
-    msg = error["msg"].replace("a valid tuple", "a list")
-    return f"{_path(loc)}: {msg[:1].lower()}{msg[1:]} (got {_show(error['input'])}){expected}"
 
 
 def region_matches(region: str, allow: Iterable[str], deny: Iterable[str]) -> bool:
@@ -444,7 +390,7 @@ def parse_spec(data: object, source: str = "<spec>") -> ServiceSpec:
     try:
         return ServiceSpec.model_validate(data)
     except ValidationError as exc:
-        raise SpecError(source, [_problem(error) for error in exc.errors()]) from None
+        raise SpecError(source, [problem(error, ServiceSpec) for error in exc.errors()]) from None
 
 
 def load_spec(path: str | Path) -> ServiceSpec:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -104,6 +106,27 @@ def test_bundled_gpu_types_and_prices() -> None:
         assert CATALOG.price(region, gpu) == expected
 
 
+def test_bundled_spot_prices_are_derived_at_the_low_end_of_the_references_discount() -> None:
+    # The reference (elasticity.md) gives only "60-91% below on-demand" and no per-region list: every
+    # bundled Spot price is 60% below its on-demand one, said so, dated, and marked uncertain.
+    terms = CATALOG.spot
+    assert (terms.discount, terms.price_uncertain, terms.as_of) == (0.6, True, date(2026, 12, 7))
+    assert "assumed, not quoted" in terms.source
+    assert "60-91%" in terms.source
+    assert "elasticity.md" in terms.source
+    for (region, gpu), offer in CATALOG.offers.items():
+        assert not offer.spot_quoted
+        assert offer.spot_price == CATALOG.spot_price(region, gpu) == pytest.approx(offer.price * 0.4)
+        assert 0.09 * offer.price <= offer.spot_price <= 0.4 * offer.price + 1e-9, "within 60-91% below"
+    assert CATALOG.spot_price("us-central1", "nvidia-l4") == 0.224
+    assert CATALOG.spot_price("europe-west4", "nvidia-tesla-t4") == 0.147
+
+
+def test_a_spot_price_of_a_pair_not_offered_says_which_regions_offer_it() -> None:
+    with pytest.raises(KeyError, match="does not offer 'nvidia-l4'.*'us-central1'"):
+        CATALOG.spot_price("us-west2", "nvidia-l4")
+
+
 def test_bundled_catalog_is_cached() -> None:
     assert load_catalog() is CATALOG
 
@@ -191,6 +214,66 @@ regions:
     assert load_catalog().price("us-central1", "nvidia-l4") == 0.56
 
 
+def test_user_file_quotes_spot_prices_with_their_source_and_date(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+spot: {source: "my billing export", as_of: 2026-12-01, price_uncertain: false}
+regions:
+  us-central1: {spot: {nvidia-l4: 0.2, nvidia-h100-80gb: false}}
+  local-a: {city: Here, lat: 52.0, lon: 5.0, continent: europe, gpus: {nvidia-l4: 0.6}, spot: {nvidia-l4: 0.15}}
+""",
+    )
+    catalog = load_catalog(path)
+    assert (catalog.spot.source, catalog.spot.as_of, catalog.spot.price_uncertain) == (
+        "my billing export",
+        date(2026, 12, 1),
+        False,
+    )
+    assert catalog.spot.discount == 0.6, "the bundled discount stays unless the file changes it"
+    assert (catalog.spot_price("us-central1", "nvidia-l4"), catalog.offers["us-central1", "nvidia-l4"].spot_quoted) == (
+        0.2,
+        True,
+    )
+    assert catalog.price("us-central1", "nvidia-l4") == 0.56, "on-demand prices stay"
+    assert catalog.spot_price("local-a", "nvidia-l4") == 0.15
+    assert catalog.spot_price("us-central1", "nvidia-tesla-t4") == 0.14, "derived where none is quoted"
+    with pytest.raises(KeyError, match=r"no Spot price for 'nvidia-h100-80gb' in 'us-central1' \(its regions entry"):
+        catalog.spot_price("us-central1", "nvidia-h100-80gb")
+    assert catalog.price("us-central1", "nvidia-h100-80gb") == 11.0, "still offered on demand"
+
+
+def test_without_a_discount_only_quoted_spot_prices_exist(tmp_path: Path) -> None:
+    catalog = load_catalog(write(tmp_path, "spot: {discount: null}\nregions: {europe-west4: {spot: {nvidia-l4: 0.3}}}"))
+    assert catalog.spot_price("europe-west4", "nvidia-l4") == 0.3
+    with pytest.raises(KeyError) as raised:
+        catalog.spot_price("europe-west4", "nvidia-tesla-t4")
+    assert "none is quoted and spot.discount is unset" in str(raised.value)
+    assert "regions: {europe-west4: {spot: {nvidia-tesla-t4: PRICE}}}" in str(raised.value)
+
+
+@given(
+    st.floats(0, 0.99),
+    st.dictionaries(st.sampled_from(list(GPUS)), st.floats(0, 20).map(lambda p: round(p, 4)), max_size=5),
+)
+def test_spot_prices_are_quoted_else_the_discount_below_on_demand(discount: float, quoted: dict[str, float]) -> None:
+    offered = {o.gpu for o in CATALOG.offers_in("us-central1")}
+    text = f"spot: {{discount: {discount:.6f}}}\nregions: {{us-central1: {{spot: {quoted!r}}}}}"
+    catalog = load_catalog(_user_file(text))
+    for gpu in offered:
+        price, spot = catalog.price("us-central1", gpu), catalog.spot_price("us-central1", gpu)
+        assert spot == (quoted[gpu] if gpu in quoted else pytest.approx(price * (1 - round(discount, 6)), abs=1e-4))
+        assert catalog.offers["us-central1", gpu].spot_quoted is (gpu in quoted)
+        if gpu not in quoted:
+            assert spot <= price
+
+
+def _user_file(text: str) -> Path:
+    """A user catalog in a fresh temporary file (hypothesis examples cannot share pytest's tmp_path)."""
+    folder = Path(tempfile.mkdtemp())
+    return write(folder, text)
+
+
 def test_empty_user_file_gives_the_bundled_catalog(tmp_path: Path) -> None:
     assert load_catalog(str(write(tmp_path, ""))) == CATALOG
 
@@ -253,7 +336,27 @@ LOCAL = "city: Here, lat: 52.0, lon: 5.0, continent: europe"
             "add it",
         ),
         ("gpus: {1: {speed: 1}}", "gpus entry 1", "quote it"),
-        ("zones: {}", "unknown section 'zones'", "sections are gpus, regions"),
+        ("spot: {discount: 1.0}", "section 'spot' has discount 1.0", "fraction below on-demand, 0 to under 1"),
+        ("spot: {discount: -0.1}", "section 'spot' has discount -0.1", "or null"),
+        ("spot: {as_of: yesterday}", "section 'spot' has as_of 'yesterday'", "e.g. 2026-12-07"),
+        ("spot: {as_of: 2026-12-07 10:00:00}", "section 'spot' has as_of", "the date the Spot prices hold for"),
+        ("spot: {source: ''}", "section 'spot' has source ''", "where the Spot prices come from"),
+        ("spot: {price_uncertain: 1}", "section 'spot' has price_uncertain 1", "true or false"),
+        ("spot: {discout: 0.7}", "section 'spot' has unknown field 'discout'", "fields are source, as_of"),
+        ("spot: [0.6]", "section 'spot' must be a mapping", "names to entries"),
+        (
+            "regions: {us-west2: {spot: {nvidia-l4: 0.2}}}",
+            "region 'us-west2' has a Spot price for 'nvidia-l4', which it does not offer",
+            "add it to its gpus first",
+        ),
+        (
+            "regions: {us-central1: {spot: {nvidia-l4: -1}}}",
+            "region 'us-central1' has Spot price -1 for nvidia-l4",
+            "or false: not offered as Spot",
+        ),
+        ("regions: {us-central1: {spot: {nvidia-l4: true}}}", "has Spot price True for nvidia-l4", ">= 0"),
+        ("regions: {us-central1: {spot: [nvidia-l4]}}", "region 'us-central1' has spot ['nvidia-l4']", "a mapping"),
+        ("zones: {}", "unknown section 'zones'", "sections are gpus, regions, spot"),
         ("- a list", "the top level must be a mapping", "gpus, regions"),
         ("regions: {local-a: [", "not valid YAML", "fix the syntax"),
     ],

@@ -88,3 +88,36 @@ def test_the_metrics_router_alone_shows_what_each_service_wants_has_and_costs(st
     assert 'gpuroam_service_ready_replicas{gpu="nvidia-l4",region="us-central1",service="stable-diffusion"} 1.0' in text
     price = load_catalog().price("us-central1", "nvidia-l4")
     assert f'gpuroam_service_cost_dollars_per_hour{{service="stable-diffusion"}} {2 * price}' in text, "two live L4s"
+
+
+def test_status_gives_each_replica_its_capacity_and_price_and_keeps_every_key(store: Store) -> None:
+    from gpuroam.records import Capacity, Replica, ReplicaState
+
+    catalog = load_catalog()
+    spec = spec_to_dict(load_spec("examples/stable-diffusion.yaml"))
+    spec["resources"]["gpu_count"] = 2
+    store.put_service("stable-diffusion", spec, 1.0)
+    rows = [
+        ("od", "us-central1", "nvidia-l4", Capacity.ON_DEMAND),
+        ("sp", "europe-west4", "nvidia-tesla-t4", Capacity.SPOT),
+        ("nowhere", "local-x", "nvidia-l4", Capacity.ON_DEMAND),  # a site the catalog does not know
+    ]
+    for id, region, gpu, capacity in rows:
+        store.add_replica(Replica(id, "stable-diffusion", region, gpu, ReplicaState.READY, 1.0, 1.0, capacity=capacity))
+    client = bare(services, store)
+    replicas = {r["id"]: r for r in client.get("/api/v1/status").json()["services"][0]["replicas"]}
+    kept = {"id", "region", "gpu", "state", "url", "reason", "age_s", "ready_at"}  # what users rely on
+    assert all(kept | {"capacity", "price_per_hour"} <= set(r) for r in replicas.values())
+    assert (replicas["od"]["capacity"], replicas["od"]["price_per_hour"]) == (
+        "on-demand",
+        2 * catalog.price("us-central1", "nvidia-l4"),
+    )
+    assert (replicas["sp"]["capacity"], replicas["sp"]["price_per_hour"]) == (
+        "spot",
+        2 * catalog.spot_price("europe-west4", "nvidia-tesla-t4"),
+    )
+    assert replicas["nowhere"]["price_per_hour"] is None, "no price known is said, not made up"
+    service = client.get("/api/v1/status").json()["services"][0]
+    assert service["cost_per_hour"] == round(replicas["od"]["price_per_hour"] + replicas["sp"]["price_per_hour"], 4)
+    listed = {r["id"]: (r["capacity"], r["price_per_hour"]) for r in client.get("/api/v1/replicas").json()}
+    assert listed == {id: (r["capacity"], r["price_per_hour"]) for id, r in replicas.items()}

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine
 
 from gpuroam.autoscale import Scale
 from gpuroam.controller.store import Store, StoreError
-from gpuroam.records import Block, Event, EventKind, Replica, ReplicaState
+from gpuroam.records import Block, Capacity, Event, EventKind, Replica, ReplicaState
 
 T = 1764201234.123456  # a timestamp that must come back to the microsecond (exactly, in fact)
 SPEC = {"name": "sd", "replicas": {"min": 2}, "placement": {"block_ttl_s": 1.5}, "regions": {"allow": ["a", "b"]}}
@@ -397,6 +397,33 @@ def test_a_store_written_before_the_timer_columns_is_brought_up_to_date(tmp_path
         assert store.get_service("sd").last_loss_at == T + 1  # type: ignore[union-attr]
         assert (updated.unready_since, updated.service) == (T + 2, "sd")
         assert store.get_scale("sd") is None
+    finally:
+        store.close()
+
+
+def test_a_replica_keeps_its_capacity_and_is_on_demand_unless_said(store: Store) -> None:
+    store.add_replica(replica("r1"))
+    store.add_replica(replica("r2", capacity=Capacity.SPOT))
+    assert [(r.id, r.capacity) for r in store.list_replicas()] == [("r1", Capacity.ON_DEMAND), ("r2", Capacity.SPOT)]
+    updated = store.update_replica("r2", T + 1, state=ReplicaState.READY)
+    assert updated.capacity is Capacity.SPOT, "chosen at launch, kept"
+    with pytest.raises(TypeError, match="cannot change \\['capacity'\\]"):
+        store.update_replica("r2", T + 2, capacity=Capacity.ON_DEMAND)
+
+
+def test_a_store_written_before_spot_reads_its_replicas_as_on_demand(store_url: str) -> None:
+    """An older gpuroam's replicas table (no capacity column), on SQLite and PostgreSQL: its replicas were all
+    on demand, and new ones keep their capacity."""
+    old = Store.open(store_url)
+    old.add_replica(replica("r1", state=ReplicaState.READY))
+    with old.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE replicas DROP COLUMN capacity")
+    old.close()
+    store = Store.open(store_url)
+    try:
+        assert store.get_replica("r1") == replica("r1", state=ReplicaState.READY, capacity=Capacity.ON_DEMAND)
+        store.add_replica(replica("r2", capacity=Capacity.SPOT))
+        assert store.get_replica("r2").capacity is Capacity.SPOT  # type: ignore[union-attr]
     finally:
         store.close()
 

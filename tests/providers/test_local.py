@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,9 @@ import httpx
 import pytest
 
 from gpuroam.providers.base import CapacityError, ObservedState
-from gpuroam.providers.local import LocalProvider, LocalSitesError, load_sites
+from gpuroam.providers.local import LocalProvider, LocalSitesError, Sites, load_sites
 from gpuroam.providers.local.workers import scan_workers
-from gpuroam.records import Replica, ReplicaState
+from gpuroam.records import Capacity, Replica, ReplicaState
 from gpuroam.spec import ServiceSpec, parse_spec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "local-regions.yaml"
@@ -29,8 +28,14 @@ def app_spec(model: str = "tiny", args: tuple[str, ...] = ()) -> ServiceSpec:
     return parse_spec({"name": "sd", "app": {"model": model, "args": list(args)}, "resources": {"gpus": ["nvidia-l4"]}})
 
 
-def replica(replica_id: str, region: str = "us-central1", gpu: str = "nvidia-l4", service: str = "sd") -> Replica:
-    return Replica(replica_id, service, region, gpu, ReplicaState.PROVISIONING, created_at=0.0, updated_at=0.0)
+def replica(
+    replica_id: str,
+    region: str = "us-central1",
+    gpu: str = "nvidia-l4",
+    service: str = "sd",
+    capacity: Capacity = Capacity.ON_DEMAND,
+) -> Replica:
+    return Replica(replica_id, service, region, gpu, ReplicaState.PROVISIONING, 0.0, 0.0, capacity=capacity)
 
 
 def clean_up(provider: LocalProvider) -> None:
@@ -56,11 +61,24 @@ def ids(provider: LocalProvider) -> set[str]:
 
 
 def test_load_sites_reads_the_example() -> None:
-    assert load_sites(EXAMPLE) == {
-        "us-central1": {"nvidia-l4": 1, "nvidia-tesla-t4": 2},
-        "europe-west4": {"nvidia-l4": 1, "nvidia-tesla-t4": 1},
-        "asia-southeast1": {"nvidia-tesla-t4": 1, "nvidia-tesla-a100": 1},
-    }
+    assert load_sites(EXAMPLE) == Sites(
+        on_demand={
+            "us-central1": {"nvidia-l4": 1, "nvidia-tesla-t4": 2},
+            "europe-west4": {"nvidia-l4": 1, "nvidia-tesla-t4": 1},
+            "asia-southeast1": {"nvidia-tesla-t4": 1, "nvidia-tesla-a100": 1},
+        },
+        spot={
+            "us-central1": {"nvidia-l4": 2},
+            "europe-west4": {"nvidia-l4": 1, "nvidia-tesla-t4": 1},
+            "asia-southeast1": {"nvidia-tesla-t4": 1},
+        },
+    )
+
+
+def test_load_sites_reads_a_file_from_before_spot_and_a_site_with_spot_gpus_only(tmp_path: Path) -> None:
+    path = tmp_path / "sites.yaml"
+    path.write_text("regions:\n  us: {l4: 1}\n  eu: {spot: {l4: 2}}\n")
+    assert load_sites(path) == Sites(on_demand={"us": {"l4": 1}, "eu": {}}, spot={"eu": {"l4": 2}})
 
 
 @pytest.mark.parametrize(
@@ -75,6 +93,9 @@ def test_load_sites_reads_the_example() -> None:
         ("", "expected a mapping with a 'regions' key"),
         ("regions: {us: []}\n", "regions.us must map GPU types to counts"),
         ("regions: {us: [\n", "not valid YAML"),
+        ("regions: {us: {l4: 1, spot: 2}}\n", "regions.us.spot must map GPU types to Spot counts, e.g. {nvidia-l4: 2}"),
+        ("regions: {us: {l4: 1, spot: {}}}\n", "regions.us.spot must map GPU types to Spot counts"),
+        ("regions: {us: {spot: {l4: -2}}}\n", "regions.us.spot.l4 is -2; write a whole number of replicas, 0 or more"),
     ],
 )
 def test_load_sites_errors_name_the_file_the_entry_and_the_fix(tmp_path: Path, text: str, expected: str) -> None:
@@ -166,15 +187,6 @@ def test_an_orphan_spawned_without_bookkeeping_is_observed_and_terminated(real: 
 
 
 # -- bookkeeping with fake workers ---------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_python(tmp_path: Path) -> str:
-    """Starts in milliseconds and never answers; a shebang keeps the `-m gpuroam worker ...` command line."""
-    script = tmp_path / "fake-python"
-    script.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(120)\n")
-    script.chmod(0o755)
-    return str(script)
 
 
 @pytest.fixture
@@ -297,3 +309,56 @@ def test_two_threads_reaping_the_same_exited_child_is_no_error(tmp_path: Path) -
 
     provider._children[4242] = ReapedMeanwhile()  # type: ignore[assignment]
     assert provider.regions() and provider._children == {}
+
+
+# -- Spot and on-demand slots ----------------------------------------------------------------------------
+
+SPOT = {"us-central1": {"nvidia-l4": 1}, "europe-west4": {"nvidia-tesla-t4": 2}}
+
+
+@pytest.fixture
+def spotty(tmp_path: Path, fake_python: str) -> Iterator[LocalProvider]:
+    provider = LocalProvider(SITES, tmp_path / "state", python=fake_python, ready_timeout_s=0.5, spot=SPOT)
+    try:
+        yield provider
+    finally:
+        clean_up(provider)
+
+
+def test_spot_and_on_demand_slots_are_counted_apart(spotty: LocalProvider) -> None:
+    spotty.launch(replica("od"), app_spec())
+    spotty.launch(replica("sp", capacity=Capacity.SPOT), app_spec())
+    assert {w.replica_id: w.capacity for w in scan_workers(spotty.marker)} == {
+        "od": Capacity.ON_DEMAND,
+        "sp": Capacity.SPOT,
+    }, "the capacity is found again in the process table"
+    assert spotty.regions()["us-central1"] == {"nvidia-l4": 0, "nvidia-tesla-t4": 1}
+    assert spotty.spot_regions() == {"us-central1": {"nvidia-l4": 0}, "europe-west4": {"nvidia-tesla-t4": 2}}
+    with pytest.raises(CapacityError, match="local site us-central1 has 1 nvidia-l4 as Spot, all in use"):
+        spotty.launch(replica("sp2", capacity=Capacity.SPOT), app_spec())
+    with pytest.raises(CapacityError, match="local site us-central1 has 1 nvidia-l4, all in use"):
+        spotty.launch(replica("od2"), app_spec())
+    with pytest.raises(CapacityError, match="local site europe-west4 has no nvidia-l4 as Spot"):
+        spotty.launch(replica("sp3", "europe-west4", capacity=Capacity.SPOT), app_spec())
+    spotty.terminate("sp")
+    assert spotty.spot_regions()["us-central1"] == {"nvidia-l4": 1}
+    assert spotty.regions()["us-central1"] == {"nvidia-l4": 0, "nvidia-tesla-t4": 1}
+
+
+def test_losing_a_gpu_or_a_region_takes_its_spot_slots_too(spotty: LocalProvider) -> None:
+    spotty.launch(replica("sp", "europe-west4", "nvidia-tesla-t4", capacity=Capacity.SPOT), app_spec())
+    spotty.launch(replica("od", "europe-west4", "nvidia-tesla-t4"), app_spec())
+    assert spotty.fail_gpu("nvidia-tesla-t4", region="europe-west4") == ["od", "sp"]
+    assert spotty.spot_regions()["europe-west4"] == {"nvidia-tesla-t4": 0}
+    assert spotty.fail_region("us-central1") == []
+    assert spotty.spot_regions()["us-central1"] == {"nvidia-l4": 0}
+    spotty.recover()
+    assert spotty.spot_regions() == SPOT
+    with pytest.raises(ValueError, match="no GPU type 'nvidia-a100' in us-central1"):
+        spotty.fail_gpu("nvidia-a100", region="us-central1")
+
+
+def test_without_spot_in_the_sites_a_spot_replica_has_no_capacity(fake: LocalProvider) -> None:
+    assert fake.spot_regions() == {}
+    with pytest.raises(CapacityError, match="local site us-central1 has no nvidia-l4 as Spot"):
+        fake.launch(replica("sp", capacity=Capacity.SPOT), app_spec())

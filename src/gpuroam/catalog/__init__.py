@@ -5,6 +5,6 @@ gcp.yaml, and a user YAML file with the same schema can extend or override it.
 """
 
 from gpuroam.catalog.loader import CatalogError, load_catalog
-from gpuroam.catalog.model import CONTINENTS, Catalog, GpuType, Offer, Region
+from gpuroam.catalog.model import CONTINENTS, Catalog, GpuType, Offer, Region, SpotTerms
 
-__all__ = ["CONTINENTS", "Catalog", "CatalogError", "GpuType", "Offer", "Region", "load_catalog"]
+__all__ = ["CONTINENTS", "Catalog", "CatalogError", "GpuType", "Offer", "Region", "SpotTerms", "load_catalog"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import date, datetime
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -11,12 +12,13 @@ from typing import Any
 
 import yaml
 
-from gpuroam.catalog.model import CONTINENTS, Catalog, GpuType, Offer, Region
+from gpuroam.catalog.model import CONTINENTS, Catalog, GpuType, Offer, Region, SpotTerms
 
 BUNDLED = "gcp.yaml"
-SECTIONS = ("gpus", "regions")
+SECTIONS = ("gpus", "regions", "spot")
 GPU_FIELDS = ("memory_gib", "speed", "price", "counts", "price_uncertain")
-REGION_FIELDS = ("city", "lat", "lon", "continent", "gpus")
+REGION_FIELDS = ("city", "lat", "lon", "continent", "gpus", "spot")
+SPOT_FIELDS = ("source", "as_of", "discount", "price_uncertain")
 
 Data = dict[str, dict[str, Any]]
 
@@ -29,12 +31,13 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     """The bundled GCP catalog, or the bundled one with the user file at `path` merged over it.
 
     Merge rule: `gpus` and `regions` entries are matched by name. A new name adds an entry, which
-    must then be complete. A known name updates the bundled entry: mappings (the entry itself and a
-    region's `gpus`) merge key by key, so a user file gives only what it changes; any other value
-    (a number, a string, `counts`) replaces the bundled one. Hence a user file can add regions, GPU
-    types and offers, and change prices and speeds, but not remove anything; `gpu: null` in a
-    region's `gpus` puts that offer back at the GPU's base price. Errors in an entry the user file
-    touches are reported against the user file.
+    must then be complete. A known name updates the bundled entry: mappings (the entry itself, a
+    region's `gpus` and `spot`, and the `spot` section) merge key by key, so a user file gives only
+    what it changes; any other value (a number, a string, `counts`) replaces the bundled one. Hence
+    a user file can add regions, GPU types and offers, and change prices and speeds, but not remove
+    anything; `gpu: null` in a region's `gpus` puts that offer back at the GPU's base price. A user
+    file with Spot prices of its own says where they come from in `spot: {source, as_of}`. Errors
+    in an entry the user file touches are reported against the user file.
     """
     if path is None:
         return _bundled()
@@ -80,7 +83,7 @@ def _parse(source: str, text: str) -> Data:
         if entries is None:
             entries = {}
         if not isinstance(entries, dict):
-            raise CatalogError(f"catalog {source}: section {section!r} must be a mapping from name to entry")
+            raise CatalogError(f"catalog {source}: section {section!r} must be a mapping of names to entries")
         for name in entries:
             if not isinstance(name, str):
                 raise CatalogError(f"catalog {source}: {section} entry {name!r} must be named by a string; quote it")
@@ -96,23 +99,22 @@ def _merge(base: Any, over: Any) -> Any:
 
 
 def _build(data: Data, source: Callable[[str, str], str]) -> Catalog:
-    """Check every entry (blaming the file `source` names for it) and give each offer its price."""
+    """Check every entry (blaming the file `source` names for it) and give each offer its prices."""
     gpus = {
         name: _gpu(_Entry(source("gpus", name), "GPU", name, entry, GPU_FIELDS)) for name, entry in data["gpus"].items()
     }
+    spot_sources = {source("spot", field) for field in data["spot"]} - {BUNDLED}
+    terms = _spot_terms(_Entry(next(iter(spot_sources), BUNDLED), "section", "spot", data["spot"], SPOT_FIELDS))
     regions: dict[str, Region] = {}
-    prices: dict[str, dict[str, float]] = {}
+    offers: dict[tuple[str, str], Offer] = {}
     for name, entry in data["regions"].items():
-        regions[name], prices[name] = _region(
-            _Entry(source("regions", name), "region", name, entry, REGION_FIELDS), gpus
-        )
-    offers = {
-        (region, gpu): Offer(region, gpu, prices[region][gpu])
-        for region in regions
-        for gpu in gpus
-        if gpu in prices[region]
-    }
-    return Catalog(regions=regions, gpus=gpus, offers=offers)
+        checked = _Entry(source("regions", name), "region", name, entry, REGION_FIELDS)
+        regions[name], prices = _region(checked, gpus)
+        quoted = _quoted_spot_prices(checked, prices)
+        for gpu in (gpu for gpu in gpus if gpu in prices):  # catalog order
+            spot = quoted[gpu] if gpu in quoted else _derived(prices[gpu], terms.discount)
+            offers[(name, gpu)] = Offer(name, gpu, prices[gpu], spot, spot_quoted=quoted.get(gpu) is not None)
+    return Catalog(regions=regions, gpus=gpus, offers=offers, spot=terms)
 
 
 def _gpu(entry: _Entry) -> GpuType:
@@ -169,6 +171,55 @@ def _region(entry: _Entry, gpus: dict[str, GpuType]) -> tuple[Region, dict[str, 
         continent=continent,
     )
     return region, prices
+
+
+def _spot_terms(entry: _Entry) -> SpotTerms:
+    """The `spot` section: where the Spot prices come from, the date they hold for, and the discount."""
+    source = entry.required("source", "source says where the Spot prices come from, as text")
+    if not isinstance(source, str) or not source.strip():
+        raise entry.error(f"has source {source!r}; source says where the Spot prices come from, as text")
+    as_of = entry.required("as_of", "as_of is the date the Spot prices hold for, e.g. 2026-12-07")
+    if isinstance(as_of, str):
+        try:
+            as_of = date.fromisoformat(as_of)
+        except ValueError:
+            pass
+    if not isinstance(as_of, date) or isinstance(as_of, datetime):
+        raise entry.error(f"has as_of {as_of!r}; as_of is the date the Spot prices hold for, e.g. 2026-12-07")
+    discount = entry.fields.get("discount")
+    if discount is not None and not _number_ok(discount, lambda v: 0 <= v < 1):
+        raise entry.error(
+            f"has discount {discount!r}; discount is the fraction below on-demand, 0 to under 1 (0.6: 60% below), "
+            "or null for no Spot price but those a region quotes"
+        )
+    uncertain = entry.fields.get("price_uncertain", False)
+    if not isinstance(uncertain, bool):
+        raise entry.error(f"has price_uncertain {uncertain!r}; write true or false")
+    return SpotTerms(source.strip(), as_of, None if discount is None else float(discount), uncertain)
+
+
+def _quoted_spot_prices(entry: _Entry, prices: dict[str, float]) -> dict[str, float | None]:
+    """A region's `spot`: GPU -> its Spot price quoted there, or None for `false` (not offered as Spot)."""
+    quoted = entry.fields.get("spot", {})
+    if not isinstance(quoted, dict):
+        raise entry.error(
+            f"has spot {quoted!r}; write spot as a mapping of GPU to Spot price, e.g. {{nvidia-l4: 0.22}}"
+        )
+    spot: dict[str, float | None] = {}
+    for gpu, price in quoted.items():
+        if gpu not in prices:
+            raise entry.error(f"has a Spot price for {gpu!r}, which it does not offer; add it to its gpus first")
+        if price is not False and not _number_ok(price, lambda v: v >= 0):
+            raise entry.error(
+                f"has Spot price {price!r} for {gpu}; a Spot price is USD per GPU-hour >= 0, or false: not offered as Spot"
+            )
+        spot[gpu] = None if price is False else float(price)
+    return spot
+
+
+def _derived(price: float, discount: float | None) -> float | None:
+    """The Spot price the discount gives an on-demand price, to 4 decimals as the catalog's prices are."""
+    return None if discount is None else round(price * (1 - discount), 4)
 
 
 def _number_ok(value: object, ok: Callable[[float], bool]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import date
 
 EARTH_RADIUS_KM = 6371.0
 CONTINENTS = ("americas", "europe", "middle-east", "asia", "oceania")
@@ -33,12 +34,27 @@ class Region:
 
 
 @dataclass(frozen=True)
+class SpotTerms:
+    """Where the catalog's Spot prices come from. GCP changes Spot prices at most once a day, so they
+    hold for a date; where no Spot price is quoted for an offer, it is the on-demand price less
+    `discount` (None: no Spot price unless quoted). `price_uncertain` marks them all as estimates."""
+
+    source: str
+    as_of: date
+    discount: float | None
+    price_uncertain: bool
+
+
+@dataclass(frozen=True)
 class Offer:
-    """A region offers a GPU type (no promise of capacity); `price` is USD per GPU-hour there."""
+    """A region offers a GPU type (no promise of capacity); `price` is USD per GPU-hour there on demand,
+    `spot_price` as Spot (None: the catalog has none), quoted by the catalog or derived by SpotTerms."""
 
     region: str
     gpu: str
     price: float
+    spot_price: float | None = None
+    spot_quoted: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,6 +68,7 @@ class Catalog:
     regions: dict[str, Region]
     gpus: dict[str, GpuType]
     offers: dict[tuple[str, str], Offer]
+    spot: SpotTerms
 
     def offers_in(self, region: str) -> list[Offer]:
         """Every GPU type `region` offers, in GPU catalog order."""
@@ -71,6 +88,21 @@ class Catalog:
             self._gpu(gpu)
             raise KeyError(f"region {region!r} does not offer {gpu!r}; regions that do: {self.regions_offering(gpu)}")
         return offer.price
+
+    def spot_price(self, region: str, gpu: str) -> float:
+        """USD per GPU-hour of `gpu` as Spot in `region`; KeyError when the catalog has no Spot price for it."""
+        self.price(region, gpu)  # the offer exists, or say which regions have one
+        spot = self.offers[(region, gpu)].spot_price
+        if spot is None:
+            quote = f"regions: {{{region}: {{spot: {{{gpu}: PRICE}}}}}}"
+            if self.spot.discount is None:
+                why, fix = "none is quoted and spot.discount is unset", f"{quote}, or spot: {{discount: FRACTION}}"
+            else:
+                why, fix = f"its regions entry says spot: {{{gpu}: false}}", quote
+            raise KeyError(
+                f"the catalog has no Spot price for {gpu!r} in {region!r} ({why}); in a --catalog file, {fix}"
+            )
+        return spot
 
     def speed(self, gpu: str) -> float:
         """Relative Stable Diffusion throughput of `gpu` (nvidia-tesla-t4 = 1.0)."""

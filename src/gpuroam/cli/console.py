@@ -52,19 +52,26 @@ def service_table(service: dict[str, Any]) -> Table:
         + (f"\n[dim]{service['reason']}{_since(service)}[/]" if service.get("reason") else "")
     )
     table = Table(title=title, title_justify="left", expand=False)
-    for column in ("replica", "region", "GPU", "state", "URL", "age"):
-        table.add_column(column)
+    for column in ("replica", "region", "GPU", "capacity", "$/hour", "state", "URL", "age"):
+        table.add_column(column, justify="right" if column == "$/hour" else "left")
     for replica in sorted(service["replicas"], key=lambda r: (r["region"], r["id"])):
         style = STATE_STYLES.get(replica["state"], "")
         table.add_row(
             replica["id"],
             replica["region"],
             replica["gpu"],
+            replica.get("capacity", "on-demand"),  # a server from before Spot: all on demand
+            dollars(replica.get("price_per_hour")),
             f"[{style}]{replica['state']}[/]",
             replica["url"] or "",
             age(replica["age_s"]),
         )
     return table
+
+
+def dollars(per_hour: float | None) -> str:
+    """$0.56 for a price, '?' where the catalog has none (a local site it does not know)."""
+    return "?" if per_hour is None else f"${per_hour:.2f}"
 
 
 def event_line(event: dict[str, Any]) -> str:

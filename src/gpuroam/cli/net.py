@@ -41,7 +41,7 @@ def _create(
 
     try:
         sites = load_sites(regions_file)
-        return RegionNetwork.create(state, list(sites), home=home, delays_ms=delays, link=link)
+        return RegionNetwork.create(state, list(sites.on_demand), home=home, delays_ms=delays, link=link)
     except (LocalSitesError, NetworkError) as error:
         die(str(error))
 

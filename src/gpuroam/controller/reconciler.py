@@ -23,7 +23,7 @@ from gpuroam.controller.signals import ServiceSignals, Signals
 from gpuroam.controller.store import Store
 from gpuroam.placement import CapacityView, Demand, Drain, Launch, block_after_failure, plan
 from gpuroam.providers.base import CapacityError, Observed, ObservedState, Provider, ProviderError
-from gpuroam.records import Event, EventKind, Replica, ReplicaState, ServiceRecord
+from gpuroam.records import Capacity, Event, EventKind, Replica, ReplicaState, ServiceRecord
 from gpuroam.spec import ServiceSpec, parse_spec
 
 log = logging.getLogger("gpuroam.controller")
@@ -283,6 +283,7 @@ class Reconciler:
             created_at=now,
             updated_at=now,
             reason=reason,
+            capacity=Capacity(spec.resources.launch_capacity),
         )
         self.store.add_replica(replica)  # the intent, before the act
         kind = EventKind.FAILOVER if reason == "failover" else EventKind.PLACED

@@ -31,7 +31,7 @@ from sqlalchemy.types import JSON, BigInteger, Boolean, Double, Integer, String,
 
 from gpuroam.autoscale import Scale
 from gpuroam.controller.database import READ_ONLY, StoreError, cannot_open, engine_for, parse_url
-from gpuroam.records import ApiKey, Block, Event, EventKind, Replica, ReplicaState, ServiceRecord
+from gpuroam.records import ApiKey, Block, Capacity, Event, EventKind, Replica, ReplicaState, ServiceRecord
 
 __all__ = ["Operations", "Store", "StoreError", "Transaction"]
 
@@ -73,6 +73,7 @@ replicas = Table(
     Column("reason", Text, nullable=False),
     Column("handle", JSON, nullable=False),
     Column("unready_since", Double),  # a ready replica failing its readiness probe since then
+    Column("capacity", String, nullable=False, server_default=Capacity.ON_DEMAND.value),  # spot or on-demand
 )
 
 blocks = Table(
@@ -247,7 +248,8 @@ class Operations(ABC):
         """Record a replica (the intent, before the provider is asked); a taken id is a ValueError
         that leaves a surrounding transaction usable."""
         row = {c.name: getattr(replica, c.name) for c in replicas.columns} | {
-            "state": ReplicaState(replica.state).value
+            "state": ReplicaState(replica.state).value,
+            "capacity": Capacity(replica.capacity).value,
         }
         with self._write() as conn:
             if not self._insert_new(conn, replicas, row):
@@ -416,7 +418,7 @@ class Store(Operations):
 
 
 def _add_missing_columns(engine: Engine) -> None:
-    """Bring a store written by an older gpuroam up to date: columns added since are nullable."""
+    """Bring a store written by an older gpuroam up to date: columns added since are nullable or have a default."""
     with engine.begin() as conn:
         present = {column["name"] for column in inspect(conn).get_columns("services")}
         if "gateway_port" not in present:
@@ -426,8 +428,11 @@ def _add_missing_columns(engine: Engine) -> None:
             conn.exec_driver_sql("ALTER TABLE services ADD COLUMN last_loss_at DOUBLE PRECISION")
         if "scale" not in present:
             conn.exec_driver_sql(f"ALTER TABLE services ADD COLUMN scale {_json_type(engine)}")
-        if "unready_since" not in {column["name"] for column in inspect(conn).get_columns("replicas")}:
+        present = {column["name"] for column in inspect(conn).get_columns("replicas")}
+        if "unready_since" not in present:
             conn.exec_driver_sql("ALTER TABLE replicas ADD COLUMN unready_since DOUBLE PRECISION")
+        if "capacity" not in present:  # every replica before Spot was on demand
+            conn.exec_driver_sql("ALTER TABLE replicas ADD COLUMN capacity VARCHAR NOT NULL DEFAULT 'on-demand'")
 
 
 def _json_type(engine: Engine) -> str:
@@ -441,4 +446,4 @@ def _service(row: Row[Any]) -> ServiceRecord:
 
 
 def _replica(row: Row[Any]) -> Replica:
-    return Replica(**{**row._asdict(), "state": ReplicaState(row.state)})
+    return Replica(**{**row._asdict(), "state": ReplicaState(row.state), "capacity": Capacity(row.capacity)})

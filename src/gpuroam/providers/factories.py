@@ -39,7 +39,7 @@ def local_provider(regions_file: Path, state_dir: Path, network: RegionNetwork |
         raise ValueError(str(error)) from error
 
     def build(_catalog: Catalog, _specs: SpecLookup) -> Provider:
-        return LocalProvider(sites, state_dir, network=network)
+        return LocalProvider(sites.on_demand, state_dir, network=network, spot=sites.spot)
 
     return ProviderChoice("local", build, local_gateway=True)
 

@@ -24,6 +24,7 @@ from gpuroam.providers.kubernetes.names import (
     workload_labels,
     workload_name,
 )
+from gpuroam.records import Capacity
 from gpuroam.spec import ServiceSpec, parse_spec
 
 KUBERNETES_VERSION = "1.35.0"  # a recent release that kubernetes-validate 1.37.0 bundles schemas for
@@ -37,7 +38,7 @@ service_names = st.from_regex(r"\A[a-z]([-a-z0-9]{0,38}[a-z0-9])?\Z")
 gpu_names = st.one_of(st.sampled_from(CATALOG_GPUS), st.from_regex(r"\A[a-z0-9-]{1,90}\Z"))
 
 
-def make_spec(name: str = "stable-diffusion", spot: bool = False, gpu_count: int = 1, **app: Any) -> ServiceSpec:
+def make_spec(name: str = "stable-diffusion", spot: str | bool = False, gpu_count: int = 1, **app: Any) -> ServiceSpec:
     resources = {"gpus": ["nvidia-l4"], "spot": spot, "gpu_count": gpu_count}
     return parse_spec({"name": name, "app": app, "resources": resources, "replicas": {"per_region": 2, "max": 8}})
 
@@ -112,12 +113,26 @@ def test_every_catalog_gpu_has_a_short_name_and_a_pod_size() -> None:
     assert len(set(GPU_SHORT_NAMES.values())) == len(GPU_SHORT_NAMES)
 
 
-@pytest.mark.parametrize("spot", [False, True])
-def test_spot_selector_and_toleration_iff_the_spec_asks_spot(spot: bool) -> None:
-    pod = k8s.deployment(make_spec(spot=spot), "us-central1", "nvidia-l4")["spec"]["template"]["spec"]
-    assert ("cloud.google.com/gke-spot" in pod["nodeSelector"]) is spot
+@pytest.mark.parametrize("capacity", list(Capacity))
+@pytest.mark.parametrize("choice", ["never", "prefer", "only"])
+def test_the_replicas_capacity_decides_spot_selector_toleration_and_grace(choice: str, capacity: Capacity) -> None:
+    """GKE (reference gke.md): Spot pods select `cloud.google.com/gke-spot: "true"` and get at most 25 s of grace.
+    A replica's capacity decides, whatever the spec's choice: placement may put a `prefer` replica either way."""
+    made = k8s.deployment(make_spec(spot=choice), "us-central1", "nvidia-l4", replica="sd-a", capacity=capacity)
+    pod, spot = made["spec"]["template"]["spec"], capacity is Capacity.SPOT
     assert pod["nodeSelector"].get("cloud.google.com/gke-spot") == ("true" if spot else None)
     assert any(t["key"] == "cloud.google.com/gke-spot" for t in pod.get("tolerations", [])) is spot
+    assert pod["terminationGracePeriodSeconds"] == (25 if spot else 60)
+    assert made["metadata"]["labels"]["gpuroam.dev/capacity"] == capacity.value
+    assert made["spec"]["template"]["metadata"]["labels"]["gpuroam.dev/capacity"] == capacity.value
+    assert "gpuroam.dev/capacity" not in made["spec"]["selector"]["matchLabels"], "a selector is immutable: unchanged"
+
+
+@pytest.mark.parametrize(("choice", "spot"), [("never", False), ("prefer", False), ("only", True), (True, True)])
+def test_without_a_replica_the_specs_launch_capacity_decides(choice: str | bool, spot: bool) -> None:
+    """What `render` writes: `only` (and `true`, as before) on Spot; `prefer` on demand until placement knows Spot."""
+    pod = k8s.deployment(make_spec(spot=choice), "us-central1", "nvidia-l4")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"].get("cloud.google.com/gke-spot") == ("true" if spot else None)
     assert pod["terminationGracePeriodSeconds"] <= (25 if spot else 600)
 
 

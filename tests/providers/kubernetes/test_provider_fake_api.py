@@ -7,6 +7,7 @@ the API's JSON: server-side apply in order, idempotence, pod states, autoscaler 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from fake_kube_api import FakeKubernetes
 from gpuroam.catalog import load_catalog
 from gpuroam.providers.base import CapacityError, ObservedState, ProviderError
 from gpuroam.providers.kubernetes.provider import APPLY_PATCH, KubernetesProvider
-from gpuroam.records import Replica, ReplicaState
+from gpuroam.records import Capacity, Replica, ReplicaState
 from gpuroam.spec import load_spec, parse_spec, spec_to_dict
 
 REGIONS = ["us-central1", "europe-west4", "asia-southeast1"]
@@ -234,16 +235,24 @@ def test_fake_api_regions_from_the_catalog_or_a_known_inventory(fake) -> None:  
         provider.launch(replica("europe-west4", suffix="def456"), SPEC)
 
 
-def test_fake_api_the_service_spec_sets_gpu_count_and_spot(fake) -> None:  # type: ignore[no-untyped-def]
+def test_fake_api_the_spec_sets_gpu_count_and_the_replicas_capacity_sets_spot(fake) -> None:  # type: ignore[no-untyped-def]
     data = spec_to_dict(SPEC)
-    data["resources"].update(gpu_count=2, spot=True)
+    data["resources"].update(gpu_count=2, spot="prefer")
     spec = parse_spec(data)
     provider = KubernetesProvider(fake.clients(), catalog=load_catalog())
-    r = replica()
-    provider.launch(r, spec)
-    pod = fake.clusters["us-central1"].objects[("deployments", "gpuroam", r.id)]["spec"]["template"]["spec"]
-    assert pod["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
-    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
+    spot, on_demand = replica(), replica(suffix="def456")
+    provider.launch(replace(spot, capacity=Capacity.SPOT), spec)
+    provider.launch(on_demand, spec)
+    objects = fake.clusters["us-central1"].objects
+    pods = {r.id: objects[("deployments", "gpuroam", r.id)]["spec"]["template"] for r in (spot, on_demand)}
+    assert pods[spot.id]["spec"]["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+    assert pods[spot.id]["spec"]["terminationGracePeriodSeconds"] == 25
+    assert "cloud.google.com/gke-spot" not in pods[on_demand.id]["spec"]["nodeSelector"], "its own Deployment"
+    assert [pods[r.id]["metadata"]["labels"]["gpuroam.dev/capacity"] for r in (spot, on_demand)] == [
+        "spot",
+        "on-demand",
+    ]
+    assert pods[spot.id]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2
 
 
 def test_fake_api_from_kubeconfig_maps_contexts_to_regions(fake, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from gpuroam.records import EventKind, ReplicaState
+from gpuroam.records import Capacity, EventKind, ReplicaState
 
 
 class ReplicaOut(BaseModel):
@@ -21,6 +21,8 @@ class ReplicaOut(BaseModel):
     reason: str
     age_s: float
     ready_at: float | None
+    capacity: Capacity  # spot or on-demand
+    price_per_hour: float | None  # USD per hour of its GPUs at the catalog's price for its capacity; None: none known
 
 
 class ServiceOut(BaseModel):
@@ -29,7 +31,7 @@ class ServiceOut(BaseModel):
     desired: int  # the replica count the autoscaler wants (replicas.min without an autoscale section)
     reason: str  # why: the autoscaler's last decision, with its figures
     desired_since: float  # when `desired` last changed (Unix seconds)
-    cost_per_hour: float  # USD per hour of the live replicas' GPUs (catalog on-demand prices)
+    cost_per_hour: float  # USD per hour of the live replicas' GPUs (each at its price_per_hour; unknown ones 0)
     deleted: bool
     pinned_regions: list[str]
     generation: int

@@ -16,7 +16,7 @@ from gpuroam.controller.api.models import DeletedOut, ReplicaOut, ServiceOut, St
 from gpuroam.controller.key_sources import KeySourceError
 from gpuroam.controller.signals import serves_tls
 from gpuroam.controller.store import Store
-from gpuroam.records import Event, EventKind, Replica, ReplicaState, ServiceRecord
+from gpuroam.records import Capacity, Event, EventKind, Replica, ReplicaState, ServiceRecord
 from gpuroam.spec import ServiceSpec, SpecError, parse_spec, spec_to_dict
 from gpuroam.tls import TlsError, server_context
 
@@ -29,7 +29,7 @@ class RegionRequest(BaseModel):
     region: str = Field(min_length=1, max_length=63)  # a cloud region name; longer is no region (and not echoed)
 
 
-def replica_view(replica: Replica, now: float) -> ReplicaOut:
+def replica_view(replica: Replica, now: float, catalog: Catalog, gpus_per_replica: int) -> ReplicaOut:
     return ReplicaOut(
         id=replica.id,
         region=replica.region,
@@ -39,6 +39,8 @@ def replica_view(replica: Replica, now: float) -> ReplicaOut:
         reason=replica.reason,
         age_s=round(now - replica.created_at, 1),
         ready_at=replica.ready_at,
+        capacity=replica.capacity,
+        price_per_hour=price_per_hour(catalog, replica, gpus_per_replica),
     )
 
 
@@ -65,7 +67,7 @@ def service_view(context: ApiContext, record: ServiceRecord, now: float) -> Serv
         deleted=record.deleted,
         pinned_regions=list(record.pinned_regions),
         generation=record.generation,
-        replicas=[replica_view(r, now) for r in replicas],
+        replicas=[replica_view(r, now, context.catalog, gpu_count(record)) for r in replicas],
         spec=record.spec,
     )
 
@@ -88,10 +90,19 @@ def gpu_count(record: ServiceRecord) -> int:
     return count if isinstance(count, int) and count > 0 else 1
 
 
+def price_per_hour(catalog: Catalog, replica: Replica, gpus_per_replica: int) -> float | None:
+    """USD per hour of the replica's GPUs at the catalog's price in its region for its capacity (Spot or
+    on-demand); None where the catalog has no such price (a local site it does not know, say)."""
+    lookup = catalog.spot_price if replica.capacity is Capacity.SPOT else catalog.price
+    try:
+        return round(lookup(replica.region, replica.gpu) * gpus_per_replica, 4)
+    except KeyError:
+        return None
+
+
 def cost_per_hour(catalog: Catalog, gpus_per_replica: int, replicas: Sequence[Replica]) -> float:
-    """USD per hour of the live replicas' GPUs at the catalog's on-demand prices (0 for a pair it lacks)."""
-    live = [r for r in replicas if r.state.live and (r.region, r.gpu) in catalog.offers]
-    return sum(catalog.price(r.region, r.gpu) * gpus_per_replica for r in live)
+    """USD per hour of the live replicas' GPUs, each at its price_per_hour (0 for one without a price)."""
+    return sum(price_per_hour(catalog, r, gpus_per_replica) or 0.0 for r in replicas if r.state.live)
 
 
 def check_endpoint_files(spec: ServiceSpec, context: ApiContext) -> None:
@@ -200,4 +211,9 @@ def replicas(context: Context, service: str | None = None) -> list[ReplicaOut]:
     check_filter(service)
     now = time.time()
     live = context.store.list_replicas(service=service)
-    return [replica_view(r, now) for r in live if r.state is not ReplicaState.TERMINATED]
+    gpus = {record.name: gpu_count(record) for record in context.store.list_services(include_deleted=True)}
+    return [
+        replica_view(r, now, context.catalog, gpus.get(r.service, 1))
+        for r in live
+        if r.state is not ReplicaState.TERMINATED
+    ]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpuroam.providers.kubernetes.names import (
+    CAPACITY_LABEL,
     MANAGED_BY,
     REGION_LABEL,
     REPLICA_LABEL,
@@ -24,6 +25,7 @@ from gpuroam.providers.kubernetes.names import (
     workload_labels,
     workload_name,
 )
+from gpuroam.records import Capacity
 from gpuroam.spec import ServiceSpec
 
 Manifest = dict[str, Any]
@@ -76,9 +78,11 @@ PROBE_TIMEOUT_S = 3
 # No liveness probe: an app busy on a long generation must not be killed for a slow ping; a
 # replica that stops answering turns not-ready, and the controller replaces it.
 
-# Grace on shutdown, for requests in flight. Spot VMs give 30 s notice, and GKE caps Spot pods at 25 s.
+# Grace on shutdown, for requests in flight. Spot VMs give about 30 s notice, and GKE gives Spot pods at
+# most 25 s (reference gke.md and elasticity.md): a Spot replica asks for no more than it would get.
 GRACE_S = 60
 SPOT_GRACE_S = 25
+SPOT_SELECTOR = "cloud.google.com/gke-spot"
 
 
 def pod_size(gpu: str, count: int) -> dict[str, str]:
@@ -148,14 +152,14 @@ def _security(image: str) -> Manifest:
     return context
 
 
-def node_selector(spec: ServiceSpec, gpu: str) -> dict[str, str]:
-    """GKE's GPU node selectors: the accelerator type and count, and Spot when the spec asks for it."""
+def node_selector(spec: ServiceSpec, gpu: str, capacity: Capacity) -> dict[str, str]:
+    """GKE's GPU node selectors: the accelerator type and count, and Spot for a Spot replica."""
     selector = {
         "cloud.google.com/gke-accelerator": gpu,
         "cloud.google.com/gke-accelerator-count": str(spec.resources.gpu_count),
     }
-    if spec.resources.spot:
-        selector["cloud.google.com/gke-spot"] = "true"
+    if capacity is Capacity.SPOT:
+        selector[SPOT_SELECTOR] = "true"
     return selector
 
 
@@ -177,13 +181,21 @@ def compile_cache_volume(source: str | None) -> Manifest:
 
 
 def deployment(
-    spec: ServiceSpec, region: str, gpu: str, namespace: str = DEFAULT_NAMESPACE, *, replica: str | None = None
+    spec: ServiceSpec,
+    region: str,
+    gpu: str,
+    namespace: str = DEFAULT_NAMESPACE,
+    *,
+    replica: str | None = None,
+    capacity: Capacity | None = None,
 ) -> Manifest:
     """The service's replicas in `region` on `gpu`: `replicas.per_region` pods, each with its GPUs.
 
     With `replica` (a controller's replica id), one pod for that replica alone, named and labelled
-    for it: what a provider's launch(replica) applies, and terminate(replica id) deletes."""
-    labels = workload_labels(spec.name, region, gpu, replica)
+    for it: what a provider's launch(replica) applies, and terminate(replica id) deletes. `capacity`
+    (Spot or on-demand; the spec's launch_capacity when None) decides the Spot selector and grace."""
+    capacity = Capacity(spec.resources.launch_capacity) if capacity is None else capacity
+    labels = {**workload_labels(spec.name, region, gpu, replica), CAPACITY_LABEL: capacity.value}
     notes = exact_annotations(spec.name, region, gpu, replica)
     selector = selector_labels(spec.name, gpu)
     if replica is not None:
@@ -211,15 +223,15 @@ def deployment(
         if spec.app.compile_cache and spec.app.compile_cache.startswith("gs://"):
             notes = {**notes, "gke-gcsfuse/volumes": "true"}  # GKE injects the FUSE sidecar for it
     pod_spec: Manifest = {
-        "nodeSelector": node_selector(spec, gpu),
+        "nodeSelector": node_selector(spec, gpu, capacity),
         "containers": [container],
         "volumes": volumes,
-        "terminationGracePeriodSeconds": SPOT_GRACE_S if spec.resources.spot else GRACE_S,
+        "terminationGracePeriodSeconds": SPOT_GRACE_S if capacity is Capacity.SPOT else GRACE_S,
         "enableServiceLinks": False,
     }
-    if spec.resources.spot:
+    if capacity is Capacity.SPOT:
         # Autopilot adds this toleration itself; GKE Standard needs it where Spot node pools are tainted.
-        toleration = {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+        toleration = {"key": SPOT_SELECTOR, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
         pod_spec["tolerations"] = [toleration]
     return {
         "apiVersion": "apps/v1",

@@ -20,6 +20,7 @@ SERVICE_LABEL = f"{PREFIX}/service"
 REGION_LABEL = f"{PREFIX}/region"
 GPU_LABEL = f"{PREFIX}/gpu"
 REPLICA_LABEL = f"{PREFIX}/replica"
+CAPACITY_LABEL = f"{PREFIX}/capacity"  # spot or on-demand: on a Deployment and its pods, never in a selector
 MANAGED_BY = "gpuroam"
 
 _DNS_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")

@@ -24,7 +24,8 @@ Choices, and their limits:
 - terminate deletes by label in the replica's cluster (every cluster if unknown); 404 is success. An
   unreachable cluster is skipped with a warning: when it is back, observe() reports the leftovers and
   the controller terminates them as orphans.
-- A launch gets the service's whole spec: its GPU count and Spot choice shape the Deployment.
+- A launch gets the service's whole spec and the replica: the spec's GPU count and the replica's capacity
+  (Spot or on-demand) shape its Deployment.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class KubernetesProvider:
             raise CapacityError(region, gpu, f"the inventory of {region} has no free {gpu}")
         objects = [
             namespace(self.namespace),
-            deployment(spec, region, gpu, self.namespace, replica=replica.id),
+            deployment(spec, region, gpu, self.namespace, replica=replica.id, capacity=replica.capacity),
             self._service(spec, replica),
         ]
         try:

@@ -24,9 +24,9 @@ import httpx
 
 from gpuroam import processes
 from gpuroam.providers.base import CapacityError, Launched, Observed, ProviderError, Regions
-from gpuroam.providers.local.sites import load_sites
-from gpuroam.providers.local.workers import Worker, free_port, read_worker, scan_workers
-from gpuroam.records import Replica
+from gpuroam.providers.local.sites import Inventory, load_sites
+from gpuroam.providers.local.workers import CAPACITY_ENV, Worker, free_port, read_worker, scan_workers
+from gpuroam.records import Capacity, Replica
 from gpuroam.spec import ServiceSpec
 
 if TYPE_CHECKING:
@@ -43,6 +43,10 @@ def _ready(url: str, timeout_s: float) -> bool:
 class LocalProvider:
     """Sites with a GPU inventory on this machine; each replica is a `gpuroam worker` on a loopback port.
 
+    `sites` is the on-demand inventory (it names every region), `spot` the Spot one: a replica takes a
+    slot of its own capacity, so the two are counted apart. `regions()` reports on-demand slots, as
+    before Spot; `spot_regions()` the Spot ones.
+
     `gpu_devices` (optional, for machines with real GPUs) maps a (region, gpu) pair, or a GPU type,
     to CUDA device indexes: a replica there gets CUDA_VISIBLE_DEVICES set to one that no live worker
     of this provider holds. Without it, workers inherit the controller's CUDA_VISIBLE_DEVICES.
@@ -55,14 +59,16 @@ class LocalProvider:
 
     def __init__(
         self,
-        sites: dict[str, dict[str, int]],
+        sites: Inventory,
         state_dir: Path,
         python: str = sys.executable,
         ready_timeout_s: float = 2.0,
         gpu_devices: dict[tuple[str, str] | str, list[int]] | None = None,
         network: RegionNetwork | None = None,
+        spot: Inventory | None = None,
     ) -> None:
         self.sites = sites
+        self.spot = spot or {}
         self.network = network
         self.python = python
         self.ready_timeout_s = ready_timeout_s
@@ -76,7 +82,8 @@ class LocalProvider:
 
     @classmethod
     def from_file(cls, path: Path | str, state_dir: Path, network: RegionNetwork | None = None) -> LocalProvider:
-        return cls(load_sites(path), state_dir, network=network)
+        sites = load_sites(path)
+        return cls(sites.on_demand, state_dir, network=network, spot=sites.spot)
 
     def _provider_id(self) -> str:
         """Created once per state dir (link is atomic: two starting controllers agree on one id)."""
@@ -107,17 +114,30 @@ class LocalProvider:
     # -- the Provider interface -------------------------------------------------------------------
 
     def regions(self) -> Regions:
+        """On-demand slots free now, per region and GPU type."""
+        return self._free_slots(Capacity.ON_DEMAND)
+
+    def spot_regions(self) -> Regions:
+        """Spot slots free now, per region and GPU type (regions with Spot GPUs only)."""
+        return self._free_slots(Capacity.SPOT)
+
+    def _free_slots(self, capacity: Capacity) -> Regions:
         workers, taken = self._workers(), self.taken_away()
         return {
-            region: {gpu: self._free(region, gpu, workers, taken) for gpu in gpus}
-            for region, gpus in self.sites.items()
+            region: {gpu: self._free(region, gpu, capacity, workers, taken) for gpu in gpus}
+            for region, gpus in self._inventory(capacity).items()
         }
 
-    def _free(self, region: str, gpu: str, workers: list[Worker], taken: set[tuple[str, str]]) -> int:
+    def _inventory(self, capacity: Capacity) -> Inventory:
+        return self.spot if capacity is Capacity.SPOT else self.sites
+
+    def _free(
+        self, region: str, gpu: str, capacity: Capacity, workers: list[Worker], taken: set[tuple[str, str]]
+    ) -> int:
         if (region, gpu) in taken:
             return 0
-        used = sum(1 for w in workers if (w.region, w.gpu) == (region, gpu))
-        return max(0, self.sites.get(region, {}).get(gpu, 0) - used)
+        used = sum(1 for w in workers if (w.region, w.gpu, w.capacity) == (region, gpu, capacity))
+        return max(0, self._inventory(capacity).get(region, {}).get(gpu, 0) - used)
 
     def launch(self, replica: Replica, spec: ServiceSpec) -> Launched:
         if Path(replica.id).name != replica.id:
@@ -127,17 +147,19 @@ class LocalProvider:
             for worker in workers:
                 if worker.replica_id == replica.id:
                     return self._handle(worker.pid, worker.port, replica.id, worker.host)
-            region, gpu = replica.region, replica.gpu
+            region, gpu, capacity = replica.region, replica.gpu, replica.capacity
+            inventory, kind = self._inventory(capacity), " as Spot" if capacity is Capacity.SPOT else ""
             if region not in self.sites:
                 raise CapacityError(region, gpu, f"no local site named {region}")
-            if gpu not in self.sites[region]:
-                raise CapacityError(region, gpu, f"local site {region} has no {gpu}")
+            if gpu not in inventory.get(region, {}):
+                raise CapacityError(region, gpu, f"local site {region} has no {gpu}{kind}")
             if (region, gpu) in self.taken_away():
                 raise CapacityError(region, gpu, f"{gpu} in local site {region} was taken away (chaos)")
-            if self._free(region, gpu, workers, set()) == 0:
-                count = self.sites[region][gpu]
-                raise CapacityError(region, gpu, f"local site {region} has {count} {gpu}, all in use")
+            if self._free(region, gpu, capacity, workers, set()) == 0:
+                count = inventory[region][gpu]
+                raise CapacityError(region, gpu, f"local site {region} has {count} {gpu}{kind}, all in use")
             env = {"GPUROAM_PROVIDER_ID": self.provider_id, "GPUROAM_SERVICE": replica.service}
+            env[CAPACITY_ENV] = capacity.value
             device = self._cuda_device(region, gpu, workers)
             if device is not None:
                 env["CUDA_VISIBLE_DEVICES"] = device
@@ -241,14 +263,12 @@ class LocalProvider:
     def fail_region(self, region: str) -> list[str]:
         """Lose a region: all its GPUs go, and its replicas die abruptly (SIGKILL)."""
         self._check(region=region)
-        return self._take_away({(region, gpu) for gpu in self.sites[region]})
+        return self._take_away({(region, gpu) for gpu in self._gpus(region)})
 
     def fail_gpu(self, gpu: str, region: str | None = None) -> list[str]:
         """Lose a GPU type everywhere, or in one region; its replicas die abruptly."""
         self._check(region=region, gpu=gpu)
-        return self._take_away(
-            {(r, g) for r, gpus in self.sites.items() for g in gpus if g == gpu and region in (None, r)}
-        )
+        return self._take_away({(r, gpu) for r in self.sites if gpu in self._gpus(r) and region in (None, r)})
 
     def _take_away(self, pairs: set[tuple[str, str]]) -> list[str]:
         with self._locked():
@@ -266,10 +286,14 @@ class LocalProvider:
             self._save_taken(taken - restored)
         return sorted(restored)
 
+    def _gpus(self, region: str) -> set[str]:
+        """The GPU types a site has, on demand or as Spot: chaos takes both away."""
+        return {*self.sites.get(region, {}), *self.spot.get(region, {})}
+
     def _check(self, region: str | None = None, gpu: str | None = None) -> None:
         if region is not None and region not in self.sites:
             raise ValueError(f"no local region {region!r}; the regions are: {', '.join(sorted(self.sites))}")
-        gpus = self.sites[region] if region is not None else {g for gpus in self.sites.values() for g in gpus}
+        gpus = self._gpus(region) if region is not None else {g for r in self.sites for g in self._gpus(r)}
         if gpu is not None and gpu not in gpus:
             where = f"in {region}" if region is not None else "in any local region"
             raise ValueError(f"no GPU type {gpu!r} {where}; the GPU types are: {', '.join(sorted(gpus))}")

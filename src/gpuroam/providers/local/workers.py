@@ -1,8 +1,8 @@
 """The local provider's workers as the process table shows them: the truth about what runs.
 
-Each worker carries its provider's id and its service in its environment and its replica,
-region, GPU and port on its command line, so a scan of /proc finds every one, including one
-spawned an instant before the controller was killed.
+Each worker carries its provider's id, its service and its capacity (Spot or on-demand) in its
+environment and its replica, region, GPU and port on its command line, so a scan of /proc finds
+every one, including one spawned an instant before the controller was killed.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from pathlib import Path
 
 from gpuroam import processes
 from gpuroam.providers.base import Observed, ObservedState
+from gpuroam.records import Capacity
+
+CAPACITY_ENV = "GPUROAM_CAPACITY"  # a worker's capacity, "spot" or "on-demand" (absent: on-demand, as before Spot)
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class Worker:
     port: int
     cuda_device: str | None
     host: str = "127.0.0.1"
+    capacity: Capacity = Capacity.ON_DEMAND
 
     @property
     def url(self) -> str:
@@ -54,7 +58,9 @@ def parse_worker(pid: int, cmdline: list[str], environ: dict[str, str]) -> Worke
         return None
     region, gpu, port = options.get("region", ""), options.get("gpu", ""), int(options["port"])
     service, device = environ.get("GPUROAM_SERVICE", ""), environ.get("CUDA_VISIBLE_DEVICES")
-    return Worker(pid, options["replica"], service, region, gpu, port, device, options.get("host", "127.0.0.1"))
+    capacity = Capacity.SPOT if environ.get(CAPACITY_ENV) == Capacity.SPOT.value else Capacity.ON_DEMAND
+    host = options.get("host", "127.0.0.1")
+    return Worker(pid, options["replica"], service, region, gpu, port, device, host, capacity)
 
 
 def read_worker(pid: int, marker: str) -> Worker | None:
