@@ -3,13 +3,16 @@ test acts on it, through a worker or the gateway."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+from PIL import Image
 
 
 @contextlib.contextmanager
@@ -38,3 +41,11 @@ def wait_ready(client: Any) -> None:
     while client.get("/internal/ping").status_code != 200:
         assert time.monotonic() < deadline, "worker never became ready"
         time.sleep(0.02)
+
+
+def txt2img_pixels(client: Any, body: dict[str, Any]) -> bytes:
+    """The first image's pixels of a txt2img that must succeed (its PNG text, which holds the prompt as
+    written, left out)."""
+    answer = client.post("/sdapi/v1/txt2img", json=body)
+    assert answer.status_code == 200, answer.text
+    return Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).tobytes()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,13 +11,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from ldm_checkpoints import tiny_pipeline, to_ldm_state_dict, write_config_folder
-from PIL import Image
 from safetensors.torch import save_file
 
 from gpuroam.worker import LoadedModel, WorkerConfig, create_app
 from gpuroam.worker.checkpoints import load_single_file
 from gpuroam.worker.models import file_sha256
-from live_jobs import wait_ready
+from live_jobs import txt2img_pixels, wait_ready
 
 SMALL = {"prompt": "a red cube", "width": 64, "height": 64, "steps": 2, "seed": 7}
 
@@ -51,9 +48,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 
 
 def pixels(client: TestClient, **body: object) -> bytes:
-    answer = client.post("/sdapi/v1/txt2img", json={**SMALL, **body})
-    assert answer.status_code == 200, answer.text
-    return Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).tobytes()
+    return txt2img_pixels(client, {**SMALL, **body})
 
 
 def test_sd_models_lists_every_checkpoint_and_the_served_one_first(client: TestClient) -> None:

@@ -6,8 +6,6 @@ tiny model must stay as it was for the other tests.
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import shutil
 from collections.abc import Iterator
@@ -28,7 +26,7 @@ from gpuroam.worker.engine import Engine
 from gpuroam.worker.extra_networks import parse_prompt
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job, take_batch
 from gpuroam.worker.library import AssetDirs, AssetLibrary
-from live_jobs import wait_ready
+from live_jobs import txt2img_pixels, wait_ready
 
 SMALL = {"prompt": "a red cube", "width": 64, "height": 64, "steps": 2, "seed": 7}
 
@@ -59,10 +57,7 @@ def client(model: LoadedModel, dirs: AssetDirs) -> Iterator[TestClient]:
 
 
 def pixels(client: TestClient, **body: object) -> bytes:
-    """The image's pixels (its PNG text holds the prompt as written, tags and all)."""
-    answer = client.post("/sdapi/v1/txt2img", json={**SMALL, **body})
-    assert answer.status_code == 200, answer.text
-    return Image.open(io.BytesIO(base64.b64decode(answer.json()["images"][0]))).tobytes()
+    return txt2img_pixels(client, {**SMALL, **body})
 
 
 def test_the_routes_list_what_the_directories_hold_in_a1111s_shapes(client: TestClient, dirs: AssetDirs) -> None:
