@@ -66,14 +66,7 @@ def test_diffusers_and_kohya_layouts_of_the_same_lora_merge_the_same(pipeline, t
         )
         suffix = {"lora_down.weight": "lora_A.weight", "lora_up.weight": "lora_B.weight", "alpha": "alpha"}[role]
         diffusers[f"{part}.{'text_model.' if part == 'text_encoder' else ''}{module}.{suffix}"] = value
-    save_file(kohya, str(tmp_path / "k.safetensors"))
-    save_file(diffusers, str(tmp_path / "d.safetensors"))
-    index = layer_index(pipeline)
-    with merged(pipeline, [(read_lora(tmp_path / "k.safetensors", "k"), 1.0, 1.0)], index):
-        from_kohya = weights(pipeline)
-    with merged(pipeline, [(read_lora(tmp_path / "d.safetensors", "d"), 1.0, 1.0)], index):
-        from_diffusers = weights(pipeline)
-    assert all(torch.equal(from_kohya[key], from_diffusers[key]) for key in from_kohya)
+    assert_same_merge(pipeline, tmp_path, kohya, diffusers)
 
 
 def test_ldm_numbered_unet_names_reach_the_same_layers(pipeline) -> None:  # type: ignore[no-untyped-def]
@@ -140,14 +133,7 @@ def test_diffusers_older_layouts_merge_as_kohyas(pipeline, tmp_path: Path, form:
         if role != "alpha":
             part, module = names[layer]
             old[_diffusers_key(part, module, "down" if role.startswith("lora_down") else "up", form)] = value
-    save_file(kohya, str(tmp_path / "k.safetensors"))
-    save_file(old, str(tmp_path / "o.safetensors"))
-    index = layer_index(pipeline)
-    with merged(pipeline, [(read_lora(tmp_path / "k.safetensors", "k"), 1.0, 1.0)], index):
-        from_kohya = weights(pipeline)
-    with merged(pipeline, [(read_lora(tmp_path / "o.safetensors", "o"), 1.0, 1.0)], index):
-        from_old = weights(pipeline)
-    assert all(torch.equal(from_kohya[key], from_old[key]) for key in from_kohya)
+    assert_same_merge(pipeline, tmp_path, kohya, old)
 
 
 @pytest.mark.parametrize(
@@ -184,3 +170,13 @@ def test_a_merge_waits_while_the_compile_thread_checks_a_graph(pipeline, tmp_pat
         assert not merging.wait(0.3), "no weight was changed during the check"
     thread.join(5)
     assert merging.is_set() and weights.version == 2, "merged and restored, each a write"
+
+
+def assert_same_merge(pipeline, folder: Path, first: dict, second: dict) -> None:  # type: ignore[no-untyped-def]
+    """Two LoRA files in different key layouts change every weight of the pipeline the same way."""
+    merges = []
+    for name, tensors in (("first", first), ("second", second)):
+        save_file(tensors, str(folder / f"{name}.safetensors"))
+        with merged(pipeline, [(read_lora(folder / f"{name}.safetensors", name), 1.0, 1.0)], layer_index(pipeline)):
+            merges.append(weights(pipeline))
+    assert all(torch.equal(merges[0][key], merges[1][key]) for key in merges[0])
