@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gpuroam import placement
 from gpuroam.placement import CapacityView, Demand, Launch, Plan, needed_regions, plan
-from gpuroam.records import Block, Replica, ReplicaState
+from gpuroam.records import Block, Capacity, Replica, ReplicaState
 
 GPUS = ("nvidia-l4", "nvidia-tesla-t4", "nvidia-tesla-a100")
 POSITIONS = {"us-a": (0.0, 0.0), "us-b": (0.0, 10.0), "eu-a": (50.0, 0.0), "eu-b": (50.0, 10.0), "ap-a": (0.0, 120.0)}
@@ -42,7 +42,7 @@ class World:
         self.capacity = capacity
         self.offers = offers
         self.replicas: dict[str, Replica] = {}
-        self.blocks: dict[tuple[str, str], Block] = {}
+        self.blocks: dict[tuple[str, str, Capacity], Block] = {}
         self.now = 1000.0
         self.ids = itertools.count()
         self.history: list[Plan] = []
@@ -85,10 +85,10 @@ class World:
         return decided
 
     def block(self, region: str, gpu: str, ttl: float) -> None:
-        old = self.blocks.get((region, gpu))
+        old = self.blocks.get((region, gpu, Capacity.ON_DEMAND))
         failures = old.failures + 1 if old else 1
         until = self.now + min(3600.0, ttl * 2 ** (failures - 1))
-        self.blocks[(region, gpu)] = Block(region, gpu, until, failures, self.now)
+        self.blocks[(region, gpu, Capacity.ON_DEMAND)] = Block(region, gpu, until, failures, self.now)
 
     def _set(self, replica: Replica, state: ReplicaState) -> None:
         ready_at = self.now if state is ReplicaState.READY else replica.ready_at
@@ -166,7 +166,7 @@ def test_move_back_waits_for_the_hysteresis_window() -> None:
         blocks_before = dict(world.blocks)
         decided = world.step()
         for launch in decided.launches:
-            block = blocks_before.get((launch.region, launch.gpu))
+            block = blocks_before.get((launch.region, launch.gpu, launch.capacity))
             if launch.reason == "move-back" and block is not None:
                 assert world.now - 1 - block.until >= 50, "moved back before capacity was stable for 50 s"
     assert {gpu for _, gpu in world.placement()} == {"nvidia-l4"}
@@ -215,7 +215,7 @@ def test_racing_launches_several_candidates_and_releases_the_losers() -> None:
 
 def test_blocked_pairs_are_never_tried() -> None:
     world = World(demand(), set(ALL_OFFERS))
-    world.blocks[("us-a", "nvidia-l4")] = Block("us-a", "nvidia-l4", world.now + 100, 1, world.now)
+    world.blocks[("us-a", "nvidia-l4", Capacity.ON_DEMAND)] = Block("us-a", "nvidia-l4", world.now + 100, 1, world.now)
     decided = world.plan()
     assert ("us-a", "nvidia-l4") not in {(launch.region, launch.gpu) for launch in decided.launches}
 
@@ -298,7 +298,7 @@ def test_every_plan_is_safe_and_the_service_recovers(d: Demand, capacity: set, o
             assert decided == world.plan(), "deterministic"
             view = world.view()
             for launch in decided.launches:
-                block = view.blocks.get((launch.region, launch.gpu))
+                block = view.blocks.get((launch.region, launch.gpu, launch.capacity))
                 assert block is None or not block.active(world.now), "never a blocked pair"
                 assert (launch.region, launch.gpu) in ALL_OFFERS and launch.gpu in d.gpus
             drained = {drain.replica_id for drain in decided.drains}
@@ -363,7 +363,7 @@ def _untouched_other_gpu(world: World, decided: Plan, gpus: set[str]) -> list[tu
         and gpu in world.demand.gpus
         and gpu not in gpus
         and world.demand.region_allowed(region)
-        and not ((block := view.blocks.get((region, gpu))) and block.active(world.now))
+        and not ((block := view.blocks.get((region, gpu, Capacity.ON_DEMAND))) and block.active(world.now))
     ]
 
 
@@ -410,8 +410,10 @@ def test_the_fallback_changes_only_the_last_raced_candidate(d: Demand, capacity:
 def test_placement_imports_nothing_that_does_io() -> None:
     """Pure by construction: no module that reaches files, the network or the clock, so every plan
     can be replayed (the reconciler passes `now`) and simulated."""
-    tree = ast.parse(inspect.getsource(placement))
-    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    modules = [placement, placement.inputs, placement.rules]
+    trees = [ast.parse(inspect.getsource(module)) for module in modules]
+    nodes = [node for tree in trees for node in ast.walk(tree)]
+    imported = {alias.name for node in nodes if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in nodes if isinstance(node, ast.ImportFrom)}
     pure = {"__future__", "itertools", "math", "collections.abc", "dataclasses", "typing"}
-    assert imported <= pure | {"gpuroam.records", "gpuroam.spec"}
+    assert imported <= pure | {"gpuroam.records", "gpuroam.spec", "gpuroam.placement.inputs", "gpuroam.placement.rules"}

@@ -372,7 +372,6 @@ SPOT_WORDS = {"never": "never", "prefer": "prefer", "only": "only", True: "only"
 def test_spot_is_a_choice_and_the_old_booleans_keep_their_meaning(choice: str | bool) -> None:
     spec = parse_spec(edited(resources__spot=choice))
     assert spec.resources.spot == SPOT_WORDS[choice]
-    assert spec.resources.launch_capacity == ("spot" if SPOT_WORDS[choice] == "only" else "on-demand")
     assert spec_to_dict(spec)["resources"]["spot"] == SPOT_WORDS[choice], "stored as the word, which reads back"
     assert parse_spec(spec_to_dict(spec)) == spec
 

@@ -57,7 +57,9 @@ class Replica:
 
 @dataclass(frozen=True)
 class Block:
-    """A (region, GPU) pair that recently failed for lack of capacity; not tried until `until`.
+    """A (region, GPU, capacity) slot that recently failed for lack of capacity (a stockout, a
+    quota, a preemption); not tried until `until`. Spot and on-demand of one GPU in one region
+    are blocked apart: a Spot shortage says nothing of on-demand.
 
     `failures` counts consecutive capacity failures, for exponential backoff.
     """
@@ -68,6 +70,11 @@ class Block:
     failures: int
     last_failure_at: float
     reason: str = ""
+    capacity: Capacity = Capacity.ON_DEMAND
+
+    @property
+    def slot(self) -> tuple[str, str, Capacity]:
+        return (self.region, self.gpu, self.capacity)
 
     def active(self, now: float) -> bool:
         return now < self.until
@@ -107,6 +114,7 @@ class EventKind(StrEnum):
     SCALED_DOWN = "scaled-down"
     SLEPT = "slept"  # a replicas.min 0 service drained every replica after its idle period
     WOKE = "woke"  # a request reached a sleeping service
+    PREEMPTED = "preempted"  # the platform reclaims a Spot replica: out of routing at the notice, replaced at once
 
 
 @dataclass(frozen=True)

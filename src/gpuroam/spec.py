@@ -125,12 +125,6 @@ class ResourcesSpec(_Section):
             return "only" if value else "never"
         return value
 
-    @property
-    def launch_capacity(self) -> Literal["spot", "on-demand"]:
-        """What a replica runs on until placement chooses per replica: Spot for `only` (what `true` always
-        meant), on-demand otherwise, so `prefer` runs on demand for now (records.Capacity's values)."""
-        return "spot" if self.spot == "only" else "on-demand"
-
     @field_validator("gpus")
     @classmethod
     def _some_and_distinct(cls, gpus: tuple[str, ...]) -> tuple[str, ...]:

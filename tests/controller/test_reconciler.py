@@ -223,9 +223,10 @@ def test_shrink_unpins_a_region_and_its_replica_drains_make_before_break(world) 
 
 def test_a_drain_is_a_recovery_only_when_a_better_gpu_serves_instead() -> None:
     from gpuroam.controller.reconciler import _recovers
-    from gpuroam.placement import Drain
+    from gpuroam.placement import Demand, Drain
 
     spec = load_spec("examples/stable-diffusion.yaml")
+    demand = Demand.from_spec(spec)
 
     def replica(rid: str, region: str, gpu: str) -> Replica:
         return Replica(rid, spec.name, region, gpu, ReplicaState.READY, 0.0, 0.0)
@@ -233,9 +234,9 @@ def test_a_drain_is_a_recovery_only_when_a_better_gpu_serves_instead() -> None:
     t4_us, t4_eu, t4_asia = (replica(f"t4-{r}", r, "nvidia-tesla-t4") for r in ("us", "eu", "asia"))
     l4_us = replica("l4-us", "us", "nvidia-l4")
     during_failover = [t4_us, t4_eu, t4_asia]
-    assert not _recovers(Drain("t4-eu", "surplus"), spec, during_failover), "a raced extra, not a recovery"
-    assert _recovers(Drain("t4-us", "moved"), spec, [*during_failover, l4_us])
-    assert not _recovers(Drain("l4-us", "surplus"), spec, [*during_failover, l4_us])
+    assert not _recovers(Drain("t4-eu", "surplus"), demand, during_failover), "a raced extra, not a recovery"
+    assert _recovers(Drain("t4-us", "moved"), demand, [*during_failover, l4_us])
+    assert not _recovers(Drain("l4-us", "surplus"), demand, [*during_failover, l4_us])
     failover_t4 = replace(t4_eu, reason="failover")
-    assert _recovers(Drain("t4-eu", "surplus"), spec, [failover_t4, l4_us]), "failover capacity given back"
-    assert not _recovers(Drain("t4-eu", "surplus"), spec, [t4_eu, l4_us]), "a scale-in, not a recovery"
+    assert _recovers(Drain("t4-eu", "surplus"), demand, [failover_t4, l4_us]), "failover capacity given back"
+    assert not _recovers(Drain("t4-eu", "surplus"), demand, [t4_eu, l4_us]), "a scale-in, not a recovery"

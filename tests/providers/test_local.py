@@ -362,3 +362,37 @@ def test_without_spot_in_the_sites_a_spot_replica_has_no_capacity(fake: LocalPro
     assert fake.spot_regions() == {}
     with pytest.raises(CapacityError, match="local site us-central1 has no nvidia-l4 as Spot"):
         fake.launch(replica("sp", capacity=Capacity.SPOT), app_spec())
+
+
+def test_a_preempted_spot_replica_runs_out_its_notice_then_dies(spotty: LocalProvider) -> None:
+    spotty.launch(replica("sp", "europe-west4", "nvidia-tesla-t4", capacity=Capacity.SPOT), app_spec())
+    spotty.launch(replica("od", "europe-west4", "nvidia-tesla-t4"), app_spec())
+    before = time.time()
+    assert spotty.preempt(replica="sp", notice_s=2.0) == ["sp"]
+    seen = {o.replica_id: o for o in spotty.observe()}
+    assert seen["od"].reclaim_at is None
+    reclaim_at = seen["sp"].reclaim_at
+    assert reclaim_at is not None and before + 2.0 <= reclaim_at <= time.time() + 2.0, "running, with its notice"
+    restarted = LocalProvider(SITES, spotty.dir.parent, python=spotty.python, ready_timeout_s=0.5, spot=SPOT)
+    assert {o.replica_id: o.reclaim_at for o in restarted.observe()}["sp"] == reclaim_at, (
+        "the notice outlives a restart"
+    )
+    time.sleep(max(0.0, reclaim_at - time.time()) + 0.1)
+    assert ids(spotty) == {"od"}, "reclaimed at the end of the notice; on-demand untouched"
+    assert spotty.spot_regions()["europe-west4"] == {"nvidia-tesla-t4": 2}, "one replica's preemption leaves the slots"
+    with pytest.raises(ValueError, match="no Spot replica 'od'; Spot replicas: none"):
+        spotty.preempt(replica="od")
+
+
+def test_a_regional_preemption_wave_takes_its_spot_capacity_until_recover(spotty: LocalProvider) -> None:
+    for rid in ("a", "b"):
+        spotty.launch(replica(rid, "europe-west4", "nvidia-tesla-t4", capacity=Capacity.SPOT), app_spec())
+    spotty.launch(replica("us", capacity=Capacity.SPOT), app_spec())
+    assert spotty.preempt(region="europe-west4", notice_s=0) == ["a", "b"]
+    assert ids(spotty) == {"us"}
+    assert spotty.spot_regions()["europe-west4"] == {"nvidia-tesla-t4": 0}
+    assert spotty.regions()["europe-west4"] == {"nvidia-l4": 1, "nvidia-tesla-t4": 1}, "on demand is still there"
+    with pytest.raises(CapacityError, match="as Spot in local site europe-west4 was taken away"):
+        spotty.launch(replica("c", "europe-west4", "nvidia-tesla-t4", capacity=Capacity.SPOT), app_spec())
+    assert spotty.recover(region="europe-west4") == [("europe-west4", "nvidia-tesla-t4")]
+    assert spotty.spot_regions()["europe-west4"] == {"nvidia-tesla-t4": 2}

@@ -75,6 +75,9 @@ class HostileProvider:
     def regions(self) -> dict[str, dict[str, int | None]]:
         return {"us-central1": {IMG: 1, "nvidia-l4": 0}, ATTR: {SCRIPT: None}}
 
+    def spot_regions(self) -> dict[str, dict[str, int | None]]:
+        return {ATTR: {SCRIPT: None}}
+
     def endpoint(self, service: str) -> str | None:
         return None
 

@@ -173,6 +173,23 @@ def fail_gpu(
     _chaos(server, state, "fail", {"gpu": gpu, "region": region}, json_out)
 
 
+@fail_app.command("preempt")
+def fail_preempt(
+    region: Annotated[
+        str | None, typer.Option(help="Every Spot replica of this region, and its Spot capacity.")
+    ] = None,
+    replica: Annotated[str | None, typer.Option(help="Only this Spot replica (its id, as `status` shows it).")] = None,
+    notice: Annotated[
+        float, typer.Option(min=0, max=3600, help="Seconds of notice before the replicas die (GCP gives about 30).")
+    ] = 30.0,
+    server: ServerOption = None,
+    state: StateOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Reclaim Spot replicas like a cloud: a notice, then they die; without options, every Spot replica."""
+    _chaos(server, state, "preempt", {"region": region, "replica": replica, "notice_s": notice}, json_out)
+
+
 @app.command()
 def recover(
     region: Annotated[str | None, typer.Option(help="Only this region.")] = None,

@@ -139,6 +139,8 @@ class Reconciler:
             self._finish_drain(replica, now)
         elif replica.state is ReplicaState.PROVISIONING:
             return self._sync_starting(replica, seen, spec, now)
+        elif replica.state is ReplicaState.READY and seen is not None and seen.reclaim_at is not None:
+            self._preempt(replica, seen.reclaim_at, spec, now)
         elif replica.state is ReplicaState.READY and (seen is None or seen.state is ObservedState.FAILED):
             detail = seen.detail if seen else "no longer running"
             self._fail(replica, now, f"lost: {detail}", spec, capacity=True)
@@ -165,7 +167,23 @@ class Reconciler:
         )
         return True
 
+    def _preempt(self, replica: Replica, reclaim_at: float, spec: ServiceSpec, now: float) -> None:
+        """A preemption notice: out of the ready set now (the gateway's next poll stops routing new
+        requests to it; those it holds finish, or are retried elsewhere if it goes first), its slot
+        blocked like any capacity loss, and its replacement placed in this same pass, not after the loss."""
+        draining = self.store.update_replica(replica.id, now, state=ReplicaState.DRAINING, reason="preempted")
+        self.provider.drain(replica.id)
+        self.store.record_loss(replica.service, now)
+        left = max(0.0, reclaim_at - now)
+        self._event(
+            now, EventKind.PREEMPTED, f"{replica.id} preempted: reclaimed in {left:.0f} s; replacing it", draining
+        )
+        self._block(replica, "preempted", spec, now)
+
     def _sync_starting(self, replica: Replica, seen: Observed | None, spec: ServiceSpec, now: float) -> bool:
+        if seen is not None and seen.reclaim_at is not None:
+            self._fail(replica, now, "preempted while starting", spec, capacity=True, kind=EventKind.PREEMPTED)
+            return True
         if seen is None and not replica.handle:
             self._launch_recorded(replica, spec, now)  # the intent was stored, the launch never happened
         elif seen is None and now - replica.created_at > OBSERVE_GRACE_S:
@@ -201,13 +219,15 @@ class Reconciler:
         self.store.record_loss(replica.service, now)
         self._event(now, kind, f"{replica.id} failed: {why}", failed)
         if capacity:
-            self._block(replica.service, replica.region, replica.gpu, why, spec, now)
+            self._block(replica, why, spec, now)
 
-    def _block(self, service: str, region: str, gpu: str, why: str, spec: ServiceSpec, now: float) -> None:
-        """Exponential backoff: each consecutive capacity failure doubles the block, up to a cap."""
+    def _block(self, replica: Replica, why: str, spec: ServiceSpec, now: float) -> None:
+        """Block the replica's slot (region, GPU, Spot or on-demand) with exponential backoff: each
+        consecutive capacity failure doubles the block, up to a cap."""
         placement = spec.placement
+        region, gpu, capacity = replica.region, replica.gpu, replica.capacity
         block = block_after_failure(
-            self.store.get_block(region, gpu),
+            self.store.get_block(region, gpu, capacity),
             region,
             gpu,
             now,
@@ -215,15 +235,16 @@ class Reconciler:
             placement.block_backoff,
             placement.block_max_s,
             why,
+            capacity,
         )
         self.store.put_block(block)
-        seconds = block.until - now
+        what = f"{gpu} (Spot)" if capacity is Capacity.SPOT else gpu
         self._event(
             now,
             EventKind.BLOCKED,
-            f"{gpu} in {region} blocked for {seconds:g} s ({why})",
+            f"{what} in {region} blocked for {block.until - now:g} s ({why})",
             None,
-            service=service,
+            service=replica.service,
             region=region,
             gpu=gpu,
         )
@@ -253,22 +274,32 @@ class Reconciler:
         for launch in decided.launches:
             self._launch(record, spec, launch, now, failover=lost)
         for drain in decided.drains:
-            self._drain(drain, now, _recovers(drain, spec, replicas))
+            self._drain(drain, now, _recovers(drain, demand, replicas))
         return not decided.empty
 
     def _capacity(self) -> CapacityView:
-        provider_regions = self.provider.regions()
+        """The provider's regions on demand and as Spot (Spot where the catalog has its price), their
+        free slots where known, and every block."""
+        on_demand, spot = self.provider.regions(), self.provider.spot_regions()
+        known = self.catalog.offers
         offers = frozenset(
+            (region, gpu) for region, gpus in on_demand.items() for gpu in gpus if (region, gpu) in known
+        )
+        spot_offers = frozenset(
             (region, gpu)
-            for region, gpus in provider_regions.items()
+            for region, gpus in spot.items()
             for gpu in gpus
-            if region in self.catalog.regions and gpu in self.catalog.gpus
+            if (region, gpu) in known and known[(region, gpu)].spot_price is not None
         )
         free = {
-            (region, gpu): n for region, gpus in provider_regions.items() for gpu, n in gpus.items() if n is not None
+            (region, gpu, capacity): n
+            for capacity, regions in ((Capacity.ON_DEMAND, on_demand), (Capacity.SPOT, spot))
+            for region, gpus in regions.items()
+            for gpu, n in gpus.items()
+            if n is not None
         }
-        blocks = {(b.region, b.gpu): b for b in self.store.list_blocks()}
-        return CapacityView(offers=offers, blocks=blocks, free_slots=free)
+        blocks = {b.slot: b for b in self.store.list_blocks()}
+        return CapacityView(offers=offers, spot_offers=spot_offers, blocks=blocks, free_slots=free)
 
     def _launch(self, record: ServiceRecord, spec: ServiceSpec, launch: Launch, now: float, failover: bool) -> None:
         """Record the intent, then launch. A launch soon after a loss is a failover: replicas
@@ -283,11 +314,12 @@ class Reconciler:
             created_at=now,
             updated_at=now,
             reason=reason,
-            capacity=Capacity(spec.resources.launch_capacity),
+            capacity=launch.capacity,
         )
         self.store.add_replica(replica)  # the intent, before the act
         kind = EventKind.FAILOVER if reason == "failover" else EventKind.PLACED
-        self._event(now, kind, f"launching {replica.id} on {launch.gpu} in {launch.region} ({launch.reason})", replica)
+        on = f"{launch.gpu} (Spot)" if launch.capacity is Capacity.SPOT else launch.gpu
+        self._event(now, kind, f"launching {replica.id} on {on} in {launch.region} ({launch.reason})", replica)
         self._launch_recorded(replica, spec, now)
 
     def _launch_recorded(self, replica: Replica, spec: ServiceSpec, now: float) -> None:
@@ -296,7 +328,7 @@ class Reconciler:
         except CapacityError as error:
             self.store.update_replica(replica.id, now, state=ReplicaState.FAILED)
             self._event(now, EventKind.STOCKOUT, str(error), replica)
-            self._block(replica.service, replica.region, replica.gpu, error.reason, spec, now)
+            self._block(replica, error.reason, spec, now)
             return
         except ProviderError as error:
             self.store.update_replica(replica.id, now, state=ReplicaState.FAILED)
@@ -355,15 +387,15 @@ def _still_draining(replica: Replica, signals: ServiceSignals | None, now: float
     return signals is not None and signals.holds(replica.id) and draining_s < DRAIN_MAX_S
 
 
-def _recovers(drain: Drain, spec: ServiceSpec, replicas: list[Replica]) -> bool:
-    """A drain is a recovery when a ready replica on a more preferred GPU now serves instead of a
-    replica moved back or launched for a failover; a raced or surplus replica drained during a
-    failover is not, nor is one a scale-in no longer needs."""
-    rank = {gpu: i for i, gpu in enumerate(spec.resources.gpus)}
+def _recovers(drain: Drain, demand: Demand, replicas: list[Replica]) -> bool:
+    """A drain is a recovery when a ready replica on a more preferred GPU (or Spot of the same GPU)
+    now serves instead of a replica moved back or launched for a failover; a raced or surplus
+    replica drained during a failover is not, nor is one a scale-in no longer needs."""
     drained = next((r for r in replicas if r.id == drain.replica_id), None)
     if drained is None or not (drain.reason == "moved" or (drain.reason == "surplus" and drained.reason == "failover")):
         return False  # a surplus replica that was not failover capacity is a scale-in, not a recovery
-    worst = rank.get(drained.gpu, len(rank))
+    worst = demand.rank(drained.gpu, drained.capacity)
     return any(
-        r.state is ReplicaState.READY and r.id != drained.id and rank.get(r.gpu, len(rank)) < worst for r in replicas
+        r.state is ReplicaState.READY and r.id != drained.id and demand.rank(r.gpu, r.capacity) < worst
+        for r in replicas
     )

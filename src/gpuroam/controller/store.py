@@ -81,6 +81,7 @@ blocks = Table(
     metadata,
     Column("region", String, primary_key=True),
     Column("gpu", String, primary_key=True),
+    Column("capacity", String, primary_key=True),  # spot or on-demand: blocked apart
     Column("until", Double, nullable=False),
     Column("failures", Integer, nullable=False),
     Column("last_failure_at", Double, nullable=False),
@@ -285,28 +286,28 @@ class Operations(ABC):
     # --- blocks --------------------------------------------------------------------------------
 
     def put_block(self, block: Block) -> None:
-        """Insert or replace the block on (region, gpu)."""
+        """Insert or replace the block on (region, gpu, capacity)."""
         row = {c.name: getattr(block, c.name) for c in blocks.columns}
         upsert = self._insert(blocks).values(row)
-        changed = {k: v for k, v in row.items() if k not in ("region", "gpu")}
+        key = ["region", "gpu", "capacity"]
+        changed = {k: v for k, v in row.items() if k not in key}
         with self._write() as conn:
-            conn.execute(upsert.on_conflict_do_update(index_elements=["region", "gpu"], set_=changed))
+            conn.execute(upsert.on_conflict_do_update(index_elements=key, set_=changed))
 
-    def get_block(self, region: str, gpu: str) -> Block | None:
+    def get_block(self, region: str, gpu: str, capacity: Capacity = Capacity.ON_DEMAND) -> Block | None:
         with self._read() as conn:
-            row = conn.execute(select(blocks).where(blocks.c.region == region, blocks.c.gpu == gpu)).one_or_none()
-            return None if row is None else Block(**row._asdict())
+            row = conn.execute(select(blocks).where(*_block_key(region, gpu, capacity))).one_or_none()
+            return None if row is None else _block(row)
 
     def list_blocks(self) -> list[Block]:
         """All blocks, expired ones too: the next backoff needs their failure counts."""
+        order = (blocks.c.region, blocks.c.gpu, blocks.c.capacity)
         with self._read() as conn:
-            return [
-                Block(**row._asdict()) for row in conn.execute(select(blocks).order_by(blocks.c.region, blocks.c.gpu))
-            ]
+            return [_block(row) for row in conn.execute(select(blocks).order_by(*order))]
 
-    def clear_block(self, region: str, gpu: str) -> None:
+    def clear_block(self, region: str, gpu: str, capacity: Capacity = Capacity.ON_DEMAND) -> None:
         with self._write() as conn:
-            conn.execute(delete(blocks).where(blocks.c.region == region, blocks.c.gpu == gpu))
+            conn.execute(delete(blocks).where(*_block_key(region, gpu, capacity)))
 
     # --- API keys ------------------------------------------------------------------------------
 
@@ -356,6 +357,12 @@ class Operations(ABC):
             query = query.where(or_(events.c.service == service, events.c.service.is_(None)))
         with self._read() as conn:
             return [Event(**{**row._asdict(), "kind": EventKind(row.kind)}) for row in conn.execute(query)]
+
+    def count_events(self) -> dict[tuple[str, str | None], int]:
+        """How many events of each (kind, service) the timeline holds: counters for the metrics."""
+        query = select(events.c.kind, events.c.service, func.count()).group_by(events.c.kind, events.c.service)
+        with self._read() as conn:
+            return {(kind, service): count for kind, service, count in conn.execute(query)}
 
 
 class Transaction(Operations):
@@ -433,6 +440,11 @@ def _add_missing_columns(engine: Engine) -> None:
             conn.exec_driver_sql("ALTER TABLE replicas ADD COLUMN unready_since DOUBLE PRECISION")
         if "capacity" not in present:  # every replica before Spot was on demand
             conn.exec_driver_sql("ALTER TABLE replicas ADD COLUMN capacity VARCHAR NOT NULL DEFAULT 'on-demand'")
+        if "capacity" not in {column["name"] for column in inspect(conn).get_columns("blocks")}:
+            # The key gained a column, which neither database alters in place. Blocks are backoff, not
+            # intent: starting them afresh costs at most one more try of a slot that was short.
+            blocks.drop(conn)
+            blocks.create(conn)
 
 
 def _json_type(engine: Engine) -> str:
@@ -443,6 +455,14 @@ def _json_type(engine: Engine) -> str:
 def _service(row: Row[Any]) -> ServiceRecord:
     fields = {k: v for k, v in row._asdict().items() if k != "scale"}  # read with get_scale
     return ServiceRecord(**{**fields, "pinned_regions": tuple(row.pinned_regions)})
+
+
+def _block_key(region: str, gpu: str, capacity: Capacity) -> tuple[Any, ...]:
+    return (blocks.c.region == region, blocks.c.gpu == gpu, blocks.c.capacity == capacity.value)
+
+
+def _block(row: Row[Any]) -> Block:
+    return Block(**{**row._asdict(), "capacity": Capacity(row.capacity)})
 
 
 def _replica(row: Row[Any]) -> Replica:

@@ -53,6 +53,9 @@ class Observed:
     url: str | None = None
     detail: str = ""
     capacity_failure: bool = False
+    # A preemption notice: the platform reclaims this (Spot) replica at this UNIX time (already, when
+    # past). The controller takes it out of routing and launches its replacement at the notice.
+    reclaim_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,11 @@ class Provider(Protocol):
     name: str
 
     def regions(self) -> Regions:
-        """Region -> GPU type -> free slots now (None when the provider cannot know)."""
+        """Region -> GPU type -> free on-demand slots now (None when the provider cannot know)."""
+        ...
+
+    def spot_regions(self) -> Regions:
+        """The same for Spot: where Spot GPUs can be asked for (empty: this provider has no Spot)."""
         ...
 
     def launch(self, replica: Replica, spec: ServiceSpec) -> Launched:
@@ -105,6 +112,11 @@ class ChaosControls(Protocol):
 
     def fail_gpu(self, gpu: str, region: str | None = None) -> list[str]:
         """Lose a GPU type everywhere, or in one region. The ids of the replicas killed."""
+        ...
+
+    def preempt(self, region: str | None = None, replica: str | None = None, notice_s: float = 30.0) -> list[str]:
+        """Reclaim Spot replicas (one, a region's with its Spot capacity, or all) after `notice_s`, reported
+        as Observed.reclaim_at meanwhile. The ids of the replicas doomed."""
         ...
 
     def recover(self, region: str | None = None, gpu: str | None = None) -> list[tuple[str, str]]:

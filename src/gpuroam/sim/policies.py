@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from gpuroam.catalog import Catalog, load_catalog
-from gpuroam.placement import CapacityView, Demand, Pair, block_after_failure, plan
+from gpuroam.placement import CapacityView, Demand, Pair, Slot, block_after_failure, plan
 from gpuroam.records import Block, Replica, ReplicaState
 from gpuroam.sim.sizing import AutoscaleSizer, QpsSizer
 from gpuroam.spec import AutoscaleSpec, ServiceSpec, SpecError, parse_spec, spec_to_dict
@@ -216,12 +216,19 @@ class CachedCatalog:
 
     def __init__(self, catalog: Catalog) -> None:
         self._price = {pair: offer.price for pair, offer in catalog.offers.items()}
+        self._spot_price = {pair: offer.spot_price for pair, offer in catalog.offers.items()}
         self._distance: dict[tuple[str, str], float] = {}
         self._catalog = catalog
         self._rank = {region: i for i, region in enumerate(catalog.regions)}
 
     def price(self, region: str, gpu: str) -> float:
         return self._price[(region, gpu)]
+
+    def spot_price(self, region: str, gpu: str) -> float:
+        price = self._spot_price[(region, gpu)]
+        if price is None:
+            raise KeyError(f"the catalog has no Spot price for {gpu} in {region}")
+        return price
 
     def rank(self, region: str) -> int:
         """The region's place in the catalog file."""
@@ -290,7 +297,7 @@ class GpuroamPolicy:
         self.offers = frozenset(p for p in offers if p[1] in config.spec.resources.gpus)
         self.demand = Demand.from_spec(config.spec)
         self.sizing = _Sizing(config, catalog)
-        self.blocks: dict[Pair, Block] = {}
+        self.blocks: dict[Slot, Block] = {}
         self.provision_timeout_s = config.spec.placement.provision_timeout_s
 
     def on_pass(self, simulation: Simulation, now: float) -> bool:
@@ -315,12 +322,12 @@ class GpuroamPolicy:
 
     def on_failure(self, simulation: Simulation, replica: Replica, now: float, lost: bool) -> None:
         """A capacity failure or a lost replica: the reconciler blocks the pair, with backoff."""
-        pair = (replica.region, replica.gpu)
+        slot = (replica.region, replica.gpu, replica.capacity)
         p = self.config.spec.placement
         block = block_after_failure(
-            self.blocks.get(pair), *pair, now, p.block_ttl_s, p.block_backoff, p.block_max_s, "sim"
+            self.blocks.get(slot), *slot[:2], now, p.block_ttl_s, p.block_backoff, p.block_max_s, "sim", slot[2]
         )
-        self.blocks[pair] = block
+        self.blocks[slot] = block
         simulation.wake(block.until)
         simulation.wake(block.until + p.move_back_after_s)
 

@@ -128,12 +128,40 @@ def test_the_replicas_capacity_decides_spot_selector_toleration_and_grace(choice
     assert "gpuroam.dev/capacity" not in made["spec"]["selector"]["matchLabels"], "a selector is immutable: unchanged"
 
 
-@pytest.mark.parametrize(("choice", "spot"), [("never", False), ("prefer", False), ("only", True), (True, True)])
-def test_without_a_replica_the_specs_launch_capacity_decides(choice: str | bool, spot: bool) -> None:
-    """What `render` writes: `only` (and `true`, as before) on Spot; `prefer` on demand until placement knows Spot."""
-    pod = k8s.deployment(make_spec(spot=choice), "us-central1", "nvidia-l4")["spec"]["template"]["spec"]
-    assert pod["nodeSelector"].get("cloud.google.com/gke-spot") == ("true" if spot else None)
-    assert pod["terminationGracePeriodSeconds"] <= (25 if spot else 600)
+@pytest.mark.parametrize(
+    ("choice", "base", "expected"),
+    [
+        ("never", 0, [("on-demand", 2)]),
+        (False, 1, [("on-demand", 2)]),
+        ("prefer", 0, [("spot", 2), ("on-demand", 0)]),
+        ("prefer", 1, [("spot", 1), ("on-demand", 1)]),
+        ("only", 0, [("spot", 2)]),
+        (True, 5, [("spot", 0), ("on-demand", 2)]),
+    ],
+)
+def test_rendered_spot_and_on_demand_pods_are_deployments_of_their_own(
+    choice: str | bool, base: int, expected: list[tuple[str, int]]
+) -> None:
+    """What `render` writes: Spot but for the on-demand floor, and with `prefer` an on-demand Deployment to
+    scale up by hand; two Deployments never select each other's pods, and the Service selects both."""
+    spec = parse_spec(
+        {"name": "sd", "resources": {"gpus": ["nvidia-l4"], "spot": choice, "on_demand_base": base},
+         "replicas": {"per_region": 2, "max": 8}}
+    )  # fmt: skip
+    *made, svc = k8s.workload_manifests(spec, "us-central1", "nvidia-l4")
+    assert [(d["metadata"]["labels"]["gpuroam.dev/capacity"], d["spec"]["replicas"]) for d in made] == expected
+    assert len({d["metadata"]["name"] for d in made}) == len(made)
+    for doc in made:
+        pod = doc["spec"]["template"]
+        spot = pod["metadata"]["labels"]["gpuroam.dev/capacity"] == "spot"
+        assert pod["spec"]["nodeSelector"].get("cloud.google.com/gke-spot") == ("true" if spot else None)
+        assert pod["spec"]["terminationGracePeriodSeconds"] == (25 if spot else 60)
+        assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items(), "the Service selects it"
+        others = [d for d in made if d is not doc]
+        assert not any(doc["spec"]["selector"]["matchLabels"].items() <= o["spec"]["template"]["metadata"]["labels"].items()
+                       for o in others), "a Deployment selects only its own pods"  # fmt: skip
+    if spec.resources.spot == "never":
+        assert "gpuroam.dev/capacity" not in made[0]["spec"]["selector"]["matchLabels"], "unchanged: it is immutable"
 
 
 @pytest.mark.parametrize("count", [1, 2, 4, 8])

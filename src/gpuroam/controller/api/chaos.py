@@ -1,11 +1,12 @@
-"""Chaos: take capacity away (a region, a GPU type) and give it back, on providers that simulate capacity."""
+"""Chaos: take capacity away (a region, a GPU type), reclaim Spot replicas with a notice, and give capacity
+back, on providers that simulate capacity."""
 
 from __future__ import annotations
 
 import time
 
 from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gpuroam.controller.api.context import ApiContext, Context
 from gpuroam.controller.api.models import ChaosOut
@@ -51,6 +52,25 @@ def fail(body: ChaosRequest, context: Context) -> ChaosOut:
         raise HTTPException(422, str(error)) from error
     _record(context, body, what)
     return ChaosOut(message=what, killed=killed)
+
+
+class PreemptRequest(BaseModel):
+    region: str | None = None
+    replica: str | None = None
+    notice_s: float = Field(default=30.0, ge=0, le=3600)
+
+
+@router.post("/api/v1/chaos/preempt", response_model_exclude_none=True)
+def preempt(body: PreemptRequest, context: Context) -> ChaosOut:
+    controls = _controls(context)
+    try:
+        doomed = controls.preempt(region=body.region, replica=body.replica, notice_s=body.notice_s)
+    except ValueError as error:
+        raise HTTPException(422, str(error)) from error
+    where = body.replica or (f"Spot in {body.region}" if body.region else "all Spot")
+    what = f"preemption of {where}: {len(doomed)} replica(s) reclaimed in {body.notice_s:g} s"
+    context.store.add_event(Event(ts=time.time(), kind=EventKind.CHAOS, message=what, region=body.region))
+    return ChaosOut(message=what, killed=doomed)
 
 
 @router.post("/api/v1/chaos/recover", response_model_exclude_none=True)

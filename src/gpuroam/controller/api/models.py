@@ -32,6 +32,7 @@ class ServiceOut(BaseModel):
     reason: str  # why: the autoscaler's last decision, with its figures
     desired_since: float  # when `desired` last changed (Unix seconds)
     cost_per_hour: float  # USD per hour of the live replicas' GPUs (each at its price_per_hour; unknown ones 0)
+    on_demand_cost_per_hour: float  # what the same live replicas would cost all on demand (Spot's saving beside it)
     deleted: bool
     pinned_regions: list[str]
     generation: int
@@ -62,9 +63,15 @@ class EventOut(BaseModel):
 
 
 class RegionGpuOut(BaseModel):
+    """One GPU type of a region: on demand (`free`, `blocked_until`) and as Spot (`spot`: offered
+    there; `spot_free`, `spot_blocked_until`), free slots None where the provider cannot know."""
+
     gpu: str
     free: int | None
     blocked_until: float | None
+    spot: bool = False
+    spot_free: int | None = None
+    spot_blocked_until: float | None = None
 
 
 class RegionOut(BaseModel):

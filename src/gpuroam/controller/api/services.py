@@ -64,6 +64,9 @@ def service_view(context: ApiContext, record: ServiceRecord, now: float) -> Serv
         reason=scale.reason,
         desired_since=scale.changed_at,
         cost_per_hour=round(cost_per_hour(context.catalog, gpu_count(record), replicas), 4),
+        on_demand_cost_per_hour=round(
+            cost_per_hour(context.catalog, gpu_count(record), replicas, Capacity.ON_DEMAND), 4
+        ),
         deleted=record.deleted,
         pinned_regions=list(record.pinned_regions),
         generation=record.generation,
@@ -90,19 +93,24 @@ def gpu_count(record: ServiceRecord) -> int:
     return count if isinstance(count, int) and count > 0 else 1
 
 
-def price_per_hour(catalog: Catalog, replica: Replica, gpus_per_replica: int) -> float | None:
+def price_per_hour(
+    catalog: Catalog, replica: Replica, gpus_per_replica: int, capacity: Capacity | None = None
+) -> float | None:
     """USD per hour of the replica's GPUs at the catalog's price in its region for its capacity (Spot or
-    on-demand); None where the catalog has no such price (a local site it does not know, say)."""
-    lookup = catalog.spot_price if replica.capacity is Capacity.SPOT else catalog.price
+    on-demand; or for `capacity`); None where the catalog has no such price (a local site it does not know)."""
+    lookup = catalog.spot_price if (capacity or replica.capacity) is Capacity.SPOT else catalog.price
     try:
         return round(lookup(replica.region, replica.gpu) * gpus_per_replica, 4)
     except KeyError:
         return None
 
 
-def cost_per_hour(catalog: Catalog, gpus_per_replica: int, replicas: Sequence[Replica]) -> float:
-    """USD per hour of the live replicas' GPUs, each at its price_per_hour (0 for one without a price)."""
-    return sum(price_per_hour(catalog, r, gpus_per_replica) or 0.0 for r in replicas if r.state.live)
+def cost_per_hour(
+    catalog: Catalog, gpus_per_replica: int, replicas: Sequence[Replica], capacity: Capacity | None = None
+) -> float:
+    """USD per hour of the live replicas' GPUs, each at its price_per_hour (0 for one without a price);
+    with `capacity` ON_DEMAND, what the same replicas would cost all on demand."""
+    return sum(price_per_hour(catalog, r, gpus_per_replica, capacity) or 0.0 for r in replicas if r.state.live)
 
 
 def check_endpoint_files(spec: ServiceSpec, context: ApiContext) -> None:

@@ -305,6 +305,10 @@ class GkeProvider:
                 found[region] = {}
         return found
 
+    def spot_regions(self) -> Regions:
+        """Spot wherever a GPU is offered, free slots unknown: Autopilot makes a Spot node on demand."""
+        return {region: dict.fromkeys(gpus) for region, gpus in self.regions().items()}
+
     def launch(self, replica: Replica, spec: ServiceSpec) -> Launched:
         launched = self._ready(replica.region, replica.gpu).launch(replica, spec)
         with self._lock:

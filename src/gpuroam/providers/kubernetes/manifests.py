@@ -14,6 +14,7 @@ from typing import Any
 
 from gpuroam.providers.kubernetes.names import (
     CAPACITY_LABEL,
+    INSTANCE_LABEL,
     MANAGED_BY,
     REGION_LABEL,
     REPLICA_LABEL,
@@ -187,19 +188,26 @@ def deployment(
     namespace: str = DEFAULT_NAMESPACE,
     *,
     replica: str | None = None,
-    capacity: Capacity | None = None,
+    capacity: Capacity = Capacity.ON_DEMAND,
+    pods: int | None = None,
 ) -> Manifest:
-    """The service's replicas in `region` on `gpu`: `replicas.per_region` pods, each with its GPUs.
+    """The service's `pods` replicas (`replicas.per_region` when None) in `region` on `gpu` and
+    `capacity`, each pod with its GPUs; `capacity` decides the Spot selector and grace.
 
     With `replica` (a controller's replica id), one pod for that replica alone, named and labelled
-    for it: what a provider's launch(replica) applies, and terminate(replica id) deletes. `capacity`
-    (Spot or on-demand; the spec's launch_capacity when None) decides the Spot selector and grace."""
-    capacity = Capacity(spec.resources.launch_capacity) if capacity is None else capacity
+    for it: what a provider's launch(replica) applies, and terminate(replica id) deletes. Without,
+    Spot and on-demand pods are Deployments of their own (the Spot one named `...-spot`), whose
+    selectors tell them apart when the spec allows Spot (a spec that never does keeps its selector,
+    which is immutable)."""
     labels = {**workload_labels(spec.name, region, gpu, replica), CAPACITY_LABEL: capacity.value}
     notes = exact_annotations(spec.name, region, gpu, replica)
     selector = selector_labels(spec.name, gpu)
     if replica is not None:
         selector[REPLICA_LABEL] = labels[REPLICA_LABEL]
+    elif spec.resources.spot != "never":
+        selector[CAPACITY_LABEL] = capacity.value
+        if capacity is Capacity.SPOT:
+            labels[INSTANCE_LABEL] = dns_label(f"{labels[INSTANCE_LABEL]}-spot")
     count = spec.resources.gpu_count
     size = pod_size(gpu, count)
     container: Manifest = {
@@ -236,9 +244,9 @@ def deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(labels["app.kubernetes.io/instance"], namespace, labels, notes),
+        "metadata": _metadata(labels[INSTANCE_LABEL], namespace, labels, notes),
         "spec": {
-            "replicas": spec.replicas.per_region if replica is None else 1,
+            "replicas": 1 if replica is not None else spec.replicas.per_region if pods is None else pods,
             "selector": {"matchLabels": selector},
             # Make before break: a new pod is ready before an old one goes (it needs a spare GPU).
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
@@ -291,8 +299,23 @@ def service(
 def workload_manifests(
     spec: ServiceSpec, region: str, gpu: str, namespace: str = DEFAULT_NAMESPACE, *, neg: bool = False
 ) -> list[Manifest]:
-    """Deployment and Service of `spec` on `gpu` in `region`, in the order to apply them."""
-    return [deployment(spec, region, gpu, namespace), service(spec, region, gpu, namespace, neg=neg)]
+    """Deployments (on demand, Spot, as `resources.spot` says) and the Service of `spec` on `gpu` in
+    `region`, in the order to apply them."""
+    made = [deployment(spec, region, gpu, namespace, capacity=kind, pods=n) for kind, n in rendered_counts(spec)]
+    return [*made, service(spec, region, gpu, namespace, neg=neg)]
+
+
+def rendered_counts(spec: ServiceSpec) -> list[tuple[Capacity, int]]:
+    """Pods per region for manifests applied by hand, which cannot fall back by themselves: `never`
+    all on demand; otherwise Spot but for the on-demand floor (`on_demand_base`, at most per_region),
+    and with `prefer` an on-demand Deployment even at 0 replicas, the fallback to scale up
+    (`kubectl scale`) while Spot is short. `gpuroam serve` does all of this per replica instead."""
+    per_region, spot = spec.replicas.per_region, spec.resources.spot
+    if spot == "never":
+        return [(Capacity.ON_DEMAND, per_region)]
+    base = min(spec.resources.on_demand_base, per_region)
+    on_demand = [(Capacity.ON_DEMAND, base)] if base or spot == "prefer" else []
+    return [(Capacity.SPOT, per_region - base), *on_demand]
 
 
 def _metadata(name: str, namespace: str, labels: dict[str, str], annotations: dict[str, str]) -> Manifest:

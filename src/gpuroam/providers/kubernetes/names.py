@@ -20,6 +20,7 @@ SERVICE_LABEL = f"{PREFIX}/service"
 REGION_LABEL = f"{PREFIX}/region"
 GPU_LABEL = f"{PREFIX}/gpu"
 REPLICA_LABEL = f"{PREFIX}/replica"
+INSTANCE_LABEL = "app.kubernetes.io/instance"  # names the Deployment (and Service) a pod belongs to
 CAPACITY_LABEL = f"{PREFIX}/capacity"  # spot or on-demand: on a Deployment and its pods, never in a selector
 MANAGED_BY = "gpuroam"
 
@@ -113,7 +114,7 @@ def workload_labels(service: str, region: str, gpu: str, replica: str | None = N
     one-replica Deployment) and the standard ones."""
     labels = {
         **service_labels(service),
-        "app.kubernetes.io/instance": workload_name(service, gpu) if replica is None else replica_name(replica),
+        INSTANCE_LABEL: workload_name(service, gpu) if replica is None else replica_name(replica),
         "app.kubernetes.io/component": "worker",
         REGION_LABEL: label_value(region),
         GPU_LABEL: label_value(gpu),

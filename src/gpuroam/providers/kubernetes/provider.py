@@ -171,6 +171,11 @@ class KubernetesProvider:
                 found[region] = {}
         return found
 
+    def spot_regions(self) -> Regions:
+        """Spot wherever a GPU is offered, free slots unknown: GKE makes a Spot node on demand. A cluster
+        with no Spot nodes leaves the pod unschedulable, a capacity failure that blocks Spot there."""
+        return {region: dict.fromkeys(gpus) for region, gpus in self.regions().items()}
+
     def _free(self, region: str, gpu: str) -> int | None:
         total = self.inventory.get(region, {}).get(gpu)
         if total is None:

@@ -1,14 +1,15 @@
 """The embedded default provider: regions are named sites on this machine, replicas are worker processes.
 
 The process table is the truth (see workers.py): `observe()` finds every worker in /proc. Only chaos
-(capacity taken away) is kept in a file, written atomically, so it outlives a controller restart.
+(capacity taken away, preemption notices; see chaos.py) is kept in a file, so it outlives a controller
+restart. A Spot replica given a notice (`preempt`) keeps running and serving until the notice runs out,
+reported with its `reclaim_at` meanwhile; then `observe()` kills it (SIGKILL), as a cloud reclaims a VM.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import secrets
 import signal
@@ -24,6 +25,7 @@ import httpx
 
 from gpuroam import processes
 from gpuroam.providers.base import CapacityError, Launched, Observed, ProviderError, Regions
+from gpuroam.providers.local.chaos import ChaosState
 from gpuroam.providers.local.sites import Inventory, load_sites
 from gpuroam.providers.local.workers import CAPACITY_ENV, Worker, free_port, read_worker, scan_workers
 from gpuroam.records import Capacity, Replica
@@ -122,9 +124,9 @@ class LocalProvider:
         return self._free_slots(Capacity.SPOT)
 
     def _free_slots(self, capacity: Capacity) -> Regions:
-        workers, taken = self._workers(), self.taken_away()
+        workers, chaos = self._workers(), ChaosState.load(self.dir)
         return {
-            region: {gpu: self._free(region, gpu, capacity, workers, taken) for gpu in gpus}
+            region: {gpu: self._free(region, gpu, capacity, workers, chaos) for gpu in gpus}
             for region, gpus in self._inventory(capacity).items()
         }
 
@@ -132,9 +134,9 @@ class LocalProvider:
         return self.spot if capacity is Capacity.SPOT else self.sites
 
     def _free(
-        self, region: str, gpu: str, capacity: Capacity, workers: list[Worker], taken: set[tuple[str, str]]
+        self, region: str, gpu: str, capacity: Capacity, workers: list[Worker], chaos: ChaosState | None = None
     ) -> int:
-        if (region, gpu) in taken:
+        if chaos is not None and _taken(chaos, region, gpu, capacity):
             return 0
         used = sum(1 for w in workers if (w.region, w.gpu, w.capacity) == (region, gpu, capacity))
         return max(0, self._inventory(capacity).get(region, {}).get(gpu, 0) - used)
@@ -153,9 +155,9 @@ class LocalProvider:
                 raise CapacityError(region, gpu, f"no local site named {region}")
             if gpu not in inventory.get(region, {}):
                 raise CapacityError(region, gpu, f"local site {region} has no {gpu}{kind}")
-            if (region, gpu) in self.taken_away():
-                raise CapacityError(region, gpu, f"{gpu} in local site {region} was taken away (chaos)")
-            if self._free(region, gpu, capacity, workers, set()) == 0:
+            if _taken(ChaosState.load(self.dir), region, gpu, capacity):
+                raise CapacityError(region, gpu, f"{gpu}{kind} in local site {region} was taken away (chaos)")
+            if self._free(region, gpu, capacity, workers) == 0:
                 count = inventory[region][gpu]
                 raise CapacityError(region, gpu, f"local site {region} has {count} {gpu}{kind}, all in use")
             env = {"GPUROAM_PROVIDER_ID": self.provider_id, "GPUROAM_SERVICE": replica.service}
@@ -214,10 +216,11 @@ class LocalProvider:
         return Launched(url, {"pid": pid, "port": port, "url": url, "log": str(self.log_dir / f"{replica_id}.log")})
 
     def observe(self) -> list[Observed]:
+        reclaims = self._reclaim_due()
         workers = list({w.replica_id: w for w in reversed(self._workers())}.values())  # oldest per replica
         with ThreadPoolExecutor(max_workers=min(16, len(workers) or 1)) as pool:
             ready = list(pool.map(lambda w: _ready(w.url, self.ready_timeout_s), workers))
-        return [w.observed(up) for w, up in zip(workers, ready, strict=True)]
+        return [w.observed(up, reclaims.get(w.replica_id)) for w, up in zip(workers, ready, strict=True)]
 
     def drain(self, replica_id: str) -> None:
         """Nothing to do: the gateway stops routing once the controller drops the replica from the ready set."""
@@ -247,18 +250,8 @@ class LocalProvider:
     # -- chaos: capacity taken away and given back --------------------------------------------------
 
     def taken_away(self) -> set[tuple[str, str]]:
-        path = self.dir / "capacity.json"
-        if not path.exists():
-            return set()
-        try:
-            return {(region, gpu) for region, gpu in json.loads(path.read_text())["taken_away"]}
-        except (ValueError, KeyError, TypeError) as error:
-            raise ProviderError(f"{path} is corrupt ({error}); delete it to give all capacity back") from error
-
-    def _save_taken(self, taken: set[tuple[str, str]]) -> None:
-        tmp = self.dir / f".capacity.json.{os.getpid()}"
-        tmp.write_text(json.dumps({"taken_away": sorted(taken)}, indent=1))
-        os.replace(tmp, self.dir / "capacity.json")
+        """The (region, GPU) pairs lost on demand and as Spot."""
+        return ChaosState.load(self.dir).taken
 
     def fail_region(self, region: str) -> list[str]:
         """Lose a region: all its GPUs go, and its replicas die abruptly (SIGKILL)."""
@@ -272,18 +265,61 @@ class LocalProvider:
 
     def _take_away(self, pairs: set[tuple[str, str]]) -> list[str]:
         with self._locked():
-            self._save_taken(self.taken_away() | pairs)
+            chaos = ChaosState.load(self.dir)
+            chaos.taken |= pairs
+            chaos.save(self.dir)
             doomed = [w for w in self._workers() if (w.region, w.gpu) in pairs]
             self._stop(doomed, signal.SIGKILL, grace_s=5.0)
         return sorted({w.replica_id for w in doomed})
 
+    def preempt(self, region: str | None = None, replica: str | None = None, notice_s: float = 30.0) -> list[str]:
+        """Reclaim Spot replicas as a cloud does: one (`replica`), every one of `region` (a preemption wave,
+        which also takes the region's Spot capacity until `recover`), or every one everywhere. They run on
+        for `notice_s` seconds, reported with the notice, then die abruptly. The ids of the replicas doomed."""
+        self._check(region=region)
+        with self._locked():
+            spot = [w for w in self._workers() if w.capacity is Capacity.SPOT and region in (None, w.region)]
+            doomed = [w for w in spot if replica in (None, w.replica_id)]
+            if replica is not None and not doomed:
+                raise ValueError(f"no Spot replica {replica!r}{f' in {region}' if region else ''}; Spot replicas: "
+                                 f"{', '.join(sorted(w.replica_id for w in spot)) or 'none'}")  # fmt: skip
+            chaos = ChaosState.load(self.dir)
+            if region is not None and replica is None:
+                chaos.spot_taken |= {(region, gpu) for gpu in self.spot.get(region, {})}
+            reclaim_at = time.time() + max(0.0, notice_s)
+            chaos.reclaims.update({w.replica_id: min(chaos.reclaims.get(w.replica_id, reclaim_at), reclaim_at)
+                                   for w in doomed})  # fmt: skip
+            chaos.save(self.dir)
+        self._reclaim_due()
+        return sorted({w.replica_id for w in doomed})
+
+    def _reclaim_due(self) -> dict[str, float]:
+        """Kill the replicas whose notice ran out; the notices still running (replica id -> reclaim time)."""
+        chaos = ChaosState.load(self.dir)
+        if not chaos.reclaims:
+            return {}
+        with self._locked():
+            chaos, now = ChaosState.load(self.dir), time.time()
+            workers = self._workers()
+            running = {w.replica_id for w in workers}
+            due = {replica for replica, at in chaos.reclaims.items() if at <= now}
+            self._stop([w for w in workers if w.replica_id in due], signal.SIGKILL, grace_s=5.0)
+            kept = {replica: at for replica, at in chaos.reclaims.items() if replica in running and replica not in due}
+            if kept != chaos.reclaims:
+                chaos.reclaims = kept
+                chaos.save(self.dir)
+            return kept
+
     def recover(self, region: str | None = None, gpu: str | None = None) -> list[tuple[str, str]]:
-        """Give back what was taken away in `region` and/or of `gpu` (everything when both are None)."""
+        """Give back what was taken away in `region` and/or of `gpu` (everything when both are None), Spot
+        capacity taken by a preemption wave included."""
         self._check(region=region, gpu=gpu)
         with self._locked():
-            taken = self.taken_away()
-            restored = {(r, g) for r, g in taken if region in (None, r) and gpu in (None, g)}
-            self._save_taken(taken - restored)
+            chaos = ChaosState.load(self.dir)
+            restored = {(r, g) for r, g in chaos.taken | chaos.spot_taken if region in (None, r) and gpu in (None, g)}
+            chaos.taken -= restored
+            chaos.spot_taken -= restored
+            chaos.save(self.dir)
         return sorted(restored)
 
     def _gpus(self, region: str) -> set[str]:
@@ -297,3 +333,7 @@ class LocalProvider:
         if gpu is not None and gpu not in gpus:
             where = f"in {region}" if region is not None else "in any local region"
             raise ValueError(f"no GPU type {gpu!r} {where}; the GPU types are: {', '.join(sorted(gpus))}")
+
+
+def _taken(chaos: ChaosState, region: str, gpu: str, capacity: Capacity) -> bool:
+    return (region, gpu) in chaos.taken or (capacity is Capacity.SPOT and (region, gpu) in chaos.spot_taken)

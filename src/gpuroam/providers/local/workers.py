@@ -36,9 +36,12 @@ class Worker:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def observed(self, ready: bool) -> Observed:
+    def observed(self, ready: bool, reclaim_at: float | None = None) -> Observed:
         state = ObservedState.READY if ready else ObservedState.STARTING
-        return Observed(self.replica_id, self.service, self.region, self.gpu, state, self.url, f"pid {self.pid}")
+        detail = f"pid {self.pid}"
+        return Observed(
+            self.replica_id, self.service, self.region, self.gpu, state, self.url, detail, False, reclaim_at
+        )
 
 
 def parse_worker(pid: int, cmdline: list[str], environ: dict[str, str]) -> Worker | None:

@@ -1,0 +1,190 @@
+"""Placement over Spot and on-demand slots: preference, fallback, the on-demand floor, spread and
+move-back, in scenarios and as properties over a small simulated world (pure: no I/O, no clock)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpuroam.placement import CapacityView, Demand, Plan, Slot, block_after_failure, needed_regions, plan
+from gpuroam.records import Block, Capacity, Replica, ReplicaState
+from gpuroam.spec import parse_spec
+
+SPOT, ON_DEMAND = Capacity.SPOT, Capacity.ON_DEMAND
+GPUS = ("nvidia-l4", "nvidia-tesla-t4")
+POSITIONS = {"us-a": (0.0, 0.0), "us-b": (0.0, 10.0), "eu-a": (50.0, 0.0), "eu-b": (50.0, 10.0)}
+PAIRS = frozenset(itertools.product(POSITIONS, GPUS))
+SLOTS = frozenset((r, g, c) for r, g in PAIRS for c in Capacity)
+
+
+class Catalog:
+    def price(self, region: str, gpu: str) -> float:
+        return {"nvidia-l4": 0.7, "nvidia-tesla-t4": 0.35}[gpu] + 0.01 * list(POSITIONS).index(region)
+
+    def spot_price(self, region: str, gpu: str) -> float:
+        return self.price(region, gpu) * 0.4
+
+    def distance_km(self, a: str, b: str) -> float:
+        (la, oa), (lb, ob) = POSITIONS[a], POSITIONS[b]
+        return 111.0 * math.hypot(la - lb, oa - ob)
+
+
+class World:
+    """Replicas and blocks over a hidden truth of which slots have capacity; a launch is ready (or
+    fails, blocking its slot) one step later; a ready replica whose slot is taken away dies."""
+
+    def __init__(self, demand: Demand, capacity: set[Slot]) -> None:
+        self.demand, self.capacity = demand, capacity
+        self.replicas: dict[str, Replica] = {}
+        self.blocks: dict[Slot, Block] = {}
+        self.now, self.ids = 1000.0, itertools.count()
+
+    def view(self) -> CapacityView:
+        return CapacityView(offers=PAIRS, spot_offers=PAIRS, blocks=dict(self.blocks))
+
+    def plan(self) -> Plan:
+        return plan(Catalog(), self.demand, self.view(), list(self.replicas.values()), self.now)
+
+    def step(self, seconds: float = 1.0) -> Plan:
+        for r in list(self.replicas.values()):
+            slot = (r.region, r.gpu, r.capacity)
+            if r.state is ReplicaState.PROVISIONING:
+                self._set(r, ReplicaState.READY if slot in self.capacity else ReplicaState.FAILED)
+            elif r.state is ReplicaState.READY and slot not in self.capacity:
+                self._set(r, ReplicaState.FAILED)
+            if self.replicas[r.id].state is ReplicaState.FAILED and r.state is not ReplicaState.FAILED:
+                self.blocks[slot] = block_after_failure(
+                    self.blocks.get(slot), *slot[:2], self.now, 30, 2, 600, "", slot[2]
+                )
+        decided = self.plan()
+        for launch in decided.launches:
+            rid = f"r{next(self.ids)}"
+            self.replicas[rid] = Replica(
+                rid, "svc", launch.region, launch.gpu, ReplicaState.PROVISIONING, self.now, self.now,
+                reason=launch.reason, capacity=launch.capacity,
+            )  # fmt: skip
+        for drain in decided.drains:
+            self._set(self.replicas[drain.replica_id], ReplicaState.TERMINATED)
+        self.now += seconds
+        return decided
+
+    def _set(self, r: Replica, state: ReplicaState) -> None:
+        ready_at = self.now if state is ReplicaState.READY else r.ready_at
+        self.replicas[r.id] = Replica(
+            r.id, r.service, r.region, r.gpu, state, r.created_at, self.now, ready_at, capacity=r.capacity
+        )
+
+    def run(self, steps: int, seconds: float = 1.0) -> list[Plan]:
+        return [self.step(seconds) for _ in range(steps)]
+
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.state is ReplicaState.READY]
+
+    def placement(self) -> list[tuple[str, str, Capacity]]:
+        return sorted((r.region, r.gpu, r.capacity) for r in self.ready())
+
+
+def demand(**changes: object) -> Demand:
+    base = {"gpus": GPUS, "min_regions": 2, "min_replicas": 2, "max_replicas": 6, "race": 2, "move_back_after_s": 10.0}
+    return Demand(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def settled(world: World, steps: int = 40) -> World:
+    world.run(steps)
+    assert world.plan().empty, f"not settled: {world.plan()}"
+    return world
+
+
+def test_prefer_runs_on_spot_of_the_preferred_gpu() -> None:
+    world = settled(World(demand(spot="prefer"), set(SLOTS)))
+    assert world.placement() == [("us-a", "nvidia-l4", SPOT), ("us-b", "nvidia-l4", SPOT)]
+
+
+def test_never_ignores_spot_and_only_never_runs_on_demand() -> None:
+    assert {c for _, _, c in settled(World(demand(spot="never"), set(SLOTS))).placement()} == {ON_DEMAND}
+    no_spot_l4 = {s for s in SLOTS if not (s[1] == "nvidia-l4" and s[2] is SPOT)}
+    only = settled(World(demand(spot="only"), no_spot_l4))
+    assert {(g, c) for _, g, c in only.placement()} == {("nvidia-tesla-t4", SPOT)}, "the next GPU as Spot, not L4"
+
+
+def test_the_on_demand_floor_is_kept_and_the_rest_is_spot() -> None:
+    world = settled(World(demand(spot="prefer", on_demand_base=1, min_replicas=3, min_regions=3), set(SLOTS)))
+    assert sorted(c for _, _, c in world.placement()) == [ON_DEMAND, SPOT, SPOT]
+    floor = settled(World(demand(spot="only", on_demand_base=1), set(SLOTS)))
+    assert sorted(c for _, _, c in floor.placement()) == [ON_DEMAND, SPOT], "`only` still keeps its floor"
+
+
+def test_a_spot_loss_falls_back_to_on_demand_at_once_then_moves_back_make_before_break() -> None:
+    world = settled(World(demand(spot="prefer"), set(SLOTS)))
+    world.capacity -= {s for s in SLOTS if s[2] is SPOT}  # a preemption wave takes every Spot GPU
+    world.step()  # the replicas die; the replacement is planned in the same pass
+    assert {(launch.gpu, launch.capacity) for launch in world.step().launches} <= {("nvidia-l4", ON_DEMAND)}
+    world.run(3)
+    assert {(g, c) for _, g, c in world.placement()} == {("nvidia-l4", ON_DEMAND)}
+    world.capacity |= SLOTS  # Spot is back: blocked a while, then stable for move_back_after_s
+    ready_counts = []
+    for _ in range(400):
+        world.step(5.0)
+        ready_counts.append(len(world.ready()))
+    assert world.placement() == [("us-a", "nvidia-l4", SPOT), ("us-b", "nvidia-l4", SPOT)]
+    assert min(ready_counts) >= 2, "never fewer ready replicas than asked for while moving back"
+
+
+def test_spot_replicas_spread_over_regions() -> None:
+    """per_region 2 in one region would put both Spot replicas in one preemption wave's way."""
+    spec = parse_spec({"name": "sd", "resources": {"gpus": list(GPUS), "spot": "prefer"},
+                       "replicas": {"min": 4, "per_region": 4, "max": 8}})  # fmt: skip
+    d = Demand.from_spec(spec)
+    assert (needed_regions(d), d.per_region) == (2, 2)
+    plain = Demand.from_spec(spec.model_copy(update={"resources": spec.resources.model_copy(update={"spot": "never"})}))
+    assert (needed_regions(plain), plain.per_region) == (1, 4), "on demand keeps what the spec says"
+    world = settled(World(d, set(SLOTS)))
+    assert len({r for r, _, _ in world.placement()}) == 2 and len(world.placement()) == 4
+
+
+spot_demands = st.builds(
+    demand,
+    spot=st.sampled_from(["never", "prefer", "only"]),
+    on_demand_base=st.integers(0, 3),
+    min_regions=st.integers(1, 3),
+    min_replicas=st.integers(1, 4),
+    race=st.integers(0, 3),
+)
+slot_sets = st.sets(st.sampled_from(sorted(SLOTS)), max_size=len(SLOTS))
+
+
+@settings(max_examples=60, deadline=None)
+@given(spot_demands, st.lists(slot_sets, min_size=1, max_size=4))
+def test_every_plan_keeps_the_spot_choice_and_the_floor_and_never_breaks_before_making(
+    d: Demand, outages: list[set[Slot]]
+) -> None:
+    world = World(d, set(SLOTS))
+    for outage in [*outages, set()]:
+        world.capacity = set(SLOTS) - outage
+        for _ in range(20):
+            before = [r for r in world.replicas.values() if r.state.live]
+            decided = world.plan()
+            assert decided == world.plan(), "deterministic"
+            for launch in decided.launches:
+                block = world.blocks.get((launch.region, launch.gpu, launch.capacity))
+                assert block is None or not block.active(world.now), "never a blocked slot"
+                assert launch.capacity is ON_DEMAND or d.spot != "never", "never Spot when the spec says never"
+                if d.spot == "only" and launch.capacity is ON_DEMAND:
+                    assert d.on_demand_base > 0, "on demand under `only` is the floor's alone"
+            drained = {drain.replica_id for drain in decided.drains}
+            ready = sum(r.state is ReplicaState.READY for r in before)
+            after = sum(r.state is ReplicaState.READY and r.id not in drained for r in before)
+            assert after >= min(ready, needed_regions(d) * d.per_region), "make before break"
+            world.step()
+    world.run(200, seconds=60.0)  # every block expires, Spot is stable: settled where it should be
+    assert world.plan().empty
+    placed = world.placement()
+    on_demand = sum(c is ON_DEMAND for _, _, c in placed)
+    if d.spot == "never":
+        assert on_demand == len(placed)
+    else:
+        assert on_demand == min(d.on_demand_base, len(placed)), "the floor on demand, the rest on Spot"
+    assert {g for _, g, _ in placed} == {"nvidia-l4"}, "and on the preferred GPU"
