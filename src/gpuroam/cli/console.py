@@ -26,6 +26,7 @@ EVENT_STYLES = {
     "scaled-down": "cyan",
     "slept": "dim",
     "woke": "bold green",
+    "preempted": "bold magenta",
 }
 
 
@@ -50,6 +51,7 @@ def service_table(service: dict[str, Any]) -> Table:
         f"{ready} ready in {len(regions)} region(s), {service.get('desired', ready)} wanted"
         + ("  [red](deleting)[/]" if service.get("deleted") else "")
         + (f"\n[dim]{service['reason']}{_since(service)}[/]" if service.get("reason") else "")
+        + _cost(service)
     )
     table = Table(title=title, title_justify="left", expand=False)
     for column in ("replica", "region", "GPU", "capacity", "$/hour", "state", "URL", "age"):
@@ -67,6 +69,17 @@ def service_table(service: dict[str, Any]) -> Table:
             age(replica["age_s"]),
         )
     return table
+
+
+def _cost(service: dict[str, Any]) -> str:
+    """The service's $/hour, and what all on-demand would cost where Spot makes a difference."""
+    cost, on_demand = service.get("cost_per_hour"), service.get("on_demand_cost_per_hour")
+    if cost is None:
+        return ""
+    line = f"\n{dollars(cost)}/hour"
+    if on_demand and on_demand > cost:
+        line += f" (all on demand: {dollars(on_demand)}/hour; Spot saves {1 - cost / on_demand:.0%})"
+    return line
 
 
 def dollars(per_hour: float | None) -> str:

@@ -18,7 +18,9 @@ import { regionViews } from "./regions.js";
 import { Timeline } from "./timeline.js";
 
 const REFRESH_MS = 1000;
-const FLASH_KINDS = new Set(["failover", "chaos", "blocked", "stockout", "recovered", "failed", "expanded", "shrunk"]);
+const FLASH_KINDS = new Set([
+  "failover", "preempted", "chaos", "blocked", "stockout", "recovered", "failed", "expanded", "shrunk",
+]);
 
 const $ = (selector) => document.querySelector(selector);
 let tokenDialogDismissed = false; // closed with Escape: wait for the Token button rather than nag

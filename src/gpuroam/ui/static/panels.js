@@ -44,7 +44,8 @@ export function renderServices(container, services, traffic) {
   // Redrawn when what it shows changes (not for ages and queues, updated in place), so a link can be clicked.
   const key = JSON.stringify(
     shown.map((s) => [
-      s.name, s.endpoint, s.deleted, s.desired, s.reason, s.cost_per_hour, s.replicas.map((r) => [r.id, r.state]),
+      s.name, s.endpoint, s.deleted, s.desired, s.reason, s.cost_per_hour, s.on_demand_cost_per_hour,
+      s.replicas.map((r) => [r.id, r.state, r.capacity]),
     ]),
   );
   replaceIfChanged(container, key, () =>
@@ -66,8 +67,18 @@ function queueText(seen) {
   return ` · ${seen.in_flight} in flight, ${seen.held} waiting for a replica`;
 }
 
+/** The service's $/hour and, where Spot makes a difference, what all on-demand would cost. */
+function costText(service) {
+  if (typeof service.cost_per_hour !== "number") return "";
+  const cost = ` · $${service.cost_per_hour.toFixed(2)}/h`;
+  const onDemand = service.on_demand_cost_per_hour;
+  if (typeof onDemand !== "number" || onDemand <= service.cost_per_hour) return cost;
+  const saved = Math.round((1 - service.cost_per_hour / onDemand) * 100);
+  return `${cost} (all on-demand $${onDemand.toFixed(2)}/h, Spot saves ${saved}%)`;
+}
+
 function scaleLine(service, ready) {
-  const cost = typeof service.cost_per_hour === "number" ? ` · $${service.cost_per_hour.toFixed(2)}/h` : "";
+  const cost = costText(service);
   return h(
     "p",
     { class: "scale" },
@@ -118,7 +129,7 @@ function serviceCard(service) {
       ? h(
           "table",
           { class: "replicas" },
-          h("thead", {}, h("tr", {}, ["Region", "GPU", "State", "Age"].map((t) => h("th", {}, t)))),
+          h("thead", {}, h("tr", {}, ["Region", "GPU", "Capacity", "$/h", "State", "Age"].map((t) => h("th", {}, t)))),
           h(
             "tbody",
             {},
@@ -128,6 +139,8 @@ function serviceCard(service) {
                 { dataset: { replica: r.id, state: r.state }, title: r.reason || r.id },
                 h("td", {}, r.region),
                 h("td", {}, r.gpu),
+                h("td", { dataset: { capacity: r.capacity || "on-demand" } }, r.capacity === "spot" ? "Spot" : "on-demand"),
+                h("td", { class: "num" }, typeof r.price_per_hour === "number" ? `$${r.price_per_hour.toFixed(2)}` : "?"),
                 h("td", {}, h("span", { class: "pill", dataset: { state: r.state } }, r.state)),
                 h("td", { class: "num", dataset: { ageOf: r.id } }, age(r.age_s)),
               ),

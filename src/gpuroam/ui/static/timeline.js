@@ -1,4 +1,4 @@
-// The events timeline, newest first: up, placed, stockout, blocked, ready, failover, drained,
+// The events timeline, newest first: up, placed, stockout, blocked, ready, failover, preempted, drained,
 // recovered, chaos, expanded, shrunk... Events arrive one by one from the stream and are drawn once a frame.
 
 import { clock, h } from "./dom.js";
