@@ -81,13 +81,23 @@ def test_the_metrics_router_alone_shows_what_each_service_wants_has_and_costs(st
     spec = spec_to_dict(load_spec("examples/stable-diffusion.yaml"))
     store.put_service("stable-diffusion", spec, 1.0)
     store.put_scale("stable-diffusion", Scale(desired=3, reason="scaled up", changed_at=1.0))
+    from gpuroam.records import Capacity, Event, EventKind
+
+    spot = (Capacity.ON_DEMAND, Capacity.SPOT, Capacity.ON_DEMAND)
     for i, state in enumerate((ReplicaState.READY, ReplicaState.PROVISIONING, ReplicaState.FAILED)):
-        store.add_replica(Replica(f"r{i}", "stable-diffusion", "us-central1", "nvidia-l4", state, 1.0, 1.0))
+        replica = Replica(f"r{i}", "stable-diffusion", "us-central1", "nvidia-l4", state, 1.0, 1.0, capacity=spot[i])
+        store.add_replica(replica)
+    store.add_event(Event(ts=2.0, kind=EventKind.PREEMPTED, message="r9 preempted", service="stable-diffusion"))
     text = bare(metrics, store).get("/api/v1/metrics").text
     assert 'gpuroam_service_desired_replicas{service="stable-diffusion"} 3.0' in text
-    assert 'gpuroam_service_ready_replicas{gpu="nvidia-l4",region="us-central1",service="stable-diffusion"} 1.0' in text
+    ready = 'gpuroam_service_ready_replicas{capacity="on-demand",gpu="nvidia-l4",region="us-central1",'
+    assert ready + 'service="stable-diffusion"} 1.0' in text
     price = load_catalog().price("us-central1", "nvidia-l4")
-    assert f'gpuroam_service_cost_dollars_per_hour{{service="stable-diffusion"}} {2 * price}' in text, "two live L4s"
+    spot_price = load_catalog().spot_price("us-central1", "nvidia-l4")
+    cost, all_on_demand = round(price + spot_price, 6), 2 * price
+    assert f'gpuroam_service_cost_dollars_per_hour{{service="stable-diffusion"}} {cost}' in text, "one each, live"
+    assert f'gpuroam_service_on_demand_cost_dollars_per_hour{{service="stable-diffusion"}} {all_on_demand}' in text
+    assert 'gpuroam_events_total{kind="preempted",service="stable-diffusion"} 1.0' in text
 
 
 def test_status_gives_each_replica_its_capacity_and_price_and_keeps_every_key(store: Store) -> None:

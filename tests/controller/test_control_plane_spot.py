@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from test_control_plane import EXAMPLES, ready, wait_for
 
 from gpuroam.cli.scripted import SteadyLoad
 from gpuroam.controller.client import ControlPlaneClient
 from gpuroam.serve import ControlPlane
 from gpuroam.spec import load_spec, spec_to_dict
-from test_control_plane import EXAMPLES, ready, wait_for
 
 
 def spot_spec(tmp_path: Path) -> dict[str, object]:

@@ -150,11 +150,7 @@ function detailContent(view) {
         h(
           "span",
           { class: "free" },
-          g.blocked_until !== null
-            ? `blocked ${age(g.blocked_until - now)} more`
-            : g.free === null
-              ? "free: ?"
-              : `${g.free} free`,
+          slotText(g.free, g.blocked_until, now) + (g.spot ? ` · Spot ${slotText(g.spot_free, g.spot_blocked_until, now)}` : ""),
         ),
       ),
     ),
@@ -193,4 +189,10 @@ function detailContent(view) {
     health ? h("h3", {}, "Gateway health") : null,
     health,
   ];
+}
+
+/** Free slots of one kind of capacity (on demand or Spot), or how long it stays blocked. */
+function slotText(free, blockedUntil, now) {
+  if (blockedUntil !== null && blockedUntil !== undefined) return `blocked ${age(blockedUntil - now)} more`;
+  return free === null || free === undefined ? "free: ?" : `${free} free`;
 }
