@@ -51,6 +51,26 @@ def test_the_status_table_shows_each_replicas_capacity_and_price() -> None:
     cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in console.export_text().splitlines()]
     rows = {row[0]: row[3:5] for row in cells if row and row[0].startswith("sd-")}
     assert rows == {"sd-a": ["spot", "$0.22"], "sd-b": ["on-demand", "?"], "sd-c": ["on-demand", "?"]}
+    console = Console(width=200, record=True)
+    console.print(service_table({**service, "cost_per_hour": 0.224, "on_demand_cost_per_hour": 0.56}))
+    assert "$0.22/hour (all on demand: $0.56/hour; Spot saves 60%)" in console.export_text()
+
+
+def test_fail_preempt_posts_the_replica_region_and_notice(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gpuroam.cli import services
+
+    posted = []
+
+    class Client:
+        def post(self, path: str, body: dict) -> dict:
+            posted.append((path, body))
+            return {"message": "preemption of all Spot: 2 replica(s) reclaimed in 10 s", "killed": ["a", "b"]}
+
+    monkeypatch.setattr(services, "client_for", lambda server, state: Client())
+    result = runner.invoke(app, ["fail", "preempt", "--region", "us-central1", "--notice", "10"])
+    assert result.exit_code == 0 and "reclaimed in 10 s" in result.output
+    assert posted == [("/chaos/preempt", {"region": "us-central1", "replica": None, "notice_s": 10.0})]
+    assert runner.invoke(app, ["fail", "preempt", "--notice", "-1"]).exit_code == 2, "a negative notice is refused"
 
 
 def test_worker_process_serves_and_logs_json_lines() -> None:

@@ -71,6 +71,9 @@ def test_the_gateway_feed_router_alone_lists_each_service_port(store: Store) -> 
 def test_the_chaos_router_alone_says_when_the_provider_has_no_chaos_controls(store: Store) -> None:
     answer = bare(chaos, store).post("/api/v1/chaos/fail", json={"region": "us-central1"})
     assert answer.status_code == 400 and "no chaos controls" in answer.json()["detail"]
+    answer = bare(chaos, store).post("/api/v1/chaos/preempt", json={"region": "us-central1", "notice_s": 10})
+    assert answer.status_code == 400 and "no chaos controls" in answer.json()["detail"]
+    assert bare(chaos, store).post("/api/v1/chaos/preempt", json={"notice_s": -1}).status_code == 422
 
 
 def test_the_metrics_router_alone_shows_what_each_service_wants_has_and_costs(store: Store) -> None:
