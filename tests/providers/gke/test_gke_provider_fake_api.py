@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -24,11 +24,11 @@ from google.cloud import container_v1, gkehub_v1
 from gpuroam.catalog import load_catalog
 from gpuroam.controller.reconciler import Reconciler
 from gpuroam.controller.store import Store
-from gpuroam.providers.base import CapacityError, ProviderError
+from gpuroam.providers.base import CapacityError, ObservedState, ProviderError
 from gpuroam.providers.gke.clusters import ClusterUnavailable, Fleet
 from gpuroam.providers.gke.credentials import BearerToken
 from gpuroam.providers.gke.provider import GkeProvider
-from gpuroam.records import Replica, ReplicaState
+from gpuroam.records import Capacity, Replica, ReplicaState
 from gpuroam.spec import load_spec, parse_spec, spec_to_dict
 
 PROJECT = "gpuroam-test"
@@ -350,6 +350,23 @@ def test_fake_api_a_restarted_provider_finds_its_clusters_and_replicas(gcp: Gcp,
     restarted.terminate(replica("europe-west4").id)
     assert not gcp.kube.clusters["europe-west4"].items("deployments")
     restarted.close()
+
+
+def test_fake_api_a_spot_preemption_notice_in_a_region_reaches_observe(gcp: Gcp) -> None:
+    """The region's KubernetesProvider reads the notice (its own tests say how); gke reports it unchanged."""
+    data = spec_to_dict(SPEC)
+    data["resources"]["spot"] = "only"
+    provider = gcp.provider(kubernetes_options={"wall_clock": lambda: 1_900_000_000.0})
+    provider.ensure_clusters(["us-central1"], timeout_s=10)
+    spot = replace(replica("us-central1"), capacity=Capacity.SPOT)
+    provider.launch(spot, parse_spec(data))
+    gcp.kube.make_ready()
+    assert [o.reclaim_at for o in provider.observe()] == [None]
+    (pod,) = gcp.kube.pods_of("us-central1", spot.id)
+    gcp.kube.taint_node("us-central1", pod["spec"]["nodeName"], "cloud.google.com/impending-node-termination")
+    (seen,) = provider.observe()
+    assert (seen.replica_id, seen.state, seen.reclaim_at) == (spot.id, ObservedState.READY, 1_900_000_025.0)
+    provider.close()
 
 
 def test_fake_api_from_environment_builds_the_real_clients(monkeypatch: pytest.MonkeyPatch) -> None:

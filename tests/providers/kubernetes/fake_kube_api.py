@@ -6,8 +6,11 @@ application/apply-patch+yaml) of namespaces, deployments and services; lists by 
 by field selector); deletecollection of deployments; delete of a service. Applied objects replace what was
 there (gpuroam is the only field manager). A tiny "deployment controller" gives each Deployment its pods and
 garbage-collects pods whose Deployment is gone; the test plays the scheduler and the cluster autoscaler:
-`make_ready` puts pending pods on new GPU nodes, `stockout` makes new pods there get the autoscaler's
-FailedScaleUp "GCE out of resources" event and stay pending, `lose_pods` deletes running pods (a lost node).
+`make_ready` puts pending pods on new GPU nodes (Node objects too, which GET /api/v1/nodes/NAME reads),
+`stockout` makes new pods there get the autoscaler's FailedScaleUp "GCE out of resources" event and stay
+pending, `lose_pods` deletes running pods (a lost node). For preemption, the test writes what the cluster
+would: `taint_node`, `disrupt` (a pod's DisruptionTarget condition), `delete_pod` (a graceful deletion),
+`vanish` (a pod gone, its events kept) and `node_event`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ Obj = dict[str, Any]
 _PATH = re.compile(
     r"^/(?P<cluster>[^/]+)/(?P<group>api/v1|apis/apps/v1)/namespaces(?:/(?P<ns>[^/]+)(?:/(?P<res>[^/]+)(?:/(?P<name>[^/]+))?)?)?$"
 )
+_NODE_PATH = re.compile(r"^/(?P<cluster>[^/]+)/api/v1/nodes/(?P<name>[^/]+)$")
 _GROUPS = {
     "namespaces": "api/v1",
     "pods": "api/v1",
@@ -41,6 +45,8 @@ _GROUPS = {
 }
 _KINDS = {"namespaces": "Namespace", "deployments": "Deployment", "services": "Service"}
 ACCELERATOR = "cloud.google.com/gke-accelerator"
+SPOT = "cloud.google.com/gke-spot"
+REPLICA = "gpuroam.dev/replica"
 STOCKOUT = "Node scale up in zones {zone} associated with this pod failed: GCE out of resources. Pod is at risk of not being scheduled."
 
 
@@ -149,6 +155,7 @@ class FakeKubernetes:
                     if pod["status"]["phase"] == "Pending" and _gpu(pod) not in cluster.stockout:
                         pod["spec"]["nodeName"] = f"gke-{cluster.name}-{_gpu(pod)}-{secrets.token_hex(2)}"
                         pod["status"] = _running()
+                        self._store(cluster, "nodes", _node(pod))
 
     def set_stockout(self, region: str, gpu: str, out: bool = True) -> None:
         with self.lock:
@@ -175,6 +182,53 @@ class FakeKubernetes:
                     "containerStatuses": [{"name": "app", "ready": False, "state": {"waiting": waiting}}],
                 }
 
+    def pods_of(self, region: str, replica: str) -> list[Obj]:
+        """The replica's pods, the stored objects themselves (change them under `lock`)."""
+        with self.lock:
+            return [p for p in self.clusters[region].pods() if p["metadata"]["labels"].get(REPLICA) == replica]
+
+    def taint_node(self, region: str, node: str, key: str, value: str = "", effect: str = "NoSchedule") -> None:
+        with self.lock:
+            spec = self.clusters[region].objects[("nodes", "", node)]["spec"]
+            spec.setdefault("taints", []).append({"key": key, "value": value, "effect": effect})
+
+    def disrupt(self, region: str, pod: str, reason: str, at: str, phase: str = "Running") -> None:
+        """The pod's DisruptionTarget condition, as the kubelet, scheduler or taint manager sets it."""
+        with self.lock:
+            found = self.clusters[region].objects[("pods", "gpuroam", pod)]
+            condition = {"type": "DisruptionTarget", "status": "True", "reason": reason, "lastTransitionTime": at}
+            found["status"] = {**found["status"], "phase": phase}
+            found["status"]["conditions"] = [*found["status"].get("conditions", []), condition]
+
+    def delete_pod(self, region: str, pod: str, at: str, grace_s: int) -> None:
+        """A graceful deletion: the pod stays, marked, until `at` (the end of its grace); its Deployment
+        makes a replacement at once, as a ReplicaSet does."""
+        with self.lock:
+            cluster = self.clusters[region]
+            cluster.objects[("pods", "gpuroam", pod)]["metadata"].update(
+                deletionTimestamp=at, deletionGracePeriodSeconds=grace_s
+            )
+            self._settle(cluster)
+
+    def vanish(self, region: str, pod: str, reason: str | None = None, message: str = "") -> None:
+        """The pod is gone from the API (its events stay, as a real API keeps them for an hour), with an
+        event `reason` first if given; its Deployment makes a replacement."""
+        with self.lock:
+            cluster = self.clusters[region]
+            found = cluster.objects[("pods", "gpuroam", pod)]
+            if reason is not None:
+                self._event(cluster, found, reason, message)
+            self._delete(cluster, "pods", found["metadata"], keep_events=True)
+            self._settle(cluster)
+
+    def node_event(self, region: str, node: str, reason: str, message: str) -> None:
+        """An event on a Node: in namespace default, as the API keeps events of cluster-scoped objects."""
+        with self.lock:
+            involved = {"kind": "Node", "name": node, "uid": node}
+            meta = {"name": f"{node}.{secrets.token_hex(4)}", "namespace": "default"}
+            event = {"apiVersion": "v1", "kind": "Event", "metadata": meta, "involvedObject": involved}
+            self._store(self.clusters[region], "events", {**event, "reason": reason, "message": message})
+
     def add_secret(self, region: str, name: str, entries: dict[str, str], ns: str = "gpuroam") -> None:
         """A Secret as `kubectl create secret generic` makes it: each entry base64-encoded."""
         data = {key: base64.b64encode(value.encode()).decode() for key, value in entries.items()}
@@ -195,7 +249,13 @@ class FakeKubernetes:
                 self._delete(cluster, "pods", pod["metadata"])
         for deploy in deployments.values():
             selector = ",".join(f"{k}={v}" for k, v in deploy["spec"]["selector"]["matchLabels"].items())
-            have = [p for p in cluster.items("pods", deploy["metadata"]["namespace"]) if matches_labels(p, selector)]
+            have = [  # active pods, as a ReplicaSet counts them: not being deleted, not ended
+                p
+                for p in cluster.items("pods", deploy["metadata"]["namespace"])
+                if matches_labels(p, selector)
+                and not p["metadata"].get("deletionTimestamp")
+                and p["status"].get("phase") not in ("Succeeded", "Failed")
+            ]
             for _ in range(deploy["spec"]["replicas"] - len(have)):
                 self._new_pod(cluster, deploy)
 
@@ -255,9 +315,9 @@ class FakeKubernetes:
         cluster.objects[(resource, meta.get("namespace", ""), meta["name"])] = obj
         return obj
 
-    def _delete(self, cluster: FakeCluster, resource: str, meta: Obj) -> None:
+    def _delete(self, cluster: FakeCluster, resource: str, meta: Obj, keep_events: bool = False) -> None:
         cluster.objects.pop((resource, meta.get("namespace", ""), meta["name"]), None)
-        if resource == "pods":
+        if resource == "pods" and not keep_events:
             for event in cluster.items("events"):
                 if event["involvedObject"]["uid"] == meta["uid"]:
                     cluster.objects.pop(("events", event["metadata"]["namespace"], event["metadata"]["name"]))
@@ -267,6 +327,9 @@ class FakeKubernetes:
     def handle(self, method: str, url: str, content_type: str | None, body: bytes) -> tuple[int, Obj]:
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
+        node = _NODE_PATH.match(parts.path)
+        if node and node["cluster"] in self.clusters and method == "GET":
+            return self._read_node(self.clusters[node["cluster"]], node["name"], parts.path)
         found = _PATH.match(parts.path)
         if not found or found["cluster"] not in self.clusters:
             return 404, _status(404, f"no route {parts.path}")
@@ -286,6 +349,19 @@ class FakeKubernetes:
                 self._settle(cluster)
             path = parts.path.removeprefix(f"/{cluster.name}")
             cluster.calls.append(Call(cluster.name, method, path, query, content_type, code))
+            return code, json.loads(json.dumps(answer))
+
+    def _read_node(self, cluster: FakeCluster, name: str, path: str) -> tuple[int, Obj]:
+        with self.lock:
+            if cluster.down:
+                code, answer = 503, _status(503, "the API server is unavailable")
+            elif "nodes" in cluster.forbidden:
+                code, answer = 403, _status(403, f'nodes "{name}" is forbidden: User "me" cannot get', "Forbidden")
+            elif ("nodes", "", name) not in cluster.objects:
+                code, answer = 404, _status(404, f'nodes "{name}" not found', reason="NotFound")
+            else:
+                code, answer = 200, cluster.objects[("nodes", "", name)]
+            cluster.calls.append(Call(cluster.name, "GET", path.removeprefix(f"/{cluster.name}"), {}, None, code))
             return code, json.loads(json.dumps(answer))
 
     def _route(
@@ -402,6 +478,15 @@ def _status(code: int, message: str, reason: str = "") -> Obj:
 
 def _gpu(pod: Obj) -> str:
     return pod["spec"].get("nodeSelector", {}).get(ACCELERATOR, "")
+
+
+def _node(pod: Obj) -> Obj:
+    """The GPU node a pod was put on: GKE's accelerator label, and its Spot label for a Spot pod."""
+    labels = {ACCELERATOR: _gpu(pod)}
+    if pod["spec"].get("nodeSelector", {}).get(SPOT) == "true":
+        labels[SPOT] = "true"
+    meta = {"name": pod["spec"]["nodeName"], "labels": labels}
+    return {"apiVersion": "v1", "kind": "Node", "metadata": meta, "spec": {}, "status": {}}
 
 
 def _running() -> Obj:

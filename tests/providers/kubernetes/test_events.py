@@ -76,3 +76,29 @@ def test_a_stockout_outranks_the_backoff_that_follows_it() -> None:
     signal = first_capacity_signal(timeline)
     assert signal is not None and signal.kind is CapacityKind.STOCKOUT
     assert first_capacity_signal(timeline[:2]) is None
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("Preempted", "Preempted by pod 6f2c0e4a-5b1d-4d8e-9a3b-1c2d3e4f5a6b on node gke-spot-l4-1"),
+        ("Preempting", "Preempted in order to admit critical pod"),
+        ("TaintManagerEviction", "Marking for deletion Pod gpuroam/stable-diffusion-l4-7d9f-abcde"),
+        ("Shutdown", "Shutdown manager detected shutdown event"),  # on the node, from its kubelet
+    ],
+)
+def test_a_pod_taken_away_left_a_preemption_signal(reason: str, message: str) -> None:
+    signal = classify(event(reason, message))
+    assert signal is not None and signal.kind is CapacityKind.PREEMPTED and signal.detail == message
+
+
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [
+        ("TaintManagerEviction", "Cancelling deletion of Pod gpuroam/stable-diffusion-l4-7d9f-abcde"),
+        ("Shutdown", "Shutdown manager detected shutdown cancellation"),
+        ("Killing", "Stopping container app"),
+    ],
+)
+def test_a_cancelled_eviction_or_a_plain_stop_is_no_preemption(reason: str, message: str) -> None:
+    assert classify(event(reason, message)) is None

@@ -8,8 +8,8 @@ How it works, and the choices made:
 - Clusters. Each region gets the Autopilot cluster `cluster_name(region)` in the project, created on
   demand and registered to the fleet (clusters.py). Replica work in a cluster whose API server answers
   is done by a KubernetesProvider over that one cluster (one per region, built when the cluster is
-  ready), so Deployments, Services, readiness, capacity events and outage grace are the kubernetes
-  provider's, unchanged.
+  ready), so Deployments, Services, readiness, capacity events, Spot preemption notices and outage grace
+  are the kubernetes provider's, unchanged (pass `kubernetes_options` to set its options, e.g. `wall_clock`).
 - Launch into a region with no usable cluster starts its preparation (create, wait, register) in a
   background thread, waits `launch_wait_s` for it (enough when the cluster exists already), and
   otherwise raises CapacityError "cluster creating": for placement the region has no capacity now, the

@@ -6,6 +6,12 @@ resources" (a stockout), "GCE quota exceeded" or "IP space exhausted", and NotTr
 while the node group backs off, or when no node group can ever hold the pod (a GPU type the
 region does not have). Those become capacity failures for the (region, GPU) pair; a pod still
 pending past the provision timeout is one too, but that clock is the controller's.
+
+A pod that was taken away leaves its events behind (an hour, by default): `Preempted` from the scheduler
+(a pod of higher priority took its place), `Preempting` from the kubelet (room for a critical pod),
+`TaintManagerEviction` "Marking for deletion" (a NoExecute taint), and on its node the kubelet's
+`Shutdown` "detected shutdown event" (graceful node shutdown, what a Spot preemption starts). Those read
+as PREEMPTED, a capacity loss too; the cancellations the same reasons announce do not.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ class CapacityKind(StrEnum):
     BACKOFF = "backoff"  # the autoscaler backs the node group off after a failed scale-up
     UNSCHEDULABLE = "unschedulable"  # no node group can ever hold the pod here
     SCALE_UP_FAILED = "scale-up-failed"  # FailedScaleUp for another reason
+    PREEMPTED = "preempted"  # the pod was taken away: preemption, a node shutdown, a NoExecute taint
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,13 @@ _SCALE_UP_FAILURES = (
     (("quota exceeded", "quota_exceeded"), CapacityKind.QUOTA),
     (("ip space exhausted",), CapacityKind.IP_EXHAUSTED),
 )
+# reason -> what the message must say (None: any message); the same reasons also announce cancellations
+_PREEMPTIONS = {
+    "Preempted": None,
+    "Preempting": None,
+    "TaintManagerEviction": "marking for deletion",
+    "Shutdown": "detected shutdown event",
+}
 
 
 def classify(event: Mapping[str, Any]) -> CapacitySignal | None:
@@ -54,6 +68,9 @@ def classify(event: Mapping[str, Any]) -> CapacitySignal | None:
         return CapacitySignal(CapacityKind.UNSCHEDULABLE, message)
     if reason == "FailedScheduling":
         return None  # expected while a GPU node is being added; only its outcome counts
+    if reason in _PREEMPTIONS:
+        needle = _PREEMPTIONS[reason]
+        return CapacitySignal(CapacityKind.PREEMPTED, message) if needle is None or needle in lowered else None
     for needles, kind in _SCALE_UP_FAILURES[:2]:  # GCE codes can surface in other events too
         if needles[1] in lowered:
             return CapacitySignal(kind, message)

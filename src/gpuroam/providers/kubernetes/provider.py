@@ -3,7 +3,8 @@
 A replica is a one-pod Deployment and its own Service, both named for the replica id, applied with
 server-side apply (field manager "gpuroam", forced), so `launch` is idempotent and a second controller
 converges on the same objects. `observe` lists what carries the `gpuroam.dev/replica` label and reads
-pod conditions and, for a pod that cannot get a node, its events (see events.py).
+pod conditions and, for a pod that cannot get a node, its events (see events.py); and preemption notices
+(below).
 
 Choices, and their limits:
 - URL. How a gateway reaches a replica on a real cluster is not decided yet. A replica's URL is its
@@ -26,6 +27,20 @@ Choices, and their limits:
   the controller terminates them as orphans.
 - A launch gets the service's whole spec and the replica: the spec's GPU count and the replica's capacity
   (Spot or on-demand) shape its Deployment.
+- Preemption notices (preemption.py says which signals, and why those). observe reads each pod's deletion
+  and DisruptionTarget condition from the pod list it makes anyway, and, for the running pods of Spot
+  replicas only, their nodes' taints: one `read_node` per distinct node per cluster per observe (nodes are
+  cluster-scoped: `get` on nodes needs a ClusterRole). A node that cannot be read (403, 404, timeout) is
+  no signal, logged once per region until a read succeeds, and never fails observe. A replica with a
+  notice is reported with `reclaim_at` (UNIX time; `wall_clock` says now), so the controller replaces it
+  at the notice; its state is read as before (a pod being deleted is not READY: its Service has dropped
+  it). No notice while another pod of the replica serves without one (a rollout's old pod going, a
+  preempted pod already replaced).
+- A pod lost between two observes. A pod of the last list that is gone, while its replica reads as
+  STARTING (no ready pod in its place, no other verdict), has its events read once (and its node's, in namespace `default`, which needs `list` on events there):
+  a preemption among them (events.py) reports the replica FAILED as a capacity failure. A failed read is
+  no signal. A restarted provider does not know which pods are gone; the controller's grace for a
+  replica that stops answering covers that case, as it covers a loss with no such event.
 """
 
 from __future__ import annotations
@@ -52,7 +67,7 @@ from gpuroam.providers.kubernetes.api import (
     response_json,
     unreachable,
 )
-from gpuroam.providers.kubernetes.events import first_capacity_signal
+from gpuroam.providers.kubernetes.events import CapacitySignal, first_capacity_signal
 from gpuroam.providers.kubernetes.manifests import (
     DEFAULT_NAMESPACE,
     SERVICE_PORT,
@@ -72,6 +87,15 @@ from gpuroam.providers.kubernetes.names import (
     label_value,
     replica_name,
     workload_labels,
+)
+from gpuroam.providers.kubernetes.preemption import (
+    TERMINAL_PHASES,
+    Node,
+    condition,
+    node_name,
+    nodes_to_read,
+    phase,
+    replica_notice,
 )
 from gpuroam.records import Replica
 from gpuroam.spec import ServiceSpec
@@ -114,6 +138,7 @@ class KubernetesProvider:
         outage_grace_s: float = 300.0,
         request_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._clusters = {region: _Cluster(region, CoreV1Api(api), AppsV1Api(api)) for region, api in clusters.items()}
         self.catalog = catalog or load_catalog()
@@ -123,9 +148,12 @@ class KubernetesProvider:
         self.outage_grace_s = outage_grace_s
         self.timeout = request_timeout_s
         self.clock = clock
+        self.wall_clock = wall_clock  # UNIX time, for reclaim_at; `clock` times outages
         self._known: dict[str, tuple[str, str]] = {}  # replica id -> (region, gpu), from observe and launch
         self._last_seen: dict[str, list[Observed]] = {}  # region -> its replicas at the last good list
         self._down_since: dict[str, float] = {}  # region -> first failed list of the current outage
+        self._pods: dict[str, dict[str, dict[str, str]]] = {}  # region -> replica -> its pods' nodes, last list
+        self._node_unread: set[str] = set()  # regions whose nodes could not be read (logged once)
 
     @classmethod
     def from_kubeconfig(cls, path: Path | str, contexts: Mapping[str, str], **options: Any) -> KubernetesProvider:
@@ -321,16 +349,27 @@ class KubernetesProvider:
     def _observe(self, cluster: _Cluster) -> list[Observed]:
         deployments = self._list(cluster.apps.list_namespaced_deployment, OWNED)
         if not deployments:
+            self._pods[cluster.region] = {}
             return []
         pods = self._list(cluster.core.list_namespaced_pod, OWNED)
         services = {_meta(s, REPLICA_LABEL): s for s in self._list(cluster.core.list_namespaced_service, OWNED)}
+        nodes = {name: self._node(cluster, name) for name in nodes_to_read(pods)}
+        now, before, seen = self.wall_clock(), self._pods.get(cluster.region, {}), {}
         found = []
         for deploy in deployments:
             if deploy["metadata"].get("deletionTimestamp"):
                 continue  # on its way out: as good as gone
             replica_id = _meta(deploy, REPLICA_LABEL)
             mine = [p for p in pods if _meta(p, REPLICA_LABEL) == replica_id]
+            seen[replica_id] = {p["metadata"]["name"]: node_name(p) or "" for p in mine}
             state, detail, capacity = self._state(cluster, deploy, mine)
+            notice = replica_notice(mine, nodes, now)
+            if notice is not None:
+                detail = f"{detail}; reclaim notice: {notice.why}"
+            elif state is ObservedState.STARTING:
+                gone = self._vanished(cluster, before.get(replica_id, {}), seen[replica_id])
+                if gone is not None:
+                    state, detail, capacity = ObservedState.FAILED, gone, True
             found.append(
                 Observed(
                     replica_id=replica_id,
@@ -341,19 +380,19 @@ class KubernetesProvider:
                     url=self._url(services.get(replica_id), deploy["metadata"]["name"]),
                     detail=detail,
                     capacity_failure=capacity,
+                    reclaim_at=None if notice is None else notice.at,
                 )
             )
+        self._pods[cluster.region] = seen
         return found
 
     def _state(
         self, cluster: _Cluster, deploy: dict[str, Any], pods: list[dict[str, Any]]
     ) -> tuple[ObservedState, str, bool]:
         """READY if a pod is Ready; FAILED (capacity or not) when it cannot come up; else STARTING."""
-        live = [
-            p for p in pods if not p["metadata"].get("deletionTimestamp") and _phase(p) not in ("Succeeded", "Failed")
-        ]
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp") and phase(p) not in TERMINAL_PHASES]
         for pod in live:
-            if _condition(pod, "Ready") == "True":
+            if condition(pod, "Ready") == "True":
                 return ObservedState.READY, f"pod {pod['metadata']['name']} ready", False
         for cond in (deploy.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
@@ -366,20 +405,52 @@ class KubernetesProvider:
                     detail = f"pod {pod['metadata']['name']}: {waiting['reason']}: {waiting.get('message', '')}"
                     return ObservedState.FAILED, detail.rstrip(": "), False
         for pod in live:
-            if _phase(pod) == "Pending" and not (pod.get("spec") or {}).get("nodeName"):
+            if phase(pod) == "Pending" and not node_name(pod):
                 signal = first_capacity_signal(self._events(cluster, pod["metadata"]["name"]))
                 if signal is not None:
                     return ObservedState.FAILED, f"{signal.kind}: {signal.detail}", True
         if not live:
             return ObservedState.STARTING, "no pod yet", False
         pod = live[0]
-        return ObservedState.STARTING, f"pod {pod['metadata']['name']} {_phase(pod).lower() or 'pending'}", False
+        return ObservedState.STARTING, f"pod {pod['metadata']['name']} {phase(pod).lower() or 'pending'}", False
 
-    def _events(self, cluster: _Cluster, pod: str) -> list[dict[str, Any]]:
-        found = self._call(
-            cluster.core.list_namespaced_event, self.namespace, field_selector=f"involvedObject.name={pod}"
-        )
+    def _events(self, cluster: _Cluster, name: str, namespace: str | None = None, kind: str = "") -> list[Any]:
+        selector = (f"involvedObject.kind={kind}," if kind else "") + f"involvedObject.name={name}"
+        found = self._call(cluster.core.list_namespaced_event, namespace or self.namespace, field_selector=selector)
         return list(found.get("items") or [])
+
+    def _node(self, cluster: _Cluster, name: str) -> Node | None:
+        """The node under a Spot pod, for its taints; None (no signal) when it cannot be read."""
+        try:
+            node = self._call(cluster.core.read_node, name)
+        except API_FAILURES as error:
+            if cluster.region not in self._node_unread:
+                self._node_unread.add(cluster.region)
+                log.warning(
+                    "cannot read nodes in %s (%s): no node taints as preemption notices", cluster.region, brief(error)
+                )
+            return None
+        self._node_unread.discard(cluster.region)
+        return node
+
+    def _vanished(self, cluster: _Cluster, before: Mapping[str, str], now: Mapping[str, str]) -> str | None:
+        """Why a pod of the last list is gone, if its events (or its node's) say it was preempted; each
+        vanished pod is read once. A failed read is no signal: the controller's unready grace still applies."""
+        for pod, node in sorted(before.items()):
+            if pod in now:
+                continue
+            try:
+                signal: CapacitySignal | None = first_capacity_signal(self._events(cluster, pod))
+                if signal is None and node:
+                    signal = first_capacity_signal(self._events(cluster, node, "default", kind="Node"))
+            except API_FAILURES as error:
+                log.warning(
+                    "cannot read the events of the vanished pod %s in %s: %s", pod, cluster.region, brief(error)
+                )
+                continue
+            if signal is not None:
+                return f"pod {pod} gone: {signal.kind}: {signal.detail}"
+        return None
 
     def _url(self, svc: dict[str, Any] | None, name: str) -> str:
         """The Service's load-balancer address if it has one, else its cluster DNS name (see the module doc)."""
@@ -391,15 +462,3 @@ class KubernetesProvider:
 
     def _dns_url(self, name: str) -> str:
         return f"http://{name}.{self.namespace}.svc.cluster.local:{SERVICE_PORT}"
-
-
-def _phase(pod: Mapping[str, Any]) -> str:
-    return str((pod.get("status") or {}).get("phase") or "")
-
-
-def _condition(pod: Mapping[str, Any], kind: str) -> str | None:
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == kind:
-            status = cond.get("status")
-            return None if status is None else str(status)
-    return None
