@@ -188,3 +188,72 @@ def test_every_plan_keeps_the_spot_choice_and_the_floor_and_never_breaks_before_
     else:
         assert on_demand == min(d.on_demand_base, len(placed)), "the floor on demand, the rest on Spot"
     assert {g for _, g, _ in placed} == {"nvidia-l4"}, "and on the preferred GPU"
+
+
+def switched(first: Demand, then: Demand) -> World:
+    """Settled under `first`, then the spec changes to `then` and the world settles again."""
+    world = settled(World(first, set(SLOTS)))
+    world.demand = then
+    return settled(world, steps=60)
+
+
+def test_never_after_prefer_replaces_the_spot_replicas_on_demand() -> None:
+    """Replicas on a capacity the spec no longer allows held their region's quota: nothing launched,
+    nothing drained, Spot kept running under `never` for good."""
+    world = switched(
+        demand(spot="prefer", min_regions=1, min_replicas=1), demand(spot="never", min_regions=1, min_replicas=1)
+    )
+    assert world.placement() == [("us-a", "nvidia-l4", ON_DEMAND)]
+
+
+def test_only_after_never_moves_every_replica_to_spot_once() -> None:
+    """A replica the spec no longer allows asked for a move back every pass, each launch holding back
+    the drains, until the replica cap stopped it."""
+    world = settled(World(demand(spot="never"), set(SLOTS)))
+    world.demand = demand(spot="only")
+    launches = [launch for decided in world.run(60) for launch in decided.launches]
+    assert world.plan().empty
+    assert world.placement() == [("us-a", "nvidia-l4", SPOT), ("us-b", "nvidia-l4", SPOT)]
+    assert len(launches) == 2, f"one launch for each replica to replace: {launches}"
+
+
+def test_a_spec_change_at_the_replica_cap_makes_room_from_the_replicas_no_longer_allowed() -> None:
+    """At max_replicas, the replacements are held back by the cap: room must come from draining the
+    replicas on a capacity no longer allowed, or the service waits forever."""
+    sized = {"min_regions": 4, "min_replicas": 4, "max_replicas": 4, "race": 1}
+    world = switched(demand(spot="prefer", **sized), demand(spot="never", **sized))
+    assert [(r, c) for r, _, c in world.placement()] == [(r, ON_DEMAND) for r in sorted(POSITIONS)]
+
+
+spot_only = st.sets(st.sampled_from(sorted(s for s in SLOTS if s[2] is SPOT)))
+changes = st.one_of(spot_demands.map(lambda d: ("spec", d)), spot_only.map(lambda s: ("preempt", s)),
+                    slot_sets.map(lambda s: ("outage", s)))  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(spot_demands, st.lists(st.tuples(changes, st.integers(1, 15)), min_size=1, max_size=5))
+def test_spec_changes_and_preemption_waves_mid_run_settle_where_the_last_spec_says(
+    first: Demand, story: list[tuple[tuple[str, object], int]]
+) -> None:
+    """The spec switching between never, prefer and only (floor 0..3) while Spot is taken away:
+    no rule is broken on the way, and once capacity is back it settles (no launch/drain cycle)."""
+    world, d = World(first, set(SLOTS)), first
+    for (what, value), steps in story:
+        if what == "spec":
+            world.demand = d = value  # type: ignore[assignment]
+        else:
+            world.capacity = set(SLOTS) - value  # type: ignore[operator]
+        for _ in range(steps):
+            decided = world.plan()
+            assert all(launch.capacity is ON_DEMAND or d.spot != "never" for launch in decided.launches)
+            live = sum(r.state.live for r in world.replicas.values())
+            assert live - len(decided.drains) + len(decided.launches) <= d.max_replicas + max(d.race, 0)
+            world.step()
+    world.capacity = set(SLOTS)
+    world.run(200, seconds=60.0)
+    assert world.plan().empty, "settled"
+    placed = world.placement()
+    wanted_od = len(placed) if d.spot == "never" else min(d.on_demand_base, len(placed))
+    if d.race > 0:  # room for make before break
+        assert sum(c is ON_DEMAND for _, _, c in placed) == wanted_od
+        assert {g for _, g, _ in placed} == {"nvidia-l4"}

@@ -243,7 +243,7 @@ def _launches(
     moving = len({r.region for r in live if r.state is ReplicaState.READY}) >= len(wanted)
     on_demand = _kept_on_demand(inputs, wanted, live)
     for region in wanted:
-        here = [r for r in live if r.region == region]
+        here = [r for r in live if r.region == region and inputs.allowed(r)]  # not one the spec no longer allows
         reason = "replace" if here else ("move-back" if moving else "initial")
         for _ in range(inputs.quota(region) - len(here)):
             slot = inputs.best_slot(region, capacities=demand.launch_capacities(inputs.floor_short(on_demand)))
@@ -303,7 +303,7 @@ def _move_back_slot(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Repli
         if slot is not None:
             return [Launch(slot[0], slot[1], "floor", ON_DEMAND)]
     for region in wanted:
-        for replica in sorted((r for r in live if r.region == region), key=inputs.rank, reverse=True):
+        for replica in sorted(_kept(inputs, region, live), key=inputs.rank, reverse=True):
             floor = replica.id in inputs.floor
             slot = inputs.best_slot(region, "stable", capacities=demand.launch_capacities(floor_short=floor))
             if slot is not None and demand.rank(slot[1], SPOT if floor else slot[2]) < inputs.rank(replica):
@@ -327,10 +327,10 @@ def _make_room(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica], 
     below min(ready now, needed_regions * per_region), so make before break still holds."""
     demand = inputs.demand
     kept = {r.id for region in wanted for r in _kept(inputs, region, live)}
-    ready = [r for r in live if r.state is ReplicaState.READY and inputs.allowed(r)]
+    ready = [r for r in live if r.state is ReplicaState.READY]  # on slots the spec no longer allows too
     spare = len(ready) - needed_regions(demand) * demand.per_region
-    surplus = [r for r in live if r.state is ReplicaState.READY and r.id not in kept]
-    surplus.sort(key=lambda r: (r.region in wanted, -inputs.rank(r), -r.created_at, r.id))
+    surplus = [r for r in ready if r.id not in kept]
+    surplus.sort(key=lambda r: (inputs.allowed(r), r.region in wanted, -inputs.rank(r), -r.created_at, r.id))
     return [Drain(r.id, _drain_reason(r, wanted)) for r in surplus[: max(0, min(count, spare))]]
 
 
