@@ -15,14 +15,21 @@ from gpuroam.cli.app import app
 from gpuroam.cli.common import JsonOption, console, die, out
 
 if TYPE_CHECKING:
-    from gpuroam.sim.runner import SimConfig, Study
+    from gpuroam.sim.runner import SimConfig, SpotStudy, Study
+
+SPOT_RUNS = 200  # the Spot study's default: about a minute on two cores
 
 
 @app.command()
 def sim(
     runs: Annotated[
-        int, typer.Option(min=1, help="Seeded runs (worlds) per world kind; every policy runs each.")
-    ] = 1000,
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"Seeded runs (worlds) per world kind, trace or Spot model; every policy runs each "
+            f"(default 1000; {SPOT_RUNS} with --spot).",
+        ),
+    ] = None,
     days: Annotated[
         float | None,
         typer.Option(
@@ -39,7 +46,9 @@ def sim(
             "no-backoff, backoff-4, price-order, timeout-10m, timeout-15m, timeout-20m, single-region; vary one with "
             "NAME:key=value (race, fallback on|off, timeout, ttl, backoff, max, move_back, regions, gpus, min_regions, "
             "min, max_replicas). With --traces: fixed, skyserve, autoscale (default: all three), varied with "
-            "target, up, down, sleep (autoscale) or qps (skyserve)."
+            "target, up, down, sleep (autoscale) or qps (skyserve). With --spot: on-demand, spot-only, spothedge, "
+            "gpuroam-spot (default: these, and spothedge:extra=1), varied with base (on-demand replicas kept) or "
+            "extra (SpotHedge's Spot overprovisioning)."
         ),
     ] = "",
     worlds: Annotated[
@@ -56,6 +65,13 @@ def sim(
             "policy serves, with requests, queues and costs."
         ),
     ] = "",
+    spot: Annotated[
+        str,
+        typer.Option(
+            help="The Spot study: comma-separated Spot models (base; low and high: preemptions 10x rarer, "
+            "3x more frequent) under which every policy serves the same worlds."
+        ),
+    ] = "",
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Folder for sim-results.json and the two PNG plots.")
     ] = None,
@@ -69,16 +85,26 @@ def sim(
     placement code. Figures: time to first ready replica, availability, demand served within
     10 s, cost per hour and per 1,000 images, moves a day.
     """
-    from gpuroam.sim.policies import AUTOSCALE_POLICIES, DEFAULT_POLICIES
+    from gpuroam.sim.policies import AUTOSCALE_POLICIES, DEFAULT_POLICIES, SPOT_POLICIES
     from gpuroam.sim.runner import SimConfig
 
     chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
     kinds = [w.strip() for w in worlds.split(",") if w.strip()]
+    if traces and spot:
+        die("--traces and --spot are two studies: give one")
     if traces:
-        config = SimConfig(runs=runs, seed=seed, policies=chosen or AUTOSCALE_POLICIES, processes=processes)
+        config = SimConfig(runs=runs or 1000, seed=seed, policies=chosen or AUTOSCALE_POLICIES, processes=processes)
         _traces(config, [t.strip() for t in traces.split(",") if t.strip()], kinds, days, out_dir, json_out)
         return
-    config = SimConfig(runs=runs, days=days or 1.0, seed=seed, policies=chosen or DEFAULT_POLICIES, processes=processes)
+    if spot:
+        config = SimConfig(
+            runs=runs or SPOT_RUNS, days=days or 1.0, seed=seed, policies=chosen or SPOT_POLICIES, processes=processes
+        )
+        _spot(config, [m.strip() for m in spot.split(",") if m.strip()], kinds, out_dir, json_out)
+        return
+    config = SimConfig(
+        runs=runs or 1000, days=days or 1.0, seed=seed, policies=chosen or DEFAULT_POLICIES, processes=processes
+    )
     _capacity(config, kinds or ["typical", "crunch"], out_dir, json_out)
 
 
@@ -192,6 +218,48 @@ def _traces(
     for candidate, verdicts in done.goals.items():
         for line in goal_lines(verdicts):
             out.print(f"- {candidate}: {line}", soft_wrap=True, markup=False)
+    out.print(f"{done.seconds:.0f} s with {config.processes} processes")
+    for path in written:
+        out.print(f"wrote {path}")
+
+
+def _spot(config: SimConfig, models: list[str], worlds: list[str], out_dir: Path | None, json_out: bool) -> None:
+    """`gpuroam sim --spot`: the Spot study, its tables, goals and plot."""
+    from gpuroam.sim.policies import PolicyError
+    from gpuroam.sim.runner import spot_study
+
+    if len(worlds) > 1:
+        die("--spot runs in one world: give --worlds one of typical, crunch, l4-shortage")
+    try:
+        with _progress(config.runs * len(models)) as advance:
+            done = spot_study(config, models, worlds[0] if worlds else "typical", advance)
+    except (PolicyError, ValueError) as error:
+        die(str(error))
+    document = done.to_json() | {"machine": f"{os.cpu_count()} CPUs"}
+
+    def draw(folder: Path) -> list[Path]:
+        from gpuroam.sim.plots import SPOT, plot_spot
+
+        return [plot_spot(done.tables, folder / SPOT)]
+
+    written = _write(out_dir, "sim-spot.json", document, draw)
+    if json_out:
+        out.print_json(data=document | {"files": [str(p) for p in written]})
+        return
+    _print_spot(done, written)
+
+
+def _print_spot(done: SpotStudy, written: list[Path]) -> None:
+    from gpuroam.sim.figures import SPOT_COLUMNS, goal_lines, markdown_table
+
+    config = done.config
+    for model in done.models:
+        title = (
+            f"Spot model {model}, {done.world} world: {config.runs} runs of {config.days:g} days, seed {config.seed}"
+        )
+        out.print(f"\n{title}\n\n{markdown_table(done.tables[model], SPOT_COLUMNS)}\n", soft_wrap=True)
+        for line in goal_lines(done.goals[model]):
+            out.print(f"- {line}", soft_wrap=True, markup=False)
     out.print(f"{done.seconds:.0f} s with {config.processes} processes")
     for path in written:
         out.print(f"wrote {path}")
