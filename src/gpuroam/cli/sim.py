@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     from gpuroam.sim.runner import SimConfig, SpotStudy, Study
 
 SPOT_RUNS = 200  # the Spot study's default: about a minute on two cores
+POLICIES_HELP = (
+    "Comma-separated: sequential, gpuroam (the spec's defaults), previous-defaults, no-fallback, race-N, "
+    "no-backoff, backoff-4, price-order, timeout-10m, timeout-15m, timeout-20m, single-region; vary one with "
+    "NAME:key=value (race, fallback on|off, timeout, ttl, backoff, max, move_back, regions, gpus, min_regions, "
+    "min, max_replicas). With --traces: fixed, skyserve, autoscale (default: all three), varied with "
+    "target, up, down, sleep (autoscale) or qps (skyserve). With --spot: on-demand, spot-only, spothedge, "
+    "gpuroam-spot (default: these, and spothedge:extra=1), varied with base (on-demand replicas kept) or "
+    "extra (SpotHedge's Spot overprovisioning)."
+)
 
 
 @app.command()
@@ -39,18 +48,7 @@ def sim(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Run i draws its world from \\[seed, i]: same seed, same figures.")] = 1,
-    policies: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated: sequential, gpuroam (the spec's defaults), previous-defaults, no-fallback, race-N, "
-            "no-backoff, backoff-4, price-order, timeout-10m, timeout-15m, timeout-20m, single-region; vary one with "
-            "NAME:key=value (race, fallback on|off, timeout, ttl, backoff, max, move_back, regions, gpus, min_regions, "
-            "min, max_replicas). With --traces: fixed, skyserve, autoscale (default: all three), varied with "
-            "target, up, down, sleep (autoscale) or qps (skyserve). With --spot: on-demand, spot-only, spothedge, "
-            "gpuroam-spot (default: these, and spothedge:extra=1), varied with base (on-demand replicas kept) or "
-            "extra (SpotHedge's Spot overprovisioning)."
-        ),
-    ] = "",
+    policies: Annotated[str, typer.Option(help=POLICIES_HELP)] = "",
     worlds: Annotated[
         str,
         typer.Option(
@@ -88,24 +86,29 @@ def sim(
     from gpuroam.sim.policies import AUTOSCALE_POLICIES, DEFAULT_POLICIES, SPOT_POLICIES
     from gpuroam.sim.runner import SimConfig
 
-    chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
-    kinds = [w.strip() for w in worlds.split(",") if w.strip()]
+    chosen, kinds = _names(policies), list(_names(worlds))
     if traces and spot:
         die("--traces and --spot are two studies: give one")
     if traces:
         config = SimConfig(runs=runs or 1000, seed=seed, policies=chosen or AUTOSCALE_POLICIES, processes=processes)
-        _traces(config, [t.strip() for t in traces.split(",") if t.strip()], kinds, days, out_dir, json_out)
-        return
-    if spot:
-        config = SimConfig(
-            runs=runs or SPOT_RUNS, days=days or 1.0, seed=seed, policies=chosen or SPOT_POLICIES, processes=processes
-        )
-        _spot(config, [m.strip() for m in spot.split(",") if m.strip()], kinds, out_dir, json_out)
+        _traces(config, list(_names(traces)), kinds, days, out_dir, json_out)
         return
     config = SimConfig(
-        runs=runs or 1000, days=days or 1.0, seed=seed, policies=chosen or DEFAULT_POLICIES, processes=processes
+        runs=runs or (SPOT_RUNS if spot else 1000),
+        days=days or 1.0,
+        seed=seed,
+        policies=chosen or (SPOT_POLICIES if spot else DEFAULT_POLICIES),
+        processes=processes,
     )
-    _capacity(config, kinds or ["typical", "crunch"], out_dir, json_out)
+    if spot:
+        _spot(config, list(_names(spot)), kinds, out_dir, json_out)
+    else:
+        _capacity(config, kinds or ["typical", "crunch"], out_dir, json_out)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated option's names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _capacity(config: SimConfig, kinds: list[str], out_dir: Path | None, json_out: bool) -> None:
