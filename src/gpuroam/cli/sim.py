@@ -71,7 +71,7 @@ def sim(
         ),
     ] = "",
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Folder for sim-results.json and the two PNG plots.")
+        Path | None, typer.Option("--out", help="Folder for the study's JSON figures and its PNG plots.")
     ] = None,
     processes: Annotated[int, typer.Option(min=1, help="Worker processes (runs are spread over them).")] = 2,
     json_out: JsonOption = False,

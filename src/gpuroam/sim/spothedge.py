@@ -11,7 +11,8 @@
   type: the service's first.
 - **On-demand fallback** (`FallbackRequestRateAutoscaler`): `target + overprovision - base` Spot
   replicas are kept launched; on-demand ones number `base` (`base_ondemand_fallback_replicas`, the
-  spec's on_demand_base) plus, with `dynamic_ondemand_fallback`, the Spot replicas short of ready.
+  spec's on_demand_base) plus, with `dynamic_ondemand_fallback`, the Spot replicas short of ready,
+  at most `target` in all.
   So on-demand replicas are launched while Spot is short and drained (starting ones first, then the
   newest) as soon as Spot is ready again. On-demand replicas go to the cheapest region first, the
   next on failure, as SkyPilot's provisioner fails over; after a full round, the next starts after
@@ -90,7 +91,8 @@ class SpotHedgePolicy:
         on_demand = [r for r in believed if r.capacity is ON_DEMAND]
         ready_spot = sum(r.state is ReplicaState.READY for r in spot)
         acted = self._keep(simulation, spot, self.spot_target, self._spot_place, SPOT)
-        wanted = self.base + max(0, self.spot_target - ready_spot)  # dynamic on-demand fallback
+        # The dynamic on-demand fallback, never above the replicas asked for (none for overprovisioned ones).
+        wanted = min(self.base + max(0, self.spot_target - ready_spot), self.target)
         acted |= self._keep(simulation, on_demand, wanted, lambda _: self._on_demand_place(simulation, now), ON_DEMAND)
         return acted
 
