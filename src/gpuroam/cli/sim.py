@@ -15,14 +15,30 @@ from gpuroam.cli.app import app
 from gpuroam.cli.common import JsonOption, console, die, out
 
 if TYPE_CHECKING:
-    from gpuroam.sim.runner import SimConfig, Study
+    from gpuroam.sim.runner import SimConfig, SpotStudy, Study
+
+SPOT_RUNS = 200  # the Spot study's default: about a minute on two cores
+POLICIES_HELP = (
+    "Comma-separated: sequential, gpuroam (the spec's defaults), previous-defaults, no-fallback, race-N, "
+    "no-backoff, backoff-4, price-order, timeout-10m, timeout-15m, timeout-20m, single-region; vary one with "
+    "NAME:key=value (race, fallback on|off, timeout, ttl, backoff, max, move_back, regions, gpus, min_regions, "
+    "min, max_replicas). With --traces: fixed, skyserve, autoscale (default: all three), varied with "
+    "target, up, down, sleep (autoscale) or qps (skyserve). With --spot: on-demand, spot-only, spothedge, "
+    "gpuroam-spot (default: these, and spothedge:extra=1), varied with base (on-demand replicas kept) or "
+    "extra (SpotHedge's Spot overprovisioning)."
+)
 
 
 @app.command()
 def sim(
     runs: Annotated[
-        int, typer.Option(min=1, help="Seeded runs (worlds) per world kind; every policy runs each.")
-    ] = 1000,
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"Seeded runs (worlds) per world kind, trace or Spot model; every policy runs each "
+            f"(default 1000; {SPOT_RUNS} with --spot).",
+        ),
+    ] = None,
     days: Annotated[
         float | None,
         typer.Option(
@@ -32,16 +48,7 @@ def sim(
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Run i draws its world from \\[seed, i]: same seed, same figures.")] = 1,
-    policies: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated: sequential, gpuroam (the spec's defaults), previous-defaults, no-fallback, race-N, "
-            "no-backoff, backoff-4, price-order, timeout-10m, timeout-15m, timeout-20m, single-region; vary one with "
-            "NAME:key=value (race, fallback on|off, timeout, ttl, backoff, max, move_back, regions, gpus, min_regions, "
-            "min, max_replicas). With --traces: fixed, skyserve, autoscale (default: all three), varied with "
-            "target, up, down, sleep (autoscale) or qps (skyserve)."
-        ),
-    ] = "",
+    policies: Annotated[str, typer.Option(help=POLICIES_HELP)] = "",
     worlds: Annotated[
         str,
         typer.Option(
@@ -56,8 +63,15 @@ def sim(
             "policy serves, with requests, queues and costs."
         ),
     ] = "",
+    spot: Annotated[
+        str,
+        typer.Option(
+            help="The Spot study: comma-separated Spot models (base; low and high: preemptions 10x rarer, "
+            "3x more frequent) under which every policy serves the same worlds."
+        ),
+    ] = "",
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Folder for sim-results.json and the two PNG plots.")
+        Path | None, typer.Option("--out", help="Folder for the study's JSON figures and its PNG plots.")
     ] = None,
     processes: Annotated[int, typer.Option(min=1, help="Worker processes (runs are spread over them).")] = 2,
     json_out: JsonOption = False,
@@ -69,17 +83,32 @@ def sim(
     placement code. Figures: time to first ready replica, availability, demand served within
     10 s, cost per hour and per 1,000 images, moves a day.
     """
-    from gpuroam.sim.policies import AUTOSCALE_POLICIES, DEFAULT_POLICIES
+    from gpuroam.sim.policies import AUTOSCALE_POLICIES, DEFAULT_POLICIES, SPOT_POLICIES
     from gpuroam.sim.runner import SimConfig
 
-    chosen = tuple(p.strip() for p in policies.split(",") if p.strip())
-    kinds = [w.strip() for w in worlds.split(",") if w.strip()]
+    chosen, kinds = _names(policies), list(_names(worlds))
+    if traces and spot:
+        die("--traces and --spot are two studies: give one")
     if traces:
-        config = SimConfig(runs=runs, seed=seed, policies=chosen or AUTOSCALE_POLICIES, processes=processes)
-        _traces(config, [t.strip() for t in traces.split(",") if t.strip()], kinds, days, out_dir, json_out)
+        config = SimConfig(runs=runs or 1000, seed=seed, policies=chosen or AUTOSCALE_POLICIES, processes=processes)
+        _traces(config, list(_names(traces)), kinds, days, out_dir, json_out)
         return
-    config = SimConfig(runs=runs, days=days or 1.0, seed=seed, policies=chosen or DEFAULT_POLICIES, processes=processes)
-    _capacity(config, kinds or ["typical", "crunch"], out_dir, json_out)
+    config = SimConfig(
+        runs=runs or (SPOT_RUNS if spot else 1000),
+        days=days or 1.0,
+        seed=seed,
+        policies=chosen or (SPOT_POLICIES if spot else DEFAULT_POLICIES),
+        processes=processes,
+    )
+    if spot:
+        _spot(config, list(_names(spot)), kinds, out_dir, json_out)
+    else:
+        _capacity(config, kinds or ["typical", "crunch"], out_dir, json_out)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated option's names."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def _capacity(config: SimConfig, kinds: list[str], out_dir: Path | None, json_out: bool) -> None:
@@ -192,6 +221,48 @@ def _traces(
     for candidate, verdicts in done.goals.items():
         for line in goal_lines(verdicts):
             out.print(f"- {candidate}: {line}", soft_wrap=True, markup=False)
+    out.print(f"{done.seconds:.0f} s with {config.processes} processes")
+    for path in written:
+        out.print(f"wrote {path}")
+
+
+def _spot(config: SimConfig, models: list[str], worlds: list[str], out_dir: Path | None, json_out: bool) -> None:
+    """`gpuroam sim --spot`: the Spot study, its tables, goals and plot."""
+    from gpuroam.sim.policies import PolicyError
+    from gpuroam.sim.runner import spot_study
+
+    if len(worlds) > 1:
+        die("--spot runs in one world: give --worlds one of typical, crunch, l4-shortage")
+    try:
+        with _progress(config.runs * len(models)) as advance:
+            done = spot_study(config, models, worlds[0] if worlds else "typical", advance)
+    except (PolicyError, ValueError) as error:
+        die(str(error))
+    document = done.to_json() | {"machine": f"{os.cpu_count()} CPUs"}
+
+    def draw(folder: Path) -> list[Path]:
+        from gpuroam.sim.plots import SPOT, plot_spot
+
+        return [plot_spot(done.tables, folder / SPOT)]
+
+    written = _write(out_dir, "sim-spot.json", document, draw)
+    if json_out:
+        out.print_json(data=document | {"files": [str(p) for p in written]})
+        return
+    _print_spot(done, written)
+
+
+def _print_spot(done: SpotStudy, written: list[Path]) -> None:
+    from gpuroam.sim.figures import SPOT_COLUMNS, goal_lines, markdown_table
+
+    config = done.config
+    for model in done.models:
+        title = (
+            f"Spot model {model}, {done.world} world: {config.runs} runs of {config.days:g} days, seed {config.seed}"
+        )
+        out.print(f"\n{title}\n\n{markdown_table(done.tables[model], SPOT_COLUMNS)}\n", soft_wrap=True)
+        for line in goal_lines(done.goals[model]):
+            out.print(f"- {line}", soft_wrap=True, markup=False)
     out.print(f"{done.seconds:.0f} s with {config.processes} processes")
     for path in written:
         out.print(f"wrote {path}")

@@ -13,6 +13,8 @@ BASELINE = "sequential"
 CANDIDATE = "gpuroam"
 SINGLE = "single-region"
 FIXED, SKYSERVE, AUTOSCALE = "fixed", "skyserve", "autoscale"  # the autoscaling study's three
+ON_DEMAND, SPOT_CANDIDATE, SPOTHEDGE = "on-demand", "gpuroam-spot", "spothedge"  # the Spot study's
+POINT = 0.001  # 0.1 percentage point, as a share
 
 
 class Verdict(TypedDict, total=False):
@@ -25,6 +27,8 @@ class Verdict(TypedDict, total=False):
     met: bool
     per_hour: float  # the cost goal: extra cost per hour, beside per 1,000 images
     downtime_ratio: float | None  # single region: how many times gpuroam's downtime (None: gpuroam had none)
+    availability_gain: float  # Spot: the candidate's availability less the other's
+    served_gain: float  # Spot: the candidate's share served within the bound less the other's
 
 
 def summarize(runs: Sequence[RunResult]) -> dict[str, float]:
@@ -212,4 +216,83 @@ DEMAND_COLUMNS = (
     ("wakes_per_day", "wakes/day", "{:.2f}"),
     ("wake_wait_median_s", "wake wait p50 (s)", "{:.0f}"),
     ("wake_wait_p95_s", "wake wait p95 (s)", "{:.0f}"),
+)
+
+
+def summarize_spot(runs: Sequence[RunResult]) -> dict[str, float]:
+    """One policy's figures in the Spot study, pooled over runs. $/1k images is the whole run's cost
+    over the images asked for once the service served (the same demand for every policy, so it
+    compares what serving it cost); requests retried after a replica died undrained count as not
+    served within the bound."""
+    base = summarize(runs)
+    hours = sum(r.hours for r in runs)
+    window = sum(r.window_s for r in runs)
+    demand = sum(r.demand for r in runs)
+    cost = sum(r.cost_usd for r in runs)
+    node_hours = sum(r.node_hours for r in runs)
+    served = sum(r.served for r in runs) - sum(r.retried for r in runs)
+    return {
+        "runs": len(runs),
+        "cost_per_1000_images": 1000.0 * cost / demand if demand else float("inf"),
+        "cost_per_hour": cost / hours,
+        "availability": base["availability"],
+        "full_capacity": sum(r.full_s for r in runs) / window if window else 0.0,
+        "served_in_bound": max(0.0, served / demand) if demand else 0.0,
+        "retried_per_day": 24.0 * sum(r.retried for r in runs) / hours,
+        "preemptions_per_day": 24.0 * sum(r.preemptions for r in runs) / hours,
+        "moves_per_day": base["moves_per_day"],
+        "launches_per_day": base["launches_per_day"],
+        "failures_per_day": base["failures_per_day"],
+        "spot_share": sum(r.spot_node_hours for r in runs) / node_hours if node_hours else 0.0,
+        "ready_median_min": base["ready_median_min"],
+    }
+
+
+def spot_goals(table: Mapping[str, Mapping[str, float]], candidate: str = SPOT_CANDIDATE) -> dict[str, Verdict]:
+    """Issue 22's goals for `candidate`: at least 50% cheaper per 1,000 images than all on-demand,
+    with availability and the share served within 10 s no worse than all on-demand's by more than
+    0.1 point; cheaper than each SpotHedge-like policy run at equal availability (within 0.1 point)."""
+    out: dict[str, Verdict] = {}
+    mine, od = table.get(candidate), table.get(ON_DEMAND)
+    if mine is None:
+        return out
+    if od:
+        saving = 1.0 - mine["cost_per_1000_images"] / od["cost_per_1000_images"]
+        out["cost_vs_on_demand"] = {
+            "goal": "at least 50% cheaper per 1,000 images than all on-demand",
+            "value": round(saving, 4),
+            "met": bool(saving >= 0.5),
+        }
+        for key, name in (("availability", "availability"), ("served_in_bound", "share served within 10 s")):
+            gain = mine[key] - od[key]
+            out[f"{key}_vs_on_demand"] = {
+                "goal": f"{name} no worse than all on-demand's by more than 0.1 point",
+                "value": round(gain, 6),
+                "met": bool(gain >= -POINT),
+            }
+    for name in (n for n in table if n.split(":")[0] == SPOTHEDGE):
+        hedge = table[name]
+        extra = mine["cost_per_1000_images"] / hedge["cost_per_1000_images"] - 1.0
+        gain = mine["availability"] - hedge["availability"]
+        out[f"vs_{name}"] = {
+            "goal": f"cheaper per 1,000 images than {name} at equal availability (within 0.1 point)",
+            "value": round(extra, 4),
+            "availability_gain": round(gain, 6),
+            "served_gain": round(mine["served_in_bound"] - hedge["served_in_bound"], 6),
+            "met": bool(extra < 0 and gain >= -POINT),
+        }
+    return out
+
+
+SPOT_COLUMNS = (
+    ("cost_per_1000_images", "$/1k images", "{:.3f}"),
+    ("cost_per_hour", "$/hour", "{:.3f}"),
+    ("availability", "available", "{:.4%}"),
+    ("full_capacity", "full capacity", "{:.2%}"),
+    ("served_in_bound", "served < 10 s", "{:.2%}"),
+    ("retried_per_day", "retried/day", "{:.2f}"),
+    ("preemptions_per_day", "preemptions/day", "{:.2f}"),
+    ("moves_per_day", "moves/day", "{:.2f}"),
+    ("launches_per_day", "launches/day", "{:.1f}"),
+    ("spot_share", "Spot share", "{:.1%}"),
 )

@@ -1,12 +1,12 @@
 """The simulation's pictures (matplotlib, PNG): time to capacity as CDFs, availability, and the
-autoscaling study's cost against requests served in time.
+autoscaling and Spot studies' cost against requests served in time.
 
 Drawn on matplotlib Figures, not through pyplot: files only, so no backend to pick and no global
 figure state to close."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ from gpuroam.sim.simulation import RunResult
 TIME_TO_CAPACITY = "sim-time-to-capacity.png"
 AVAILABILITY = "sim-availability.png"
 AUTOSCALE = "sim-autoscale.png"
+SPOT = "sim-spot.png"
 
 
 _COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
@@ -102,22 +103,52 @@ def plot_availability(tables: Mapping[str, Mapping[str, Mapping[str, float]]], p
 def plot_autoscale(tables: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> Path:
     """One panel per demand trace: each policy's cost per 1,000 images against its share of requests
     answered within 10 s (lower right is better)."""
-    traces = list(tables)
-    fig = Figure(figsize=(5.0 * len(traces), 4.4))
-    axes = fig.subplots(1, len(traces), squeeze=False)
-    for ax, trace in zip(axes[0], traces, strict=True):
-        for i, (name, figures) in enumerate(tables[trace].items()):
-            style = _autoscale_style(name, i)
-            ax.scatter(100 * figures["served_in_bound"], figures["cost_per_1000_images"], s=70, **style)
-            ax.annotate(name, (100 * figures["served_in_bound"], figures["cost_per_1000_images"]), fontsize=7,
-                        xytext=(4, 4), textcoords="offset points")  # fmt: skip
+    return _cost_panels(
+        tables,
+        path,
+        _autoscale_style,
+        ("{} trace", "$ per 1,000 images answered"),
+        "Autoscaling: cost against requests served in time (lower right is better)",
+    )
+
+
+def plot_spot(tables: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> Path:
+    """One panel per Spot model: each policy's cost per 1,000 images against its share of requests
+    served within 10 s (lower right is better)."""
+    return _cost_panels(
+        tables,
+        path,
+        _spot_style,
+        ("Spot model: {}", "$ per 1,000 images asked for"),
+        "Spot: cost against requests served in time, same worlds (lower right is better)",
+    )
+
+
+_Style = Callable[[str, int], dict[str, str]]
+
+
+def _cost_panels(
+    tables: Mapping[str, Mapping[str, Mapping[str, float]]],
+    path: Path,
+    style: _Style,
+    labels: tuple[str, str],
+    title: str,
+) -> Path:
+    panels = list(tables)
+    fig = Figure(figsize=(max(7.0, 5.0 * len(panels)), 4.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for i, (name, figures) in enumerate(tables[panel].items()):
+            point = (100 * figures["served_in_bound"], figures["cost_per_1000_images"])
+            ax.scatter(*point, s=70, **style(name, i))
+            ax.annotate(name, point, fontsize=7, xytext=(4, 4), textcoords="offset points")
         ax.set_ylim(0, None)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"${v:.2f}"))
-        ax.set_title(f"{trace} trace")
-        ax.set_xlabel("requests answered within 10 s (%)")
+        ax.set_title(labels[0].format(panel))
+        ax.set_xlabel("requests served within 10 s (%)")
         ax.grid(True, alpha=0.3)
-    axes[0][0].set_ylabel("$ per 1,000 images answered")
-    fig.suptitle("Autoscaling: cost against requests served in time (lower right is better)")
+    axes[0][0].set_ylabel(labels[1])
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return path
@@ -130,3 +161,14 @@ def _autoscale_style(name: str, i: int) -> dict[str, str]:
     if base == "skyserve":
         return {"color": "tab:blue" if name == base else "tab:cyan", "marker": "^"}
     return {"color": "tab:red" if name == base else _COLORS[i % len(_COLORS)], "marker": "o"}
+
+
+def _spot_style(name: str, i: int) -> dict[str, str]:
+    base = name.split(":")[0]
+    if base == "on-demand":
+        return {"color": "black", "marker": "s"}
+    if base == "spot-only":
+        return {"color": "tab:grey", "marker": "v"}
+    if base == "spothedge":
+        return {"color": "tab:blue" if name == base else "tab:cyan", "marker": "^"}
+    return {"color": "tab:red" if name == "gpuroam-spot" else _COLORS[i % len(_COLORS)], "marker": "o"}

@@ -12,12 +12,17 @@
   the cheapest after a gap (SkyPilot's retry-until-up: 30 s, x1.6 per round, at most 150 s).
   It never moves a replica once placed.
 
+With Spot in the world (gpuroam.sim.spot_world), gpuroam's policy offers placement the Spot slots
+too and heeds preemption notices as the reconciler does (the slot blocked, the replacement planned at
+once); `spothedge` (gpuroam.sim.spothedge) is SkyServe's Spot policy.
+
 Either may follow demand (`gpuroam.sim.sizing`): `autoscale` is gpuroam's placement sized by
 gpuroam's autoscaler (the spec's autoscale section); `skyserve` is the sequential walk sized by
 SkyServe's request-rate autoscaler. `fixed` (the same as `gpuroam`) keeps replicas.min.
 
 Policies are named presets with optional overrides: `gpuroam`, `race-5`,
-`gpuroam:race=4:backoff=1.5`, `sequential:timeout=1200`, `autoscale:target=2`, `skyserve:qps=0.4`.
+`gpuroam:race=4:backoff=1.5`, `sequential:timeout=1200`, `autoscale:target=2`, `skyserve:qps=0.4`,
+`gpuroam-spot:base=1`, `spothedge:extra=1`.
 Each is a kind and a real ServiceSpec, validated as a spec file is, so the spec stays the one source
 of the placement and scaling settings.
 """
@@ -37,7 +42,7 @@ from gpuroam.spec import AutoscaleSpec, ServiceSpec, SpecError, parse_spec, spec
 if TYPE_CHECKING:
     from gpuroam.sim.simulation import Simulation
 
-PolicyKind = Literal["gpuroam", "sequential"]
+PolicyKind = Literal["gpuroam", "sequential", "spothedge"]
 
 # The simulated service: the shape of examples/stable-diffusion.yaml (GPU preference, two regions,
 # two replicas, at most six), with the spec's placement defaults unless a policy overrides them.
@@ -68,6 +73,7 @@ class PolicyConfig:
     kind: PolicyKind
     spec: ServiceSpec
     target_qps: float | None = None
+    overprovision: int = 0  # spothedge: Spot replicas beyond those asked for (SkyServe's num_overprovision)
 
     def describe(self) -> dict[str, object]:
         """The policy's settings, for JSON output: what sequential reads, and all of placement for gpuroam."""
@@ -86,6 +92,10 @@ class PolicyConfig:
             out |= {"target_qps_per_replica": self.target_qps, "min_replicas": 0}
         if spec.autoscale is not None:
             out["autoscale"] = spec_to_dict(spec)["autoscale"]
+        if spec.resources.spot != "never":
+            out |= {"spot": spec.resources.spot, "on_demand_base": spec.resources.on_demand_base}
+        if self.kind == "spothedge":
+            out |= {"gpus": list(spec.resources.gpus[:1]), "overprovision": self.overprovision}
         return out | placement if self.kind == "gpuroam" else out
 
 
@@ -124,7 +134,10 @@ _KEYS: dict[str, tuple[str, str, Callable[[str], object]]] = {
     "up": ("autoscale", "scale_up_after_s", float),
     "down": ("autoscale", "scale_down_after_s", float),
     "sleep": ("autoscale", "sleep_after_s", float),
+    "spot": ("resources", "spot", str),
+    "base": ("resources", "on_demand_base", int),
     "qps": ("", "target_qps", float),  # not a spec field: SkyServe's target_qps_per_replica
+    "extra": ("", "overprovision", int),  # not a spec field: SkyServe's num_overprovision (spothedge)
 }
 
 # name -> (kind, overrides by key). `gpuroam` is the spec's defaults; the rest vary one thing each.
@@ -154,8 +167,15 @@ PRESETS: dict[str, tuple[PolicyKind, dict[str, object]]] = {
         {"min": 0, "max_replicas": AUTOSCALE_MAX, "target": AutoscaleSpec().target_in_flight},
     ),
     "skyserve": ("sequential", {"max_replicas": AUTOSCALE_MAX, "qps": TARGET_QPS}),
+    # the Spot study: all on demand (the spec's default, `spot: never`), Spot with no fallback,
+    # gpuroam preferring Spot, and SkyServe's SpotHedge (its first GPU only, as SkyServe's Spot placer)
+    "on-demand": ("gpuroam", {}),
+    "spot-only": ("gpuroam", {"spot": "only"}),
+    "gpuroam-spot": ("gpuroam", {"spot": "prefer"}),
+    "spothedge": ("spothedge", {"spot": "prefer"}),
 }
 AUTOSCALE_POLICIES = ("fixed", "skyserve", "autoscale")
+SPOT_POLICIES = ("on-demand", "spot-only", "spothedge", "spothedge:extra=1", "gpuroam-spot")
 DEFAULT_POLICIES = (
     "sequential",
     "gpuroam",
@@ -195,7 +215,11 @@ def policy_config(name: str) -> PolicyConfig:
     qps = changes.pop("qps", None)
     if qps is not None and (kind != "sequential" or not isinstance(qps, float) or qps <= 0):
         raise PolicyError(f"policy {name!r}: qps is SkyServe's target per replica, a number > 0 for skyserve")
-    return PolicyConfig(name, kind, _service(name, changes), qps if isinstance(qps, float) else None)
+    extra = changes.pop("extra", 0)
+    if not isinstance(extra, int) or extra < 0 or (extra and kind != "spothedge"):
+        raise PolicyError(f"policy {name!r}: extra is SpotHedge's Spot overprovisioning, a count >= 0 for spothedge")
+    spec = _service(name, changes)
+    return PolicyConfig(name, kind, spec, qps if isinstance(qps, float) else None, extra)
 
 
 def _service(name: str, changes: Mapping[str, object]) -> ServiceSpec:
@@ -250,6 +274,7 @@ class CapacityPolicy(Protocol):
     gpuroam.gateway.routing.Policy's business, not this)."""
 
     provision_timeout_s: float  # a launch not ready by then is a capacity failure
+    heeds_notice: bool  # acts on a Spot preemption notice (else learns of the loss when the node is gone)
 
     def on_pass(self, simulation: Simulation, now: float) -> bool:
         """Act on what the simulation shows now; True when it launched or drained anything."""
@@ -258,6 +283,10 @@ class CapacityPolicy(Protocol):
 
     def on_failure(self, simulation: Simulation, replica: Replica, now: float, lost: bool) -> None:
         """A launch failed (`lost` False) or a ready replica was lost."""
+
+    def on_notice(self, simulation: Simulation, replica: Replica, now: float) -> None:
+        """A ready Spot replica got its preemption notice (only for a policy that heeds notices):
+        the simulation has taken it out of routing; the policy's pass follows at once."""
 
 
 class _Sizing:
@@ -291,10 +320,15 @@ class _Sizing:
 class GpuroamPolicy:
     """gpuroam's controller in the simulation: the real plan() and block backoff."""
 
-    def __init__(self, config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[Pair]) -> None:
+    heeds_notice = True  # the reconciler drains a replica at its notice and replaces it in the same pass
+
+    def __init__(
+        self, config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[Pair], spot_offers: frozenset[Pair]
+    ) -> None:
         self.config = config
         self.catalog = catalog
         self.offers = frozenset(p for p in offers if p[1] in config.spec.resources.gpus)
+        self.spot_offers = frozenset(p for p in spot_offers if p[1] in config.spec.resources.gpus)
         self.demand = Demand.from_spec(config.spec)
         self.sizing = _Sizing(config, catalog)
         self.blocks: dict[Slot, Block] = {}
@@ -309,10 +343,12 @@ class GpuroamPolicy:
             return bool(live)
         if desired is not None and desired != self.demand.min_replicas:
             self.demand = Demand.from_spec(self.config.spec, replicas=desired)
-        view = CapacityView(offers=self.offers, blocks=self.blocks, traffic=simulation.traffic(now))
+        view = CapacityView(
+            offers=self.offers, spot_offers=self.spot_offers, blocks=self.blocks, traffic=simulation.traffic(now)
+        )
         decided = plan(self.catalog, self.demand, view, simulation.live_replicas(), now)
         for launch in decided.launches:
-            simulation.launch(launch.region, launch.gpu, launch.reason)
+            simulation.launch(launch.region, launch.gpu, launch.reason, launch.capacity)
         for drain in decided.drains:
             simulation.drain(drain.replica_id)
         return not decided.empty
@@ -320,8 +356,12 @@ class GpuroamPolicy:
     def on_ready(self, replica: Replica) -> None:
         pass
 
+    def on_notice(self, simulation: Simulation, replica: Replica, now: float) -> None:
+        """A preemption notice: the reconciler blocks the slot as for any capacity loss."""
+        self.on_failure(simulation, replica, now, lost=True)
+
     def on_failure(self, simulation: Simulation, replica: Replica, now: float, lost: bool) -> None:
-        """A capacity failure or a lost replica: the reconciler blocks the pair, with backoff."""
+        """A capacity failure or a lost replica: the reconciler blocks the slot, with backoff."""
         slot = (replica.region, replica.gpu, replica.capacity)
         p = self.config.spec.placement
         block = block_after_failure(
@@ -343,6 +383,7 @@ class _Slot:
 class SequentialPolicy:
     """SkyPilot/dstack: cheapest offer first, one at a time per replica; never moves back."""
 
+    heeds_notice = False  # on demand only: it never gets one
     GAP_S = 30.0
     GAP_FACTOR = 1.6
     GAP_MAX_S = 150.0
@@ -409,6 +450,9 @@ class SequentialPolicy:
     def on_ready(self, replica: Replica) -> None:
         self.by_replica[replica.id].rounds = 0
 
+    def on_notice(self, simulation: Simulation, replica: Replica, now: float) -> None:
+        pass
+
     def on_failure(self, simulation: Simulation, replica: Replica, now: float, lost: bool) -> None:
         slot = self.by_replica.pop(replica.id)
         slot.replica = None
@@ -418,10 +462,17 @@ class SequentialPolicy:
             slot.tried.add((replica.region, replica.gpu))
 
 
-def make_policy(config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[Pair]) -> CapacityPolicy:
+def make_policy(
+    config: PolicyConfig, catalog: CachedCatalog, offers: frozenset[Pair], spot_offers: frozenset[Pair] = frozenset()
+) -> CapacityPolicy:
+    """The policy `config` names, over the world's on-demand `offers` and Spot `spot_offers`."""
     if config.kind == "sequential":
         return SequentialPolicy(config, catalog, offers)
-    return GpuroamPolicy(config, catalog, offers)
+    if config.kind == "spothedge":
+        from gpuroam.sim.spothedge import SpotHedgePolicy  # it builds on this module
+
+        return SpotHedgePolicy(config, catalog, offers, spot_offers)
+    return GpuroamPolicy(config, catalog, offers, spot_offers)
 
 
 def describe_policies(names: Iterable[str]) -> dict[str, dict[str, object]]:

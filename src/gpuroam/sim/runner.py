@@ -2,7 +2,8 @@
 
 Run `i` of seed `s` draws its world from numpy's Generator seeded with [s, i], so each policy
 faces the same world (common random numbers), and its own dice (launch times, which replica is
-lost when) from [s, i, crc32(policy name)], so adding a policy changes no other's figures.
+lost when) from [s, i, crc32(policy name)], so adding a policy changes no other's figures. A Spot
+layer, when the study has one, comes from [s, i, SPOT_SALT]: the world under it is the same.
 """
 
 from __future__ import annotations
@@ -20,14 +21,24 @@ import numpy as np
 
 from gpuroam.catalog import load_catalog
 from gpuroam.placement import Pair
-from gpuroam.sim.figures import Verdict, autoscale_goals, goals, summarize_all, summarize_demand
+from gpuroam.sim.figures import (
+    Verdict,
+    autoscale_goals,
+    goals,
+    spot_goals,
+    summarize_all,
+    summarize_demand,
+    summarize_spot,
+)
 from gpuroam.sim.policies import DEFAULT_POLICIES, CachedCatalog, describe_policies, policy_config
 from gpuroam.sim.simulation import RunResult, run_policy
+from gpuroam.sim.spot_world import SPOT_MODELS, SpotModel, with_spot
 from gpuroam.sim.traces import TRACES, Trace, with_trace
 from gpuroam.sim.world import WORLDS, Layout, WorldModel, build_world
 
 # How long a run of each trace lasts by default: the sparse service's week includes a weekend.
 TRACE_DAYS: dict[Trace, float] = {"steady": 2.0, "burst": 2.0, "sparse": 7.0}
+SPOT_SALT = zlib.crc32(b"spot")
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,7 @@ class SimConfig:
     processes: int = 2
     chunk: int = 10  # runs per task handed to a process
     trace: Trace | None = None  # requests from gpuroam.sim.traces (the autoscaling study)
+    spot: SpotModel | None = None  # Spot capacity and preemptions (the Spot study)
 
 
 @dataclass(frozen=True)
@@ -69,6 +81,8 @@ def run_chunk(config: SimConfig, run_ids: Sequence[int]) -> list[tuple[int, str,
         world = build_world(config.model, shared.layout, rng, config.days)
         if config.trace is not None:
             world = with_trace(world, config.trace, rng)
+        if config.spot is not None:
+            world = with_spot(world, config.spot, np.random.default_rng([config.seed, run, SPOT_SALT]))
         for name, policy, salt in policies:
             result = run_policy(world, policy, shared.catalog, shared.offers, (config.seed, run, salt), config.days)
             out.append((run, name, result))
@@ -244,3 +258,54 @@ def trace_study(
     return TraceStudy(
         config, world, chosen, lengths, results, tables, autoscale_goals(tables), time.perf_counter() - started
     )
+
+
+@dataclass
+class SpotStudy:
+    """The Spot study (issue 22): every policy on the same worlds with Spot, per Spot model."""
+
+    config: SimConfig
+    world: str
+    models: tuple[str, ...]
+    results: dict[str, dict[str, list[RunResult]]]  # Spot model -> policy -> runs
+    tables: dict[str, dict[str, dict[str, float]]]  # Spot model -> policy -> figures
+    goals: dict[str, dict[str, Verdict]]  # Spot model -> goal -> verdict
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "runs": self.config.runs,
+            "days": self.config.days,
+            "seed": self.config.seed,
+            "processes": self.config.processes,
+            "seconds": round(self.seconds, 1),
+            "world": self.world,
+            "model": WORLDS[self.world].describe(),
+            "policies": describe_policies(self.config.policies),
+            "spot": {
+                name: {
+                    "model": SPOT_MODELS[name].describe(),
+                    "figures": {p: {k: _rounded(v) for k, v in t.items()} for p, t in self.tables[name].items()},
+                    "goals": self.goals[name],
+                }
+                for name in self.models
+            },
+        }
+
+
+def spot_study(
+    config: SimConfig, models: Sequence[str], world: str = "typical", progress: Callable[[int], None] | None = None
+) -> SpotStudy:
+    """Every policy over `config.runs` worlds of kind `world` with each named Spot model (see
+    gpuroam.sim.spot_world.SPOT_MODELS); the same worlds under every Spot model."""
+    unknown = [m for m in models if m not in SPOT_MODELS]
+    if unknown:
+        raise ValueError(f"unknown Spot model {unknown[0]!r}; known: {', '.join(SPOT_MODELS)}")
+    if world not in WORLDS:
+        raise ValueError(f"unknown world {world!r}; known: {', '.join(WORLDS)}")
+    started = time.perf_counter()
+    configs = [replace(config, model=WORLDS[world], spot=SPOT_MODELS[m]) for m in models]
+    results = dict(zip(models, simulate_all(configs, progress), strict=True))
+    tables = {m: {name: summarize_spot(runs) for name, runs in results[m].items()} for m in models}
+    verdicts = {m: spot_goals(tables[m]) for m in models}
+    return SpotStudy(config, world, tuple(models), results, tables, verdicts, time.perf_counter() - started)

@@ -7,9 +7,22 @@ PASS_S later, so a plan settles as it does when the reconciler runs it again. Be
 nothing a policy can see changes, so no pass is skipped that could have acted (capacity coming
 back is seen only by trying, as in a cloud).
 
-Accounting: a replica costs its price from the moment its node exists (a launch that got
-capacity) until it is terminated (failed, lost, drained after DRAIN_GRACE_S, or the run's end). It
-serves from ready until lost or drained.
+Accounting: a replica costs its price (its capacity's: Spot or on-demand) from the moment its node
+exists (a launch that got capacity) until it is terminated (failed, lost, drained after
+DRAIN_GRACE_S, reclaimed at the end of a preemption notice, or the run's end). It serves from ready
+until lost or drained.
+
+Spot (a world with a layer from gpuroam.sim.spot_world): a Spot node is reclaimed when its own
+preemption comes or its region's wave does. A replica still starting fails (preempted while
+starting). A ready one gets the notice: a policy that heeds notices (gpuroam's reconciler) takes it
+out of routing at once, so it takes no new request and those it holds finish within the notice,
+and replaces it in the same pass; a policy that does not (SkyServe) keeps routing to it until it is
+gone at the notice's end, and learns of it as it learns of any lost replica.
+
+Requests in flight on a replica that dies without being drained (lost, a region's incident, or
+reclaimed unheeded) are retried elsewhere: `retried` counts them (the M/M/1 queue's mean number at
+the replica then), and the Spot study counts them as not served within the bound (delayed, not
+failed). The capacity study's figures are left as they were.
 
 A world with requests (a trace from gpuroam.sim.traces) also gets a LoadModel: advanced to each
 instant before anything acts, it is the queue the requests meet and what autoscaled policies read.
@@ -18,19 +31,19 @@ instant before anything acts, it is the queue the requests meet and what autosca
 from __future__ import annotations
 
 import heapq
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
 
-from gpuroam.placement import Pair
-from gpuroam.records import Replica, ReplicaState
+from gpuroam.placement import ON_DEMAND, SPOT, Pair
+from gpuroam.records import Capacity, Replica, ReplicaState
 from gpuroam.sim.load import LoadModel, Signals
 from gpuroam.sim.policies import CachedCatalog, CapacityPolicy, PolicyConfig, make_policy
+from gpuroam.sim.serving import serving
 from gpuroam.sim.sizing import PASS_S
-from gpuroam.sim.world import MINUTE, Floats, Indices, World
+from gpuroam.sim.world import MINUTE, World
 
 DRAIN_GRACE_S = 5.0  # the reconciler's: a drained replica runs this long so in-flight requests finish
 SETTLED_S = 900.0  # a ready replica drained after serving this long was a move; sooner, a race winner released
@@ -43,6 +56,8 @@ class _Outcome(Enum):
     FAIL = "fail"  # the launch failed (quota, a reported stockout)
     TIMEOUT = "timeout"  # the launch was not ready within the policy's provision timeout
     LOSS = "loss"  # the ready replica was lost (maintenance, node failure)
+    PREEMPT = "preempt"  # the platform reclaims the (Spot) node: a notice if ready, a failure if starting
+    RECLAIM = "reclaim"  # a notice nobody heeded has run out: the node is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +74,18 @@ class _Incident:
 
 
 @dataclass(frozen=True, slots=True)
+class _Wave:
+    """Every Spot node in a region is reclaimed at once."""
+
+    region: int  # index into Layout.regions
+
+
+@dataclass(frozen=True, slots=True)
 class _Wake:
     """A pass a policy asked for (say, when a block ends)."""
 
 
-_Event = _ReplicaEvent | _Incident | _Wake
+_Event = _ReplicaEvent | _Incident | _Wave | _Wake
 _WAKE = _Wake()
 
 
@@ -93,6 +115,11 @@ class RunResult:
     in_bound: float = 0.0  # answered within the latency bound
     wakes: int = 0  # scale-ups from zero
     wake_waits: tuple[float, ...] = field(default=())  # the request that woke it -> a replica ready
+    # Spot
+    preemptions: int = 0  # Spot nodes reclaimed (notices to ready replicas, and replicas preempted while starting)
+    retried: float = 0.0  # requests in flight on replicas that died undrained (retried elsewhere: delayed)
+    full_s: float = 0.0  # seconds, in the window, with at least the replicas the service asks for ready
+    spot_node_hours: float = 0.0  # of node_hours, on Spot
 
 
 class Simulation:
@@ -112,8 +139,11 @@ class Simulation:
         self.layout = world.layout
         self.model = world.model
         self.rng = rng
-        self.policy: CapacityPolicy = make_policy(config, catalog, offers)
+        self.spot = world.spot
+        spot_offers = frozenset(p for p in offers if self.spot is not None and self.spot.offered[self.layout.index[p]])
+        self.policy: CapacityPolicy = make_policy(config, catalog, offers, spot_offers)
         self.gpu_count = config.spec.resources.gpu_count
+        self.asked = config.spec.replicas.min
         self.start = world.start_s
         self.end = world.start_s + days * 86400.0
         self.now = self.start
@@ -129,8 +159,10 @@ class Simulation:
         self.cost = 0.0
         self.first_ready: float | None = None
         self.moves = self.released = self.losses = self.launches = self.failures = 0
-        self.node_s = 0.0
-        self.wakes = 0
+        self.node_s = self.spot_node_s = 0.0
+        self.wakes = self.preemptions = 0
+        self.retried = 0.0
+        self.noticed: set[str] = set()  # ready replicas given a notice nobody heeded, until it runs out
         self.load = LoadModel(world, self.gpu_count) if world.arrivals is not None else None
 
     # --- what policies call -------------------------------------------------------------------
@@ -166,32 +198,40 @@ class Simulation:
             self._wakes.add(t)
             self._push(t, _WAKE)
 
-    def launch(self, region: str, gpu: str, reason: str) -> Replica:
+    def launch(self, region: str, gpu: str, reason: str, capacity: Capacity = ON_DEMAND) -> Replica:
         now = self.now
         self._ids += 1
-        replica = Replica(f"r{self._ids}", "sim", region, gpu, ReplicaState.PROVISIONING, now, now, reason=reason)
+        replica = Replica(
+            f"r{self._ids}", "sim", region, gpu, ReplicaState.PROVISIONING, now, now, reason=reason, capacity=capacity
+        )
         self.live[replica.id] = replica
         self.launches += 1
         pair = self.layout.index[(region, gpu)]
-        model = self.model
+        model, spot = self.model, capacity is SPOT
+        if spot and (self.spot is None or not self.spot.offered[pair]):
+            raise ValueError(f"no Spot offer for {gpu} in {region} in this world")
+        quota = self.spot.quota[pair] if self.spot is not None and spot else self.world.quota[pair]
         held = sum(
             self.gpu_count
             for r in self.live.values()
-            if r.region == region and r.gpu == gpu and self.node_at.get(r.id) is not None
+            if (r.region, r.gpu, r.capacity) == (region, gpu, capacity) and self.node_at.get(r.id) is not None
         )
         node_at: float | None = None
-        if held + self.gpu_count > self.world.quota[pair]:
+        if held + self.gpu_count > quota:
             self._schedule(now + self.rng.uniform(*model.failure_report_s), _Outcome.FAIL, replica.id)  # no quota
-        elif self.world.has_capacity(pair, now):
+        elif self.world.has_capacity(pair, now, spot):
             node_at = now
         elif self.rng.random() < model.silent_failure_share:
             # Nothing reports the stockout: the pod stays pending, and gets a node if capacity comes back.
-            node_at = self.world.next_capacity(pair, now, self.end)
+            node_at = self.world.next_capacity(pair, now, self.end, spot)
         else:
             self._schedule(now + self.rng.uniform(*model.failure_report_s), _Outcome.FAIL, replica.id)
         self.node_at[replica.id] = node_at
         if node_at is not None:
             self._schedule(node_at + 60.0 * self.rng.triangular(*model.ready_min), _Outcome.READY, replica.id)
+            if self.spot is not None and spot:
+                life = self.rng.exponential(float(self.spot.mean_life_s[pair]))
+                self._schedule(node_at + life, _Outcome.PREEMPT, replica.id)
         self._schedule(now + self.policy.provision_timeout_s, _Outcome.TIMEOUT, replica.id)
         return replica
 
@@ -213,6 +253,9 @@ class Simulation:
         for t, region in self.world.incidents:
             if self.start < t < self.end:
                 self._push(t, _Incident(region))
+        for t, region in self.spot.waves if self.spot is not None else ():
+            if self.start < t < self.end:
+                self._push(t, _Wave(region))
         self._pass()
         while self._heap and self._heap[0][0] < self.end:
             self.now = self._heap[0][0]
@@ -251,10 +294,14 @@ class Simulation:
             return True
         if isinstance(event, _Incident):
             return self._incident(self.layout.regions[event.region])
+        if isinstance(event, _Wave):
+            return self._wave(self.layout.regions[event.region])
         replica = self.live.get(event.replica_id)
         if replica is None:
             return False  # already failed, drained or lost
         outcome = event.outcome
+        if outcome in (_Outcome.PREEMPT, _Outcome.RECLAIM):
+            return self._preempt(replica, outcome)
         if outcome is _Outcome.READY and replica.state is ReplicaState.PROVISIONING:
             ready = replace(replica, state=ReplicaState.READY, ready_at=self.now, updated_at=self.now)
             self.live[ready.id] = ready
@@ -274,6 +321,42 @@ class Simulation:
             return False
         return True
 
+    def _wave(self, region: str) -> bool:
+        """Every Spot node in `region` is reclaimed; True when any replica had one."""
+        hit = [
+            r
+            for r in self.live.values()
+            if r.region == region and r.capacity is SPOT and _started(self.node_at.get(r.id), self.now)
+        ]
+        changed = False
+        for replica in hit:
+            changed |= self._preempt(replica, _Outcome.PREEMPT)
+        return changed
+
+    def _preempt(self, replica: Replica, outcome: _Outcome) -> bool:
+        """A Spot node reclaimed (PREEMPT) or its unheeded notice run out (RECLAIM); True when it changed anything."""
+        if outcome is _Outcome.RECLAIM:
+            self.noticed.discard(replica.id)
+            self._fail(replica, lost=True, preempted=True)
+            return True
+        if replica.id in self.noticed:
+            return False  # already given its notice
+        self.preemptions += 1
+        if replica.state is ReplicaState.PROVISIONING:  # preempted while starting: a failed launch
+            self._fail(replica, lost=False)
+            return True
+        assert self.spot is not None
+        reclaim = self.now + self.spot.notice_s
+        if not self.policy.heeds_notice:  # it keeps serving, and routed to, until it is gone
+            self.noticed.add(replica.id)
+            self._schedule(reclaim, _Outcome.RECLAIM, replica.id)
+            return False
+        del self.live[replica.id]  # out of routing at the notice; what it holds finishes within it
+        self._unready(replica)
+        self._bill(replica, reclaim)
+        self.policy.on_notice(self, replica, self.now)
+        return True
+
     def _incident(self, region: str) -> bool:
         """Every replica in `region` dies, ready (lost) or starting (failed); True when any did."""
         hit = [r for r in self.live.values() if r.region == region]
@@ -281,10 +364,13 @@ class Simulation:
             self._fail(replica, lost=replica.state is ReplicaState.READY)
         return bool(hit)
 
-    def _fail(self, replica: Replica, lost: bool) -> None:
-        del self.live[replica.id]
+    def _fail(self, replica: Replica, lost: bool, preempted: bool = False) -> None:
         if lost:
-            self.losses += 1
+            self.retried += self._in_flight()
+        del self.live[replica.id]
+        self.noticed.discard(replica.id)
+        if lost:
+            self.losses += not preempted
             self._unready(replica)
         else:
             self.failures += 1
@@ -297,17 +383,38 @@ class Simulation:
         if self.load is not None:
             self.load.ready(pair, -1, self.now)
 
+    def _in_flight(self) -> float:
+        """Requests at one ready replica now (without a trace): the mean of the M/M/1 queue each
+        replica is, at the load the ready replicas share by speed (capped at 95% busy)."""
+        if self.load is not None:
+            return 0.0  # the trace's fluid queue keeps them: the backlog stays and is served by the others
+        layout = self.layout
+        ready = [layout.index[(r.region, r.gpu)] for r in self.live.values() if r.state is ReplicaState.READY]
+        capacity = float(layout.speed[ready].sum()) * self.gpu_count / self.model.image_s_t4
+        minute = min(int(self.now // MINUTE), self.world.minutes - 1)
+        rho = min(0.95, float(self.world.demand[:, minute].sum()) / 60.0 / capacity) if capacity > 0 else 0.0
+        return rho / (1.0 - rho)
+
     def _bill(self, replica: Replica, until: float) -> None:
         node_at = self.node_at.pop(replica.id, None)
         if node_at is not None and until > node_at:
             self.node_s += until - node_at
             pair = self.layout.index[(replica.region, replica.gpu)]
-            self.cost += float(self.layout.price[pair]) * self.gpu_count * (until - node_at) / 3600.0
+            spot = replica.capacity is SPOT
+            self.spot_node_s += (until - node_at) * spot
+            price = float((self.layout.spot_price if spot else self.layout.price)[pair])
+            self.cost += price * self.gpu_count * (until - node_at) / 3600.0
 
     # --- figures ------------------------------------------------------------------------------
 
     def _result(self) -> RunResult:
-        result = replace(self._capacity_result(), node_hours=self.node_s / 3600.0)
+        result = replace(
+            self._capacity_result(),
+            node_hours=self.node_s / 3600.0,
+            spot_node_hours=self.spot_node_s / 3600.0,
+            preemptions=self.preemptions,
+            retried=self.retried,
+        )
         load = self.load
         if load is None:
             return result
@@ -327,7 +434,9 @@ class Simulation:
                 self.end - self.start, False, 0.0, 0.0, 0.0, 0.0, self.cost, hours, 0.0, self.moves, self.released,
                 self.losses, self.launches, self.failures, 0.0,
             )  # fmt: skip
-        up, demand, served, images, replica_s = self._serving(self.first_ready)
+        up, demand, served, images, replica_s, full = serving(
+            self.world, self.ready_log, self.first_ready, self.end, self.gpu_count, self.asked
+        )
         window = self.end - self.first_ready
         return RunResult(
             time_to_ready_s=self.first_ready - self.start,
@@ -345,53 +454,13 @@ class Simulation:
             launches=self.launches,
             failures=self.failures,
             ready_replicas=replica_s / window if window > 0 else 0.0,
+            full_s=full,
         )
 
-    def _serving(self, since: float) -> tuple[float, float, float, float, float]:
-        """Walk the segments of constant ready set: seconds up, demand, demand served within the
-        latency bound (an M/M/1 queue per replica, load spread by speed), image capacity."""
-        model, layout, world = self.model, self.layout, self.world
-        mu_per_pair = layout.speed * self.gpu_count / model.image_s_t4  # images per second
-        counts = np.zeros(len(layout.pairs), dtype=int)
-        times = [t for t, _, _ in self.ready_log] + [self.end]
-        up = demand_total = served_total = images = replica_s = 0.0
-        for i, (t, pair, delta) in enumerate(self.ready_log):
-            counts[pair] += delta
-            a, b = max(t, since), times[i + 1]
-            if b <= a:
-                continue
-            mins, weights = _minutes(a, b)
-            minute_demand = world.demand[:, np.minimum(mins, world.minutes - 1)]  # [origins, m] per minute
-            asked = float((minute_demand.sum(axis=0) * weights).sum())
-            demand_total += asked
-            ready = np.flatnonzero(counts)
-            if len(ready) == 0:
-                continue
-            n = counts[ready]
-            mu = mu_per_pair[ready]
-            capacity = float((mu * n).sum())
-            up += b - a
-            images += capacity * (b - a)
-            replica_s += float(n.sum()) * (b - a)
-            rho = minute_demand.sum(axis=0) / 60.0 / capacity  # [m]
-            slack = np.clip(model.latency_bound_s - layout.rtt_s[:, layout.pair_region[ready]], 0.0, None)  # [o, k]
-            share = mu * n / capacity  # [k]
-            # P(sojourn <= slack) for each origin, minute, replica pair: exponential with rate mu (1 - rho).
-            rate = mu[None, None, :] * np.clip(1.0 - rho, 0.0, None)[None, :, None]
-            inside = 1.0 - np.exp(-rate * slack[:, None, :])
-            p = (inside * share[None, None, :]).sum(axis=2)  # [o, m]
-            p[:, rho >= 1.0] = 0.0
-            served_total += float(((minute_demand * p).sum(axis=0) * weights).sum())
-        return up, demand_total, served_total, images, replica_s
 
-
-def _minutes(a: float, b: float) -> tuple[Indices, Floats]:
-    """The minutes [a, b) covers, with the fraction of each covered."""
-    first, last = int(a // MINUTE), math.ceil(b / MINUTE)
-    mins = np.arange(first, max(last, first + 1))
-    lo = np.maximum(mins * MINUTE, a)
-    hi = np.minimum((mins + 1) * MINUTE, b)
-    return mins, np.clip(hi - lo, 0.0, None) / MINUTE
+def _started(node_at: float | None, now: float) -> bool:
+    """A node exists by `now`."""
+    return node_at is not None and node_at <= now
 
 
 def run_policy(

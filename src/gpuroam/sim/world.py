@@ -18,11 +18,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from gpuroam.catalog import Catalog
+
+if TYPE_CHECKING:
+    from gpuroam.sim.spot_world import SpotLayer
 
 MINUTE = 60.0
 DAY_MIN = 24 * 60
@@ -117,6 +121,7 @@ class Layout:
     pair_region: Indices  # [P] region index
     pair_gpu: Indices  # [P] GPU index
     price: Floats  # [P] USD per GPU-hour
+    spot_price: Floats  # [P] USD per GPU-hour as Spot (NaN where the catalog has no Spot price)
     speed: Floats  # [P] relative to a T4
     origins: tuple[str, ...]  # continents
     origin_region: tuple[str, ...]  # the region standing for each continent
@@ -138,12 +143,17 @@ class Layout:
             pair_region=np.array([regions.index(r) for r, _ in pairs]),
             pair_gpu=np.array([gpus.index(g) for _, g in pairs]),
             price=np.array([catalog.price(r, g) for r, g in pairs]),
+            spot_price=np.array([_or_nan(catalog.offers[pair].spot_price) for pair in pairs]),
             speed=np.array([catalog.speed(g) for _, g in pairs]),
             origins=origins,
             origin_region=origin_region,
             # 20 ms of handshakes and edge, then fibre at about 100 km per ms of round trip.
             rtt_s=0.02 + distance / 100_000.0,
         )
+
+
+def _or_nan(price: float | None) -> float:
+    return math.nan if price is None else price
 
 
 @dataclass
@@ -159,17 +169,25 @@ class World:
     demand: Floats  # [origins, minutes] images per minute
     start_s: float  # when the service is created
     arrivals: Floats | None = None  # [origins, minutes] requests drawn around `demand` (sim.traces)
+    spot: SpotLayer | None = None  # Spot capacity, quotas and preemptions (sim.spot_world); None: no Spot
 
-    def has_capacity(self, pair: int, t: float) -> bool:
-        return bool(self.available[pair, min(int(t // MINUTE), self.minutes - 1)])
+    def _grid(self, spot: bool) -> Bools:
+        if not spot:
+            return self.available
+        if self.spot is None:
+            raise ValueError("this world has no Spot capacity: give it a Spot layer (gpuroam.sim.spot_world.with_spot)")
+        return self.spot.available
 
-    def next_capacity(self, pair: int, t: float, until: float) -> float | None:
+    def has_capacity(self, pair: int, t: float, spot: bool = False) -> bool:
+        return bool(self._grid(spot)[pair, min(int(t // MINUTE), self.minutes - 1)])
+
+    def next_capacity(self, pair: int, t: float, until: float, spot: bool = False) -> float | None:
         """The first minute boundary at or after `t` (the minute `t` is in counts) with capacity, before `until`."""
         first = int(t // MINUTE)
         last = min(int(until // MINUTE) + 1, self.minutes)
         if first >= last:
             return None
-        window = self.available[pair, first:last]
+        window = self._grid(spot)[pair, first:last]
         hit = int(np.argmax(window))
         if not window[hit]:
             return None
@@ -228,7 +246,7 @@ def renewal_available(
     return out
 
 
-def _episodes(
+def episodes(
     rng: np.random.Generator, every_h: float, median_min: float, sigma: float, minutes: int
 ) -> list[tuple[float, float]]:
     """Poisson onsets over [-1 day, minutes) with lognormal durations: [(start, end)] in minutes."""
@@ -239,7 +257,8 @@ def _episodes(
     return [(float(s), float(s + d)) for s, d in zip(starts, lengths, strict=True) if s + d > 0]
 
 
-def _cut(available: Bools, rows: Indices, start: float, end: float) -> None:
+def cut(available: Bools, rows: Indices, start: float, end: float) -> None:
+    """No capacity on `rows` over the minutes [start, end) touches."""
     a, b = max(0, math.floor(start)), min(available.shape[1], math.ceil(end))
     if a < b:
         available[np.ix_(rows, np.arange(a, b))] = False
@@ -259,15 +278,15 @@ def build_world(model: WorldModel, layout: Layout, rng: np.random.Generator, day
     sigma = model.episode_sigma
     for g in range(len(gpu_names)):
         rows = np.flatnonzero(layout.pair_gpu == g)
-        for start, end in _episodes(rng, model.crunch_every_h, model.crunch_median_min, sigma, minutes):
-            _cut(available, rows[rng.random(len(rows)) < model.crunch_share], start, end)
+        for start, end in episodes(rng, model.crunch_every_h, model.crunch_median_min, sigma, minutes):
+            cut(available, rows[rng.random(len(rows)) < model.crunch_share], start, end)
     incidents: list[tuple[float, int]] = []
     for r in range(len(layout.regions)):
         rows = np.flatnonzero(layout.pair_region == r)
-        for start, end in _episodes(rng, model.drought_every_h, model.drought_median_min, sigma, minutes):
-            _cut(available, rows, start, end)
-        for start, end in _episodes(rng, model.incident_every_h, model.incident_median_min, sigma, minutes):
-            _cut(available, rows, start, end)
+        for start, end in episodes(rng, model.drought_every_h, model.drought_median_min, sigma, minutes):
+            cut(available, rows, start, end)
+        for start, end in episodes(rng, model.incident_every_h, model.incident_median_min, sigma, minutes):
+            cut(available, rows, start, end)
             if start >= 0:
                 incidents.append((start * MINUTE, r))
     quota = np.where(rng.random(len(layout.pairs)) < model.quota_zero_share, 0, model.quota_gpus)
