@@ -257,3 +257,17 @@ def test_spec_changes_and_preemption_waves_mid_run_settle_where_the_last_spec_sa
     if d.race > 0:  # room for make before break
         assert sum(c is ON_DEMAND for _, _, c in placed) == wanted_od
         assert {g for _, g, _ in placed} == {"nvidia-l4"}
+
+
+def test_a_short_floor_never_loops_on_a_worse_gpu() -> None:
+    """The floor raised while its GPU's on-demand is blocked but a worse GPU's is free: a floor replica on
+    the worse GPU would rank below the Spot replica it stands in for, be drained, and be launched again."""
+    world = settled(World(demand(spot="prefer"), set(SLOTS)))
+    world.demand = demand(spot="prefer", on_demand_base=1)
+    world.capacity -= {(r, "nvidia-l4", ON_DEMAND) for r in POSITIONS}
+    launched = [launch for p in world.run(120) for launch in p.launches]
+    assert all(launch.gpu == "nvidia-l4" for launch in launched), "no floor replica on a worse GPU"
+    assert len(launched) <= 8, f"{len(launched)} launches in 120 s: placement loops"  # L4 retried with backoff
+    world.capacity |= SLOTS
+    world.run(300, seconds=5.0)
+    assert sorted(c for *_, c in world.placement()) == [ON_DEMAND, SPOT], "the floor once L4 is back on demand"

@@ -297,11 +297,14 @@ def _move_back_slot(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Repli
     if not _all_ready(inputs, wanted, live):
         return []
     demand = inputs.demand
-    if inputs.floor_short(_kept_on_demand(inputs, wanted, live)):  # in place of a kept Spot replica
-        spot_regions = [region for region in wanted if any(r.capacity is SPOT for r in _kept(inputs, region, live))]
-        slot = next(filter(None, (inputs.best_slot(region, capacities=(ON_DEMAND,)) for region in spot_regions)), None)
-        if slot is not None:
-            return [Launch(slot[0], slot[1], "floor", ON_DEMAND)]
+    if inputs.floor_short(_kept_on_demand(inputs, wanted, live)):
+        # In place of a kept Spot replica, on a GPU no worse than its: a floor replica ranks as Spot of its
+        # GPU, so one on a worse GPU would not be kept, and would be launched and drained every pass.
+        for region in wanted:
+            spot = [inputs.rank(r) for r in _kept(inputs, region, live) if r.capacity is SPOT]
+            slot = inputs.best_slot(region, capacities=(ON_DEMAND,))
+            if spot and slot is not None and demand.rank(slot[1], SPOT) <= max(spot):
+                return [Launch(slot[0], slot[1], "floor", ON_DEMAND)]
     for region in wanted:
         for replica in sorted(_kept(inputs, region, live), key=inputs.rank, reverse=True):
             floor = replica.id in inputs.floor
