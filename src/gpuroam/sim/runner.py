@@ -176,7 +176,7 @@ class Study:
             "worlds": {
                 world: {
                     "model": WORLDS[world].describe(),
-                    "figures": {p: {k: _rounded(v) for k, v in t.items()} for p, t in self.tables[world].items()},
+                    "figures": _rounded_table(self.tables[world]),
                     "goals": self.goals[world],
                 }
                 for world in self.worlds
@@ -184,15 +184,22 @@ class Study:
         }
 
 
-def _rounded(value: float) -> float:
-    return round(float(value), 6)
+def _rounded_table(table: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Policy -> figures, each rounded to 6 decimals for the JSON."""
+    return {policy: {k: round(float(v), 6) for k, v in figures.items()} for policy, figures in table.items()}
+
+
+def _check_known(what: str, names: Iterable[str], known: Iterable[str]) -> None:
+    """ValueError naming the first of `names` not in `known`, and what is known."""
+    known = list(known)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r}; known: {', '.join(known)}")
 
 
 def study(config: SimConfig, worlds: Sequence[str], progress: Callable[[int], None] | None = None) -> Study:
     """Every policy over `config.runs` worlds of each named kind (see gpuroam.sim.world.WORLDS)."""
-    unknown = [w for w in worlds if w not in WORLDS]
-    if unknown:
-        raise ValueError(f"unknown world {unknown[0]!r}; known: {', '.join(WORLDS)}")
+    _check_known("world", worlds, WORLDS)
     started = time.perf_counter()
     runs = simulate_all([replace(config, model=WORLDS[world]) for world in worlds], progress)
     results = dict(zip(worlds, runs, strict=True))
@@ -226,7 +233,7 @@ class TraceStudy:
             "traces": {
                 trace: {
                     "days": self.days[trace],
-                    "figures": {p: {k: _rounded(v) for k, v in t.items()} for p, t in self.tables[trace].items()},
+                    "figures": _rounded_table(self.tables[trace]),
                 }
                 for trace in self.traces
             },
@@ -242,11 +249,8 @@ def trace_study(
     progress: Callable[[int], None] | None = None,
 ) -> TraceStudy:
     """Every policy over `config.runs` worlds per trace; `days` overrides TRACE_DAYS."""
-    unknown = [t for t in traces if t not in TRACES]
-    if unknown:
-        raise ValueError(f"unknown trace {unknown[0]!r}; known: {', '.join(TRACES)}")
-    if world not in WORLDS:
-        raise ValueError(f"unknown world {world!r}; known: {', '.join(WORLDS)}")
+    _check_known("trace", traces, TRACES)
+    _check_known("world", [world], WORLDS)
     chosen = tuple(t for t in TRACES if t in traces)
     lengths = {t: days if days is not None else TRACE_DAYS[t] for t in chosen}
     started = time.perf_counter()
@@ -285,7 +289,7 @@ class SpotStudy:
             "spot": {
                 name: {
                     "model": SPOT_MODELS[name].describe(),
-                    "figures": {p: {k: _rounded(v) for k, v in t.items()} for p, t in self.tables[name].items()},
+                    "figures": _rounded_table(self.tables[name]),
                     "goals": self.goals[name],
                 }
                 for name in self.models
@@ -298,11 +302,8 @@ def spot_study(
 ) -> SpotStudy:
     """Every policy over `config.runs` worlds of kind `world` with each named Spot model (see
     gpuroam.sim.spot_world.SPOT_MODELS); the same worlds under every Spot model."""
-    unknown = [m for m in models if m not in SPOT_MODELS]
-    if unknown:
-        raise ValueError(f"unknown Spot model {unknown[0]!r}; known: {', '.join(SPOT_MODELS)}")
-    if world not in WORLDS:
-        raise ValueError(f"unknown world {world!r}; known: {', '.join(WORLDS)}")
+    _check_known("Spot model", models, SPOT_MODELS)
+    _check_known("world", [world], WORLDS)
     started = time.perf_counter()
     configs = [replace(config, model=WORLDS[world], spot=SPOT_MODELS[m]) for m in models]
     results = dict(zip(models, simulate_all(configs, progress), strict=True))

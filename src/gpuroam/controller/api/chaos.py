@@ -55,8 +55,8 @@ def fail(body: ChaosRequest, context: Context) -> ChaosOut:
 
 
 class PreemptRequest(BaseModel):
-    region: str | None = None
-    replica: str | None = None
+    region: str | None = Field(default=None, max_length=63)  # a cloud region name
+    replica: str | None = Field(default=None, max_length=253)  # a replica id (a DNS name at most)
     notice_s: float = Field(default=30.0, ge=0, le=3600)
 
 
