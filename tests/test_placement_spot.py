@@ -271,3 +271,32 @@ def test_a_short_floor_never_loops_on_a_worse_gpu() -> None:
     world.capacity |= SLOTS
     world.run(300, seconds=5.0)
     assert sorted(c for *_, c in world.placement()) == [ON_DEMAND, SPOT], "the floor once L4 is back on demand"
+
+
+def _preempt(world: World, region: str) -> list[Slot]:
+    """Take `region`'s Spot capacity and step once: the replica there dies, its slot is blocked and
+    the same pass plans the replacement. Returns the slots it launches on."""
+    world.capacity -= {s for s in SLOTS if s[0] == region and s[2] is SPOT}
+    return [(launch.region, launch.gpu, launch.capacity) for launch in world.step().launches]
+
+
+def test_a_preemption_while_the_service_serves_races_only_the_preferred_gpu() -> None:
+    """A Spot loss says nothing of the L4 on demand: a T4 that won the race would serve, slower,
+    until the move back."""
+    world = settled(World(demand(spot="prefer", race=3), set(SLOTS)))
+    launched = _preempt(world, "us-a")
+    assert {gpu for _, gpu, _ in launched} == {"nvidia-l4"}
+    assert len(launched) >= 2, "the replacement is still raced"
+    assert ("us-a", "nvidia-l4", ON_DEMAND) in launched, "on demand in the lost region"
+
+
+def test_the_fallback_gpu_is_still_raced_on_evidence_the_preferred_gpu_is_short() -> None:
+    """An on-demand L4 block, or nothing serving at all: the fallback GPU is raced as before."""
+    short = settled(World(demand(spot="prefer", race=3), set(SLOTS)))
+    short.blocks[("eu-b", "nvidia-l4", ON_DEMAND)] = block_after_failure(
+        None, "eu-b", "nvidia-l4", short.now, 300, 2, 600, "stockout", ON_DEMAND
+    )
+    assert "nvidia-tesla-t4" in {gpu for _, gpu, _ in _preempt(short, "us-a")}
+    down = settled(World(demand(spot="prefer", race=3), set(SLOTS)))
+    down.capacity -= {s for s in SLOTS if s[2] is SPOT}  # a wave takes both regions' Spot
+    assert "nvidia-tesla-t4" in {launch.gpu for launch in down.step().launches}

@@ -25,7 +25,8 @@ order:
    `race` launches in flight. With `race_fallback_gpu`, while every launch in flight is on one
    GPU type, the last raced candidate is the best available slot of another type, so a stockout
    of the preferred GPU everywhere does not hold back the fallback GPU until every region's
-   preferred slot has failed.
+   preferred slot has failed; but not while the service serves and only Spot slots of that GPU
+   are blocked (a Spot loss says nothing of the GPU on demand).
 5. Move back: when every wanted region is fully ready and nothing is starting, one replica at a
    time moves to a strictly better stable slot in its region (a better GPU, or Spot for an
    on-demand replica above the floor; the floor's replicas move only to a better GPU on demand),
@@ -277,7 +278,7 @@ def _race(
     best = (slot for region in spare if (slot := inputs.best_slot(region, capacities=capacities)) is not None)
     chosen = list(itertools.islice(best, max(0, demand.race - len(starting))))
     gpus = set(starting) | {gpu for _, gpu, _ in chosen}
-    if demand.race_fallback_gpu and chosen and len(gpus) == 1:
+    if chosen and _race_fallback(inputs, gpus, live):
         taken = {region for region, _, _ in chosen[:-1]}
         others = [
             slot
@@ -287,6 +288,21 @@ def _race(
         if others:
             chosen[-1] = min(others, key=inputs.slot_key)
     return [Launch(region, gpu, "race", kind) for region, gpu, kind in chosen]
+
+
+def _race_fallback(inputs: _Inputs, gpus: Collection[str], live: Sequence[Replica]) -> bool:
+    """Whether the race's last candidate goes to another GPU type: with race_fallback_gpu, while
+    every launch in flight is on one GPU, unless a Spot loss alone started the race while the service
+    serves. A preemption or a Spot stockout says nothing of that GPU on demand, and a slower fallback
+    GPU that wins the race would serve until the preferred one is back (the Spot study measured it)."""
+    demand = inputs.demand
+    if not demand.race_fallback_gpu or len(gpus) != 1:
+        return False
+    if demand.spot != "prefer" or not any(r.state is ReplicaState.READY for r in live):
+        return True
+    (gpu,) = gpus
+    active = [b for b in inputs.capacity.blocks.values() if b.gpu == gpu and b.active(inputs.now)]
+    return not active or any(b.capacity is ON_DEMAND for b in active)
 
 
 def _move_back_slot(inputs: _Inputs, wanted: Sequence[str], live: Sequence[Replica]) -> list[Launch]:
