@@ -253,8 +253,8 @@ async def main() -> None:
             copied = list((args.scratch / "empty" / "cache").glob("compiled-*"))
             if not copied:
                 raise SystemExit("the artefact variant needs the empty variant's artefact: run empty first")
-            for path in copied:
-                shutil.copy(path, cache / path.name)
+            for path in copied:  # the manifest and the directory of packages
+                (shutil.copytree if path.is_dir() else shutil.copy)(path, cache / path.name)
         mode = "none" if variant == "eager" else "reduce-overhead"
         start = await measure(variant, worker_command(args, src, cache, mode), environment(src, scratch), args)
         start.full_speed_s = full_speed(start)

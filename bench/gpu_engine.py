@@ -170,11 +170,10 @@ def profile_kernels(engine: Engine, args: argparse.Namespace, batch: int, top: i
 
 
 def acceleration(variant: str, buckets: tuple[int, ...], size: int) -> Acceleration:
-    """`eager`, a compile mode, or a compile mode with `-dynamic` (one compile for all buckets of the size)."""
+    """`eager`, or a compile mode."""
     if variant == "eager":
         return Acceleration.off()
-    mode, _, dynamic = variant.partition("-dynamic")
-    return Acceleration(compile_mode=mode, buckets=buckets, warm_sizes=((size, size),), dynamic_batch=bool(dynamic))
+    return Acceleration(compile_mode=variant, buckets=buckets, warm_sizes=((size, size),))
 
 
 def measure(variant: str, args: argparse.Namespace, reference: np.ndarray | None) -> dict:

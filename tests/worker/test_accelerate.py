@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
-from torch._dynamo.utils import counters
 
-from gpuroam.worker.accelerate import Acceleration, acceleration_for, to_uint8_images, use_compile_cache
+from gpuroam.worker.accelerate import Acceleration, acceleration_for, to_uint8_images
+from gpuroam.worker.compile_process import use_compile_cache
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.engine import Engine
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
@@ -54,19 +55,25 @@ def eager() -> Engine:
     return Engine(load_model("tiny", torch.device("cpu")), Acceleration.off())
 
 
-def built(acceleration: Acceleration) -> Engine:
-    """An engine whose planned graphs are all built (here, not on a compile thread)."""
+def built(acceleration: Acceleration, cache: Path) -> Engine:
+    """An engine whose planned graphs are all built (by its compile process, here and now: not on a
+    compile thread), as exported programs the eager kernels run (worker/aot.py: seconds, not a C++ compile)."""
+    acceleration = replace(acceleration, backend="eager", cache_dir=cache)
     engine = Engine(load_model("tiny", torch.device("cpu")), acceleration)
     engine.warm_up()
-    assert engine.warmup is not None
-    engine.warmup.build_all()
+    assert engine.warmup is not None and engine.packages is not None
+    try:
+        engine.warmup.build_all()
+    finally:
+        engine.packages.close()
     assert engine.warmup.pending == 0 and all(not graph.failed for graph in engine.graphs)
     return engine
 
 
 @pytest.fixture(scope="module")
-def fast() -> Engine:
-    return built(Acceleration(compile_mode="default", backend="eager", buckets=(1, 2, 4), warm_sizes=((128, 128),)))
+def fast(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    acceleration = Acceleration(compile_mode="default", buckets=(1, 2, 4), warm_sizes=((128, 128),))
+    return built(acceleration, tmp_path_factory.mktemp("cache"))
 
 
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M"])  # float32 and int64 timesteps
@@ -105,13 +112,14 @@ def test_the_modules_were_rebuilt_for_speed(fast: Engine) -> None:
     assert "forward" in vars(unet) and fast.graphs[0].name == "unet", "the UNet's forward runs its compiled graphs"
 
 
-def test_every_kind_of_request_runs_the_graphs_built_for_its_shape() -> None:
+def test_every_kind_of_request_runs_the_graphs_built_for_its_shape(tmp_path: Path) -> None:
     """Samplers hand the UNet float32, int64 or float64 timesteps, img2img hands it channels-last
     latents, clip skip changes the text encoder's call, one image at CFG 1 is a UNet batch of one.
     Once a size's graphs are built, none of these may trace a new graph or miss the built one: a
     trace on a GPU is minutes of compiling, and a miss is the eager speed."""
-    engine = built(Acceleration(compile_mode="default", backend="eager", buckets=(1, 2), warm_sizes=((64, 64),)))
-    graphs = counters["stats"]["unique_graphs"]
+    engine = built(Acceleration(compile_mode="default", buckets=(1, 2), warm_sizes=((64, 64),)), tmp_path)
+    assert engine.packages is not None
+    packages = sorted(engine.packages.directory.glob("*.pt2"))
     keys = [BatchKey("txt2img", 64, 64, 3, name, "automatic", 7.0) for name in sampler_names()]
     keys += [
         BatchKey("txt2img", 64, 64, 3, "DPM2", "karras", 7.0),
@@ -126,7 +134,7 @@ def test_every_kind_of_request_runs_the_graphs_built_for_its_shape() -> None:
         init_image = init if key.mode == "img2img" else None
         eager_calls = {graph.name: graph.calls["eager"] for graph in engine.graphs}
         engine.run([ImageTask(job, i, "a", "", i, 0, 0.0, init_image) for i in range(images)])
-        assert counters["stats"]["unique_graphs"] == graphs, f"{key}, {images} image(s), compiled a new graph"
+        assert sorted(engine.packages.directory.glob("*.pt2")) == packages, f"{key}, {images} image(s): a new graph"
         assert {graph.name: graph.calls["eager"] for graph in engine.graphs} == eager_calls, f"{key}: ran eagerly"
 
 
@@ -156,8 +164,10 @@ def test_worker_flags_choose_the_fast_path() -> None:
     chosen = acceleration_for(WorkerConfig(compile="max-autotune", buckets=(1, 8)), cpu)
     assert chosen.compile_mode == "max-autotune" and chosen.buckets == (1, 8)
     assert acceleration_for(WorkerConfig(max_batch=8), cuda).buckets == (1, 2, 4, 8), "none the batcher never forms"
-    assert not acceleration_for(WorkerConfig(), cuda).dynamic_batch
-    assert acceleration_for(WorkerConfig(dynamic_batch=True), cuda).dynamic_batch
+    assert acceleration_for(WorkerConfig(), cuda).compiler == "inductor default", "CUDA graphs are captured here"
+    assert (
+        acceleration_for(WorkerConfig(compile="max-autotune"), cuda).compiler == "inductor max-autotune-no-cudagraphs"
+    )
     with pytest.raises(ValueError, match="buckets"):
         Acceleration(buckets=(4, 2))
 

@@ -13,8 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuroam.worker.graphs import (
+    Compile,
     GraphedForward,
     GraphMismatch,
+    Inputs,
+    Runner,
+    Signature,
     WeightWrites,
     check_close,
     copy_inputs,
@@ -26,6 +30,11 @@ from gpuroam.worker.graphs import (
 
 def eager(sample: torch.Tensor, scale: float, *, context: torch.Tensor | None = None) -> tuple[torch.Tensor]:
     return (sample * scale + (0 if context is None else context.mean()),)
+
+
+def serves(runner: Runner) -> Compile:
+    """A compile that has `runner` ready (the compile process's work is not what these tests are about)."""
+    return lambda key, example: runner
 
 
 class Counting:
@@ -76,7 +85,7 @@ def test_a_signature_tells_apart_what_a_compiled_graph_is_specialised_on() -> No
 
 def test_a_call_runs_eagerly_until_its_graph_is_built_then_the_graph() -> None:
     compiled = Counting(eager)
-    forward = GraphedForward("toy", eager, compiled, capture=False)
+    forward = GraphedForward("toy", eager, serves(compiled), capture=False)
     x = torch.randn(2, 3)
     with forward.recording() as seen:
         (first,) = forward(x, 2.0)
@@ -92,7 +101,7 @@ def test_a_call_runs_eagerly_until_its_graph_is_built_then_the_graph() -> None:
 
 
 def test_a_batch_the_graphs_do_not_compute_runs_eagerly_past_them() -> None:
-    forward = GraphedForward("toy", eager, Counting(eager), capture=False)
+    forward = GraphedForward("toy", eager, serves(Counting(eager)), capture=False)
     x = torch.randn(2, 3)
     with forward.recording() as seen:
         forward(x, 2.0)
@@ -106,7 +115,7 @@ def test_a_graph_that_computes_something_else_is_never_used() -> None:
     def wrong(sample: torch.Tensor, scale: float) -> tuple[torch.Tensor]:
         return (sample * scale + 0.1,)
 
-    forward = GraphedForward("toy", eager, wrong, capture=False)
+    forward = GraphedForward("toy", eager, serves(wrong), capture=False)
     inputs = copy_inputs(((torch.randn(4, 4), 1.0), {}))
     key = signature(*inputs)
     forward.build(key, inputs)
@@ -130,16 +139,23 @@ def test_outputs_are_close_within_rounding_only() -> None:
         check_close((a, a), (a,), "count")
 
 
-def test_while_a_compile_runs_a_compiled_call_through_dynamo_runs_eagerly_instead_of_waiting() -> None:
-    """Dynamo makes a frame it has no code for wait for its one compile lock: a request behind a compile
-    of minutes. A graph that is not a captured CUDA graph is used only when no compile is running."""
-    compiled = Counting(eager)
-    forward = GraphedForward("toy", eager, compiled, capture=False)
+def test_a_call_never_waits_for_a_compile_under_way() -> None:
+    """The compile thread waits for the compile process holding nothing: a call meanwhile runs at once."""
+    release = threading.Event()
+
+    def slow(key: Signature, example: Inputs) -> Runner:
+        release.wait(10)
+        return eager
+
+    forward = GraphedForward("toy", eager, slow, capture=False)
     inputs = copy_inputs(((torch.randn(2, 3), 2.0), {}))
-    forward.build(signature(*inputs), inputs)
-    with forward.compile_lock:  # what the compile thread holds while Dynamo compiles another graph
-        forward(*inputs[0])
-    assert forward.calls == {"compiled": 0, "eager graph": 0, "eager": 1}
+    builder = threading.Thread(target=forward.build, args=(signature(*inputs), inputs))
+    builder.start()
+    started = time.monotonic()
+    forward(*inputs[0])
+    assert time.monotonic() - started < 1 and forward.calls == {"compiled": 0, "eager graph": 0, "eager": 1}
+    release.set()
+    builder.join()
     forward(*inputs[0])
     assert forward.calls == {"compiled": 1, "eager graph": 0, "eager": 1}
 
@@ -165,14 +181,6 @@ class WeightedModule:
     def run(self, sample: torch.Tensor) -> tuple[torch.Tensor]:
         return (sample * self.weight,)
 
-    def run_then_let_the_writer_in(self, sample: torch.Tensor) -> tuple[torch.Tensor]:
-        """Runs, then lets the writer write before the caller goes on (a merge landing right after a run)."""
-        output = self.run(sample)
-        if not self.start.is_set():
-            self.start.set()
-            self.wrote.wait(0.5)  # the writer may not get in (a check holds `weights`): go on after a while
-        return output
-
     def let_the_writer_try_then_run(self, sample: torch.Tensor) -> tuple[torch.Tensor]:
         """Lets the writer try to write, then runs (a merge landing between a check's two runs)."""
         if not self.start.is_set():
@@ -181,9 +189,15 @@ class WeightedModule:
         return self.run(sample)
 
 
-def test_a_weight_change_under_a_compiles_run_never_drops_the_graph() -> None:
+def test_a_weight_change_while_a_graph_compiles_never_drops_it() -> None:
     module = WeightedModule(WeightWrites())
-    forward = GraphedForward("toy", module.run, module.run_then_let_the_writer_in, capture=False)
+
+    def compile_while_a_lora_merges(key: Signature, example: Inputs) -> Runner:
+        module.start.set()
+        module.wrote.wait(5)
+        return module.run
+
+    forward = GraphedForward("toy", module.run, compile_while_a_lora_merges, capture=False)
     forward.weights = module.weights
     inputs = copy_inputs(((torch.ones(4),), {}))
     key = signature(*inputs)
@@ -194,7 +208,7 @@ def test_a_weight_change_under_a_compiles_run_never_drops_the_graph() -> None:
 
 def test_a_weight_change_waits_for_a_check_and_never_drops_the_graph() -> None:
     module = WeightedModule(WeightWrites())
-    forward = GraphedForward("toy", module.let_the_writer_try_then_run, module.run, capture=False)
+    forward = GraphedForward("toy", module.let_the_writer_try_then_run, serves(module.run), capture=False)
     forward.weights = module.weights
     inputs = copy_inputs(((torch.ones(4),), {}))
     key = signature(*inputs)
@@ -210,7 +224,9 @@ def test_a_weight_change_waits_for_an_eager_capture_check() -> None:
     def capturer(runner: Callable[..., Any], example: Any, pool: Any, device_lock: threading.Lock) -> Any:
         return module.run  # a CUDA graph replays on the weights where they are at the time
 
-    forward = GraphedForward("toy", module.let_the_writer_try_then_run, module.run, capture=True, capturer=capturer)
+    forward = GraphedForward(
+        "toy", module.let_the_writer_try_then_run, serves(module.run), capture=True, capturer=capturer
+    )
     forward.weights = module.weights
     inputs = copy_inputs(((torch.ones(4),), {}))
     key = signature(*inputs)
@@ -219,3 +235,34 @@ def test_a_weight_change_waits_for_an_eager_capture_check() -> None:
     module.writer.join()
     assert key in forward.eager_graphs and key not in forward.eager_failed
     assert time.monotonic() - started < 5
+
+
+def test_replaced_weights_drop_the_compiled_graphs_and_they_are_built_again() -> None:
+    """A checkpoint switch writes new weights in place for good: a package may hold copies derived from the
+    old ones, so its graph is built again (from the package, in seconds); calls run eagerly meanwhile."""
+    weights = WeightWrites()
+    forward = GraphedForward("toy", eager, serves(eager), capture=False, weights=weights)
+    weights.on_replaced.append(forward.forget)
+    inputs = copy_inputs(((torch.randn(2, 3), 2.0), {}))
+    key = signature(*inputs)
+    forward.build(key, inputs)
+    assert forward.built(key)
+    weights.replaced()
+    assert not forward.built(key)
+    forward(*inputs[0])
+    assert forward.calls == {"compiled": 0, "eager graph": 0, "eager": 1}
+    forward.build(key, inputs)
+    assert key in forward.runners
+
+
+def test_a_graph_checked_on_weights_replaced_before_it_is_kept_is_not_kept() -> None:
+    weights = WeightWrites()
+
+    def capturer(runner: Runner, example: Inputs, pool: object, lock: threading.Lock) -> Runner:
+        weights.replaced()  # the switch lands between the check and the graph's use
+        return runner
+
+    forward = GraphedForward("toy", eager, serves(eager), capture=True, capturer=capturer, weights=weights)
+    inputs = copy_inputs(((torch.randn(2, 3), 2.0), {}))
+    forward.build(signature(*inputs), inputs)
+    assert not forward.built(signature(*inputs)), "left to be built again, on the new weights"

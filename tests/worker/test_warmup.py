@@ -1,15 +1,13 @@
 """Serve first, compile in the background: the plan, its order, and a real Inductor compile on the CPU.
 
-The engine tests compile with Inductor (`--compile default`) while the compile thread is held, so a
-request that waited for a compile, or compiled on its own thread, would show: Dynamo's compile hook
-names the thread of every compile, and the eager engine's images are the reference.
+The engine test compiles with Inductor (`--compile default`) through the compile process while the
+compile thread is held, so a request that waited for a compile would show, and one compiled in the
+serving process too: Dynamo's compile hook would see it. The eager engine's images are the reference.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,12 +19,11 @@ from torch._dynamo.callback import callback_handler
 
 from gpuroam.worker.accelerate import Acceleration
 from gpuroam.worker.engine import Engine
-from gpuroam.worker.graphs import GraphedForward, Inputs, Runner, copy_inputs, signature
+from gpuroam.worker.graphs import Compile, GraphedForward, Inputs, Runner, Signature, copy_inputs, signature
 from gpuroam.worker.jobs import BatchKey, ImageTask, Job
 from gpuroam.worker.models import load_model
 from gpuroam.worker.prebuild import use_artefact
 from gpuroam.worker.warmup import (
-    COMPILING_SWITCH_INTERVAL,
     EAGER_SPEED_SHARE,
     MAX_LEARNED_PER_CALLER,
     MAX_LEARNED_SIZES,
@@ -44,12 +41,21 @@ def toy_need(forward: GraphedForward, rows: int) -> Need:
     return forward, signature(*inputs), lambda: inputs
 
 
+def serves(runner: Runner) -> Compile:
+    """A compile that has `runner` ready (what the compile process does is tested with the engine below)."""
+
+    def compile(key: Signature, example: Inputs) -> Runner:
+        return runner
+
+    return compile
+
+
 def toy_forward(name: str, built: list[str]) -> GraphedForward:
     def compiled(x: torch.Tensor) -> torch.Tensor:
         built.append(f"{name}:{x.shape[0]}")
         return x * 2
 
-    return GraphedForward(name, lambda x: x * 2, compiled, capture=False)
+    return GraphedForward(name, lambda x: x * 2, serves(compiled), capture=False)
 
 
 def test_the_first_size_is_built_first_then_the_most_requested_then_in_plan_order() -> None:
@@ -120,22 +126,6 @@ def test_the_compile_thread_builds_in_the_background_and_says_when_all_is_built(
     assert not compile_thread_alive() and len(built) == 2, "a stopped warm-up starts nothing"
 
 
-def test_the_gil_switch_interval_is_short_only_while_the_compile_thread_runs() -> None:
-    """Each op of the device thread's eager forward waits up to one interval for the GIL while the
-    compile thread runs Python (bench/gil_convoy.py)."""
-    default = sys.getswitchinterval()
-    done = threading.Event()
-    warmup = Warmup(on_done=lambda _: done.set())
-    warmup.gate.clear()
-    warmup.plan(GraphShape(64, 64, 1), [toy_need(toy_forward("unet", []), 2)], first=True)
-    assert sys.getswitchinterval() == default, "nothing compiles before the warm-up starts"
-    warmup.start()
-    assert sys.getswitchinterval() == pytest.approx(COMPILING_SWITCH_INTERVAL) and COMPILING_SWITCH_INTERVAL < default
-    warmup.gate.set()
-    assert done.wait(30)
-    assert sys.getswitchinterval() == default
-
-
 def cuda_like_forward(name: str, events: list[str], capturable: bool = True) -> GraphedForward:
     """A forward that captures as on CUDA, with a stand-in capture: replaying it calls what was captured."""
 
@@ -153,7 +143,7 @@ def cuda_like_forward(name: str, events: list[str], capturable: bool = True) -> 
         events.append(f"capture {what} {name}:{example[0][0].shape[0]}")
         return runner
 
-    return GraphedForward(name, eager, compiled, capture=True, capturer=capturer)
+    return GraphedForward(name, eager, serves(compiled), capture=True, capturer=capturer)
 
 
 def test_on_cuda_every_planned_signature_is_captured_eagerly_before_the_first_compile() -> None:
@@ -236,14 +226,13 @@ def test_no_request_waits_for_a_compile_and_the_compiled_images_are_the_eager_on
     tmp_path: Path, compiling_threads: list[str]
 ) -> None:
     """With Inductor, the way a GPU worker runs: requests are served eagerly (a new size too) while the
-    compile thread is held; let go, it compiles, the graphs take over with the same images, and the
-    compiled artefact is written for the next worker (which test_artefact.py starts from it)."""
+    compile thread is held; let go, the compile process builds the packages, the graphs take over with
+    the same images, nothing is ever compiled in the serving process, and the compiled artefact is
+    recorded for the next worker (which test_artefact.py starts from it)."""
     cache = tmp_path / "cache"
-    inductor = Acceleration(
-        compile_mode="default", buckets=(1,), warm_sizes=((64, 64),), dynamic_batch=False, cache_dir=cache
-    )
+    inductor = Acceleration(compile_mode="default", buckets=(1,), warm_sizes=((64, 64),), cache_dir=cache)
     engine = Engine(load_model("tiny", torch.device("cpu")), inductor)
-    assert engine.warmup is not None
+    assert engine.warmup is not None and engine.packages is not None
     assert use_artefact(engine) == (), "an empty cache has no artefact"
     engine.warm_up()
     engine.warmup.gate.clear()
@@ -251,7 +240,6 @@ def test_no_request_waits_for_a_compile_and_the_compiled_images_are_the_eager_on
     sizes = ((64, 64), (96, 64), (96, 64), (96, 64))  # a new size, asked for again
     try:
         eager = [pixels(engine, [a_task(width, height, seed)]) for seed, (width, height) in enumerate(sizes)]
-        assert compiling_threads == [], "nothing compiled on the request path"
         assert engine.warmup.pending > 0 and any(shape.size == (96, 64) for shape in engine.warmup._planned)
         engine.warmup.gate.set()
         finished = threading.Event()
@@ -262,12 +250,15 @@ def test_no_request_waits_for_a_compile_and_the_compiled_images_are_the_eager_on
         for seed, (width, height) in enumerate(sizes[:2]):
             assert np.abs(pixels(engine, [a_task(width, height, seed)]) - eager[seed]).max() <= MAX_PIXEL_DIFF
         assert unet.calls["compiled"] - before["compiled"] == 6 and unet.calls["eager"] == before["eager"]
-        assert compiling_threads and set(compiling_threads) == {"gpuroam-compile"}
+        assert not any(graph.failed for graph in engine.graphs)
     finally:
         engine.warmup.stop()
+    assert compiling_threads == [], "nothing was ever compiled in the serving process"
+    assert engine.packages.process._process is None, "the compile process ends with the warm-up"
     (manifest,) = cache.glob("compiled-*.json")
     assert json.loads(manifest.read_text())["sizes"] == [[64, 64], [96, 64]]
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache), "Inductor's graphs go to the compile cache"
+    packages = sorted(path.name.split("-")[0] for path in engine.packages.directory.glob("*.pt2"))
+    assert packages == ["text", "text", "unet", "unet", "vae", "vae"], "one per module and call, in the cache"
 
 
 def _chain(first: object, event: threading.Event) -> Callable[[list[tuple[int, int]]], None]:

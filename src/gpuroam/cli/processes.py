@@ -49,13 +49,6 @@ CompileSizesOption = Annotated[
         "common sizes and their hires-fix targets; other sizes are compiled once asked for twice)."
     ),
 ]
-DynamicBatchOption = Annotated[
-    bool,
-    typer.Option(
-        help="One compile per image size for all its batch sizes, instead of one per batch size (fewer "
-        "compiles; on the CPU 4.4x slower per image, bench/RESULTS.md)."
-    ),
-]
 BuildCacheOption = Annotated[
     bool,
     typer.Option(
@@ -132,7 +125,6 @@ def worker(
     buckets: BucketsOption = None,
     compile_cache: CompileCacheOption = None,
     compile_sizes: CompileSizesOption = None,
-    dynamic_batch: DynamicBatchOption = False,
     build_cache: BuildCacheOption = False,
     lora_dir: LoraDirOption = None,
     embeddings_dir: EmbeddingsDirOption = None,
@@ -166,7 +158,6 @@ def worker(
         buckets=sizes,
         compile_cache=str(compile_cache) if compile_cache else None,
         compile_sizes=image_sizes,
-        dynamic_batch=dynamic_batch,
         lora_dir=_text(lora_dir),
         embeddings_dir=_text(embeddings_dir),
         vae_dir=_text(vae_dir),

@@ -5,8 +5,9 @@ GPUs are the scarce part, so the worker's default on CUDA is:
 - channels-last memory for the UNet and VAE (cuDNN's fast convolution layout);
 - fused query/key/value projections (one matrix product instead of three);
 - cuDNN autotuning of convolution algorithms;
-- `torch.compile` (Inductor) of the UNet, the VAE decoder and the text encoder, each compiled graph
-  captured into a CUDA graph (`reduce-overhead`), which removes the per-kernel launch cost that
+- Inductor's compiled graphs of the UNet, the VAE decoder and the text encoder, built ahead of time
+  by a compile process of their own (AOTInductor packages: worker/aot.py, worker/compile_process.py),
+  each captured into a CUDA graph (`reduce-overhead`), which removes the per-kernel launch cost that
   dominates small batches;
 - a few fixed batch sizes (buckets) at the common image sizes, each compiled once, in the
   background (worker/warmup.py): the worker serves eagerly from the moment its model is loaded,
@@ -14,8 +15,8 @@ GPUs are the scarce part, so the worker's default on CUDA is:
   runs the largest bucket the queue fills, and the engine pads a batch up to a bucket whose graphs
   are built (padding rows are dropped).
 
-Compiled kernels are cached on disk (`cache_dir`), and packed into an artefact that starts a worker
-on another machine of the same GPU type (worker/artefact.py). None of this changes what is computed
+Packages are kept on disk (`cache_dir`): a restart loads them, and the directory is an artefact that
+starts a worker on another machine of the same GPU type (worker/artefact.py). None of this changes what is computed
 beyond kernel-level rounding: `tests/worker/test_accelerate.py` checks the images against the eager
 path on the CPU, every graph is checked against its eager module before use, and bench/gpu_engine.py
 checks the images on the GPU.
@@ -30,7 +31,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 
@@ -38,7 +39,10 @@ import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from gpuroam.worker.config import WorkerConfig
-from gpuroam.worker.graphs import GraphedForward, WeightWrites, configure_compiler
+from gpuroam.worker.graphs import GraphedForward, WeightWrites
+from gpuroam.worker.models import LoadedModel
+from gpuroam.worker.packages import Packages
+from gpuroam.worker.rewrites import compiled_modules, rewrite
 
 log = logging.getLogger("gpuroam.worker.accelerate")
 
@@ -67,12 +71,9 @@ class Acceleration:
     channels_last: bool = True
     fuse_qkv: bool = True
     compile_mode: str = "reduce-overhead"  # one of COMPILE_MODES; "none" keeps eager modules
-    backend: str = "inductor"  # "eager" traces with Dynamo but runs eager kernels (the CPU tests use it)
+    backend: str = "inductor"  # "eager": exported programs run by eager kernels (the CPU tests use it; worker/aot.py)
     buckets: tuple[int, ...] = DEFAULT_BUCKETS
     warm_sizes: tuple[tuple[int, int], ...] | None = None  # compiled after start; None: the model's common sizes
-    # One compile per size for all its buckets (each still gets its CUDA graph). Off: on the CPU the
-    # dynamic-batch kernels took 4.4x as long per image (bench/RESULTS.md, issue 23).
-    dynamic_batch: bool = False
     cache_dir: Path = field(default_factory=default_cache_dir)
 
     def __post_init__(self) -> None:
@@ -88,6 +89,13 @@ class Acceleration:
     @property
     def compiles(self) -> bool:
         return self.compile_mode != "none"
+
+    @property
+    def compiler(self) -> str:
+        """What builds the packages: "inductor" and its mode, or "eager" (worker/aot.py)."""
+        if self.backend != "inductor":
+            return self.backend
+        return f"inductor {INDUCTOR_MODES.get(self.compile_mode, self.compile_mode)}"
 
     def sizes_for(self, sdxl: bool) -> tuple[tuple[int, int], ...]:
         if self.warm_sizes is not None:
@@ -107,13 +115,6 @@ class Acceleration:
         return self.buckets[index] if index < len(self.buckets) else size
 
 
-class CompileOptions(TypedDict, total=False):
-    """What torch.compile gets for every compiled module; a mode only with Inductor, which reads it."""
-
-    backend: str
-    mode: str
-
-
 def default_acceleration(device: torch.device) -> Acceleration:
     """On by default on CUDA; on the CPU the eager pipeline is kept (batch-invariant kernels matter more)."""
     return Acceleration() if device.type == "cuda" else Acceleration.off()
@@ -131,7 +132,6 @@ def acceleration_for(config: WorkerConfig, device: torch.device) -> Acceleration
         chosen = replace(chosen, buckets=config.buckets)
     if chosen.compiles:  # a bucket above the largest batch the batcher forms would never run
         chosen = replace(chosen, buckets=tuple(b for b in chosen.buckets if b <= config.max_batch) or (1,))
-    chosen = replace(chosen, dynamic_batch=config.dynamic_batch)
     if config.compile_sizes is not None:
         chosen = replace(chosen, warm_sizes=config.compile_sizes)
     if config.compile_cache:
@@ -140,58 +140,51 @@ def acceleration_for(config: WorkerConfig, device: torch.device) -> Acceleration
 
 
 def accelerate(
-    pipeline: DiffusionPipeline, acceleration: Acceleration, weights: WeightWrites | None = None
+    pipeline: DiffusionPipeline,
+    acceleration: Acceleration,
+    packages: Packages | None = None,
+    weights: WeightWrites | None = None,
 ) -> list[GraphedForward]:
     """Rebuild `pipeline`'s modules in place for speed; call before any pipeline is derived from it.
-    Returns the compiled modules' forwards, whose graphs the compile thread builds (none yet); their checks
-    exclude the in-place writes made under `weights` (worker/graphs.py)."""
-    if acceleration.compiles:
-        use_compile_cache(acceleration.cache_dir)
+    Returns the compiled modules' forwards, whose graphs the compile thread has `packages` build (none
+    yet); their checks exclude the in-place writes made under `weights` (worker/graphs.py)."""
     if pipeline.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # picks each convolution's fastest algorithm once per shape
-    unet, vae = pipeline.unet, pipeline.vae
-    if acceleration.fuse_qkv:
-        unet.fuse_qkv_projections()
-        vae.fuse_qkv_projections()
-    if acceleration.channels_last:
-        unet.to(memory_format=torch.channels_last)
-        vae.to(memory_format=torch.channels_last)
-    if not acceleration.compiles:
+    rewrite(pipeline, acceleration.channels_last, acceleration.fuse_qkv)
+    if packages is None:
         return []
-    options = CompileOptions(backend=acceleration.backend)
-    if acceleration.backend == "inductor":
-        options["mode"] = INDUCTOR_MODES.get(acceleration.compile_mode, acceleration.compile_mode)
     capture = pipeline.device.type == "cuda" and acceleration.compile_mode in CUDA_GRAPH_MODES
-    device_lock, compile_lock = threading.Lock(), threading.Lock()
-    shared_weights = weights or WeightWrites()
+    device_lock, shared_weights = threading.Lock(), weights or WeightWrites()
     pool = torch.cuda.graph_pool_handle() if capture else None
-
-    def graphs(name: str, forward: Callable[..., Any], fullgraph: bool) -> GraphedForward:
-        compiled = torch.compile(forward, fullgraph=fullgraph, **options)
-        dynamic = acceleration.dynamic_batch
-        return GraphedForward(
-            name, forward, compiled, capture, dynamic, device_lock, compile_lock, pool, weights=shared_weights
+    graphs = {
+        name: GraphedForward(
+            name, module.forward, packages.compiler(name, module), capture, device_lock, pool, weights=shared_weights
         )
-
+        for name, module in compiled_modules(pipeline).items()
+    }
     # In place: the pipeline keeps its own module classes, and derived pipelines share them.
-    unet_graphs = graphs("unet", unet.forward, fullgraph=True)
-    unet.forward = _steady_inputs(unet_graphs)
-    decoder_graphs = graphs("vae decoder", vae.decoder.forward, fullgraph=True)
-    vae.decoder.forward = decoder_graphs
-    # transformers' text model may break the graph: that is allowed
-    text_graphs = graphs("text encoder", pipeline.text_encoder.forward, fullgraph=False)
-    pipeline.text_encoder.forward = text_graphs
+    pipeline.unet.forward = _steady_inputs(graphs["unet"])
+    pipeline.vae.decoder.forward = graphs["vae decoder"]
+    pipeline.text_encoder.forward = graphs["text encoder"]
     log.info(
         "fast path on",
         extra={
             "compile": acceleration.compile_mode,
             "cuda_graphs": capture,
             "buckets": list(acceleration.buckets),
-            "dynamic_batch": acceleration.dynamic_batch,
-            "cache": str(acceleration.cache_dir),
+            "packages": str(packages.directory),
         },
     )
-    return [unet_graphs, decoder_graphs, text_graphs]
+    return list(graphs.values())
+
+
+def packages_for(model: LoadedModel, acceleration: Acceleration) -> Packages | None:
+    """Where the fast path's graphs come from: None when it compiles nothing."""
+    if not acceleration.compiles:
+        return None
+    return Packages(
+        model, acceleration.compiler, acceleration.cache_dir, acceleration.channels_last, acceleration.fuse_qkv
+    )
 
 
 def _steady_inputs(compiled: GraphedForward) -> Callable[..., Any]:
@@ -228,17 +221,6 @@ def _twice(inputs: Any) -> Any:
     if isinstance(inputs, dict):
         return {name: _twice(item) for name, item in inputs.items()}
     return inputs
-
-
-def use_compile_cache(cache_dir: Path) -> None:
-    """Inductor's on-disk caches (compiled graphs, autotuning) and Triton's kernels under `cache_dir`,
-    kept across restarts. Set, not defaulted: importing diffusers already pointed Inductor at
-    /tmp/torchinductor_<user> (its own default, written into the environment on first use), so a
-    default here left every graph in /tmp and only Triton's kernels in `cache_dir`."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir.resolve())
-    os.environ["TRITON_CACHE_DIR"] = str((cache_dir / "triton").resolve())
-    configure_compiler()
 
 
 def to_uint8_images(images: torch.Tensor) -> list[torch.Tensor]:

@@ -1,17 +1,17 @@
-"""The compiled artefact: every compiled graph of a worker, packed to start another worker in seconds.
+"""The compiled artefact: every compiled graph of a worker, kept to start another worker in seconds.
 
-A worker that built all its graphs writes `compiled-<key>.bin` (PyTorch's portable cache
-artefacts: Inductor's graphs, AOTAutograd's and Triton's kernels and autotuning, none of it tied to a
-path) and `compiled-<key>.json` (the key and the sizes it holds) into its compile cache. A worker on
-a fresh machine with that directory (a copied folder, a volume, a bucket mounted by the cluster)
-loads it before compiling, and its compiles become cache reads. `gpuroam worker --build-cache`
-builds one ahead, once per GPU type.
+The compile process writes each graph as a package (worker/aot.py) into `compiled-<key>/` in the
+compile cache, and the worker writes `compiled-<key>.json` (the key and the image sizes the packages
+cover) once all its planned graphs are built. A worker on a fresh machine with that directory (a
+copied folder, a volume, a bucket mounted by the cluster) plans those sizes at start and loads their
+packages instead of compiling: opening a shared library each, no tracing. `gpuroam worker
+--build-cache` builds one ahead, once per GPU type.
 
 The key is everything the kernels depend on: the GPU architecture, torch, CUDA and Triton versions,
-the model's architecture and dtype, the compile mode and the batch sizes. An artefact with another
-key is refused with a log line naming what differs, and the worker compiles as without one.
-PyTorch's own cache keys and the graphs' check against the eager modules (worker/graphs.py) stand
-behind that: no kernel built for something else is ever run.
+the model's architecture and dtype, and how the graphs are compiled. Packages of another key live in
+another directory and are never read; an artefact with another key is refused with a log line naming
+what differs. Each package also lists the tensors it reads and is checked against them and against the
+eager module before use (worker/aot.py, worker/graphs.py): no kernel built for something else is run.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from gpuroam.worker.models import LoadedModel
 
 log = logging.getLogger("gpuroam.worker.artefact")
 
-FORMAT = 1
+FORMAT = 2  # 1: PyTorch's cache artefacts in one file; 2: a directory of packages
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,7 @@ class ArtefactKey:
     triton: str | None
     python: str
     model: str  # sha256 of the architecture (configs, dtype, layout), not of the weights
-    compile_mode: str
-    buckets: tuple[int, ...]
-    dynamic_batch: bool
+    compiler: str  # "inductor default", "inductor max-autotune", or "eager" (the CPU tests' packages)
     format: int = FORMAT
 
     @property
@@ -57,10 +55,10 @@ class ArtefactKey:
 class Artefact:
     key: ArtefactKey
     sizes: tuple[tuple[int, int], ...]  # the image sizes its graphs cover, most useful first
-    path: Path
+    path: Path  # the directory of its packages
 
 
-def artefact_key(model: LoadedModel, compile_mode: str, buckets: tuple[int, ...], dynamic_batch: bool) -> ArtefactKey:
+def artefact_key(model: LoadedModel, compiler: str) -> ArtefactKey:
     return ArtefactKey(
         device=_device_architecture(model.device),
         torch=torch.__version__,
@@ -68,10 +66,13 @@ def artefact_key(model: LoadedModel, compile_mode: str, buckets: tuple[int, ...]
         triton=_triton_version(),
         python=platform.python_version(),
         model=model_architecture(model),
-        compile_mode=compile_mode,
-        buckets=tuple(buckets),
-        dynamic_batch=dynamic_batch,
+        compiler=compiler,
     )
+
+
+def packages_dir(cache_dir: Path, key: ArtefactKey) -> Path:
+    """Where the packages of `key` are written and read."""
+    return cache_dir / f"compiled-{key.digest}"
 
 
 def model_architecture(model: LoadedModel) -> str:
@@ -103,32 +104,30 @@ def _triton_version() -> str | None:
 
 
 def save_artefact(cache_dir: Path, key: ArtefactKey, sizes: list[tuple[int, int]]) -> Path | None:
-    """Pack what this process compiled into `cache_dir`; None when it compiled nothing."""
-    saved = torch.compiler.save_cache_artifacts()
-    if saved is None or not saved[0]:
+    """Record the sizes the packages of `key` in `cache_dir` cover; None when no package was built."""
+    directory = packages_dir(cache_dir, key)
+    packages = sorted(directory.glob("*.pt2")) if directory.is_dir() else []
+    if not packages:
         return None
-    data = saved[0]
-    stem = cache_dir / f"compiled-{key.digest}"
     manifest = {
         "key": asdict(key),
         "sizes": [list(size) for size in sizes],
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
+        "packages": len(packages),
+        "bytes": sum(path.stat().st_size for path in packages),
     }
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(stem.with_suffix(".bin"), data)
-    _write_atomically(stem.with_suffix(".json"), json.dumps(manifest, indent=2).encode())
-    log.info("compiled artefact written", extra={"path": str(stem.with_suffix(".bin")), "bytes": len(data)})
-    return stem.with_suffix(".bin")
+    path = directory.with_suffix(".json")
+    write_atomically(path, json.dumps(manifest, indent=2).encode())
+    log.info("compiled artefact written", extra={"path": str(directory), "packages": len(packages)})
+    return directory
 
 
 def load_artefact(cache_dir: Path, key: ArtefactKey) -> Artefact | None:
-    """Load the artefact for `key` from `cache_dir` into PyTorch's caches; refuse any other, saying why."""
+    """The artefact for `key` in `cache_dir`, if any; every other one is refused, saying why."""
     found = None
     for manifest_path in sorted(cache_dir.glob("compiled-*.json")):
         try:
             manifest = json.loads(manifest_path.read_text())
-            theirs = ArtefactKey(**{**manifest["key"], "buckets": tuple(manifest["key"]["buckets"])})
+            theirs = ArtefactKey(**manifest["key"])
         except (OSError, ValueError, TypeError, KeyError) as error:
             log.warning(
                 "compiled artefact unreadable; ignored", extra={"path": str(manifest_path), "error": repr(error)}
@@ -144,20 +143,10 @@ def load_artefact(cache_dir: Path, key: ArtefactKey) -> Artefact | None:
     if found is None:
         return None
     manifest_path, manifest, theirs = found
-    data_path = manifest_path.with_suffix(".bin")
-    try:
-        data = data_path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != manifest["sha256"]:
-            raise ValueError("its sha256 does not match the manifest (cut short or changed)")
-        torch.compiler.load_cache_artifacts(data)
-    except Exception as error:  # noqa: BLE001 - a broken artefact costs a compile, never the worker
-        log.warning(
-            "compiled artefact refused; compiling instead", extra={"path": str(data_path), "error": repr(error)}
-        )
-        return None
     sizes = tuple((int(w), int(h)) for w, h in manifest.get("sizes", []))
-    log.info("compiled artefact loaded", extra={"path": str(data_path), "bytes": len(data), "sizes": len(sizes)})
-    return Artefact(key=theirs, sizes=sizes, path=data_path)
+    directory = packages_dir(cache_dir, theirs)
+    log.info("compiled artefact found", extra={"path": str(directory), "sizes": len(sizes)})
+    return Artefact(key=theirs, sizes=sizes, path=directory)
 
 
 def _differences(theirs: ArtefactKey, ours: ArtefactKey) -> dict[str, list[Any]]:
@@ -165,7 +154,7 @@ def _differences(theirs: ArtefactKey, ours: ArtefactKey) -> dict[str, list[Any]]
     return {field: [value, mine[field]] for field, value in asdict(theirs).items() if value != mine[field]}
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
     """Other replicas may read the same volume: they see the old file or the whole new one."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_bytes(data)

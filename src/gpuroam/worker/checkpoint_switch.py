@@ -106,6 +106,7 @@ def _take_weights(model: LoadedModel, source: DiffusionPipeline, service: Genera
         for component in (target.unet, target.vae):
             for fused, parts in fused_layers(component):
                 rebuild(fused, parts)
+    service.assets.weights.replaced()
     service.assets.checkpoint_changed()
 
 

@@ -25,7 +25,6 @@ class WorkerConfig:
     buckets: tuple[int, ...] = ()  # batch sizes compiled in the background; () keeps the default
     compile_cache: str | None = None  # where compiled kernels and the compiled artefact are kept
     compile_sizes: tuple[tuple[int, int], ...] | None = None  # sizes compiled after start; None: the model's common
-    dynamic_batch: bool = False  # one compile per image size for all its buckets (worker/accelerate.py)
     # Where LoRAs, embeddings, VAEs and more checkpoints are found (A1111's flags; worker/library.py).
     lora_dir: str | None = None
     embeddings_dir: str | None = None

@@ -27,7 +27,7 @@ from diffusers.pipelines.auto_pipeline import (
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from PIL import Image
 
-from gpuroam.worker.accelerate import Acceleration, accelerate, default_acceleration, to_uint8_images
+from gpuroam.worker.accelerate import Acceleration, accelerate, default_acceleration, packages_for, to_uint8_images
 from gpuroam.worker.checkpoints import INPAINTING_CHANNELS
 from gpuroam.worker.graphs import GraphedForward, Inputs, Signature, resized, resized_signature
 from gpuroam.worker.images import resize_for_generation
@@ -82,8 +82,11 @@ class Engine:
             for component in model.pipeline.components.values():
                 if isinstance(component, torch.nn.Module):
                     make_batch_invariant(component)
-        self.graphs = accelerate(model.pipeline, self.acceleration, assets.weights if assets else None)
-        self.warmup = Warmup() if self.graphs else None
+        self.packages = packages_for(model, self.acceleration)
+        self.graphs = accelerate(model.pipeline, self.acceleration, self.packages, assets.weights if assets else None)
+        self.warmup = Warmup(on_stop=self.packages.close) if self.packages else None
+        if self.graphs:
+            self.graphs[0].weights.on_replaced.append(self._weights_replaced)
         # Held while a batch runs: a CUDA graph is captured only between batches (worker/graphs.py).
         self._device_lock = self.graphs[0].device_lock if self.graphs else contextlib.nullcontext()
         self._txt2img = AutoPipelineForText2Image.from_pipe(model.pipeline)  # type: ignore[no-untyped-call]  # unannotated in diffusers
@@ -93,6 +96,13 @@ class Engine:
         self._noise_levels = training_sigmas(self._base_scheduler_config, model.is_sdxl)
         for pipeline in (self._txt2img, self._img2img, self._inpaint):
             pipeline.set_progress_bar_config(disable=True)
+
+    def _weights_replaced(self) -> None:
+        """New weights in place (a checkpoint switch): the compiled graphs are built again from their packages."""
+        for graph in self.graphs:
+            graph.forget()
+        if self.warmup is not None:
+            self.warmup.again()
 
     def warm_up(self, extra_sizes: Iterable[tuple[int, int]] = ()) -> float:
         """Before the worker says it is ready: generate once, eagerly, so a broken model never serves. With

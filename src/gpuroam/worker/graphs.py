@@ -3,18 +3,17 @@
 A compiled module's `forward` becomes a `GraphedForward`. A call whose inputs (shapes, dtypes,
 strides, flags: its `Signature`) have a built graph runs that graph; any other call runs the eager
 module at once. Graphs are built by the compile thread (worker/warmup.py) from example inputs the
-engine recorded while it probed or served a shape, so a compile never happens on the device thread.
+engine recorded while it probed or served a shape: the thread asks `compile` for the graph (the
+compile process builds a package, or the compile cache already holds it: worker/aot.py) and waits,
+holding nothing, so no compile ever runs in this process, let alone on the device thread.
 
 On CUDA a built graph is the compiled kernels captured once into a CUDA graph (static input
-buffers, replayed per call, outputs copied out), which removes the per-kernel launch cost. The
-capture is ours, not Inductor's `reduce-overhead`: Inductor keeps its CUDA graphs per thread, and
-here one thread compiles while another serves. Every graph is checked against the eager module on
-its example before it is used; one that differs beyond rounding is dropped and the eager path stays.
+buffers, replayed per call, outputs copied out), which removes the per-kernel launch cost. Every
+graph is checked against the eager module on its example before it is used; one that differs
+beyond rounding is dropped and the eager path stays.
 
 Also on CUDA, before anything is compiled, the eager module itself is captured for each planned
-signature (milliseconds each): its replay is one call where the eager module makes a thousand, each
-of which must take the GIL back from the compile thread (bench/gil_convoy.py), and it saves the
-launch cost until the compiled graph replaces it.
+signature (milliseconds each): its replay saves the launch cost until the compiled graph replaces it.
 """
 
 from __future__ import annotations
@@ -34,28 +33,12 @@ log = logging.getLogger("gpuroam.worker.graphs")
 Signature = tuple[Hashable, ...]
 Inputs = tuple[tuple[Any, ...], dict[str, Any]]
 Runner = Callable[..., Any]
+Compile = Callable[[Signature, Inputs], Runner]  # the graph for a signature, from its example: may take minutes
 Capturer = Callable[[Runner, Inputs, Any, threading.Lock], Runner]  # CapturedGraph, or a test's stand-in
 
 # Largest relative difference (L2 norm of the difference over the eager output's) a compiled graph
 # may show on its example: kernel-level rounding is 1e-3 and below in half precision, 1e-5 in float32.
 TOLERANCE = {torch.float16: 2e-2, torch.bfloat16: 4e-2, torch.float32: 1e-3}
-
-
-def configure_compiler() -> None:
-    """The compiler settings every compile of the worker uses; on the thread that compiles, since
-    PyTorch keeps them per thread (a compile thread started with the defaults: other graphs, other
-    cache keys, and a compiled artefact another worker could not use)."""
-    import torch._inductor.config as inductor_config
-
-    inductor_config.fx_graph_cache = True
-    inductor_config.autotune_local_cache = True
-    inductor_config.conv_1x1_as_mm = True  # SD's many 1x1 convolutions run as matrix products
-    # Each size is compiled for its own shape (a graph dynamic in width and height is slower, and Dynamo's
-    # automatic switch to one recompiled for minutes in front of a client); the batch is dynamic only where
-    # `GraphedForward.dynamic_batch` marks it so. One graph per size and bucket: room for many sizes.
-    torch._dynamo.config.automatic_dynamic_shapes = False
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 512)
-    torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit, 2048)
 
 
 class WeightWrites:
@@ -64,13 +47,25 @@ class WeightWrites:
 
     A check runs the graph and the eager module and compares them: a weight changed between the two runs
     would make a sound graph differ, and it would be dropped for good. A writer holds the lock only while it
-    writes (milliseconds); a check holds it across its two runs, not across the compile, so a LoRA batch
-    never waits for a compile. A compile's own run can still see a change: `version` says one happened, and
-    the check runs the compiled graph again."""
+    writes (milliseconds); a check holds it across its two runs, never across a compile, so a LoRA batch
+    never waits for a compile.
+
+    A write that stays (a checkpoint switch) is announced with `replaced`: a package derives some tensors
+    from the weights once (a reshaped bias, say: worker/aot.py), and a CUDA graph replays those copies, so
+    the compiled graphs are built again from their packages (seconds), eagerly served meanwhile."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.version = 0
+        self.replacements = 0
+        self.on_replaced: list[Callable[[], None]] = []
+
+    def replaced(self) -> None:
+        """The weights written in place stay: every compiled graph is rebuilt on them."""
+        with self._lock:
+            self.replacements += 1
+        for listener in self.on_replaced:
+            listener()
 
     @contextmanager
     def changing(self) -> Iterator[None]:
@@ -196,20 +191,14 @@ class CapturedGraph:
 class GraphedForward:
     """A module's forward that runs a built graph for the inputs it was built for, else the eager module.
 
-    `eager` and `compiled` take the same arguments; `compiled` is called only by the compile thread
-    (`build`), so a signature without a graph can never trigger a compile where it is called."""
+    `compile` is called only by the compile thread (`build`), so a signature without a graph can never
+    wait for a compile where it is called."""
 
     name: str
     eager: Runner
-    compiled: Runner
+    compile: Compile
     capture: bool  # CUDA: capture each compiled graph into a CUDA graph
-    dynamic_batch: bool = False  # compile the batch dimension as dynamic: one compile serves every bucket
     device_lock: threading.Lock = field(default_factory=threading.Lock)
-    # Held while Dynamo compiles. A compiled call that is not a captured CUDA graph runs through Dynamo,
-    # which makes any frame it has no code for wait for Dynamo's one compile lock: measured on the CPU, a
-    # request waited out a whole compile. Such a call runs only if it can take this lock at once, and
-    # runs eagerly otherwise.
-    compile_lock: threading.Lock = field(default_factory=threading.Lock)
     pool: Any = None  # the CUDA graph memory pool the engine's graphs share (they never run at once)
     capturer: Capturer = CapturedGraph
     runners: dict[Signature, Runner] = field(default_factory=dict)  # compiled graphs
@@ -218,8 +207,8 @@ class GraphedForward:
     eager_failed: dict[Signature, str] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=lambda: {"compiled": 0, "eager graph": 0, "eager": 0})
     eager_only: bool = False  # set by the device thread around a batch the built graphs do not compute (tiling)
-    # Held while the compile thread uses the module as it is (compiling it, or running it as the reference), and
-    # by a tiled batch while it pads the module's convolutions circularly: neither sees the other's module.
+    # Held while the compile thread runs the module as it is (the reference of a check, a capture), and by a
+    # tiled batch while it pads the module's convolutions circularly: neither sees the other's module.
     # Taken before device_lock, by both threads.
     module_lock: threading.Lock = field(default_factory=threading.Lock)
     weights: WeightWrites = field(default_factory=WeightWrites)  # shared by the engine's graphs and the writers
@@ -233,15 +222,9 @@ class GraphedForward:
         runner = self.runners.get(key)
         if self._recording is not None and key not in self._recording:
             self._recording[key] = copy_inputs((args, kwargs))
-        if runner is not None and self.capture:
+        if runner is not None:
             self.calls["compiled"] += 1
             return runner(*args, **kwargs)
-        if runner is not None and self.compile_lock.acquire(blocking=False):
-            try:
-                self.calls["compiled"] += 1
-                return runner(*args, **kwargs)
-            finally:
-                self.compile_lock.release()
         eager_graph = self.eager_graphs.get(key)
         if eager_graph is not None:
             self.calls["eager graph"] += 1
@@ -261,6 +244,12 @@ class GraphedForward:
 
     def built(self, key: Signature) -> bool:
         return key in self.runners or key in self.failed
+
+    def forget(self) -> None:
+        """Drop the compiled graphs (the weights were replaced): calls run the eager graphs until they are
+        built again. The eager module's CUDA graphs stay: they read the weights where they are."""
+        self.runners.clear()
+        self.failed.clear()
 
     def has_graph(self, key: Signature) -> bool:
         """A call with this signature replays a graph (compiled, or the eager module captured)."""
@@ -285,32 +274,22 @@ class GraphedForward:
         self.eager_graphs[key] = graph
 
     def build(self, key: Signature, example: Inputs) -> None:
-        """Compile (or load from the compile cache) the graph for `key`, check it against the eager module
+        """Have the graph for `key` compiled (or found in the compile cache), check it against the eager module
         and put it to use; on the compile thread. A graph that differs is kept out, with the reason."""
         args, kwargs = example
-        configure_compiler()
-        if self.dynamic_batch:
-            for leaf in tree_flatten(example)[0]:
-                if isinstance(leaf, torch.Tensor) and leaf.dim() and leaf.shape[0] > 1:
-                    torch._dynamo.maybe_mark_dynamic(leaf, 0)
+        compiled = self.compile(key, example)  # waits for the compile process, holding no lock
         try:
             with torch.inference_mode(), self.module_lock:
-                before = self.weights.version
-                with self.compile_lock:
-                    output = self.compiled(*args, **kwargs)
-                with self.weights.steady() as now:
-                    if now != before:  # weights changed under the compile's run: run it on those the eager one sees
-                        with self.compile_lock:
-                            output = self.compiled(*args, **kwargs)
-                    check_close(output, self.eager(*args, **kwargs), self.name)
-                runner = (
-                    self.capturer(self.compiled, example, self.pool, self.device_lock)
-                    if self.capture
-                    else self.compiled
-                )
+                with self.weights.steady():
+                    replacements = self.weights.replacements
+                    check_close(compiled(*args, **kwargs), self.eager(*args, **kwargs), self.name)
+                runner = self.capturer(compiled, example, self.pool, self.device_lock) if self.capture else compiled
         except GraphMismatch as error:
             self.failed[key] = str(error)
             log.error("compiled graph dropped: it differs from the eager module", extra={"reason": str(error)})
             return
-        self.runners[key] = runner
+        with self.weights.steady():
+            if self.weights.replacements != replacements:  # checked on weights replaced since: built again
+                return
+            self.runners[key] = runner
         self.eager_graphs.pop(key, None)  # a call under way keeps its own reference

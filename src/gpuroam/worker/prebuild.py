@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpuroam.worker.accelerate import acceleration_for
-from gpuroam.worker.artefact import artefact_key, load_artefact, save_artefact
+from gpuroam.worker.artefact import load_artefact, save_artefact
 from gpuroam.worker.config import WorkerConfig
 from gpuroam.worker.engine import Engine
 from gpuroam.worker.models import load_model, resolve_device
@@ -21,13 +21,12 @@ log = logging.getLogger("gpuroam.worker.prebuild")
 
 
 def use_artefact(engine: Engine) -> tuple[tuple[int, int], ...]:
-    """Load the artefact in the engine's compile cache that matches it (its compiles then read the cache)
-    and have the compile thread write one when it has built sizes the loaded one lacked. Returns the
-    sizes the loaded artefact covers, for the engine to plan after its own."""
-    if engine.warmup is None:
+    """Find the artefact in the engine's compile cache that matches it (its packages are then loaded, not
+    compiled) and have the compile thread record one when it has built sizes the found one lacked. Returns
+    the sizes the found artefact covers, for the engine to plan after its own."""
+    if engine.warmup is None or engine.packages is None:
         return ()
-    acceleration = engine.acceleration
-    key = artefact_key(engine.model, acceleration.compile_mode, acceleration.buckets, acceleration.dynamic_batch)
+    acceleration, key = engine.acceleration, engine.packages.key
     loaded = load_artefact(acceleration.cache_dir, key)
     covered = set(loaded.sizes) if loaded else set()
 
@@ -45,10 +44,9 @@ def build_cache(config: WorkerConfig, progress: Callable[[str], None]) -> Path |
     None when nothing was compiled (`--compile none`, or a CPU without `--compile`)."""
     model = load_model(config.model, resolve_device(config.device))
     engine = Engine(model, acceleration_for(config, model.device))
-    if engine.warmup is None:
+    if engine.warmup is None or engine.packages is None:
         return None
-    acceleration = engine.acceleration
-    key = artefact_key(model, acceleration.compile_mode, acceleration.buckets, acceleration.dynamic_batch)
+    acceleration, key = engine.acceleration, engine.packages.key
     extra = load_artefact(acceleration.cache_dir, key)
     engine.warm_up(extra.sizes if extra else ())
     total = engine.warmup.pending
@@ -57,5 +55,8 @@ def build_cache(config: WorkerConfig, progress: Callable[[str], None]) -> Path |
     def built(need: Need, seconds: float, pending: int) -> None:
         progress(f"[{total - pending}/{total}] {need[0].name}: {seconds:.1f} s")
 
-    engine.warmup.build_all(built)
+    try:
+        engine.warmup.build_all(built)
+    finally:
+        engine.packages.close()
     return save_artefact(acceleration.cache_dir, key, engine.warmup.planned_sizes())

@@ -1,22 +1,22 @@
 """The compile thread: the engine's graphs built in the background, the most useful first.
 
-A replica serves as soon as its model is on the device, eagerly; this thread compiles a graph for
-each planned batch shape and puts it to use as soon as it is checked. The plan starts with the
+A replica serves as soon as its model is on the device, eagerly; this thread has a graph built for
+each planned batch shape (by the compile process, or found in the compile cache: worker/packages.py)
+and puts it to use as soon as it is checked. The plan starts with the
 common sizes (the first one's batch sizes first: one image, then the largest batch, then the rest),
 and grows with the sizes clients ask for more than once; among those, the most requested go first.
 On CUDA every planned signature first gets the eager module captured (graphs.py), all of them before
 the first compile.
 
-While the thread runs, the GIL's switch interval is short: the compile is pure Python for minutes,
-and each op of an eager forward on the device thread waits up to one interval to take the GIL back
-(at the default 5 ms, an eager forward of 400 small ops took 170x as long; bench/gil_convoy.py).
+The thread mostly waits for the compile process, holding no lock and not the GIL: a compile in this
+process held the interpreter for minutes, and each op of an eager forward on the device thread waited
+for it (574x as long on an H100 at the default switch interval; bench/gil_convoy.py).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,7 +37,6 @@ MAX_LEARNED_SIZES = 16  # sizes added to the plan from requests; each holds its 
 # Sizes one caller of the endpoint can have learned: a caller sending many odd sizes cannot take every slot
 # (and the compile time) from the others. The worker's own port ("" caller, one local user) is not limited.
 MAX_LEARNED_PER_CALLER = 4
-COMPILING_SWITCH_INTERVAL = 1e-4  # seconds; 5.3x-9.9x slower ops at 0.05-0.2 ms against 170x at 5 ms
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,11 @@ class Warmup:
     """The plan of graphs and the thread that builds them; `ready` and `plan` are called from the
     device thread, everything else from the compile thread."""
 
-    def __init__(self, on_done: Callable[[list[tuple[int, int]]], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_done: Callable[[list[tuple[int, int]]], None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
         self._planned: dict[GraphShape, _Planned] = {}
         self._requests: Counter[tuple[int, int, int]] = Counter()  # batches run, by shape group
         self._learned: set[tuple[int, int, int]] = set()
@@ -84,9 +87,9 @@ class Warmup:
         self._lock = threading.Lock()
         self._stopping = False
         self._thread: threading.Thread | None = None  # the compile thread, while it has graphs to build
-        self._switch_interval = sys.getswitchinterval()  # the process's own, put back when the thread ends
         self._started = False
         self.on_done = on_done  # called with the planned sizes each time every planned graph is built
+        self.on_stop = on_stop  # called once nothing more is to be built (the compile process stops)
         self.gate = threading.Event()  # cleared, the thread waits before its next build (tests hold it)
         self.gate.set()
         self.built_s = 0.0
@@ -166,16 +169,21 @@ class Warmup:
         runs dry: a thread that has run torch's CPU kernels keeps an OpenMP pool while it lives, and two
         live pools on a CPU with few cores made every kernel of the device thread 3x slower (bench/RESULTS.md)."""
         if self._started and not self._stopping and self._thread is None:
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(COMPILING_SWITCH_INTERVAL)
             self._thread = threading.Thread(target=self._run, name="gpuroam-compile", daemon=True)
             self._thread.start()
 
+    def again(self) -> None:
+        """Build what is no longer built (the compiled graphs were dropped: new weights)."""
+        with self._lock:
+            self._spawn()
+
     def stop(self) -> None:
-        """Build nothing more; a compile under way cannot be cut short, and ends with the process."""
+        """Build nothing more; a compile under way is cut short with the compile process."""
         with self._lock:
             self._stopping = True
         self.gate.set()
+        if self.on_stop is not None:
+            self.on_stop()
 
     @property
     def built(self) -> int:
@@ -203,7 +211,6 @@ class Warmup:
                 need = None if self._stopping else self._next()
                 if need is None:
                     self._thread = None
-                    sys.setswitchinterval(self._switch_interval)
                     break
             self._build(need)
         if not self._stopping and self._planned:
