@@ -215,7 +215,9 @@ def _build_cache(config: WorkerConfig) -> None:
             "nothing was compiled, so no artefact was written: the fast path is off "
             "(--compile none, or a CPU without --compile default)"
         )
-    console.print(f"[green]compiled artefact[/] {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    packages = list(path.glob("*.pt2"))
+    size = sum(package.stat().st_size for package in packages) / 1e6
+    console.print(f"[green]compiled artefact[/] {path} ({len(packages)} packages, {size:.1f} MB)")
 
 
 @app.command()
