@@ -188,3 +188,19 @@ def test_serve_says_what_a_cluster_provider_needs(tmp_path: Path) -> None:
     assert missing_region.exit_code == 1 and "--gke-region" in missing_region.output
     unknown = runner.invoke(app, ["serve", "--provider", "azure", *state])
     assert unknown.exit_code == 1 and "local, kubernetes or gke" in unknown.output
+
+
+def test_down_that_runs_out_of_time_says_what_is_left(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gpuroam.cli import services
+
+    class Client:
+        def delete(self, path: str) -> dict:
+            return {"name": "sd", "deleted": True}
+
+        def get(self, path: str) -> dict:
+            return {"replicas": [{"id": "sd-1", "state": "draining", "region": "us-central1"}]}
+
+    monkeypatch.setattr(services, "client_for", lambda server, state: Client())
+    result = runner.invoke(app, ["down", "sd", "--timeout", "0"])
+    assert result.exit_code == 1 and "sd-1 (draining in us-central1)" in result.output
+    assert runner.invoke(app, ["down", "sd", "--no-wait"]).exit_code == 0

@@ -267,3 +267,20 @@ def test_keys_made_and_revoked_with_the_cli_take_effect_at_the_endpoint_within_s
     revoked = time.monotonic()
     wait_for(lambda: httpx.get(f"{endpoint}/sdapi/v1/progress", headers=with_key).status_code == 401, 5, "refused")
     assert time.monotonic() - revoked < 2, "a revoked key is refused within seconds"
+
+
+def test_down_returns_once_no_worker_process_of_the_service_is_left(plane: ControlPlane, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gpuroam.cli import app
+    from gpuroam.spec import load_spec, spec_to_dict
+
+    client = ControlPlaneClient(plane.url, plane.token)
+    client.post("/services", spec_to_dict(load_spec(fast_spec(tmp_path))))
+    wait_for(lambda: len(ready(client)) >= 2, 120, "2 ready replicas")
+    assert plane.provider.observe(), "worker processes run"
+    result = CliRunner().invoke(app, ["down", "stable-diffusion", "--state", str(tmp_path / "state"), "--json"])
+    assert result.exit_code == 0, result.output
+    said = json.loads(result.output)
+    assert said["removed"] is True and said["left"] == []
+    assert plane.provider.observe() == [], "no worker process is left when down returns"

@@ -214,17 +214,50 @@ def _chaos(server: str | None, state: Path | None, action: str, body: dict[str, 
 @app.command()
 def down(
     name: Annotated[str, typer.Argument(help="Service name.")],
+    wait: Annotated[bool, typer.Option(help="Wait until every replica is gone (--no-wait returns at once).")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the replicas to go.")] = 600.0,
     server: ServerOption = None,
     state: StateOption = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Remove a service: every replica is drained."""
+    """Remove a service: every replica drains, then its process or pod is gone."""
     client = client_for(server, state)
     result = call(client.delete, f"/services/{name}")
+    if wait:
+        left = wait_removed(client, name, timeout, quiet=json_out)
+        result = {**result, "removed": not left, "left": left}
     if json_out:
         out.print_json(data=result)
+    elif not wait:
+        out.print(f"{name} is being removed; its replicas drain (`gpuroam status {name}` shows what is left)")
+    elif result["left"]:
+        what = ", ".join(f"{r['id']} ({r['state']} in {r['region']})" for r in result["left"])
+        die(f"{name} still has replicas after {timeout:.0f} s: {what}; see `gpuroam events --service {name}`")
     else:
-        out.print(f"{name} is being removed; its replicas drain")
+        out.print(f"{name} removed: no replica left")
+
+
+def wait_removed(client: Any, name: str, timeout: float, quiet: bool) -> list[dict[str, Any]]:
+    """Poll until the control plane has removed the service (its replicas terminated), showing progress;
+    the replicas still there when `timeout` runs out, else []."""
+    from gpuroam.controller.client import ClientError, NotFound
+
+    deadline = time.monotonic() + timeout
+    with console.status("", spinner="dots") as status:
+        while True:
+            try:
+                service = client.get(f"/services/{name}")
+            except NotFound:
+                return []
+            except ClientError as error:
+                die(str(error))
+            left = [r for r in service["replicas"] if r["state"] not in ("terminated", "failed")]
+            if not quiet:
+                draining = sum(r["state"] == "draining" for r in left)
+                status.update(f"{name}: {len(left)} replica(s) left, {draining} draining")
+            if time.monotonic() > deadline:
+                return left
+            time.sleep(0.5)
 
 
 @app.command()

@@ -16,6 +16,10 @@ class ClientError(RuntimeError):
     """A message for the person at the terminal: what went wrong and what to do."""
 
 
+class NotFound(ClientError):
+    """The server has no such thing (HTTP 404)."""
+
+
 class ControlPlaneClient:
     def __init__(self, url: str, token: str, timeout_s: float = 30.0) -> None:
         self.url = url.rstrip("/")
@@ -54,7 +58,8 @@ class ControlPlaneClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            raise ClientError(f"{method} {path}: {response.status_code}: {detail}")
+            kind = NotFound if response.status_code == 404 else ClientError
+            raise kind(f"{method} {path}: {response.status_code}: {detail}")
         return response.json()
 
     def get(self, path: str, **params: Any) -> Any:
