@@ -97,8 +97,10 @@ class ControlPlane:
             threading.Event().wait(0.05)
         log.info("control plane up", extra={"url": self.url, "state_dir": str(self.state_dir)})
 
-    def run_forever(self) -> None:
-        """Serve in the foreground until Ctrl-C or SIGTERM, then stop the loop and the gateway.
+    def run_forever(self) -> int:
+        """Serve in the foreground until Ctrl-C or SIGTERM, then stop the loop and the gateway. Returns
+        how many replicas keep running: the data plane outlives the control plane, and the next
+        `gpuroam serve` adopts them.
 
         The API runs in a thread (as in `start`), so uvicorn installs no signal handlers of its
         own: it would re-raise the signal after shutting down and skip this cleanup."""
@@ -112,6 +114,7 @@ class ControlPlane:
                     raise RuntimeError(f"the control-plane API on {self.url} stopped")
         finally:
             self.stop()
+        return len(self.provider.observe())
 
     def _watch_gateway(self) -> None:
         """The endpoint must not stay down because its process died: start another within a second."""

@@ -210,8 +210,12 @@ def test_a_controller_killed_mid_up_restarts_with_the_same_replicas(
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         assert not GatewayProcess(state, info.url).running_pid(), "serve stops its gateway on SIGTERM"
+        left = len(provider.observe())
         for seen in provider.observe():
             provider.terminate(seen.replica_id)
+    assert left and f"{left} replica(s) keep running" in (tmp_path / "serve.log").read_text(), (
+        "serve says what it leaves"
+    )
 
 
 def _answers(client: ControlPlaneClient) -> bool:

@@ -389,7 +389,12 @@ def serve(
         console.print(
             f"[bold]gateway[/] endpoints from http://{host}:{gateway_port} (log: {state_dir / 'gateway.log'})"
         )
-    plane.run_forever()
+    running = plane.run_forever()
+    if running:
+        console.print(
+            f"[yellow]{running} replica(s) keep running[/] without a control plane (and still cost their GPUs): "
+            "`gpuroam serve` again adopts them; with it running, `gpuroam down NAME` removes a service"
+        )
 
 
 def _provider_choice(
