@@ -68,7 +68,8 @@ class ControlPlane:
         reconciler = Reconciler(self.store, self.provider, self.catalog, signals=signals)
         self.loop = ReconcileLoop(reconciler, options.interval_s)
         self.gateway = GatewayProcess(self.state_dir, self.url, options.host) if address is not None else None
-        api = create_api(ApiContext(self.store, self.provider, self.catalog, self.token, address))
+        self.context = ApiContext(self.store, self.provider, self.catalog, self.token, address)
+        api = create_api(self.context)
         config = uvicorn.Config(
             api, host=options.host, port=options.port, log_config=None, access_log=False, timeout_graceful_shutdown=1
         )
@@ -98,7 +99,7 @@ class ControlPlane:
         log.info("control plane up", extra={"url": self.url, "state_dir": str(self.state_dir)})
 
     def run_forever(self) -> int:
-        """Serve in the foreground until Ctrl-C or SIGTERM, then stop the loop and the gateway. Returns
+        """Serve in the foreground until Ctrl-C, SIGTERM or `gpuroam stop`, then stop the loop and the gateway. Returns
         how many replicas keep running: the data plane outlives the control plane, and the next
         `gpuroam serve` adopts them.
 
@@ -109,7 +110,7 @@ class ControlPlane:
             signal.signal(signum, lambda *_: stopping.set())
         self.start()
         try:
-            while not stopping.wait(0.5):
+            while not stopping.wait(0.5) and not self.context.shutdown.is_set():
                 if self._thread is not None and not self._thread.is_alive():
                     raise RuntimeError(f"the control-plane API on {self.url} stopped")
         finally:

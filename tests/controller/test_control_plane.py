@@ -288,3 +288,36 @@ def test_down_returns_once_no_worker_process_of_the_service_is_left(plane: Contr
     said = json.loads(result.output)
     assert said["removed"] is True and said["left"] == []
     assert plane.provider.observe() == [], "no worker process is left when down returns"
+
+
+def test_stop_takes_every_service_down_then_serve_and_its_gateway_leaving_no_process(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gpuroam.cli import app
+    from gpuroam.spec import load_spec, spec_to_dict
+
+    state, port = tmp_path / "state", free_port()
+    state.mkdir()
+    provider = LocalProvider.from_file(EXAMPLES / "local-regions.yaml", state)
+    server = start_serve(state, port, None)
+    try:
+        info = wait_for(lambda: ServerInfo.read(state), 60, "server.json")
+        client = ControlPlaneClient(info.url, info.token)
+        wait_for(lambda: _answers(client), 60, "the API")
+        client.post("/services", spec_to_dict(load_spec(fast_spec(tmp_path))))
+        wait_for(lambda: len(ready(client)) >= 2, 120, "2 ready replicas")
+        gateway = GatewayProcess(state, info.url)
+        assert gateway.running_pid() and provider.observe()
+        refused = httpx.post(f"{info.url}/api/v1/shutdown", headers={"Authorization": f"Bearer {info.token}"})
+        assert refused.status_code == 409 and "stable-diffusion" in refused.text, "no stop that orphans replicas"
+        result = CliRunner().invoke(app, ["stop", "--state", str(state)])
+        assert result.exit_code == 0, result.output
+        assert "stable-diffusion removed" in result.output and "stopped" in result.output
+        assert server.wait(timeout=30) == 0, "serve ended on its own"
+        assert provider.observe() == [] and not gateway.running_pid(), "no worker and no gateway is left"
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+        for seen in provider.observe():
+            provider.terminate(seen.replica_id)

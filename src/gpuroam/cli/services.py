@@ -1,4 +1,4 @@
-"""Commands that ask the control plane: up, status, expand, shrink, fail, recover, down, events."""
+"""Commands that ask the control plane: up, status, expand, shrink, fail, recover, down, stop, events."""
 
 from __future__ import annotations
 
@@ -235,6 +235,37 @@ def down(
         die(f"{name} still has replicas after {timeout:.0f} s: {what}; see `gpuroam events --service {name}`")
     else:
         out.print(f"{name} removed: no replica left")
+
+
+@app.command()
+def stop(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each service's replicas to go.")] = 600.0,
+    server: ServerOption = None,
+    state: StateOption = None,
+) -> None:
+    """Take everything down: every service (as `down` does, waiting), then `serve` and its gateway."""
+    from gpuroam.controller.client import ClientError
+
+    client = client_for(server, state)
+    names = [service["name"] for service in call(client.get, "/status")["services"]]
+    for name in names:
+        call(client.delete, f"/services/{name}")
+    for name in names:
+        left = wait_removed(client, name, timeout, quiet=False)
+        if left:
+            what = ", ".join(f"{r['id']} ({r['state']})" for r in left)
+            die(f"{name} still has replicas after {timeout:.0f} s: {what}; serve keeps running to finish them")
+        out.print(f"{name} removed")
+    call(client.post, "/shutdown", {})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            client.get("/status")
+        except ClientError:  # it no longer answers: stopped
+            out.print("stopped: no service, no replica; the control plane and its gateway are down")
+            return
+        time.sleep(0.5)
+    die("serve accepted the stop but still answers after 60 s; stop its process (Ctrl-C) to finish")
 
 
 def wait_removed(client: Any, name: str, timeout: float, quiet: bool) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 
 from gpuroam import __version__
 from gpuroam.api_errors import install_validation_handler
-from gpuroam.controller.api import chaos, events, gateway, keys, metrics, regions, services
+from gpuroam.controller.api import chaos, events, gateway, keys, lifecycle, metrics, regions, services
 from gpuroam.controller.api.context import ApiContext, authorised
 from gpuroam.ui import mount_dashboard
 
@@ -23,6 +23,7 @@ ROUTERS = (
     chaos.router,
     gateway.router,
     metrics.router,
+    lifecycle.router,
 )
 
 

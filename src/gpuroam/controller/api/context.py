@@ -7,6 +7,7 @@ mounted alone on a bare app in a test.
 from __future__ import annotations
 
 import secrets
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -27,6 +28,7 @@ class ApiContext:
     token: str
     gateway: GatewayAddress | None = None  # None: no local gateway (the provider's endpoint, or none)
     key_sources: KeySources = field(default_factory=KeySources)  # the keys specs name (endpoint.api_keys)
+    shutdown: threading.Event = field(default_factory=threading.Event)  # set: `gpuroam stop` asked serve to end
 
 
 def api_context(request: Request) -> ApiContext:
