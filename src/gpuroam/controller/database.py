@@ -95,3 +95,25 @@ def cannot_open(url: URL, shown: str, error: SQLAlchemyError) -> str:
         "from here, that the user and password are right, and that the database exists "
         "(createdb NAME); or leave --store out to use SQLite in the state directory"
     )
+
+
+def store_failed(url: URL, error: SQLAlchemyError) -> str:
+    """What a failed read or write of a running store means for the person at the terminal, and what to do.
+    Nothing already stored is lost, replicas keep serving, and the reconciler resumes once the store works."""
+    reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    where = url.database if url.get_backend_name() == "sqlite" else url.render_as_string(hide_password=True)
+    lowered = reason.lower()
+    if "readonly" in lowered or "read-only" in lowered:
+        problem = f"the state database {where} is read-only: make it (and its directory) writable again"
+    elif "full" in lowered or "no space" in lowered:
+        problem = f"the disk holding the state database {where} is full: free some space"
+    elif "malformed" in lowered or "not a database" in lowered:
+        problem = (
+            f"the state database {where} is corrupt: stop `gpuroam serve`, move the file aside, start it again "
+            "and `gpuroam up` each service's spec"
+        )
+    else:
+        problem = f"the state database {where} failed ({reason})"
+    return f"{problem}. Replicas keep serving; the control plane carries on once the store works ({reason})"

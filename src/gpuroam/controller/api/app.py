@@ -7,12 +7,15 @@ everything it shows comes from the guarded API.
 
 from __future__ import annotations
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 
 from gpuroam import __version__
 from gpuroam.api_errors import install_validation_handler
 from gpuroam.controller.api import chaos, events, gateway, keys, lifecycle, metrics, regions, services
 from gpuroam.controller.api.context import ApiContext, authorised
+from gpuroam.controller.database import store_failed
 from gpuroam.ui import mount_dashboard
 
 ROUTERS = (
@@ -31,6 +34,13 @@ def create_api(context: ApiContext) -> FastAPI:
     app = FastAPI(title="gpuroam control plane", version=__version__)
     app.state.gpuroam = context
     install_validation_handler(app)
+
+    @app.exception_handler(SQLAlchemyError)
+    async def store_unavailable(request: Request, error: SQLAlchemyError) -> JSONResponse:
+        """A store that cannot be read or written is the server's trouble, said plainly: 503, not 500."""
+        message = store_failed(context.store.engine.url, error)
+        return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": "5"})
+
     for router in ROUTERS:
         app.include_router(router, dependencies=[Depends(authorised)])
     mount_dashboard(app)
