@@ -240,3 +240,62 @@ def test_a_drain_is_a_recovery_only_when_a_better_gpu_serves_instead() -> None:
     failover_t4 = replace(t4_eu, reason="failover")
     assert _recovers(Drain("t4-eu", "surplus"), demand, [failover_t4, l4_us]), "failover capacity given back"
     assert not _recovers(Drain("t4-eu", "surplus"), demand, [t4_eu, l4_us]), "a scale-in, not a recovery"
+
+
+def test_an_up_acknowledged_after_the_pass_read_a_down_is_never_lost(world) -> None:  # type: ignore[no-untyped-def]
+    store, provider, clock, reconciler = world
+    run(reconciler, provider, clock)
+    store.mark_deleted("stable-diffusion", clock.now)
+    stale = store.get_service("stable-diffusion")
+    spec = spec_to_dict(load_spec("examples/stable-diffusion.yaml"))
+    store.put_service("stable-diffusion", spec, clock.now)  # `up` answered OK after the pass read `down`
+    reconciler._tear_down(stale, store.list_replicas(service="stable-diffusion"), clock.now)
+    record = store.get_service("stable-diffusion")
+    assert record is not None and not record.deleted
+    assert len(live(store, ReplicaState.READY)) == 2, "no replica drained for a down that was overtaken"
+
+
+def test_down_and_up_raced_against_the_loop_end_as_the_last_acknowledged_command(store: Store) -> None:
+    """The reconciler passes in a thread while `down` and `up` land at random moments: whatever the
+    interleaving, once the loop settles the service exists exactly when the last command was `up`."""
+    import random
+    import threading
+
+    spec = spec_to_dict(load_spec("examples/stable-diffusion.yaml"))
+    for seed in range(10):
+        provider, clock = FakeProvider(copy.deepcopy(SITES)), Clock()
+        reconciler = Reconciler(store, provider, load_catalog(), clock)
+        name = f"race-{seed}"
+        store.put_service(name, {**spec, "name": name}, clock.now)
+        stop = threading.Event()
+        passes = threading.Thread(target=_passes_until, args=(stop, reconciler, provider, clock))
+        passes.start()
+        chooser, last = random.Random(seed), "up"
+        try:
+            for _ in range(20):
+                threading.Event().wait(chooser.uniform(0, 0.02))
+                if chooser.random() < 0.5:
+                    try:
+                        store.mark_deleted(name, clock.now)
+                        last = "down"
+                    except KeyError:  # already removed: a 404, nothing acknowledged
+                        pass
+                else:
+                    store.put_service(name, {**spec, "name": name}, clock.now)
+                    last = "up"
+        finally:
+            stop.set()
+            passes.join()
+        for _ in range(4):
+            reconciler.reconcile()
+            provider.make_ready()
+            clock.now += DRAIN_GRACE_S + 1
+        record = store.get_service(name)
+        assert (record is not None and not record.deleted) == (last == "up"), (seed, last, record)
+
+
+def _passes_until(stop: object, reconciler: Reconciler, provider: FakeProvider, clock: Clock) -> None:
+    while not stop.is_set():  # type: ignore[attr-defined]
+        reconciler.reconcile()
+        provider.make_ready()
+        clock.now += DRAIN_GRACE_S + 1

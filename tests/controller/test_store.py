@@ -77,6 +77,15 @@ def test_remove_service_refuses_while_a_replica_is_live(store: Store) -> None:
     store.remove_service("sd")  # already gone: nothing to do
 
 
+def test_remove_service_keeps_a_service_an_up_undeleted_since(store: Store) -> None:
+    """The reconciler read the service deleted; an `up` acknowledged since wins over the removal."""
+    store.put_service("sd", SPEC, T)
+    store.mark_deleted("sd", T)
+    store.put_service("sd", SPEC, T + 1)
+    assert store.remove_service("sd") is False
+    assert store.get_service("sd") is not None and not store.get_service("sd").deleted  # type: ignore[union-attr]
+
+
 def test_pin_and_unpin_region(store: Store) -> None:
     store.put_service("sd", SPEC, T)
     pinned = store.pin_region("sd", "europe-west4", T + 1)

@@ -347,12 +347,17 @@ class Reconciler:
             self._event(now, EventKind.DRAINED, f"draining {replica.id} ({drain.reason})", replica)
 
     def _tear_down(self, record: ServiceRecord, replicas: list[Replica], now: float) -> None:
+        """Drain and remove a service marked deleted; an `up` of it acknowledged since `record` was read
+        keeps it (the store is read again, and the removal is a compare-and-set on the deleted mark)."""
+        current = self.store.get_service(record.name)
+        if current is None or not current.deleted:
+            return
         for replica in replicas:
             if replica.state.live:
                 self._drain(Drain(replica.id, "down"), now)
         if not any(r.state.live or r.state is ReplicaState.DRAINING for r in replicas):
-            self.store.remove_service(record.name)
-            self._event(now, EventKind.DRAINED, f"service {record.name} removed", None, service=record.name)
+            if self.store.remove_service(record.name):
+                self._event(now, EventKind.DRAINED, f"service {record.name} removed", None, service=record.name)
 
     def _event(
         self,

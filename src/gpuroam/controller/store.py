@@ -174,9 +174,10 @@ class Operations(ABC):
             if done.rowcount == 0:
                 raise KeyError(f"no service {name!r}")
 
-    def remove_service(self, name: str) -> None:
-        """Delete the service row (its replicas' rows stay, as history); refused while any
-        replica is still live, since its process would then belong to nothing."""
+    def remove_service(self, name: str) -> bool:
+        """Delete the service row (its replicas' rows stay, as history) if it is still marked deleted: an
+        `up` acknowledged since the caller read it wins (compare-and-set), and False says so. Refused while
+        any replica is still live, since its process would then belong to nothing."""
         with self._write() as conn:
             live = conn.execute(
                 select(func.count())
@@ -185,8 +186,11 @@ class Operations(ABC):
             ).scalar_one()
             if live:
                 raise ValueError(f"service {name!r} still has {live} live replica(s); drain them first")
-            conn.execute(delete(services).where(services.c.name == name))
+            removed = conn.execute(delete(services).where(services.c.name == name, services.c.deleted.is_(True)))
+            if removed.rowcount == 0:
+                return False
             conn.execute(delete(api_keys).where(api_keys.c.service == name))  # a new service of that name starts open
+            return True
 
     def pin_region(self, name: str, region: str, now: float) -> ServiceRecord:
         """`expand`: the service must keep a replica in `region`; bumps generation if new."""
