@@ -89,3 +89,33 @@ def test_a_corrupt_store_is_a_503_that_says_how_to_start_again(
     answer = client.get("/api/v1/status")
     assert answer.status_code == 503
     assert "is corrupt: stop `gpuroam serve`, move the file aside" in answer.json()["detail"]
+
+
+def test_a_store_file_deleted_under_the_server_stops_the_reconciler_and_kills_nothing(tmp_path: Path) -> None:
+    """Deleted while serve ran, the file's replacement would know no replica, and every running worker would
+    look like an orphan: the reconciler stops acting and says so, the API answers 503, nothing is killed."""
+    import copy
+
+    from fakes import FakeProvider as Provider
+
+    from gpuroam.controller.reconciler import Reconciler
+
+    store = Store.for_state_dir(tmp_path)
+    provider = Provider(copy.deepcopy({"us-central1": {"nvidia-l4": 1}, "europe-west4": {"nvidia-l4": 1}}))
+    reconciler = Reconciler(store, provider, load_catalog())
+    store.put_service("stable-diffusion", SPEC, 0.0)
+    for _ in range(3):
+        reconciler.reconcile()
+        provider.make_ready()
+    running = set(provider.running)
+    assert running and store.replaced() is None
+    (tmp_path / "state.db").unlink()
+    store.engine.dispose()  # new connections would open a new, empty file
+    for _ in range(3):
+        reconciler.reconcile()
+    assert set(provider.running) == running, "no running replica was taken for an orphan"
+    app = create_api(ApiContext(store, provider, load_catalog(), TOKEN))
+    with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
+        answer = client.get("/api/v1/status")
+    assert answer.status_code == 503 and "was deleted or replaced while `gpuroam serve` ran" in answer.json()["detail"]
+    store.close()

@@ -53,9 +53,18 @@ class Reconciler:
         self.clock = clock
         self.signals = signals
         self._specs: dict[tuple[str, int], ServiceSpec] = {}  # a cache: the store holds the specs
+        self._store_problem: str | None = None  # logged once, not every pass
 
     def reconcile(self) -> None:
-        """One pass over every service."""
+        """One pass over every service; none while the store's file was deleted or replaced under it (a store
+        that no longer knows the running replicas would have them terminated as orphans)."""
+        problem = self.store.replaced()
+        if problem is not None:
+            if problem != self._store_problem:
+                log.error(problem)
+            self._store_problem = problem
+            return
+        self._store_problem = None
         now = self.clock()
         observed = {o.replica_id: o for o in self.provider.observe()}
         current = self.store.list_replicas(states=ACTIVE_STATES)
@@ -355,9 +364,9 @@ class Reconciler:
         for replica in replicas:
             if replica.state.live:
                 self._drain(Drain(replica.id, "down"), now)
-        if not any(r.state.live or r.state is ReplicaState.DRAINING for r in replicas):
-            if self.store.remove_service(record.name):
-                self._event(now, EventKind.DRAINED, f"service {record.name} removed", None, service=record.name)
+        gone = not any(r.state.live or r.state is ReplicaState.DRAINING for r in replicas)
+        if gone and self.store.remove_service(record.name):
+            self._event(now, EventKind.DRAINED, f"service {record.name} removed", None, service=record.name)
 
     def _event(
         self,

@@ -389,6 +389,22 @@ class Store(Operations):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
+        self._file = _file_identity(engine)
+
+    def replaced(self) -> str | None:
+        """A SQLite file deleted or replaced under the running store, said plainly; else None. Its open
+        connections would go on with the old file and new ones with an empty one: a store that no longer
+        knows the running replicas, whose processes the reconciler would take for orphans."""
+        if self._file is None:
+            return None
+        path, identity = self._file
+        now = _file_identity(self.engine)
+        if now is None or now[1] != identity:
+            return (
+                f"the state database {path} was deleted or replaced while `gpuroam serve` ran; the control plane "
+                "stopped acting (every replica keeps serving): put the file back, or restart `gpuroam serve`"
+            )
+        return None
 
     @classmethod
     def open(cls, url: str | URL) -> Store:
@@ -426,6 +442,18 @@ class Store(Operations):
 
     def _write(self) -> AbstractContextManager[Connection]:
         return self.engine.begin()
+
+
+def _file_identity(engine: Engine) -> tuple[str, tuple[int, int]] | None:
+    """A SQLite store's file and its (device, inode); None for PostgreSQL, or when the file is gone."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database:
+        return None
+    try:
+        stat = Path(database).stat()
+    except OSError:
+        return None
+    return database, (stat.st_dev, stat.st_ino)
 
 
 def _add_missing_columns(engine: Engine) -> None:

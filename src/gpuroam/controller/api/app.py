@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from gpuroam import __version__
 from gpuroam.api_errors import install_validation_handler
 from gpuroam.controller.api import chaos, events, gateway, keys, lifecycle, metrics, regions, services
-from gpuroam.controller.api.context import ApiContext, authorised
+from gpuroam.controller.api.context import ApiContext, authorised, store_in_place
 from gpuroam.controller.database import store_failed
 from gpuroam.ui import mount_dashboard
 
@@ -42,6 +42,6 @@ def create_api(context: ApiContext) -> FastAPI:
         return JSONResponse({"detail": message}, status_code=503, headers={"Retry-After": "5"})
 
     for router in ROUTERS:
-        app.include_router(router, dependencies=[Depends(authorised)])
+        app.include_router(router, dependencies=[Depends(authorised), Depends(store_in_place)])
     mount_dashboard(app)
     return app

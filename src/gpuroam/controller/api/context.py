@@ -59,3 +59,10 @@ def storable(text: str) -> bool:
 def check_filter(service: str | None) -> None:
     if service is not None and not storable(service):
         raise HTTPException(422, "service must be a service name; it has a NUL character")
+
+
+def store_in_place(context: Context) -> None:
+    """503 while the store's file was deleted or replaced under the server: its answers would be wrong."""
+    problem = context.store.replaced()
+    if problem is not None:
+        raise HTTPException(503, problem, headers={"Retry-After": "5"})
