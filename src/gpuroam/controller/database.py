@@ -117,3 +117,15 @@ def store_failed(url: URL, error: SQLAlchemyError) -> str:
     else:
         problem = f"the state database {where} failed ({reason})"
     return f"{problem}. Replicas keep serving; the control plane carries on once the store works ({reason})"
+
+
+def file_identity(engine: Engine) -> tuple[str, tuple[int, int]] | None:
+    """A SQLite store's file and its (device, inode); None for PostgreSQL, or when the file is gone."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database:
+        return None
+    try:
+        stat = Path(database).stat()
+    except OSError:
+        return None
+    return database, (stat.st_dev, stat.st_ino)

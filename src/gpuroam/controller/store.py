@@ -30,7 +30,7 @@ from sqlalchemy.sql import delete, func, or_, select, update
 from sqlalchemy.types import JSON, BigInteger, Boolean, Double, Integer, String, Text
 
 from gpuroam.autoscale import Scale
-from gpuroam.controller.database import READ_ONLY, StoreError, cannot_open, engine_for, parse_url
+from gpuroam.controller.database import READ_ONLY, StoreError, cannot_open, engine_for, file_identity, parse_url
 from gpuroam.records import ApiKey, Block, Capacity, Event, EventKind, Replica, ReplicaState, ServiceRecord
 
 __all__ = ["Operations", "Store", "StoreError", "Transaction"]
@@ -389,7 +389,7 @@ class Store(Operations):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
-        self._file = _file_identity(engine)
+        self._file = file_identity(engine)
 
     def replaced(self) -> str | None:
         """A SQLite file deleted or replaced under the running store, said plainly; else None. Its open
@@ -398,7 +398,7 @@ class Store(Operations):
         if self._file is None:
             return None
         path, identity = self._file
-        now = _file_identity(self.engine)
+        now = file_identity(self.engine)
         if now is None or now[1] != identity:
             return (
                 f"the state database {path} was deleted or replaced while `gpuroam serve` ran; the control plane "
@@ -442,18 +442,6 @@ class Store(Operations):
 
     def _write(self) -> AbstractContextManager[Connection]:
         return self.engine.begin()
-
-
-def _file_identity(engine: Engine) -> tuple[str, tuple[int, int]] | None:
-    """A SQLite store's file and its (device, inode); None for PostgreSQL, or when the file is gone."""
-    database = engine.url.database
-    if engine.dialect.name != "sqlite" or not database:
-        return None
-    try:
-        stat = Path(database).stat()
-    except OSError:
-        return None
-    return database, (stat.st_dev, stat.st_ino)
 
 
 def _add_missing_columns(engine: Engine) -> None:
